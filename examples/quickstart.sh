@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# headcni's main job on an example, inside throwaway network namespaces:
+# a "node" with a stand-in tailscale0 (to a tailnet peer 100.64.0.5) and a
+# default gateway (203.0.113.1), three pods added with `headcni pod add`,
+# then plan, apply, connectivity checks, and a clean second plan.
+# Nothing outside the namespaces and a temp dir is touched; all is removed on exit.
+set -euo pipefail
+
+HEADCNI=${HEADCNI:-$(dirname "$0")/../target/release/headcni}
+[ -x "$HEADCNI" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces need it)" >&2; exit 1; }
+
+tag="hcq$$"
+node="$tag-node" peer="$tag-peer" gw="$tag-gw"
+pods=("$tag-pod1" "$tag-pod2" "$tag-pod3")
+work=$(mktemp -d)
+cleanup() {
+    for ns in "$node" "$peer" "$gw" "${pods[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+in_node() { ip netns exec "$node" "$@"; }
+
+step "building throwaway namespaces ($node, $peer, $gw, ${pods[*]})"
+for ns in "$node" "$peer" "$gw" "${pods[@]}"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+# Stand-in tailnet: node's tailscale0 <-> peer holding 100.64.0.5.
+ip -n "$node" link add tailscale0 type veth peer name ts-peer netns "$peer"
+ip -n "$node" addr add 100.64.0.1/32 dev tailscale0
+ip -n "$node" link set tailscale0 up
+ip -n "$peer" addr add 100.64.0.5/32 dev ts-peer
+ip -n "$peer" link set ts-peer up
+ip -n "$peer" route add 100.64.0.1/32 dev ts-peer
+ip -n "$peer" route add 10.244.0.0/24 via 100.64.0.1 dev ts-peer
+# Stand-in default gateway 203.0.113.1.
+ip -n "$node" link add eth0 type veth peer name up0 netns "$gw"
+ip -n "$node" addr add 203.0.113.2/24 dev eth0
+ip -n "$node" link set eth0 up
+ip -n "$node" route add default via 203.0.113.1
+ip -n "$gw" addr add 203.0.113.1/24 dev up0
+ip -n "$gw" link set up0 up
+ip -n "$gw" route add 10.244.0.0/24 via 203.0.113.2
+
+sed "s|/var/lib/headcni|$work/state|" "$(dirname "$0")/headcni.toml" > "$work/headcni.toml"
+export HEADCNI_SPEC="$work/headcni.toml"
+
+step "headcni validate"
+in_node "$HEADCNI" validate
+
+step "three pods: headcni pod add"
+for ns in "${pods[@]}"; do in_node "$HEADCNI" pod add --id "$ns" --netns "/run/netns/$ns"; done
+in_node "$HEADCNI" pod list
+
+step "headcni plan --detailed-exitcode (exit 2: changes present)"
+set +e; in_node "$HEADCNI" plan --detailed-exitcode; rc=$?; set -e
+[ "$rc" = 2 ] || { echo "expected exit 2, got $rc" >&2; exit 1; }
+
+step "headcni apply"
+in_node "$HEADCNI" apply
+
+step "routes on the node"
+in_node ip route show
+step "routes in ${pods[0]}"
+ip -n "${pods[0]}" route show
+
+step "connectivity from ${pods[0]}"
+ip1=$(in_node "$HEADCNI" pod list --format json | python3 -c 'import json,sys; print([p["ip"] for p in json.load(sys.stdin)][1])')
+for target in 10.244.0.1 "$ip1" 100.64.0.5 203.0.113.1; do
+    ip netns exec "${pods[0]}" ping -c1 -W2 "$target" >/dev/null && echo "ping $target: ok" || { echo "ping $target: FAILED" >&2; exit 1; }
+done
+
+step "second plan: nothing to do (exit 0)"
+in_node "$HEADCNI" plan --detailed-exitcode
+
+step "done; cleaning up"

@@ -1,0 +1,104 @@
+//! Model objects into rtnetlink request messages.
+
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{LinkMessageBuilder, LinkUnspec};
+
+use crate::model::{Address, Link, Route};
+
+fn family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+/// A veth pair whose peer is created directly inside the pod's namespace,
+/// under its final name, up, with the same MTU: one request, nothing to rename.
+pub fn new_veth(host: &Link, peer_name: &str, peer_netns: RawFd) -> LinkMessage {
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer_name.to_string())
+        .mtu(host.mtu)
+        .setns_by_fd(peer_netns)
+        .build();
+    let builder = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(host.name.clone())
+        .mtu(host.mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
+    if host.up {
+        builder.up()
+    } else {
+        builder.down()
+    }
+    .build()
+}
+
+pub fn set_link(index: u32, link: &Link) -> LinkMessage {
+    let builder = LinkUnspec::new_with_index(index).mtu(link.mtu);
+    if link.up {
+        builder.up()
+    } else {
+        builder.down()
+    }
+    .build()
+}
+
+pub fn set_link_by_name(name: &str, up: bool) -> LinkMessage {
+    let builder = LinkUnspec::new_with_name(name);
+    if up { builder.up() } else { builder.down() }.build()
+}
+
+pub fn del_link(index: u32) -> LinkMessage {
+    LinkUnspec::new_with_index(index).build()
+}
+
+pub fn address(index: u32, addr: &Address) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family(addr.addr.ip());
+    msg.header.prefix_len = addr.addr.prefix();
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Local(addr.addr.ip()));
+    if addr.addr.is_ipv4() {
+        msg.attributes
+            .push(AddressAttribute::Address(addr.addr.ip()));
+    }
+    msg
+}
+
+/// A route request. The protocol is always set, so a delete can only ever
+/// match a route with that protocol: headcni cannot delete a foreign route.
+pub fn route(route: &Route, oif: Option<u32>) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family(route.dst.ip());
+    msg.header.destination_prefix_length = route.dst.prefix();
+    msg.header.table = u8::try_from(route.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    msg.header.protocol = RouteProtocol::from(route.protocol);
+    msg.header.scope = RouteScope::from(route.scope.to_kernel());
+    msg.header.kind = RouteType::Unicast;
+    msg.attributes.push(RouteAttribute::Table(route.table));
+    if route.dst.prefix() > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(
+                route.dst.ip(),
+            )));
+    }
+    if let Some(via) = route.via {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(via)));
+    }
+    if let Some(oif) = oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    if route.metric != 0 {
+        msg.attributes.push(RouteAttribute::Priority(route.metric));
+    }
+    msg
+}

@@ -1,0 +1,51 @@
+//! `headcni observe`.
+
+use clap::Args;
+
+use headcni::engine::{self, PodScope};
+use headcni::model::NetnsState;
+
+use super::{runtime, Cli, Exit, Format};
+
+#[derive(Args)]
+pub struct ObserveArgs {
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
+pub fn run(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<Exit> {
+    let spec = cli.load_spec()?;
+    let pods = Cli::load_pods(&spec)?;
+    let planned = runtime()?.block_on(engine::plan(&spec, &pods, &PodScope::All))?;
+    let observed = planned.observed;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&observed)?),
+        Format::Text => {
+            println!("node:");
+            print_state(&observed.node);
+            for pod in &observed.pods {
+                println!("pod {} ({}):", pod.key, pod.netns_path.display());
+                match &pod.state {
+                    Some(state) => print_state(state),
+                    None => println!("  netns cannot be opened"),
+                }
+            }
+        }
+    }
+    Ok(Exit(0))
+}
+
+fn print_state(state: &NetnsState) {
+    for link in &state.links {
+        println!("  link {link}");
+    }
+    for addr in &state.addresses {
+        println!("  address {} dev {}", addr.addr, addr.dev);
+    }
+    for route in &state.routes {
+        println!("  route {route}");
+    }
+    for s in &state.sysctls {
+        println!("  sysctl {} = {}", s.key.replace('/', "."), s.value);
+    }
+}

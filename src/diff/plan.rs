@@ -1,0 +1,289 @@
+//! The plan: ordered steps, plus what could not be planned and why.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Address, Link, Netns, PodKey, Route, Scope, Sysctl, RTPROT_HEADCNI, RTPROT_NAME, TABLE_MAIN,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Add,
+    Change,
+    Remove,
+}
+
+impl Action {
+    pub fn sigil(self) -> char {
+        match self {
+            Action::Add => '+',
+            Action::Change => '~',
+            Action::Remove => '-',
+        }
+    }
+}
+
+/// A kernel object a step acts on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Object {
+    Sysctl(Sysctl),
+    Link(Link),
+    Address(Address),
+    Route(Route),
+}
+
+impl Object {
+    /// Links before addresses before routes; sysctls first of all.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Object::Sysctl(_) => 0,
+            Object::Link(_) => 1,
+            Object::Address(_) => 2,
+            Object::Route(_) => 3,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Object::Sysctl(_) => "sysctl",
+            Object::Link(_) => "link",
+            Object::Address(_) => "address",
+            Object::Route(_) => "route",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub action: Action,
+    pub netns: Netns,
+    /// For Add and Change the object as it must be; for Remove, as it is.
+    pub object: Object,
+    /// For Change: the object as observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Object>,
+    /// The pod attachment this step serves, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodKey>,
+    pub reason: String,
+}
+
+/// A foreign object in the way of a desired one. headcni never touches it;
+/// the pod (or node object) it blocks is skipped until someone resolves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub netns: Netns,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodKey>,
+    pub desired: Object,
+    pub found: Object,
+    pub reason: String,
+}
+
+/// Something that cannot be done yet because a precondition is missing
+/// (the tailnet interface is absent, a pod's netns is gone, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodKey>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub conflicts: Vec<Conflict>,
+    pub waiting: Vec<Waiting>,
+    /// Pod intents the spec cannot honour (from `Desired::problems`).
+    pub problems: Vec<Waiting>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub remove: usize,
+    pub conflicts: usize,
+    pub waiting: usize,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn summary(&self) -> Summary {
+        let count = |a| self.steps.iter().filter(|s| s.action == a).count();
+        Summary {
+            add: count(Action::Add),
+            change: count(Action::Change),
+            remove: count(Action::Remove),
+            conflicts: self.conflicts.len(),
+            waiting: self.waiting.len() + self.problems.len(),
+        }
+    }
+
+    /// Only what concerns one pod attachment (plus nothing node-wide): the CNI's view.
+    pub fn for_pod(&self, pod: &PodKey) -> Plan {
+        let mine = |p: &Option<PodKey>| p.as_ref() == Some(pod);
+        Plan {
+            steps: self
+                .steps
+                .iter()
+                .filter(|s| mine(&s.pod))
+                .cloned()
+                .collect(),
+            conflicts: self
+                .conflicts
+                .iter()
+                .filter(|c| mine(&c.pod))
+                .cloned()
+                .collect(),
+            waiting: self
+                .waiting
+                .iter()
+                .filter(|w| mine(&w.pod))
+                .cloned()
+                .collect(),
+            problems: self
+                .problems
+                .iter()
+                .filter(|w| mine(&w.pod))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} to add, {} to change, {} to remove",
+            self.add, self.change, self.remove
+        )?;
+        if self.conflicts > 0 {
+            write!(f, ", {} conflicts", self.conflicts)?;
+        }
+        if self.waiting > 0 {
+            write!(f, ", {} waiting", self.waiting)?;
+        }
+        Ok(())
+    }
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        RTPROT_HEADCNI => RTPROT_NAME.to_string(),
+        2 => "kernel".into(),
+        3 => "boot".into(),
+        4 => "static".into(),
+        16 => "dhcp".into(),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dst.prefix() == 0 {
+            write!(f, "default")?;
+        } else if self.dst.prefix() == 32 && self.dst.is_ipv4() || self.dst.prefix() == 128 {
+            write!(f, "{}/{}", self.dst.ip(), self.dst.prefix())?;
+        } else {
+            write!(f, "{}", self.dst)?;
+        }
+        if let Some(via) = self.via {
+            write!(f, " via {via}")?;
+        }
+        if let Some(dev) = &self.dev {
+            write!(f, " dev {dev}")?;
+        }
+        if self.table != TABLE_MAIN {
+            write!(f, " table {}", self.table)?;
+        }
+        write!(f, " proto {}", protocol_name(self.protocol))?;
+        match self.scope {
+            Scope::Link => write!(f, " scope link")?,
+            Scope::Host => write!(f, " scope host")?,
+            Scope::Other(v) => write!(f, " scope {v}")?,
+            Scope::Global => {}
+        }
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)?;
+        if let Some(kind) = &self.kind {
+            write!(f, " type {kind}")?;
+        }
+        if let Some(peer) = &self.peer {
+            write!(
+                f,
+                " peer {} netns {}",
+                peer.ifname,
+                peer.netns_path.display()
+            )?;
+        }
+        write!(
+            f,
+            " mtu {} {}",
+            self.mtu,
+            if self.up { "up" } else { "down" }
+        )
+    }
+}
+
+impl fmt::Display for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Object::Sysctl(s) => write!(f, "sysctl {} = {}", s.key.replace('/', "."), s.value),
+            Object::Link(l) => write!(f, "link {l}"),
+            Object::Address(a) => write!(f, "address {} dev {}", a.addr, a.dev),
+            Object::Route(r) => write!(f, "route {r}"),
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sigil = self.action.sigil();
+        match (&self.action, &self.before, &self.object) {
+            (Action::Change, Some(Object::Link(old)), Object::Link(new)) => {
+                write!(f, "{sigil} link {}", new.name)?;
+                if old.mtu != new.mtu {
+                    write!(f, " mtu {} -> {}", old.mtu, new.mtu)?;
+                }
+                if old.up != new.up {
+                    let state = |up| if up { "up" } else { "down" };
+                    write!(f, " {} -> {}", state(old.up), state(new.up))?;
+                }
+            }
+            (Action::Change, Some(Object::Sysctl(old)), Object::Sysctl(new)) => {
+                write!(
+                    f,
+                    "{sigil} sysctl {} {} -> {}",
+                    new.key.replace('/', "."),
+                    old.value,
+                    new.value
+                )?;
+            }
+            (Action::Change, Some(Object::Route(old)), Object::Route(new)) => {
+                write!(f, "{sigil} route {new} (was {old})")?;
+            }
+            _ => write!(f, "{sigil} {}", self.object)?,
+        }
+        if let Netns::Pod { pod, .. } = &self.netns {
+            write!(f, " [in pod {pod}]")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Plain data shared by `Desired`, `Observed` and `Plan`: the kernel objects
+//! headcni reasons about, keyed the way the kernel keys them.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+/// Route protocol number that marks a route as headcni's (`proto headcni`).
+/// 104 is ASCII 'h'; it is unused by the protocols iproute2 ships names for.
+pub const RTPROT_HEADCNI: u8 = 104;
+/// Name registered for [`RTPROT_HEADCNI`] in /etc/iproute2/rt_protos.d.
+pub const RTPROT_NAME: &str = "headcni";
+/// Every host-side link headcni creates starts with this prefix.
+pub const LINK_PREFIX: &str = "hc";
+/// The kernel's main routing table.
+pub const TABLE_MAIN: u32 = 254;
+/// The kernel's local table (local and broadcast addresses): never ours.
+pub const TABLE_LOCAL: u32 = 255;
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// A pod attachment: CNI's (container id, interface name) pair.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodKey {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short: String = self.container_id.chars().take(12).collect();
+        write!(f, "{short}/{}", self.ifname)
+    }
+}
+
+/// Which network namespace an object lives in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Netns {
+    /// The namespace headcni runs in (the node's).
+    Node,
+    /// A pod's namespace, with the path that opens it (so a plan is self-contained).
+    Pod { pod: PodKey, path: PathBuf },
+}
+
+impl fmt::Display for Netns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Netns::Node => write!(f, "node"),
+            Netns::Pod { pod, .. } => write!(f, "pod {pod}"),
+        }
+    }
+}
+
+/// A veth end, or any link seen in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Link {
+    pub name: String,
+    pub mtu: u32,
+    pub up: bool,
+    /// Link kind from IFLA_INFO_KIND ("veth", "tun", ...); None for physical links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Where the other end of a veth headcni creates goes; only on desired host links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<VethPeer>,
+}
+
+/// The pod end of a host veth: created inside the pod's namespace under the pod's ifname.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VethPeer {
+    pub ifname: String,
+    pub netns_path: PathBuf,
+}
+
+/// An interface address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Address {
+    pub dev: String,
+    pub addr: IpNetwork,
+}
+
+/// Route scope, as `ip route` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Global,
+    Link,
+    Host,
+    Other(u8),
+}
+
+impl Scope {
+    pub fn to_kernel(self) -> u8 {
+        match self {
+            Scope::Global => 0,
+            Scope::Link => 253,
+            Scope::Host => 254,
+            Scope::Other(v) => v,
+        }
+    }
+
+    pub fn from_kernel(v: u8) -> Self {
+        match v {
+            0 => Scope::Global,
+            253 => Scope::Link,
+            254 => Scope::Host,
+            other => Scope::Other(other),
+        }
+    }
+}
+
+/// A unicast route. Identity in the kernel is (table, destination, metric).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Route {
+    pub table: u32,
+    pub dst: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    pub scope: Scope,
+    pub protocol: u8,
+    #[serde(default)]
+    pub metric: u32,
+}
+
+/// What identifies a route in the kernel (IPv4: table, prefix, priority).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RouteKey {
+    pub table: u32,
+    pub dst: IpNetwork,
+    pub metric: u32,
+}
+
+impl Route {
+    pub fn key(&self) -> RouteKey {
+        RouteKey {
+            table: self.table,
+            dst: self.dst,
+            metric: self.metric,
+        }
+    }
+
+    pub fn is_owned(&self) -> bool {
+        self.protocol == RTPROT_HEADCNI
+    }
+
+    /// True when `observed` satisfies `self` (a desired route): a route given only
+    /// `via` accepts whatever device the kernel resolved it to.
+    pub fn satisfied_by(&self, observed: &Route) -> bool {
+        self.key() == observed.key()
+            && self.via == observed.via
+            && self.scope == observed.scope
+            && self.protocol == observed.protocol
+            && (self.dev.is_none() || self.dev == observed.dev)
+    }
+}
+
+/// A sysctl under /proc/sys, by its slash-separated path ("net/ipv4/ip_forward").
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Sysctl {
+    pub key: String,
+    pub value: String,
+}
+
+/// Everything one namespace holds that headcni looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsState {
+    pub links: Vec<Link>,
+    pub addresses: Vec<Address>,
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<Sysctl>,
+}
+
+pub fn is_owned_link_name(name: &str) -> bool {
+    name.starts_with(LINK_PREFIX)
+}
+
+/// IPv6 link-local addresses are made by the kernel on every link; they are never ours.
+pub fn is_kernel_link_local(addr: &IpNetwork) -> bool {
+    match addr.ip() {
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(_) => false,
+    }
+}

@@ -1,0 +1,496 @@
+//! The spec as written (with source spans), and its validation into [`Spec`].
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::names::validate_ifname;
+use super::{
+    ExtraRoute, Mode, PodNetwork, Spec, SpecError, Tailnet, DEFAULT_MTU, DEFAULT_STATE_DIR,
+    DEFAULT_TAILNET_CIDR,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    version: Spanned<i64>,
+    mode: Spanned<Mode>,
+    state_dir: Option<Spanned<String>>,
+    pod_network: Spanned<RawPodNetwork>,
+    tailnet: Option<RawTailnet>,
+    #[serde(default, rename = "route")]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPodNetwork {
+    cidr: Spanned<String>,
+    gateway: Option<Spanned<String>>,
+    mtu: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTailnet {
+    cidr: Option<Spanned<String>>,
+    interface: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    destination: Spanned<String>,
+    via: Option<Spanned<String>>,
+    device: Option<Spanned<String>>,
+    metric: Option<Spanned<i64>>,
+}
+
+/// Turns byte spans into located errors.
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Locator<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    }
+
+    fn invalid(&self, span: Range<usize>, field: &str, reason: impl Into<String>) -> SpecError {
+        let (line, column) = self.line_col(span.start);
+        SpecError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
+    let at = Locator { text, file };
+    let raw: RawSpec = toml::from_str(text).map_err(|e| {
+        let (line, column) = at.line_col(e.span().map_or(0, |s| s.start));
+        SpecError::Syntax {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })?;
+
+    if *raw.version.get_ref() != 1 {
+        return Err(at.invalid(
+            raw.version.span(),
+            "version",
+            format!(
+                "unsupported spec version {}; this headcni reads version 1",
+                raw.version.get_ref()
+            ),
+        ));
+    }
+    let mode = *raw.mode.get_ref();
+
+    let state_dir = match &raw.state_dir {
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+        Some(dir) => {
+            let path = PathBuf::from(dir.get_ref());
+            if !path.is_absolute() {
+                return Err(at.invalid(dir.span(), "state_dir", "must be an absolute path"));
+            }
+            path
+        }
+    };
+
+    let pod_network = validate_pod_network(&at, raw.pod_network.get_ref())?;
+    let tailnet = validate_tailnet(
+        &at,
+        raw.tailnet.as_ref(),
+        mode,
+        &raw.pod_network,
+        &pod_network,
+    )?;
+
+    let mut routes: Vec<ExtraRoute> = Vec::with_capacity(raw.routes.len());
+    for (i, route) in raw.routes.iter().enumerate() {
+        let validated = validate_route(&at, i, route, &pod_network)?;
+        if routes
+            .iter()
+            .any(|r| r.destination == validated.destination && r.metric == validated.metric)
+        {
+            return Err(at.invalid(
+                route.get_ref().destination.span(),
+                &format!("route[{i}].destination"),
+                format!(
+                    "{} (metric {}) is listed twice",
+                    validated.destination, validated.metric
+                ),
+            ));
+        }
+        routes.push(validated);
+    }
+
+    Ok(Spec {
+        source: file.to_path_buf(),
+        mode,
+        state_dir,
+        pod_network,
+        tailnet,
+        routes,
+    })
+}
+
+fn validate_pod_network(at: &Locator, raw: &RawPodNetwork) -> Result<PodNetwork, SpecError> {
+    let field = "pod_network.cidr";
+    let cidr: IpNetwork = raw
+        .cidr
+        .get_ref()
+        .parse()
+        .map_err(|e| at.invalid(raw.cidr.span(), field, format!("not a CIDR: {e}")))?;
+    let IpNetwork::V4(cidr) = cidr else {
+        return Err(at.invalid(
+            raw.cidr.span(),
+            field,
+            "IPv6 pod networks are not supported yet; use an IPv4 CIDR",
+        ));
+    };
+    if cidr.network() != cidr.ip() {
+        return Err(at.invalid(
+            raw.cidr.span(),
+            field,
+            format!(
+                "{cidr} has host bits set; did you mean {}/{}?",
+                cidr.network(),
+                cidr.prefix()
+            ),
+        ));
+    }
+    if cidr.prefix() > 29 {
+        return Err(at.invalid(
+            raw.cidr.span(),
+            field,
+            format!(
+                "/{} is too small: a pod network needs at least a /29",
+                cidr.prefix()
+            ),
+        ));
+    }
+    let first_host = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+    let gateway = match &raw.gateway {
+        None => first_host,
+        Some(gw) => {
+            let field = "pod_network.gateway";
+            let ip: Ipv4Addr = gw
+                .get_ref()
+                .parse()
+                .map_err(|e| at.invalid(gw.span(), field, format!("not an IPv4 address: {e}")))?;
+            if !cidr.contains(ip) {
+                return Err(at.invalid(
+                    gw.span(),
+                    field,
+                    format!("{ip} is outside the pod CIDR {cidr}"),
+                ));
+            }
+            if ip == cidr.network() || ip == cidr.broadcast() {
+                return Err(at.invalid(
+                    gw.span(),
+                    field,
+                    format!("{ip} is the network or broadcast address of {cidr}"),
+                ));
+            }
+            ip
+        }
+    };
+    let mtu = match &raw.mtu {
+        None => DEFAULT_MTU,
+        Some(mtu) => {
+            let value = *mtu.get_ref();
+            if !(576..=65535).contains(&value) {
+                return Err(at.invalid(
+                    mtu.span(),
+                    "pod_network.mtu",
+                    format!("{value} is out of range 576..=65535"),
+                ));
+            }
+            value as u32
+        }
+    };
+    Ok(PodNetwork { cidr, gateway, mtu })
+}
+
+fn validate_tailnet(
+    at: &Locator,
+    raw: Option<&RawTailnet>,
+    mode: Mode,
+    raw_pod: &Spanned<RawPodNetwork>,
+    pod: &PodNetwork,
+) -> Result<Tailnet, SpecError> {
+    let cidr_field = raw.and_then(|t| t.cidr.as_ref());
+    let cidr: IpNetwork = match cidr_field {
+        None => DEFAULT_TAILNET_CIDR
+            .parse()
+            .expect("default tailnet CIDR is valid"),
+        Some(c) => c
+            .get_ref()
+            .parse()
+            .map_err(|e| at.invalid(c.span(), "tailnet.cidr", format!("not a CIDR: {e}")))?,
+    };
+    if let IpNetwork::V4(v4) = cidr {
+        if v4.overlaps(pod.cidr) {
+            let span = cidr_field.map_or(raw_pod.get_ref().cidr.span(), |c| c.span());
+            return Err(at.invalid(
+                span,
+                if cidr_field.is_some() {
+                    "tailnet.cidr"
+                } else {
+                    "pod_network.cidr"
+                },
+                format!("pod CIDR {} overlaps the tailnet CIDR {cidr}", pod.cidr),
+            ));
+        }
+    }
+    let interface = match raw.and_then(|t| t.interface.as_ref()) {
+        None => mode.default_tailnet_interface().to_string(),
+        Some(name) => {
+            validate_ifname(name.get_ref())
+                .map_err(|reason| at.invalid(name.span(), "tailnet.interface", reason))?;
+            name.get_ref().clone()
+        }
+    };
+    Ok(Tailnet { cidr, interface })
+}
+
+fn validate_route(
+    at: &Locator,
+    index: usize,
+    spanned: &Spanned<RawRoute>,
+    pod: &PodNetwork,
+) -> Result<ExtraRoute, SpecError> {
+    let raw = spanned.get_ref();
+    let field = |name: &str| format!("route[{index}].{name}");
+    let destination: IpNetwork = raw.destination.get_ref().parse().map_err(|e| {
+        at.invalid(
+            raw.destination.span(),
+            &field("destination"),
+            format!("not a CIDR: {e}"),
+        )
+    })?;
+    if destination.network() != destination.ip() {
+        return Err(at.invalid(
+            raw.destination.span(),
+            &field("destination"),
+            format!(
+                "{destination} has host bits set; did you mean {}/{}?",
+                destination.network(),
+                destination.prefix()
+            ),
+        ));
+    }
+    if let IpNetwork::V4(v4) = destination {
+        if v4.prefix() > 0 && v4.overlaps(pod.cidr) {
+            return Err(at.invalid(
+                raw.destination.span(),
+                &field("destination"),
+                format!(
+                    "{destination} overlaps the pod CIDR {}: pods are routed by headcni itself",
+                    pod.cidr
+                ),
+            ));
+        }
+    }
+    let via = match &raw.via {
+        None => None,
+        Some(v) => {
+            let ip: IpAddr = v.get_ref().parse().map_err(|e| {
+                at.invalid(v.span(), &field("via"), format!("not an IP address: {e}"))
+            })?;
+            if ip.is_ipv4() != destination.is_ipv4() {
+                return Err(at.invalid(
+                    v.span(),
+                    &field("via"),
+                    format!("{ip} is not the same address family as {destination}"),
+                ));
+            }
+            Some(ip)
+        }
+    };
+    let device = match &raw.device {
+        None => None,
+        Some(d) => {
+            validate_ifname(d.get_ref())
+                .map_err(|reason| at.invalid(d.span(), &field("device"), reason))?;
+            Some(d.get_ref().clone())
+        }
+    };
+    if via.is_none() && device.is_none() {
+        return Err(at.invalid(
+            spanned.span(),
+            &field("via"),
+            "a route needs `via`, `device`, or both",
+        ));
+    }
+    let metric = match &raw.metric {
+        None => 0,
+        Some(m) => u32::try_from(*m.get_ref()).map_err(|_| {
+            at.invalid(
+                m.span(),
+                &field("metric"),
+                format!("{} is not a valid metric", m.get_ref()),
+            )
+        })?,
+    };
+    Ok(ExtraRoute {
+        destination,
+        via,
+        device,
+        metric,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+version = 1
+mode = "host"
+state_dir = "/var/lib/headcni"
+
+[pod_network]
+cidr = "10.244.0.0/24"
+mtu = 1500
+
+[tailnet]
+interface = "tailscale0"
+
+[[route]]
+destination = "198.51.100.0/24"
+via = "203.0.113.1"
+"#;
+
+    fn err(text: &str) -> SpecError {
+        Spec::parse(text, Path::new("/etc/headcni/headcni.toml")).unwrap_err()
+    }
+
+    #[test]
+    fn parses_a_good_spec_with_defaults() {
+        let spec = Spec::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(spec.pod_network.gateway, Ipv4Addr::new(10, 244, 0, 1));
+        assert_eq!(spec.tailnet.cidr.to_string(), "100.64.0.0/10");
+        assert_eq!(spec.routes.len(), 1);
+        assert_eq!(spec.routes[0].metric, 0);
+    }
+
+    #[test]
+    fn daemon_mode_defaults_its_interface() {
+        let text = GOOD
+            .replace("mode = \"host\"", "mode = \"daemon\"")
+            .replace("interface = \"tailscale0\"", "");
+        let spec = Spec::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(spec.tailnet.interface, "headcni01");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let cases: &[(&str, &str, usize, Option<&str>)] = &[
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"10.244.0.0/33\"",
+                7,
+                Some("pod_network.cidr"),
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"10.244.0.5/24\"",
+                7,
+                Some("pod_network.cidr"),
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"100.64.0.0/24\"",
+                7,
+                Some("pod_network.cidr"),
+            ),
+            ("mtu = 1500", "mtu = 70000", 8, Some("pod_network.mtu")),
+            (
+                "mtu = 1500",
+                "gateway = \"10.245.0.1\"",
+                8,
+                Some("pod_network.gateway"),
+            ),
+            (
+                "mtu = 1500",
+                "gateway = \"10.244.0.255\"",
+                8,
+                Some("pod_network.gateway"),
+            ),
+            (
+                "interface = \"tailscale0\"",
+                "interface = \"tailscale0123456789\"",
+                11,
+                Some("tailnet.interface"),
+            ),
+            (
+                "via = \"203.0.113.1\"",
+                "via = \"203.0.113\"",
+                15,
+                Some("route[0].via"),
+            ),
+            (
+                "via = \"203.0.113.1\"",
+                "via = \"2001:db8::1\"",
+                15,
+                Some("route[0].via"),
+            ),
+            (
+                "destination = \"198.51.100.0/24\"",
+                "destination = \"10.244.0.0/16\"",
+                14,
+                Some("route[0].destination"),
+            ),
+            ("version = 1", "version = 2", 2, Some("version")),
+            (
+                "state_dir = \"/var/lib/headcni\"",
+                "state_dir = \"relative\"",
+                4,
+                Some("state_dir"),
+            ),
+            ("mtu = 1500", "mtu = 1500\ncolour = \"blue\"", 9, None),
+            ("mode = \"host\"", "mode = \"bridge\"", 3, None),
+        ];
+        for (from, to, line, field) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            let e = err(&text);
+            let msg = e.to_string();
+            assert!(msg.starts_with("/etc/headcni/headcni.toml:"), "{msg}");
+            let (got_line, got_field) = e.location().unwrap();
+            assert_eq!(got_line, *line, "{to}: {msg}");
+            if let Some(field) = field {
+                assert_eq!(got_field, Some(*field), "{to}: {msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let msg = err(&GOOD.replace("mtu = 1500", "mtu = 1500\ncolour = \"blue\"")).to_string();
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn route_needs_via_or_device() {
+        let text = GOOD.replace("via = \"203.0.113.1\"", "");
+        let msg = err(&text).to_string();
+        assert!(msg.contains("route[0]") && msg.contains("needs"), "{msg}");
+    }
+}
