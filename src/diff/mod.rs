@@ -100,13 +100,14 @@ impl<'a> Draft<'a> {
         });
     }
 
-    /// Compares one desired route with the namespace's routes.
+    /// Compares one desired route with the namespace's routes. `fresh`: its
+    /// device is being (re)created, so an owned route on it now will be gone.
     fn route(&mut self, want: &Route, index: &Index, fresh: bool) {
-        if fresh {
-            self.step(Action::Add, Object::Route(want.clone()), None, "missing");
-            return;
-        }
-        match index.owned_routes.get(&want.key()) {
+        let owned = index
+            .owned_routes
+            .get(&want.key())
+            .filter(|have| !(fresh && have.dev == want.dev));
+        match owned {
             Some(have) if want.satisfied_by(have) => {}
             Some(have) => self.step(
                 Action::Change,
@@ -353,7 +354,7 @@ fn diff_pod<'a>(
         host.address(want, node, needs_veth);
     }
     for want in &pod.host_routes {
-        host.route(want, node, false);
+        host.route(want, node, needs_veth);
     }
 
     if let (Some(state), Some(index)) = (pod_state, &pod_index) {
@@ -447,5 +448,7 @@ fn order(plan: &mut Plan) {
         .sort_by(|a, b| (&a.pod, &a.reason).cmp(&(&b.pod, &b.reason)));
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;

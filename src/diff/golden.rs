@@ -1,0 +1,287 @@
+//! Golden files: tests/golden/<case>/{spec.toml, pods.json, observed.json}
+//! in, {plan.txt, plan.json} out. Adding a case is adding a folder.
+//! `UPDATE_GOLDEN=1 cargo test golden` rewrites the expected outputs;
+//! `cargo test -- --ignored write_golden_inputs` recreates the scenario inputs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::tests::converged;
+use super::*;
+use crate::model::{Scope, Sysctl, TABLE_MAIN};
+use crate::spec::{compile, host_link_name, PodIntent, Spec};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn load(case: &Path) -> (Desired, Observed) {
+    let spec_path = case.join("spec.toml");
+    let spec = Spec::parse(
+        &fs::read_to_string(&spec_path).unwrap(),
+        Path::new("spec.toml"),
+    )
+    .unwrap();
+    let pods: Vec<PodIntent> =
+        serde_json::from_str(&fs::read_to_string(case.join("pods.json")).unwrap()).unwrap();
+    let observed: Observed =
+        serde_json::from_str(&fs::read_to_string(case.join("observed.json")).unwrap()).unwrap();
+    (compile(&spec, &pods), observed)
+}
+
+#[test]
+fn golden_plans() {
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut cases: Vec<PathBuf> = fs::read_dir(golden_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 8, "golden cases missing");
+    let mut failures = Vec::new();
+    for case in cases {
+        let (desired, observed) = load(&case);
+        let plan = diff(&desired, &observed);
+        for (file, got) in [
+            ("plan.txt", render::text(&plan)),
+            ("plan.json", render::json(&plan)),
+        ] {
+            let path = case.join(file);
+            if update {
+                fs::write(&path, &got).unwrap();
+                continue;
+            }
+            let want = fs::read_to_string(&path).unwrap_or_default();
+            if want != got {
+                failures.push(format!(
+                    "{}:\n--- want\n{want}\n--- got\n{got}",
+                    path.display()
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "golden mismatches (UPDATE_GOLDEN=1 to accept):\n{}",
+        failures.join("\n")
+    );
+}
+
+const SPEC: &str = r#"version = 1
+mode = "host"
+state_dir = "/var/lib/headcni"
+
+[pod_network]
+cidr = "10.244.0.0/24"
+mtu = 1500
+
+[tailnet]
+interface = "tailscale0"
+
+[[route]]
+destination = "198.51.100.0/24"
+via = "203.0.113.1"
+"#;
+
+fn intent(i: u8) -> PodIntent {
+    let id = format!("{i:02}c0ffee{i:02}");
+    PodIntent {
+        host_link: host_link_name(&id, "eth0"),
+        container_id: id.clone(),
+        ifname: "eth0".into(),
+        netns: PathBuf::from(format!("/run/netns/pod{i}")),
+        ip: std::net::Ipv4Addr::new(10, 244, 0, 10 + i),
+    }
+}
+
+fn spec() -> Spec {
+    Spec::parse(SPEC, Path::new("spec.toml")).unwrap()
+}
+
+fn foreign(dst: &str) -> Route {
+    Route {
+        table: TABLE_MAIN,
+        dst: dst.parse().unwrap(),
+        via: None,
+        dev: Some("eth0".into()),
+        scope: Scope::Link,
+        protocol: 4,
+        metric: 0,
+    }
+}
+
+fn empty_pods(observed: &mut Observed, pods: &[PodIntent]) {
+    for p in pods {
+        observed.pods.push(crate::observe::ObservedPod {
+            key: p.key(),
+            netns_path: p.netns.clone(),
+            state: Some(NetnsState::default()),
+        });
+    }
+}
+
+/// The scenarios behind the golden inputs.
+fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
+    let three: Vec<PodIntent> = (1..=3).map(intent).collect();
+    let bare = || {
+        let mut o = converged(&compile(&spec(), &[]));
+        o.node.routes.clear();
+        o.node.sysctls = vec![Sysctl {
+            key: "net/ipv4/ip_forward".into(),
+            value: "0".into(),
+        }];
+        o
+    };
+    let mut out = Vec::new();
+
+    out.push(("01-empty-node-no-pods", SPEC.to_string(), vec![], bare()));
+
+    let mut o = bare();
+    empty_pods(&mut o, &three);
+    out.push((
+        "02-empty-node-three-pods",
+        SPEC.to_string(),
+        three.clone(),
+        o,
+    ));
+
+    out.push((
+        "03-converged",
+        SPEC.to_string(),
+        three.clone(),
+        converged(&compile(&spec(), &three)),
+    ));
+
+    let mut o = converged(&compile(&spec(), &three));
+    let host = three[0].host_link.clone();
+    o.node
+        .routes
+        .retain(|r| r.dev.as_deref() != Some(host.as_str()));
+    o.node
+        .links
+        .iter_mut()
+        .find(|l| l.name == host)
+        .unwrap()
+        .mtu = 1280;
+    out.push((
+        "04-drift-route-deleted-mtu-changed",
+        SPEC.to_string(),
+        three.clone(),
+        o,
+    ));
+
+    let mut o = bare();
+    empty_pods(&mut o, &three);
+    o.node.routes.push(foreign("10.244.0.12/32"));
+    out.push((
+        "05-conflict-foreign-route-on-pod-ip",
+        SPEC.to_string(),
+        three.clone(),
+        o,
+    ));
+
+    let mut o = converged(&compile(&spec(), &three));
+    o.pods.retain(|p| p.key != three[2].key());
+    o.node.routes.push(foreign("192.0.2.0/24"));
+    out.push((
+        "06-pod-deleted-owned-objects-removed",
+        SPEC.to_string(),
+        three[..2].to_vec(),
+        o,
+    ));
+
+    let mut o = converged(&compile(&spec(), &three));
+    o.node.links.retain(|l| l.name != "tailscale0");
+    o.node
+        .routes
+        .retain(|r| r.dev.as_deref() != Some("tailscale0"));
+    out.push((
+        "07-tailnet-interface-missing",
+        SPEC.to_string(),
+        three.clone(),
+        o,
+    ));
+
+    let mut outside = intent(4);
+    outside.ip = std::net::Ipv4Addr::new(10, 9, 0, 4);
+    let mut pods = three.clone();
+    pods.push(outside);
+    out.push((
+        "08-pod-address-outside-cidr",
+        SPEC.to_string(),
+        pods,
+        converged(&compile(&spec(), &three)),
+    ));
+
+    let mut o = converged(&compile(&spec(), &three));
+    o.pods[1].state = None;
+    out.push(("09-pod-netns-gone", SPEC.to_string(), three.clone(), o));
+
+    let changed = SPEC
+        .replace("mtu = 1500", "mtu = 1400")
+        .replace("via = \"203.0.113.1\"", "via = \"203.0.113.254\"");
+    out.push((
+        "10-spec-change-mtu-and-route",
+        changed,
+        three.clone(),
+        converged(&compile(&spec(), &three)),
+    ));
+
+    let mut o = converged(&compile(&spec(), &three));
+    let inside = o.pods[0].state.as_mut().unwrap();
+    inside.routes.retain(|r| r.via.is_none());
+    inside
+        .links
+        .iter_mut()
+        .find(|l| l.name == "eth0")
+        .unwrap()
+        .up = false;
+    o.node.sysctls[0].value = "0".into();
+    out.push((
+        "11-pod-side-drift-and-forwarding-off",
+        SPEC.to_string(),
+        three.clone(),
+        o,
+    ));
+
+    let mut o = converged(&compile(&spec(), &three));
+    o.node.routes.push(Route {
+        protocol: crate::model::RTPROT_HEADCNI,
+        ..foreign("203.0.113.128/25")
+    });
+    o.node.links.push(Link {
+        name: "hcdeadbeef00".into(),
+        mtu: 1500,
+        up: true,
+        kind: Some("veth".into()),
+        peer: None,
+    });
+    out.push((
+        "12-stale-owned-route-and-link",
+        SPEC.to_string(),
+        three.clone(),
+        o,
+    ));
+
+    out
+}
+
+#[test]
+#[ignore = "writes golden inputs; run on purpose"]
+fn write_golden_inputs() {
+    for (name, spec_text, pods, observed) in scenarios() {
+        let dir = golden_dir().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("spec.toml"), spec_text).unwrap();
+        fs::write(
+            dir.join("pods.json"),
+            serde_json::to_string_pretty(&pods).unwrap() + "\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("observed.json"),
+            serde_json::to_string_pretty(&observed).unwrap() + "\n",
+        )
+        .unwrap();
+    }
+}
