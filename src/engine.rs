@@ -70,8 +70,11 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// Every step applied, nothing left to do, nothing blocked by a foreign object.
     pub fn converged(&self) -> bool {
-        self.report.failed.is_empty() && self.remaining.is_empty()
+        self.report.failed.is_empty()
+            && self.remaining.is_empty()
+            && self.remaining.conflicts.is_empty()
     }
 }
 

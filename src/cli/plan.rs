@@ -83,6 +83,12 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
             applied.report.skipped
         );
     }
+    if !applied.remaining.conflicts.is_empty() {
+        eprintln!(
+            "headcni: {} conflicts with objects headcni does not own; the pods they block are not wired",
+            applied.remaining.conflicts.len()
+        );
+    }
     if !applied.remaining.is_empty() {
         eprintln!("headcni: the node did not converge; still to do:");
         eprint!("{}", render::text(&applied.remaining));
