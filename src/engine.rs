@@ -30,24 +30,25 @@ pub struct Planned {
     pub took: Duration,
 }
 
-pub async fn plan(
-    spec: &Spec,
-    pods: &[PodIntent],
-    scope: &PodScope,
-) -> Result<Planned, ObserveError> {
+pub fn plan(spec: &Spec, pods: &[PodIntent], scope: &PodScope) -> Result<Planned, ObserveError> {
     let started = Instant::now();
-    let desired = compile(spec, pods);
-    let to_observe: Vec<(PodKey, PathBuf)> = desired
-        .pods
+    let to_observe: Vec<(PodKey, PathBuf)> = pods
         .iter()
         .filter(|p| match scope {
             PodScope::All => true,
             PodScope::HostOnly => false,
-            PodScope::One(key) => &p.key == key,
+            PodScope::One(key) => p.container_id == key.container_id && p.ifname == key.ifname,
         })
-        .map(|p| (p.key.clone(), p.netns_path.clone()))
+        .map(|p| (p.key(), p.netns.clone()))
         .collect();
-    let observed = observe::observe(&to_observe).await?;
+    // compile is pure and independent of the kernel: do it while the kernel dumps.
+    let (desired, observed) = std::thread::scope(|threads| {
+        let desired = threads.spawn(|| compile(spec, pods));
+        let observed = observe::observe(&to_observe);
+        (desired.join(), observed)
+    });
+    let desired = desired.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let observed = observed?;
     let mut plan = diff(&desired, &observed);
     if let PodScope::One(key) = scope {
         plan = plan.for_pod(key);
@@ -78,19 +79,15 @@ impl Applied {
     }
 }
 
-pub async fn apply(
-    spec: &Spec,
-    pods: &[PodIntent],
-    scope: &PodScope,
-) -> Result<Applied, ObserveError> {
-    let planned = plan(spec, pods, scope).await?;
+pub fn apply(spec: &Spec, pods: &[PodIntent], scope: &PodScope) -> Result<Applied, ObserveError> {
+    let planned = plan(spec, pods, scope)?;
     let started = Instant::now();
-    let report = apply::apply(&planned.plan).await;
+    let report = apply::apply(&planned.plan);
     let apply_took = started.elapsed();
     let remaining = if planned.plan.is_empty() {
         planned.plan.clone()
     } else {
-        plan(spec, pods, scope).await?.plan
+        plan(spec, pods, scope)?.plan
     };
     Ok(Applied {
         plan: planned.plan,

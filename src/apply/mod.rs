@@ -9,18 +9,19 @@
 mod messages;
 
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
-use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 
 use crate::diff::{Action, Object, Plan, Step};
 use crate::model::{Netns, PodKey, Sysctl};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::observe::netns_state;
+use crate::observe::{link_indexes, netns_state};
 
 /// One failed step and why.
 #[derive(Debug)]
@@ -40,37 +41,19 @@ pub struct ApplyReport {
 /// A namespace's connection plus its link-name index, filled on first use.
 struct NsConn {
     nl: Netlink,
-    links: Option<HashMap<String, u32>>,
+    links: Option<FxHashMap<String, u32>>,
 }
 
 impl NsConn {
-    async fn index_of(&mut self, name: &str) -> Result<u32, String> {
+    fn index_of(&mut self, name: &str) -> Result<u32, String> {
         if self.links.is_none() {
-            let state = self.link_indexes().await.map_err(|e| e.to_string())?;
+            let state = link_indexes(&mut self.nl).map_err(|e| e.to_string())?;
             self.links = Some(state);
         }
         self.links
             .as_ref()
             .and_then(|l| l.get(name).copied())
             .ok_or_else(|| format!("link {name} not found"))
-    }
-
-    async fn link_indexes(&self) -> Result<HashMap<String, u32>, NetlinkError> {
-        let msgs = self
-            .nl
-            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
-            .await?;
-        let mut out = HashMap::with_capacity(msgs.len());
-        for msg in msgs {
-            if let RouteNetlinkMessage::NewLink(m) = msg {
-                for attr in &m.attributes {
-                    if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = attr {
-                        out.insert(n.clone(), m.header.index);
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Links changed: names must be looked up again.
@@ -85,7 +68,7 @@ struct Executor {
     failed_pods: Vec<PodKey>,
 }
 
-pub async fn apply(plan: &Plan) -> ApplyReport {
+pub fn apply(plan: &Plan) -> ApplyReport {
     let mut exec = Executor {
         conns: HashMap::new(),
         report: ApplyReport::default(),
@@ -103,10 +86,10 @@ pub async fn apply(plan: &Plan) -> ApplyReport {
             {
                 j += 1;
             }
-            exec.run_batch(&plan.steps[i..j]).await;
+            exec.run_batch(&plan.steps[i..j]);
             i = j;
         } else {
-            exec.run_single(step).await;
+            exec.run_single(step);
             i += 1;
         }
     }
@@ -143,7 +126,7 @@ impl Executor {
         });
     }
 
-    async fn conn(&mut self, netns: &Netns) -> Result<&mut NsConn, String> {
+    fn conn(&mut self, netns: &Netns) -> Result<&mut NsConn, String> {
         let key = netns_path(netns);
         if !self.conns.contains_key(&key) {
             let nl = match &key {
@@ -158,14 +141,14 @@ impl Executor {
             .ok_or_else(|| "connection vanished".to_string())
     }
 
-    async fn run_single(&mut self, step: &Step) {
+    fn run_single(&mut self, step: &Step) {
         if self.blocked(step) {
             self.report.skipped += 1;
             return;
         }
         let result = match &step.object {
             Object::Sysctl(s) => write_sysctl(s),
-            Object::Link(_) => self.link_step(step).await,
+            Object::Link(_) => self.link_step(step),
             _ => unreachable!("batchable steps go through run_batch"),
         };
         match result {
@@ -174,11 +157,11 @@ impl Executor {
         }
     }
 
-    async fn link_step(&mut self, step: &Step) -> Result<(), String> {
+    fn link_step(&mut self, step: &Step) -> Result<(), String> {
         let Object::Link(link) = &step.object else {
             return Err("not a link".into());
         };
-        let conn = self.conn(&step.netns).await?;
+        let conn = self.conn(&step.netns)?;
         let (msg, flags, ok_errno) = match step.action {
             Action::Add => {
                 let peer = link
@@ -191,8 +174,7 @@ impl Executor {
                 let msg = messages::new_veth(link, &peer.ifname, netns.as_raw_fd());
                 let result = conn
                     .nl
-                    .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
-                    .await;
+                    .request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL);
                 drop(netns);
                 conn.forget_links();
                 accept(result, libc::EEXIST)?;
@@ -205,19 +187,13 @@ impl Executor {
                     }),
                     path: peer.netns_path.clone(),
                 };
-                let pod_conn = self.conn(&pod_ns).await?;
+                let pod_conn = self.conn(&pod_ns)?;
                 pod_conn.forget_links();
                 let up = messages::set_link_by_name(&peer.ifname, link.up);
-                return accept(
-                    pod_conn
-                        .nl
-                        .request(RouteNetlinkMessage::SetLink(up), 0)
-                        .await,
-                    0,
-                );
+                return accept(pod_conn.nl.request(RouteNetlinkMessage::SetLink(up), 0), 0);
             }
             Action::Change => {
-                let index = conn.index_of(&link.name).await?;
+                let index = conn.index_of(&link.name)?;
                 (
                     RouteNetlinkMessage::SetLink(messages::set_link(index, link)),
                     0,
@@ -225,7 +201,7 @@ impl Executor {
                 )
             }
             Action::Remove => {
-                let index = match conn.index_of(&link.name).await {
+                let index = match conn.index_of(&link.name) {
                     Ok(i) => i,
                     Err(_) => return Ok(()), // already gone
                 };
@@ -237,14 +213,14 @@ impl Executor {
                 )
             }
         };
-        accept(conn.nl.request(msg, flags).await, ok_errno)
+        accept(conn.nl.request(msg, flags), ok_errno)
     }
 
-    async fn run_batch(&mut self, steps: &[Step]) {
+    fn run_batch(&mut self, steps: &[Step]) {
         let mut requests = Vec::with_capacity(steps.len());
         let mut sent: Vec<(&Step, i32)> = Vec::with_capacity(steps.len());
         let failed_pods = self.failed_pods.clone();
-        let conn = match self.conn(&steps[0].netns).await {
+        let conn = match self.conn(&steps[0].netns) {
             Ok(c) => c,
             Err(e) => {
                 for step in steps {
@@ -259,7 +235,7 @@ impl Executor {
                 early.push((step, Err(String::new())));
                 continue;
             }
-            match request_for(conn, step).await {
+            match request_for(conn, step) {
                 Ok(Some((msg, flags, ok_errno))) => {
                     requests.push((msg, flags));
                     sent.push((step, ok_errno));
@@ -268,7 +244,7 @@ impl Executor {
                 Err(e) => early.push((step, Err(e))),
             }
         }
-        let results = conn.nl.batch(requests).await;
+        let results = conn.nl.batch(requests);
         for (step, result) in early {
             match result {
                 Err(e) if e.is_empty() => self.report.skipped += 1,
@@ -289,10 +265,10 @@ type Request = (RouteNetlinkMessage, u16, i32);
 
 /// The request for an address or route step, with the errno that means
 /// "already so"; None when the kernel has nothing left to do.
-async fn request_for(conn: &mut NsConn, step: &Step) -> Result<Option<Request>, String> {
+fn request_for(conn: &mut NsConn, step: &Step) -> Result<Option<Request>, String> {
     match (&step.object, step.action) {
         (Object::Address(a), action) => {
-            let index = match (conn.index_of(&a.dev).await, action) {
+            let index = match (conn.index_of(&a.dev), action) {
                 (Ok(i), _) => i,
                 (Err(_), Action::Remove) => return Ok(None),
                 (Err(e), _) => return Err(e),
@@ -310,7 +286,7 @@ async fn request_for(conn: &mut NsConn, step: &Step) -> Result<Option<Request>, 
         (Object::Route(r), action) => {
             let oif = match &r.dev {
                 None => None,
-                Some(dev) => match (conn.index_of(dev).await, action) {
+                Some(dev) => match (conn.index_of(dev), action) {
                     (Ok(i), _) => Some(i),
                     // The device is gone and took the route with it.
                     (Err(_), Action::Remove) => return Ok(None),
@@ -352,8 +328,8 @@ fn write_sysctl(s: &Sysctl) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// Reads a namespace again after applying (used by verification and tests).
-pub async fn reobserve_node() -> Result<crate::model::NetnsState, NetlinkError> {
-    let nl = Netlink::open_current()?;
-    netns_state(&nl).await
+/// Reads the node namespace again after applying (for tests and tools).
+pub fn reobserve_node() -> Result<crate::model::NetnsState, NetlinkError> {
+    let mut nl = Netlink::open_current()?;
+    netns_state(&mut nl)
 }

@@ -106,15 +106,6 @@ impl Cli {
     }
 }
 
-/// netlink runs on a current-thread runtime: one socket per namespace, no
-/// cross-thread hand-offs (a multi-thread runtime measured 4x slower here).
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 fn validate(cli: &Cli) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
     println!("{}: valid", cli.spec.display());

@@ -5,7 +5,7 @@ use clap::Args;
 use headcni::engine::{self, PodScope};
 use headcni::model::NetnsState;
 
-use super::{runtime, Cli, Exit, Format};
+use super::{Cli, Exit, Format};
 
 #[derive(Args)]
 pub struct ObserveArgs {
@@ -16,7 +16,7 @@ pub struct ObserveArgs {
 pub fn run(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
     let pods = Cli::load_pods(&spec)?;
-    let planned = runtime()?.block_on(engine::plan(&spec, &pods, &PodScope::All))?;
+    let planned = (engine::plan(&spec, &pods, &PodScope::All))?;
     let observed = planned.observed;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&observed)?),

@@ -5,7 +5,7 @@ use clap::Args;
 use headcni::diff::render;
 use headcni::engine::{self, PodScope};
 
-use super::{runtime, Cli, Exit, Format};
+use super::{Cli, Exit, Format};
 
 #[derive(Args)]
 pub struct PlanArgs {
@@ -39,7 +39,7 @@ fn scope(host_only: bool) -> PodScope {
 pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
     let pods = Cli::load_pods(&spec)?;
-    let planned = runtime()?.block_on(engine::plan(&spec, &pods, &scope(args.host_only)))?;
+    let planned = (engine::plan(&spec, &pods, &scope(args.host_only)))?;
     tracing::debug!(took = ?planned.took, "planned");
     match args.format {
         Format::Text => print!("{}", render::text(&planned.plan)),
@@ -60,7 +60,7 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     if let Err(e) = engine::register_protocol_name() {
         tracing::warn!("cannot register route protocol name in /etc/iproute2/rt_protos.d: {e}");
     }
-    let applied = runtime()?.block_on(engine::apply(&spec, &pods, &scope(args.host_only)))?;
+    let applied = (engine::apply(&spec, &pods, &scope(args.host_only)))?;
     match args.format {
         Format::Json => print!("{}", render::json(&applied.plan)),
         Format::Text => {

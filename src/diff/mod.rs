@@ -7,7 +7,9 @@
 mod plan;
 pub mod render;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use ipnetwork::IpNetwork;
 
@@ -22,17 +24,18 @@ use crate::spec::{Desired, DesiredPod};
 
 /// Kernel state of one namespace, indexed for lookups.
 struct Index<'a> {
-    links: HashMap<&'a str, &'a Link>,
-    addresses: BTreeSet<(&'a str, IpNetwork)>,
-    owned_routes: HashMap<RouteKey, &'a Route>,
+    links: FxHashMap<&'a str, &'a Link>,
+    addresses: FxHashSet<(&'a str, IpNetwork)>,
+    owned_routes: FxHashMap<RouteKey, &'a Route>,
     /// Foreign routes by (table, destination): anything there blocks ours.
-    foreign_routes: HashMap<(u32, IpNetwork), &'a Route>,
+    foreign_routes: FxHashMap<(u32, IpNetwork), &'a Route>,
 }
 
 impl<'a> Index<'a> {
     fn new(state: &'a NetnsState) -> Self {
-        let mut owned_routes = HashMap::with_capacity(state.routes.len());
-        let mut foreign_routes = HashMap::new();
+        let mut owned_routes =
+            FxHashMap::with_capacity_and_hasher(state.routes.len(), Default::default());
+        let mut foreign_routes = FxHashMap::default();
         for route in &state.routes {
             if route.is_owned() {
                 owned_routes.insert(route.key(), route);
@@ -57,14 +60,14 @@ impl<'a> Index<'a> {
 
 /// Steps for one owner, collected before they are known to be conflict-free.
 struct Draft<'a> {
-    netns: &'a Netns,
+    netns: Netns,
     pod: Option<&'a PodKey>,
     steps: Vec<Step>,
     conflicts: Vec<Conflict>,
 }
 
 impl<'a> Draft<'a> {
-    fn new(netns: &'a Netns, pod: Option<&'a PodKey>) -> Self {
+    fn new(netns: Netns, pod: Option<&'a PodKey>) -> Self {
         Draft {
             netns,
             pod,
@@ -148,12 +151,11 @@ impl<'a> Draft<'a> {
 
 pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
     let node = Index::new(&observed.node);
-    let node_ns = Netns::Node;
     let mut plan = Plan::default();
     let mut drafts: Vec<Draft> = Vec::new();
 
     // Node-wide objects.
-    let mut node_draft = Draft::new(&node_ns, None);
+    let mut node_draft = Draft::new(Netns::Node, None);
     for want in &desired.node_sysctls {
         let have = observed.node.sysctls.iter().find(|s| s.key == want.key);
         match have {
@@ -183,7 +185,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
             }
         }
         // Node objects are independent: a conflict blocks only its own route.
-        let mut one = Draft::new(&node_ns, None);
+        let mut one = Draft::new(Netns::Node, None);
         one.route(want, &node, false);
         node_draft.steps.append(&mut one.steps);
         plan.conflicts.append(&mut one.conflicts);
@@ -192,24 +194,16 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
 
     // Pods. Host links and routes of every desired pod are kept, even of pods
     // skipped below: skipping must never turn into removing.
-    let mut kept_links: BTreeSet<&str> = BTreeSet::new();
-    let mut kept_routes: BTreeSet<RouteKey> = desired.node_routes.iter().map(Route::key).collect();
-    let mut kept_addresses: BTreeSet<(&str, IpNetwork)> = BTreeSet::new();
+    let mut kept_links: FxHashSet<&str> = FxHashSet::default();
+    let mut kept_routes: FxHashSet<RouteKey> = desired.node_routes.iter().map(Route::key).collect();
+    let mut kept_addresses: FxHashSet<(&str, IpNetwork)> = FxHashSet::default();
     for pod in &desired.pods {
         kept_links.insert(pod.host_link.name.as_str());
         kept_routes.extend(pod.host_routes.iter().map(Route::key));
         kept_addresses.extend(pod.host_addresses.iter().map(|a| (a.dev.as_str(), a.addr)));
     }
-    let pod_netns: Vec<Netns> = desired
-        .pods
-        .iter()
-        .map(|p| Netns::Pod {
-            pod: p.key.clone(),
-            path: p.netns_path.clone(),
-        })
-        .collect();
-    for (pod, netns) in desired.pods.iter().zip(&pod_netns) {
-        if let Some(reason) = diff_pod(pod, netns, &node, &node_ns, observed, &mut drafts) {
+    for pod in &desired.pods {
+        if let Some(reason) = diff_pod(pod, &node, observed, &mut drafts) {
             plan.waiting.push(Waiting {
                 pod: Some(pod.key.clone()),
                 reason,
@@ -218,8 +212,8 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
     }
 
     // Owned objects nobody wants any more, in the node namespace.
-    let mut removal = Draft::new(&node_ns, None);
-    let mut removed_links: BTreeSet<&str> = BTreeSet::new();
+    let mut removal = Draft::new(Netns::Node, None);
+    let mut removed_links: FxHashSet<&str> = FxHashSet::default();
     for link in &observed.node.links {
         if is_owned_link_name(&link.name) && !kept_links.contains(link.name.as_str()) {
             removed_links.insert(link.name.as_str());
@@ -282,9 +276,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
 /// skips the whole pod. Returns why the pod must wait, if it must.
 fn diff_pod<'a>(
     pod: &'a DesiredPod,
-    netns: &'a Netns,
     node: &Index,
-    node_ns: &'a Netns,
     observed: &'a Observed,
     drafts: &mut Vec<Draft<'a>>,
 ) -> Option<String> {
@@ -303,8 +295,20 @@ fn diff_pod<'a>(
     };
     let pod_index = pod_state.map(Index::new);
 
-    let mut host = Draft::new(node_ns, Some(&pod.key));
-    let mut inside = Draft::new(netns, Some(&pod.key));
+    let mut host = Draft::new(Netns::Node, Some(&pod.key));
+    // Only a pod whose namespace was observed gets steps inside it.
+    let pod_netns = || Netns::Pod {
+        pod: pod.key.clone(),
+        path: pod.netns_path.clone(),
+    };
+    let mut inside = Draft::new(
+        if pod_state.is_some() {
+            pod_netns()
+        } else {
+            Netns::Node
+        },
+        Some(&pod.key),
+    );
     let host_link = node.links.get(pod.host_link.name.as_str()).copied();
     let pod_link = pod_index
         .as_ref()
@@ -381,7 +385,7 @@ fn diff_pod<'a>(
 /// Inside a pod's namespace headcni owns the pod interface's addresses and
 /// every route with its protocol.
 fn remove_unwanted_in_pod(pod: &DesiredPod, state: &NetnsState, draft: &mut Draft) {
-    let wanted_routes: BTreeSet<RouteKey> = pod.pod_routes.iter().map(Route::key).collect();
+    let wanted_routes: FxHashSet<RouteKey> = pod.pod_routes.iter().map(Route::key).collect();
     for route in &state.routes {
         if route.is_owned() && !wanted_routes.contains(&route.key()) {
             draft.step(

@@ -1,28 +1,35 @@
-//! The one place headcni talks rtnetlink: a connection per network namespace,
-//! dumps, and batched requests (several requests per datagram).
+//! The one place headcni talks rtnetlink: a synchronous connection per
+//! network namespace, lazy dumps, and batched requests.
 //!
-//! Entering a namespace happens only in [`Netlink::open_in`], on a short-lived
-//! std thread: a netlink socket stays bound to the namespace it was created
-//! in, so the thread creates the socket there and hands it back. No tokio
-//! worker ever calls setns.
+//! Messages are built with rtnetlink's builders and netlink-packet-route's
+//! types. Transport is a plain blocking netlink socket: a CNI call or a
+//! reconcile pass is a short burst of request/answer, and a socket of our own
+//! lets us (1) pack hundreds of requests into one datagram and (2) read dump
+//! answers in place, decoding only the attributes headcni uses (the link
+//! dump's per-interface inet6 configuration alone is most of its bytes).
+//!
+//! Entering a namespace happens only in [`Netlink::open_in`], on a
+//! short-lived thread: a netlink socket stays bound to the namespace it was
+//! created in, so that thread creates it there and hands it back.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use futures::StreamExt;
-use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use rtnetlink::packet_core::{NetlinkBuffer, NetlinkMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::proto::{ConnectionHandle, NetlinkCodec};
-use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr, TokioSocket};
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-/// Requests per datagram in a batch. Each answer (an ack, or an error that
-/// echoes the request) must fit the receive buffer together.
-const BATCH: usize = 256;
-const RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// Most requests per datagram. Every one is answered by an ack that holds
+/// about a kilobyte of receive buffer until read, so a batch must fit it.
+const MAX_BATCH: usize = 512;
+const ACK_TRUESIZE: usize = 1536;
+/// Receive buffer asked for (root may exceed rmem_max with SO_RCVBUFFORCE).
+const RECV_BUFFER_BYTES: libc::c_int = 8 * 1024 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -32,8 +39,8 @@ pub enum NetlinkError {
     EnterNetns { path: PathBuf, error: io::Error },
     #[error("netlink socket: {0}")]
     Socket(io::Error),
-    #[error("netlink connection closed before the kernel answered")]
-    Closed,
+    #[error("malformed netlink answer: {0}")]
+    Decode(String),
     #[error("kernel said: {0}")]
     Kernel(io::Error),
 }
@@ -50,21 +57,17 @@ impl NetlinkError {
 
 /// A connection to rtnetlink in one namespace. Dropping it closes the socket.
 pub struct Netlink {
-    handle: ConnectionHandle<RouteNetlinkMessage>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Netlink {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    socket: Socket,
+    seq: u32,
+    batch: usize,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
 }
 
 impl Netlink {
-    /// Connects in the caller's own namespace. Needs a tokio runtime.
+    /// Connects in the caller's own namespace.
     pub fn open_current() -> Result<Netlink, NetlinkError> {
-        let socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
-        Self::from_socket(socket)
+        Self::from_socket(Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?)
     }
 
     /// Connects inside the namespace at `path` (a /run/netns file or /proc/PID/ns/net).
@@ -88,110 +91,195 @@ impl Netlink {
         Self::from_socket(socket)
     }
 
-    fn from_socket(socket: Socket) -> Result<Netlink, NetlinkError> {
-        // Large batches get one ack each; make room for them.
+    fn from_socket(mut socket: Socket) -> Result<Netlink, NetlinkError> {
+        socket.bind_auto().map_err(NetlinkError::Socket)?;
         socket
-            .set_rx_buf_sz(RECV_BUFFER_BYTES)
+            .connect(&SocketAddr::new(0, 0))
             .map_err(NetlinkError::Socket)?;
-        socket
-            .set_non_blocking(true)
-            .map_err(NetlinkError::Socket)?;
-        // SAFETY: the fd comes straight out of a Socket we own and give up here.
-        let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
-        let (mut conn, handle, _unsolicited) = rtnetlink::proto::from_socket_with_codec::<
-            RouteNetlinkMessage,
-            TokioSocket,
-            NetlinkCodec,
-        >(socket);
-        conn.set_forward_ack(true);
-        let task = tokio::spawn(conn);
-        Ok(Netlink { handle, task })
+        // Acks without a copy of the request: smaller, so batches fit better.
+        socket.set_cap_ack(true).map_err(NetlinkError::Socket)?;
+        let buffer = force_receive_buffer(&socket);
+        let batch = (buffer / ACK_TRUESIZE).clamp(1, MAX_BATCH);
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            batch,
+            rx: Vec::with_capacity(READ_CHUNK),
+            tx: Vec::new(),
+        })
     }
 
-    /// Runs a dump request and collects every answer.
-    pub async fn dump(
-        &self,
-        payload: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-        let mut req = NetlinkMessage::from(payload);
-        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut responses = self
-            .handle
-            .request(req, SocketAddr::new(0, 0))
-            .map_err(|_| NetlinkError::Closed)?;
-        let mut out = Vec::new();
-        while let Some(msg) = responses.next().await {
-            match msg.payload {
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(NetlinkError::Kernel(e.to_io()))
+    /// Runs a dump and hands each answer's (message type, payload) to `each`,
+    /// straight from the receive buffer.
+    pub fn dump(
+        &mut self,
+        request: RouteNetlinkMessage,
+        mut each: impl FnMut(u16, &[u8]),
+    ) -> Result<(), NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.tx.clear();
+        encode(&mut self.tx, request, NLM_F_REQUEST | NLM_F_DUMP, seq);
+        self.socket
+            .send(&self.tx, 0)
+            .map_err(NetlinkError::Socket)?;
+        loop {
+            self.rx.clear();
+            let n = self
+                .socket
+                .recv(&mut self.rx, 0)
+                .map_err(NetlinkError::Socket)?;
+            let mut offset = 0;
+            while offset < n {
+                let msg = NetlinkBuffer::new_checked(&self.rx[offset..n])
+                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
+                let len = (msg.length() as usize).max(16);
+                if msg.sequence_number() == seq {
+                    match msg.message_type() {
+                        NLMSG_DONE => return Ok(()),
+                        NLMSG_ERROR => {
+                            if let Some(err) = error_code(msg.payload()) {
+                                return Err(NetlinkError::Kernel(err));
+                            }
+                        }
+                        kind => each(kind, msg.payload()),
+                    }
                 }
-                _ => {}
+                offset += (len + 3) & !3;
             }
         }
-        Ok(out)
     }
 
     /// Sends one request and waits for its ack.
-    pub async fn request(
-        &self,
-        payload: RouteNetlinkMessage,
+    pub fn request(
+        &mut self,
+        request: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<(), NetlinkError> {
-        self.batch(vec![(payload, flags)])
-            .await
+        self.batch(vec![(request, flags)])
             .pop()
-            .unwrap_or(Err(NetlinkError::Closed))
+            .unwrap_or_else(|| Err(NetlinkError::Decode("no answer".into())))
     }
 
     /// Sends requests packed many to a datagram; returns one result per request, in order.
-    pub async fn batch(
-        &self,
+    pub fn batch(
+        &mut self,
         requests: Vec<(RouteNetlinkMessage, u16)>,
     ) -> Vec<Result<(), NetlinkError>> {
-        let mut results: Vec<Result<(), NetlinkError>> = Vec::with_capacity(requests.len());
+        let mut results = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
-            let chunk: Vec<NetlinkMessage<RouteNetlinkMessage>> = requests
-                .by_ref()
-                .take(BATCH)
-                .map(|(payload, flags)| {
-                    let mut msg = NetlinkMessage::from(payload);
-                    msg.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-                    msg
-                })
-                .collect();
-            let n = chunk.len();
-            let mut answers: Vec<Option<Result<(), NetlinkError>>> = (0..n).map(|_| None).collect();
-            match self.handle.request_batch(chunk, SocketAddr::new(0, 0)) {
-                Err(_) => {}
-                Ok(mut responses) => {
-                    // Sequence numbers of one batch are consecutive; the kernel
-                    // answers every request of it, so the smallest is the first.
-                    let mut got = Vec::with_capacity(n);
-                    while let Some(msg) = responses.next().await {
-                        if let NetlinkPayload::Error(e) = msg.payload {
-                            let result = match e.code {
-                                None => Ok(()),
-                                Some(_) => Err(NetlinkError::Kernel(e.to_io())),
-                            };
-                            got.push((msg.header.sequence_number, result));
-                        }
-                    }
-                    let base = got.iter().map(|(seq, _)| *seq).min().unwrap_or(0);
-                    for (seq, result) in got {
-                        if let Some(slot) = answers.get_mut(seq.wrapping_sub(base) as usize) {
-                            *slot = Some(result);
-                        }
-                    }
-                }
+            let first = self.seq.wrapping_add(1);
+            self.tx.clear();
+            let mut count = 0usize;
+            for (request, flags) in requests.by_ref().take(self.batch) {
+                self.seq = self.seq.wrapping_add(1);
+                encode(
+                    &mut self.tx,
+                    request,
+                    NLM_F_REQUEST | NLM_F_ACK | flags,
+                    self.seq,
+                );
+                count += 1;
+            }
+            let mut answers: Vec<Option<Result<(), NetlinkError>>> =
+                (0..count).map(|_| None).collect();
+            if let Err(e) = self.socket.send(&self.tx, 0) {
+                results.extend((0..count).map(|_| {
+                    Err(NetlinkError::Socket(io::Error::new(
+                        e.kind(),
+                        e.to_string(),
+                    )))
+                }));
+                continue;
+            }
+            if let Err(e) = self.collect_acks(first, &mut answers) {
+                let text = e.to_string();
+                results.extend(
+                    answers
+                        .into_iter()
+                        .map(|a| a.unwrap_or_else(|| Err(NetlinkError::Decode(text.clone())))),
+                );
+                continue;
             }
             results.extend(
                 answers
                     .into_iter()
-                    .map(|a| a.unwrap_or(Err(NetlinkError::Closed))),
+                    .map(|a| a.unwrap_or_else(|| Err(NetlinkError::Decode("no ack".into())))),
             );
         }
         results
     }
+
+    fn collect_acks(
+        &mut self,
+        first: u32,
+        answers: &mut [Option<Result<(), NetlinkError>>],
+    ) -> Result<(), NetlinkError> {
+        let mut pending = answers.len();
+        while pending > 0 {
+            self.rx.clear();
+            let n = self
+                .socket
+                .recv(&mut self.rx, 0)
+                .map_err(NetlinkError::Socket)?;
+            let mut offset = 0;
+            while offset < n {
+                let msg = NetlinkBuffer::new_checked(&self.rx[offset..n])
+                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
+                let len = (msg.length() as usize).max(16);
+                if msg.message_type() == NLMSG_ERROR {
+                    let index = msg.sequence_number().wrapping_sub(first) as usize;
+                    if let Some(slot) = answers.get_mut(index).filter(|s| s.is_none()) {
+                        *slot = Some(match error_code(msg.payload()) {
+                            None => Ok(()),
+                            Some(e) => Err(NetlinkError::Kernel(e)),
+                        });
+                        pending -= 1;
+                    }
+                }
+                offset += (len + 3) & !3;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encode(out: &mut Vec<u8>, payload: RouteNetlinkMessage, flags: u16, seq: u32) {
+    let mut msg = NetlinkMessage::from(payload);
+    msg.header.flags = flags;
+    msg.header.sequence_number = seq;
+    msg.finalize();
+    let start = out.len();
+    out.resize(start + msg.buffer_len(), 0);
+    msg.serialize(&mut out[start..]);
+}
+
+/// The errno of an NLMSG_ERROR payload; None for an ack.
+fn error_code(payload: &[u8]) -> Option<io::Error> {
+    let code = i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?);
+    (code != 0).then(|| io::Error::from_raw_os_error(-code))
+}
+
+/// Many acks wait in the receive buffer during a batch; make room, past
+/// rmem_max when we may (root), else as much as the system allows.
+/// Returns the buffer size in effect.
+fn force_receive_buffer(socket: &Socket) -> usize {
+    let size = RECV_BUFFER_BYTES;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid fd and a pointer to a live c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+    }
+    socket.get_rx_buf_sz().unwrap_or(212_992)
 }

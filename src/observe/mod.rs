@@ -3,10 +3,9 @@
 mod parse;
 mod state;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 
-use futures::stream::{self, StreamExt};
 use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
 use rtnetlink::packet_route::route::RouteMessage;
@@ -14,13 +13,14 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
 pub use state::{Observed, ObservedPod};
 
-use crate::model::{NetnsState, PodKey, Sysctl, TABLE_LOCAL};
+use crate::model::{Address, Link, NetnsState, PodKey, Route, Sysctl, TABLE_LOCAL};
 use crate::netlink::{Netlink, NetlinkError};
 
 /// Sysctls of the node namespace that the desired state speaks about.
 pub const NODE_SYSCTLS: &[&str] = &["net/ipv4/ip_forward"];
-/// Pod namespaces opened at once.
-const POD_CONCURRENCY: usize = 16;
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
@@ -30,93 +30,165 @@ pub enum ObserveError {
     Pod {
         pod: PodKey,
         path: PathBuf,
-        source: NetlinkError,
+        #[source]
+        error: NetlinkError,
     },
 }
 
 /// Reads the node namespace (the caller's) and the namespaces of `pods`.
-pub async fn observe(pods: &[(PodKey, PathBuf)]) -> Result<Observed, ObserveError> {
-    let node_nl = Netlink::open_current().map_err(ObserveError::Node)?;
-    let mut node = netns_state(&node_nl).await.map_err(ObserveError::Node)?;
+pub fn observe(pods: &[(PodKey, PathBuf)]) -> Result<Observed, ObserveError> {
+    let mut node_nl = Netlink::open_current().map_err(ObserveError::Node)?;
+    let mut node = node_state(&mut node_nl).map_err(ObserveError::Node)?;
     node.sysctls = read_sysctls(NODE_SYSCTLS);
-    let pods = stream::iter(pods.iter().cloned())
-        .map(|(key, path)| async move {
-            let state = observe_pod(&path)
-                .await
-                .map_err(|source| ObserveError::Pod {
-                    pod: key.clone(),
-                    path: path.clone(),
-                    source,
-                })?;
-            Ok::<_, ObserveError>(ObservedPod {
-                key,
-                netns_path: path,
+    let pods = pods
+        .iter()
+        .map(|(key, path)| {
+            let state = observe_pod(path).map_err(|error| ObserveError::Pod {
+                pod: key.clone(),
+                path: path.clone(),
+                error,
+            })?;
+            Ok(ObservedPod {
+                key: key.clone(),
+                netns_path: path.clone(),
                 state,
             })
         })
-        .buffered(POD_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, ObserveError>>()?;
     Ok(Observed { node, pods })
 }
 
 /// A pod's namespace; None when it cannot be opened (gone or never there).
-async fn observe_pod(path: &Path) -> Result<Option<NetnsState>, NetlinkError> {
-    let nl = match Netlink::open_in(path) {
+fn observe_pod(path: &Path) -> Result<Option<NetnsState>, NetlinkError> {
+    let mut nl = match Netlink::open_in(path) {
         Ok(nl) => nl,
         Err(NetlinkError::OpenNetns { .. } | NetlinkError::EnterNetns { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    netns_state(&nl).await.map(Some)
+    netns_state(&mut nl).map(Some)
+}
+
+/// Link indexes by name, from a link dump.
+pub fn link_indexes(nl: &mut Netlink) -> Result<FxHashMap<String, u32>, NetlinkError> {
+    let mut out = FxHashMap::default();
+    nl.dump(link_request(), |kind, payload| {
+        if kind == RTM_NEWLINK {
+            if let Some(l) = parse::link(payload) {
+                out.insert(l.link.name, l.index);
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+fn link_request() -> RouteNetlinkMessage {
+    let mut req = LinkMessage::default();
+    // Counters are a large part of a link message and never used here.
+    req.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    RouteNetlinkMessage::GetLink(req)
 }
 
 /// Links, IPv4 addresses and IPv4 unicast routes (all tables but local) of one namespace.
-pub async fn netns_state(nl: &Netlink) -> Result<NetnsState, NetlinkError> {
-    let mut link_req = LinkMessage::default();
-    // Counters are most of a link message and never used here.
-    link_req
-        .attributes
-        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-    let mut addr_req = AddressMessage::default();
-    addr_req.header.family = AddressFamily::Inet;
-    let mut route_req = RouteMessage::default();
-    route_req.header.address_family = AddressFamily::Inet;
+/// One dump at a time per socket: the kernel refuses a second (EBUSY).
+pub fn netns_state(nl: &mut Netlink) -> Result<NetnsState, NetlinkError> {
+    let links = dump_links(nl)?;
+    let (addresses, routes) = dump_addresses_and_routes(nl)?;
+    Ok(assemble(links, addresses, routes))
+}
 
-    // One dump at a time: the kernel refuses a second dump on a socket (EBUSY).
-    let links = nl.dump(RouteNetlinkMessage::GetLink(link_req)).await?;
-    let addrs = nl.dump(RouteNetlinkMessage::GetAddress(addr_req)).await?;
-    let routes = nl.dump(RouteNetlinkMessage::GetRoute(route_req)).await?;
+/// The node namespace, with the link dump (by far the largest: about a
+/// kilobyte a link, all of it kernel time) on a second socket in parallel
+/// with the address and route dumps. A new thread shares the caller's
+/// network namespace, so its socket sees the same node.
+fn node_state(nl: &mut Netlink) -> Result<NetnsState, NetlinkError> {
+    let (links, rest) = std::thread::scope(|scope| {
+        let links =
+            scope.spawn(|| Netlink::open_current().and_then(|mut second| dump_links(&mut second)));
+        let rest = dump_addresses_and_routes(nl);
+        (links.join(), rest)
+    });
+    let links = links.map_err(|_| NetlinkError::Decode("link dump thread panicked".into()))??;
+    let (addresses, routes) = rest?;
+    Ok(assemble(links, addresses, routes))
+}
 
-    let mut state = NetnsState::default();
-    let mut names: HashMap<u32, String> = HashMap::with_capacity(links.len());
-    for msg in &links {
-        if let RouteNetlinkMessage::NewLink(m) = msg {
-            if let Some(l) = parse::link(m) {
-                names.insert(l.index, l.link.name.clone());
-                state.links.push(l.link);
+type RawAddresses = Vec<(u32, ipnetwork::IpNetwork)>;
+type RawRoutes = Vec<(Option<u32>, Route)>;
+
+fn dump_links(nl: &mut Netlink) -> Result<Vec<(u32, Link)>, NetlinkError> {
+    let mut links = Vec::new();
+    nl.dump(link_request(), |kind, payload| {
+        if kind == RTM_NEWLINK {
+            if let Some(l) = parse::link(payload) {
+                links.push((l.index, l.link));
             }
         }
-    }
-    for msg in &addrs {
-        if let RouteNetlinkMessage::NewAddress(m) = msg {
-            state.addresses.extend(parse::address(m, &names));
-        }
-    }
-    for msg in &routes {
-        if let RouteNetlinkMessage::NewRoute(m) = msg {
-            if let Some(r) = parse::route(m, &names) {
-                if r.table != TABLE_LOCAL {
-                    state.routes.push(r);
+    })?;
+    Ok(links)
+}
+
+fn dump_addresses_and_routes(nl: &mut Netlink) -> Result<(RawAddresses, RawRoutes), NetlinkError> {
+    let mut addresses = Vec::new();
+    let mut addr_req = AddressMessage::default();
+    addr_req.header.family = AddressFamily::Inet;
+    nl.dump(
+        RouteNetlinkMessage::GetAddress(addr_req),
+        |kind, payload| {
+            if kind == RTM_NEWADDR {
+                addresses.extend(parse::address(payload));
+            }
+        },
+    )?;
+    let mut routes = Vec::new();
+    let mut route_req = RouteMessage::default();
+    route_req.header.address_family = AddressFamily::Inet;
+    nl.dump(RouteNetlinkMessage::GetRoute(route_req), |kind, payload| {
+        if kind == RTM_NEWROUTE && parse::route_table_hint(payload) != Some(TABLE_LOCAL as u8) {
+            if let Some((oif, route)) = parse::route(payload) {
+                if route.table != TABLE_LOCAL {
+                    routes.push((oif, route));
                 }
             }
         }
+    })?;
+    Ok((addresses, routes))
+}
+
+/// Puts link names on addresses and routes, and sorts everything.
+fn assemble(links: Vec<(u32, Link)>, addresses: RawAddresses, routes: RawRoutes) -> NetnsState {
+    // ifindexes are small and dense: a vector beats a hash map here.
+    let max = links.iter().map(|(i, _)| *i as usize).max().unwrap_or(0);
+    let mut names: Vec<Option<&str>> = vec![None; max + 1];
+    for (i, l) in &links {
+        names[*i as usize] = Some(l.name.as_str());
     }
-    state.links.sort();
-    state.addresses.sort();
-    state.routes.sort();
-    Ok(state)
+    let name = |i: u32| names.get(i as usize).copied().flatten().map(str::to_string);
+    let mut state = NetnsState {
+        addresses: addresses
+            .into_iter()
+            .filter_map(|(index, addr)| {
+                Some(Address {
+                    dev: name(index)?,
+                    addr,
+                })
+            })
+            .collect(),
+        routes: routes
+            .into_iter()
+            .map(|(oif, mut route)| {
+                route.dev = oif.and_then(name);
+                route
+            })
+            .collect(),
+        ..NetnsState::default()
+    };
+    drop(names);
+    state.links = links.into_iter().map(|(_, l)| l).collect();
+    state.links.sort_unstable();
+    state.addresses.sort_unstable();
+    state.routes.sort_unstable();
+    state
 }
 
 /// Reads sysctls of the caller's namespace; an unreadable one is left out

@@ -1,15 +1,34 @@
-//! Netlink messages into plain model types. Only what headcni reasons about
-//! is kept; everything else in a message is skipped.
+//! Dump answers into plain model types, read in place: only the attributes
+//! headcni reasons about are decoded; the rest are skipped unparsed.
+//! Header layouts are the kernel's uapi structs (ifinfomsg, ifaddrmsg, rtmsg).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::packet_core::NlasIterator;
 
-use crate::model::{Address, Link, Route, Scope};
+use crate::model::{Link, Route, Scope};
+
+const IFINFOMSG_LEN: usize = 16;
+const IFADDRMSG_LEN: usize = 8;
+const RTMSG_LEN: usize = 12;
+
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFF_UP: u32 = 1;
+
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RTA_TABLE: u16 = 15;
+const RTN_UNICAST: u8 = 1;
+const AF_INET6: u8 = 10;
 
 /// A link plus its kernel index (the index never leaves observe).
 pub struct IndexedLink {
@@ -17,18 +36,37 @@ pub struct IndexedLink {
     pub link: Link,
 }
 
-pub fn link(msg: &LinkMessage) -> Option<IndexedLink> {
-    let mut name = None;
-    let mut mtu = 0;
-    let mut kind = None;
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => name = Some(n.clone()),
-            LinkAttribute::Mtu(m) => mtu = *m,
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    if let LinkInfo::Kind(k) = info {
-                        kind = Some(k.to_string());
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// A NUL-terminated string attribute.
+fn c_string(v: &[u8]) -> String {
+    let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+    String::from_utf8_lossy(&v[..end]).into_owned()
+}
+
+fn ip(v: &[u8]) -> Option<IpAddr> {
+    match v.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(v).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(v).ok()?))),
+        _ => None,
+    }
+}
+
+/// RTM_NEWLINK payload.
+pub fn link(payload: &[u8]) -> Option<IndexedLink> {
+    let index = u32_at(payload, 4)?;
+    let flags = u32_at(payload, 8)?;
+    let (mut name, mut mtu, mut kind) = (None, 0, None);
+    for nla in NlasIterator::new(payload.get(IFINFOMSG_LEN..)?).flatten() {
+        match nla.kind() {
+            IFLA_IFNAME => name = Some(c_string(nla.value())),
+            IFLA_MTU => mtu = u32_at(nla.value(), 0)?,
+            IFLA_LINKINFO => {
+                for info in NlasIterator::new(nla.value()).flatten() {
+                    if info.kind() == IFLA_INFO_KIND {
+                        kind = Some(c_string(info.value()));
                     }
                 }
             }
@@ -36,82 +74,77 @@ pub fn link(msg: &LinkMessage) -> Option<IndexedLink> {
         }
     }
     Some(IndexedLink {
-        index: msg.header.index,
+        index,
         link: Link {
             name: name?,
             mtu,
-            up: msg.header.flags.contains(LinkFlags::Up),
+            up: flags & IFF_UP != 0,
             kind,
             peer: None,
         },
     })
 }
 
-pub fn address(msg: &AddressMessage, names: &HashMap<u32, String>) -> Option<Address> {
-    let mut local = None;
-    let mut address = None;
-    for attr in &msg.attributes {
-        match attr {
-            AddressAttribute::Local(ip) => local = Some(*ip),
-            AddressAttribute::Address(ip) => address = Some(*ip),
+/// RTM_NEWADDR payload, with the link still an index (names come from the
+/// link dump, which may still be running).
+pub fn address(payload: &[u8]) -> Option<(u32, IpNetwork)> {
+    let prefix = *payload.get(1)?;
+    let index = u32_at(payload, 4)?;
+    let (mut local, mut address) = (None, None);
+    for nla in NlasIterator::new(payload.get(IFADDRMSG_LEN..)?).flatten() {
+        match nla.kind() {
+            IFA_LOCAL => local = ip(nla.value()),
+            IFA_ADDRESS => address = ip(nla.value()),
             _ => {}
         }
     }
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on
     // point-to-point links and equals IFA_LOCAL elsewhere.
     let ip = local.or(address)?;
-    Some(Address {
-        dev: names.get(&msg.header.index)?.clone(),
-        addr: IpNetwork::new(ip, msg.header.prefix_len).ok()?,
-    })
+    Some((index, IpNetwork::new(ip, prefix).ok()?))
 }
 
-fn route_ip(addr: &RouteAddress) -> Option<IpAddr> {
-    match addr {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
+/// The table of an RTM_NEWROUTE payload, read from its header alone, so
+/// routes of tables nobody asked about are skipped unparsed.
+pub fn route_table_hint(payload: &[u8]) -> Option<u8> {
+    payload.get(4).copied()
 }
 
-/// Unicast routes only: local, broadcast and multicast entries are the kernel's bookkeeping.
-pub fn route(msg: &RouteMessage, names: &HashMap<u32, String>) -> Option<Route> {
-    if msg.header.kind != RouteType::Unicast {
+/// RTM_NEWROUTE payload, with its output link still an index. Unicast
+/// routes only: local, broadcast and multicast entries are the kernel's bookkeeping.
+pub fn route(payload: &[u8]) -> Option<(Option<u32>, Route)> {
+    let header = payload.get(..RTMSG_LEN)?;
+    let (family, dst_len, header_table, protocol, scope, kind) = (
+        header[0], header[1], header[4], header[5], header[6], header[7],
+    );
+    if kind != RTN_UNICAST {
         return None;
     }
-    let mut table = u32::from(msg.header.table);
-    let mut dst = None;
-    let mut via = None;
-    let mut oif = None;
-    let mut metric = 0;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(a) => dst = route_ip(a),
-            RouteAttribute::Gateway(a) => via = route_ip(a),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Priority(p) => metric = *p,
+    let (mut table, mut dst, mut via, mut oif, mut metric) =
+        (u32::from(header_table), None, None, None, 0);
+    for nla in NlasIterator::new(&payload[RTMSG_LEN..]).flatten() {
+        match nla.kind() {
+            RTA_TABLE => table = u32_at(nla.value(), 0)?,
+            RTA_DST => dst = ip(nla.value()),
+            RTA_GATEWAY => via = ip(nla.value()),
+            RTA_OIF => oif = u32_at(nla.value(), 0),
+            RTA_PRIORITY => metric = u32_at(nla.value(), 0)?,
             _ => {}
         }
     }
-    let family_default = || match msg.header.address_family {
-        rtnetlink::packet_route::AddressFamily::Inet6 => {
-            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-        }
-        _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    let unspecified = if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     };
-    let dst = IpNetwork::new(
-        dst.unwrap_or_else(family_default),
-        msg.header.destination_prefix_length,
-    )
-    .ok()?;
-    Some(Route {
+    let route = Route {
         table,
-        dst,
+        dst: IpNetwork::new(dst.unwrap_or(unspecified), dst_len).ok()?,
         via,
-        dev: oif.and_then(|i| names.get(&i).cloned()),
-        scope: Scope::from_kernel(u8::from(msg.header.scope)),
-        protocol: u8::from(msg.header.protocol),
+        dev: None,
+        scope: Scope::from_kernel(scope),
+        protocol,
         metric,
-    })
+    };
+    Some((oif, route))
 }

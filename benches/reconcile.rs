@@ -1,0 +1,195 @@
+//! Reconciler benchmark, one run, real kernel, throwaway namespaces (root).
+//!
+//! 1. Host-side plan (observe + diff) with 1,000 and 10,000 pods whose host
+//!    links, addresses and routes are present.
+//! 2. Applying 10,000 host routes, against `ip -batch` adding the same routes.
+//!
+//! `cargo bench --bench reconcile` prints the figures; docs/benchmarks.md keeps them.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use headcni::engine::{self, PodScope};
+use headcni::spec::{host_link_name, PodIntent, Spec};
+
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let ok = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "{args:?} failed");
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn intent(i: u32, pods_ns: &Path) -> PodIntent {
+    let id = format!("bench-{i:06}");
+    PodIntent {
+        host_link: host_link_name(&id, "eth0"),
+        container_id: id,
+        ifname: "eth0".into(),
+        netns: pods_ns.to_path_buf(),
+        ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 2)) + i),
+    }
+}
+
+/// Creates veth pairs for `pods`, host ends here, pod ends (p<first+i>) in `pods_ns`.
+fn make_veths(pods: &[PodIntent], first: usize, pods_ns: &str, dir: &Path) {
+    let path = dir.join("veth.batch");
+    let mut f = File::create(&path).unwrap();
+    for (i, p) in pods.iter().enumerate() {
+        writeln!(
+            f,
+            "link add {} type veth peer name p{} netns {pods_ns}",
+            p.host_link,
+            first + i
+        )
+        .unwrap();
+    }
+    drop(f);
+    sh(&["ip", "-batch", path.to_str().unwrap()]);
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the benchmark needs root (network namespaces)"
+    );
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` lists benchmarks; nothing to list here.
+    }
+    let tag = format!("hcb{}", std::process::id());
+    let node = format!("{tag}-node");
+    let pods_ns = format!("{tag}-pods");
+    let _guard = Netns(vec![pods_ns.clone(), node.clone()]);
+    sh(&["ip", "netns", "add", &node]);
+    sh(&["ip", "netns", "add", &pods_ns]);
+    let dir = tempfile::tempdir().unwrap();
+    let pods_path = PathBuf::from("/run/netns").join(&pods_ns);
+
+    // Enter the node namespace on this (the runtime's only) thread.
+    let netns = File::open(Path::new("/run/netns").join(&node)).unwrap();
+    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    sh(&["ip", "link", "set", "lo", "up"]);
+    sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
+    sh(&["ip", "link", "set", "tailscale0", "up"]);
+
+    let spec_text = "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n";
+    let spec = Spec::parse(spec_text, Path::new("bench.toml")).unwrap();
+    let all: Vec<PodIntent> = (0..10_000).map(|i| intent(i, &pods_path)).collect();
+
+    println!(
+        "headcni reconcile benchmark ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut made = 0;
+    for n in [1_000usize, 10_000] {
+        make_veths(&all[made..n], made, &pods_ns, dir.path());
+        made = n;
+        let pods = &all[..n];
+        let applied = engine::apply(&spec, pods, &PodScope::HostOnly).unwrap();
+        assert!(applied.converged(), "setup did not converge");
+        let mut times = Vec::new();
+        for _ in 0..15 {
+            let started = Instant::now();
+            let planned = engine::plan(&spec, pods, &PodScope::HostOnly).unwrap();
+            times.push(started.elapsed());
+            assert!(planned.plan.is_empty());
+        }
+        let best = *times.iter().min().unwrap();
+        let planned = engine::plan(&spec, pods, &PodScope::HostOnly).unwrap();
+        let t = Instant::now();
+        let desired = headcni::spec::compile(&spec, pods);
+        let compile_took = t.elapsed();
+        let t = Instant::now();
+        let plan = headcni::diff::diff(&desired, &planned.observed);
+        let diff_took = t.elapsed();
+        assert!(plan.is_empty());
+        let t = Instant::now();
+        let observed = headcni::observe::observe(&[]).unwrap();
+        let observe_took = t.elapsed();
+        assert_eq!(
+            observed.node.routes.len(),
+            planned.observed.node.routes.len()
+        );
+        println!("host-side plan (observe + diff), {n:>6} pods: median {}  best {}  (target at 10,000: < 50 ms)", ms(median(times.clone())), ms(best));
+        println!(
+            "    of which: observe {}  compile {}  diff {}",
+            ms(observe_took),
+            ms(compile_took),
+            ms(diff_took)
+        );
+    }
+
+    // Apply of 10,000 host routes vs ip -batch of the same routes.
+    let batch = dir.path().join("routes.batch");
+    let mut f = File::create(&batch).unwrap();
+    for p in &all {
+        writeln!(
+            f,
+            "route add {}/32 dev {} proto 104 scope link",
+            p.ip, p.host_link
+        )
+        .unwrap();
+    }
+    drop(f);
+    let flush = || sh(&["ip", "route", "flush", "proto", "104"]);
+    let (mut ours, mut theirs, mut ours_pass) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..7 {
+        flush();
+        let planned = engine::plan(&spec, &all, &PodScope::HostOnly).unwrap();
+        assert_eq!(planned.plan.summary().add, 10_001); // + the tailnet route
+        let started = Instant::now();
+        let report = headcni::apply::apply(&planned.plan);
+        ours.push(started.elapsed());
+        assert!(report.failed.is_empty(), "{:?}", report.failed.first());
+
+        flush();
+        let started = Instant::now();
+        let applied = engine::apply(&spec, &all, &PodScope::HostOnly).unwrap();
+        ours_pass.push(started.elapsed());
+        assert!(applied.converged());
+
+        flush();
+        let started = Instant::now();
+        sh(&["ip", "-batch", batch.to_str().unwrap()]);
+        theirs.push(started.elapsed());
+    }
+    flush();
+    let (ours, theirs, pass) = (median(ours), median(theirs), median(ours_pass));
+    println!(
+        "apply 10,000 host routes: headcni {}  ip -batch {}  ratio {:.2}x  (target <= 0.6x)",
+        ms(ours),
+        ms(theirs),
+        ours.as_secs_f64() / theirs.as_secs_f64()
+    );
+    println!(
+        "whole pass (plan + apply + verify), 10,000 routes: {}  ({:.2}x ip -batch)",
+        ms(pass),
+        pass.as_secs_f64() / theirs.as_secs_f64()
+    );
+}
