@@ -111,17 +111,17 @@ fn main() {
         make_veths(&all[made..n], made, &pods_ns, dir.path());
         made = n;
         let pods = &all[..n];
-        let applied = engine::apply(&spec, pods, &PodScope::HostOnly).unwrap();
+        let applied = engine::apply(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
         assert!(applied.converged(), "setup did not converge");
         let mut times = Vec::new();
         for _ in 0..15 {
             let started = Instant::now();
-            let planned = engine::plan(&spec, pods, &PodScope::HostOnly).unwrap();
+            let planned = engine::plan(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
             times.push(started.elapsed());
             assert!(planned.plan.is_empty());
         }
         let best = *times.iter().min().unwrap();
-        let planned = engine::plan(&spec, pods, &PodScope::HostOnly).unwrap();
+        let planned = engine::plan(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
         let t = Instant::now();
         let desired = headcni::spec::compile(&spec, pods);
         let compile_took = t.elapsed();
@@ -161,7 +161,7 @@ fn main() {
     let (mut ours, mut theirs, mut ours_pass) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..7 {
         flush();
-        let planned = engine::plan(&spec, &all, &PodScope::HostOnly).unwrap();
+        let planned = engine::plan(&spec, &|| Ok(all.clone()), &PodScope::HostOnly).unwrap();
         assert_eq!(planned.plan.summary().add, 10_001); // + the tailnet route
         let started = Instant::now();
         let report = headcni::apply::apply(&planned.plan);
@@ -170,7 +170,7 @@ fn main() {
 
         flush();
         let started = Instant::now();
-        let applied = engine::apply(&spec, &all, &PodScope::HostOnly).unwrap();
+        let applied = engine::apply(&spec, &|| Ok(all.clone()), &PodScope::HostOnly).unwrap();
         ours_pass.push(started.elapsed());
         assert!(applied.converged());
 

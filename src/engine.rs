@@ -1,25 +1,45 @@
 //! One reconcile pass: spec + pod intents → Desired; kernel → Observed;
 //! diff → Plan; apply; observe again and verify. The CLI, the CNI entry
 //! point and the daemon all drive this, differing only in scope.
+//!
+//! Concurrency: CNI processes write an intent *before* creating its veth and
+//! remove it *before* deleting the veth. A pass that read the intents before
+//! observing the kernel might see a veth whose intent it has not read and
+//! take it for stale; so before planning any node-level removal, the pass
+//! reads the intents again, now known to be newer than what it observed.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::apply::{self, ApplyReport};
-use crate::diff::{diff, Plan};
-use crate::model::{PodKey, RTPROT_HEADCNI, RTPROT_NAME};
+use crate::diff::{diff, Action, Object, Plan};
+use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
 use crate::observe::{self, ObserveError, Observed};
-use crate::spec::{compile, Desired, PodIntent, Spec};
+use crate::spec::{compile, Desired, PodIntent, Spec, StoreError};
 
-/// Which pod namespaces a pass looks into.
+/// Which part of the node a pass looks at and may change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PodScope {
     /// Every pod's namespace as well as the node.
     All,
     /// The node namespace only: the host side of every pod (cheap at scale).
     HostOnly,
-    /// The node plus one pod's namespace; the plan keeps only that pod's steps.
+    /// The node plus one pod's namespace (the CNI ADD/CHECK view): that pod's
+    /// steps and node-wide additions, never node-wide removals.
     One(PodKey),
+    /// Host links of attachments whose intents were just removed (CNI DEL):
+    /// only the removal of those links and what hangs off them.
+    Released(Vec<String>),
+    /// Node-level removals only: owned objects no intent wants (CNI GC).
+    Prune,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    #[error("reading pod intents")]
+    Store(#[from] StoreError),
 }
 
 /// A plan and everything it was made from.
@@ -30,35 +50,98 @@ pub struct Planned {
     pub took: Duration,
 }
 
-pub fn plan(spec: &Spec, pods: &[PodIntent], scope: &PodScope) -> Result<Planned, ObserveError> {
+/// Where a pass gets the pod intents from; called again before removals.
+pub type PodSource<'a> = &'a dyn Fn() -> Result<Vec<PodIntent>, StoreError>;
+
+pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, EngineError> {
     let started = Instant::now();
-    let to_observe: Vec<(PodKey, PathBuf)> = pods
+    let intents = pods()?;
+    let to_observe: Vec<(PodKey, PathBuf)> = intents
         .iter()
         .filter(|p| match scope {
             PodScope::All => true,
-            PodScope::HostOnly => false,
+            PodScope::HostOnly | PodScope::Released(_) | PodScope::Prune => false,
             PodScope::One(key) => p.container_id == key.container_id && p.ifname == key.ifname,
         })
         .map(|p| (p.key(), p.netns.clone()))
         .collect();
     // compile is pure and independent of the kernel: do it while the kernel dumps.
     let (desired, observed) = std::thread::scope(|threads| {
-        let desired = threads.spawn(|| compile(spec, pods));
+        let desired = threads.spawn(|| compile(spec, &intents));
         let observed = observe::observe(&to_observe);
         (desired.join(), observed)
     });
-    let desired = desired.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let mut desired = desired.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let observed = observed?;
     let mut plan = diff(&desired, &observed);
-    if let PodScope::One(key) = scope {
-        plan = plan.for_pod(key);
+    if removes_node_objects(&plan) {
+        let fresh = pods()?;
+        if fresh != intents {
+            desired = compile(spec, &fresh);
+            plan = diff(&desired, &observed);
+        }
     }
+    let plan = restrict(plan, scope);
     Ok(Planned {
         desired,
         observed,
         plan,
         took: started.elapsed(),
     })
+}
+
+fn removes_node_objects(plan: &Plan) -> bool {
+    plan.steps
+        .iter()
+        .any(|s| s.action == Action::Remove && s.pod.is_none())
+}
+
+/// Keeps what `scope` may touch.
+fn restrict(plan: Plan, scope: &PodScope) -> Plan {
+    match scope {
+        PodScope::All | PodScope::HostOnly => plan,
+        PodScope::One(key) => {
+            let mut mine = plan.for_pod(key);
+            mine.steps.extend(
+                plan.steps
+                    .into_iter()
+                    .filter(|s| s.pod.is_none() && s.action != Action::Remove),
+            );
+            mine.waiting
+                .extend(plan.waiting.into_iter().filter(|w| w.pod.is_none()));
+            crate::diff::order(&mut mine);
+            mine
+        }
+        PodScope::Prune => Plan {
+            steps: plan
+                .steps
+                .into_iter()
+                .filter(|s| s.action == Action::Remove && s.pod.is_none() && s.netns == Netns::Node)
+                .collect(),
+            ..Plan::default()
+        },
+        PodScope::Released(links) => {
+            let on_link = |dev: &str| links.iter().any(|l| l == dev);
+            let steps = plan
+                .steps
+                .into_iter()
+                .filter(|s| {
+                    s.action == Action::Remove
+                        && s.netns == Netns::Node
+                        && match &s.object {
+                            Object::Link(l) => on_link(&l.name),
+                            Object::Address(a) => on_link(&a.dev),
+                            Object::Route(r) => r.dev.as_deref().is_some_and(on_link),
+                            Object::Sysctl(_) => false,
+                        }
+                })
+                .collect();
+            Plan {
+                steps,
+                ..Plan::default()
+            }
+        }
+    }
 }
 
 /// What an apply did and what is left.
@@ -79,7 +162,7 @@ impl Applied {
     }
 }
 
-pub fn apply(spec: &Spec, pods: &[PodIntent], scope: &PodScope) -> Result<Applied, ObserveError> {
+pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, EngineError> {
     let planned = plan(spec, pods, scope)?;
     let started = Instant::now();
     let report = apply::apply(&planned.plan);

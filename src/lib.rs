@@ -6,6 +6,7 @@
 //! [`apply::apply`] executes it; [`engine`] ties them together.
 
 pub mod apply;
+pub mod cni;
 pub mod diff;
 pub mod engine;
 pub mod model;

@@ -8,10 +8,9 @@ mod pod;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use headcni::spec::{PodIntent, PodStore, Spec, DEFAULT_SPEC_PATH};
+use headcni::spec::{PodStore, Spec, DEFAULT_SPEC_PATH};
 
 #[derive(Parser)]
 #[command(
@@ -97,12 +96,6 @@ impl Cli {
 
     fn store(spec: &Spec) -> PodStore {
         PodStore::new(&spec.state_dir)
-    }
-
-    fn load_pods(spec: &Spec) -> anyhow::Result<Vec<PodIntent>> {
-        Self::store(spec)
-            .list()
-            .with_context(|| format!("reading pod intents from {}", spec.state_dir.display()))
     }
 }
 

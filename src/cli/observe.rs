@@ -15,7 +15,8 @@ pub struct ObserveArgs {
 
 pub fn run(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
-    let pods = Cli::load_pods(&spec)?;
+    let store = Cli::store(&spec);
+    let pods = || store.list();
     let planned = (engine::plan(&spec, &pods, &PodScope::All))?;
     let observed = planned.observed;
     match args.format {

@@ -38,7 +38,8 @@ fn scope(host_only: bool) -> PodScope {
 
 pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
-    let pods = Cli::load_pods(&spec)?;
+    let store = Cli::store(&spec);
+    let pods = || store.list();
     let planned = (engine::plan(&spec, &pods, &scope(args.host_only)))?;
     tracing::debug!(took = ?planned.took, "planned");
     match args.format {
@@ -56,7 +57,8 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
 
 pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
-    let pods = Cli::load_pods(&spec)?;
+    let store = Cli::store(&spec);
+    let pods = || store.list();
     if let Err(e) = engine::register_protocol_name() {
         tracing::warn!("cannot register route protocol name in /etc/iproute2/rt_protos.d: {e}");
     }

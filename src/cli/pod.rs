@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use headcni::model::PodKey;
-use headcni::spec::validate_ifname;
+use headcni::spec::{validate_container_id, validate_ifname};
 
 use super::{Cli, Exit, Format};
 
@@ -36,24 +36,8 @@ pub enum PodCommand {
     },
 }
 
-/// Container ids become store keys and show up in link names and paths:
-/// keep them to what runtimes actually use.
-pub fn validate_container_id(id: &str) -> anyhow::Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 256
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !id.starts_with('.');
-    anyhow::ensure!(
-        ok,
-        "container id {id:?} is invalid: use 1-256 of [A-Za-z0-9_.-], not starting with '.'"
-    );
-    Ok(())
-}
-
 fn key(id: &str, ifname: &str) -> anyhow::Result<PodKey> {
-    validate_container_id(id)?;
+    validate_container_id(id).map_err(|reason| anyhow::anyhow!("--id: {reason}"))?;
     validate_ifname(ifname).map_err(|reason| anyhow::anyhow!("--ifname: {reason}"))?;
     Ok(PodKey {
         container_id: id.to_string(),

@@ -176,11 +176,16 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
     }
     for want in &desired.node_routes {
         if let Some(dev) = &want.dev {
-            if !node.links.contains_key(dev.as_str()) {
-                plan.waiting.push(Waiting {
-                    pod: None,
-                    reason: format!("route {want} waits for link {dev}"),
-                });
+            // The kernel refuses routes through a missing or down link (ENETDOWN).
+            let reason = match node.links.get(dev.as_str()) {
+                None => Some(format!("route {want} waits for link {dev}")),
+                Some(link) if !link.up => {
+                    Some(format!("route {want} waits for link {dev} to come up"))
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                plan.waiting.push(Waiting { pod: None, reason });
                 continue;
             }
         }
@@ -414,7 +419,7 @@ fn remove_unwanted_in_pod(pod: &DesiredPod, state: &NetnsState, draft: &mut Draf
 /// Removals first, routes before addresses before links; then sysctls, links,
 /// addresses and routes in that order. Within a group: node first, then by
 /// namespace and object, so the same inputs always give the same bytes.
-fn order(plan: &mut Plan) {
+pub fn order(plan: &mut Plan) {
     let group = |s: &Step| -> u8 {
         match s.action {
             Action::Remove => 3 - s.object.rank().min(3),

@@ -14,13 +14,7 @@ pub fn text(plan: &Plan) -> String {
     for step in &plan.steps {
         let _ = writeln!(out, "{step}");
     }
-    for c in &plan.conflicts {
-        let _ = write!(out, "! conflict: {} blocked by {}", c.desired, c.found);
-        if let Some(pod) = &c.pod {
-            let _ = write!(out, " (pod {pod} skipped)");
-        }
-        let _ = writeln!(out, ": {}", c.reason);
-    }
+    out.push_str(&conflicts(plan));
     for w in plan.waiting.iter().chain(&plan.problems) {
         match &w.pod {
             Some(pod) => {
@@ -35,6 +29,19 @@ pub fn text(plan: &Plan) -> String {
         let _ = writeln!(out, "No changes. The node matches the spec.");
     }
     let _ = writeln!(out, "Plan: {}.", plan.summary());
+    out
+}
+
+/// One `! conflict` line per foreign object in the way.
+pub fn conflicts(plan: &Plan) -> String {
+    let mut out = String::new();
+    for c in &plan.conflicts {
+        let _ = write!(out, "! conflict: {} blocked by {}", c.desired, c.found);
+        if let Some(pod) = &c.pod {
+            let _ = write!(out, " (pod {pod} skipped)");
+        }
+        let _ = writeln!(out, ": {}", c.reason);
+    }
     out
 }
 

@@ -150,6 +150,48 @@ impl Netlink {
         }
     }
 
+    /// Sends one request whose answer is a message (a GET by name, say) and
+    /// hands it to `each`; waits for the ack that ends it.
+    pub fn query(
+        &mut self,
+        request: RouteNetlinkMessage,
+        mut each: impl FnMut(u16, &[u8]),
+    ) -> Result<(), NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        self.tx.clear();
+        encode(&mut self.tx, request, NLM_F_REQUEST | NLM_F_ACK, seq);
+        self.socket
+            .send(&self.tx, 0)
+            .map_err(NetlinkError::Socket)?;
+        loop {
+            self.rx.clear();
+            let n = self
+                .socket
+                .recv(&mut self.rx, 0)
+                .map_err(NetlinkError::Socket)?;
+            let mut offset = 0;
+            while offset < n {
+                let msg = NetlinkBuffer::new_checked(&self.rx[offset..n])
+                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
+                let len = (msg.length() as usize).max(16);
+                if msg.sequence_number() == seq {
+                    match msg.message_type() {
+                        NLMSG_ERROR => {
+                            return match error_code(msg.payload()) {
+                                None => Ok(()),
+                                Some(e) => Err(NetlinkError::Kernel(e)),
+                            }
+                        }
+                        NLMSG_DONE => return Ok(()),
+                        kind => each(kind, msg.payload()),
+                    }
+                }
+                offset += (len + 3) & !3;
+            }
+        }
+    }
+
     /// Sends one request and waits for its ack.
     pub fn request(
         &mut self,

@@ -68,6 +68,35 @@ fn observe_pod(path: &Path) -> Result<Option<NetnsState>, NetlinkError> {
     netns_state(&mut nl).map(Some)
 }
 
+/// One link's hardware address, by name, in the node namespace (`netns`
+/// None) or a pod's. None when there is no such link.
+pub fn link_mac(netns: Option<&Path>, name: &str) -> Result<Option<String>, NetlinkError> {
+    let mut nl = match netns {
+        None => Netlink::open_current()?,
+        Some(path) => Netlink::open_in(path)?,
+    };
+    let mut mac = None;
+    let request = RouteNetlinkMessage::GetLink(rtnetlink::LinkUnspec::new_with_name(name).build());
+    match nl.query(request, |kind, payload| {
+        if kind == RTM_NEWLINK {
+            mac = parse::link(payload).and_then(|l| l.mac);
+        }
+    }) {
+        Ok(()) => Ok(mac),
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Names of the links in the caller's namespace (STATUS: is the tailnet interface there?).
+pub fn link_names() -> Result<Vec<String>, NetlinkError> {
+    let mut nl = Netlink::open_current()?;
+    Ok(dump_links(&mut nl)?
+        .into_iter()
+        .map(|(_, l)| l.name)
+        .collect())
+}
+
 /// Link indexes by name, from a link dump.
 pub fn link_indexes(nl: &mut Netlink) -> Result<FxHashMap<String, u32>, NetlinkError> {
     let mut out = FxHashMap::default();

@@ -13,6 +13,7 @@ const IFINFOMSG_LEN: usize = 16;
 const IFADDRMSG_LEN: usize = 8;
 const RTMSG_LEN: usize = 12;
 
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINKINFO: u16 = 18;
@@ -34,6 +35,8 @@ const AF_INET6: u8 = 10;
 pub struct IndexedLink {
     pub index: u32,
     pub link: Link,
+    /// Hardware address, for CNI results (not part of the model: never diffed).
+    pub mac: Option<String>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -58,10 +61,14 @@ fn ip(v: &[u8]) -> Option<IpAddr> {
 pub fn link(payload: &[u8]) -> Option<IndexedLink> {
     let index = u32_at(payload, 4)?;
     let flags = u32_at(payload, 8)?;
-    let (mut name, mut mtu, mut kind) = (None, 0, None);
+    let (mut name, mut mtu, mut kind, mut mac) = (None, 0, None, None);
     for nla in NlasIterator::new(payload.get(IFINFOMSG_LEN..)?).flatten() {
         match nla.kind() {
             IFLA_IFNAME => name = Some(c_string(nla.value())),
+            IFLA_ADDRESS => {
+                let hex: Vec<String> = nla.value().iter().map(|b| format!("{b:02x}")).collect();
+                mac = Some(hex.join(":"));
+            }
             IFLA_MTU => mtu = u32_at(nla.value(), 0)?,
             IFLA_LINKINFO => {
                 for info in NlasIterator::new(nla.value()).flatten() {
@@ -82,6 +89,7 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink> {
             kind,
             peer: None,
         },
+        mac,
     })
 }
 

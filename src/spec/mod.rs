@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use desired::{compile, Desired, DesiredPod, Problem};
 pub use error::SpecError;
-pub use names::{host_link_name, validate_ifname};
+pub use names::{host_link_name, validate_container_id, validate_ifname};
 pub use store::{PodIntent, PodStore, StoreError};
 
 /// Default location of the spec; `--spec` or `HEADCNI_SPEC` override it.

@@ -27,6 +27,24 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Container ids become store keys and appear in names and logs: keep them
+/// to what runtimes actually use (hex ids, pod sandbox names).
+pub fn validate_container_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(format!("{} bytes; use 1 to 256", id.len()));
+    }
+    if id.starts_with('.') || id.contains("..") {
+        return Err(format!("{id:?} looks like a relative path"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!("{id:?} contains {c:?}; use [A-Za-z0-9_.-]"));
+    }
+    Ok(())
+}
+
 /// Host-side veth name for a pod attachment: `hc` + 10 hex digits of
 /// SHA-256(container id, ifname). Stable across versions and processes, so the
 /// CNI plugin, the daemon and `headcni apply` all agree on it.

@@ -244,3 +244,144 @@ impl Node {
         self.lab.ip(&self.node, &["route", "show", "table", "all"])
     }
 }
+
+/// One CNI invocation, as a runtime makes it: env + stdin, inside the node namespace.
+pub struct CniCall<'a> {
+    pub command: &'a str,
+    pub container_id: Option<&'a str>,
+    pub netns: Option<&'a str>,
+    pub ifname: Option<&'a str>,
+}
+
+impl CniCall<'_> {
+    pub fn new(command: &str) -> CniCall<'_> {
+        CniCall {
+            command,
+            container_id: None,
+            netns: None,
+            ifname: Some("eth0"),
+        }
+    }
+}
+
+/// The result of a plugin run: exit code and stdout parsed as JSON (Null when empty).
+pub struct CniOut {
+    pub code: i32,
+    pub json: serde_json::Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_plugin(node_ns: &str, plugin: &str, call: &CniCall, stdin: &str) -> CniOut {
+    use std::io::Write as _;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node_ns, plugin])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(id) = call.container_id {
+        cmd.env("CNI_CONTAINERID", id);
+    }
+    if let Some(netns) = call.netns {
+        cmd.env("CNI_NETNS", netns);
+    }
+    if let Some(ifname) = call.ifname {
+        cmd.env("CNI_IFNAME", ifname);
+    }
+    let mut child = cmd.spawn().expect("spawn plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("plugin output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = if stdout.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("plugin stdout is not JSON ({e}): {stdout:?}"))
+    };
+    CniOut {
+        code: out.status.code().unwrap_or(-1),
+        json,
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Node {
+    /// The network configuration a runtime would pass to headcni.
+    pub fn cni_conf(&self, version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "headcni",
+            "type": "headcni",
+            "spec": self.spec,
+        })
+    }
+
+    pub fn cni(&self, call: &CniCall, conf: &serde_json::Value) -> CniOut {
+        run_plugin(&self.node, headcni_bin(), call, &conf.to_string())
+    }
+
+    /// ADD for pod namespace `ns` (container id = ns name); asserts success.
+    pub fn cni_add(&self, ns: &str) -> serde_json::Value {
+        let path = Lab::ns_path(ns);
+        let call = CniCall {
+            command: "ADD",
+            container_id: Some(ns),
+            netns: path.to_str(),
+            ifname: Some("eth0"),
+        };
+        let out = self.cni(&call, &self.cni_conf("1.1.0"));
+        assert_eq!(out.code, 0, "ADD {ns}: {}\n{}", out.stdout, out.stderr);
+        out.json
+    }
+
+    pub fn cni_del(&self, ns: &str, netns: Option<&str>) -> CniOut {
+        let call = CniCall {
+            command: "DEL",
+            container_id: Some(ns),
+            netns,
+            ifname: Some("eth0"),
+        };
+        self.cni(&call, &self.cni_conf("1.1.0"))
+    }
+
+    /// Names of links headcni owns in the node namespace.
+    pub fn owned_links(&self) -> Vec<String> {
+        self.lab
+            .ip(&self.node, &["-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("hc"))
+            .collect()
+    }
+
+    pub fn owned_routes(&self) -> Vec<String> {
+        self.lab
+            .ip(
+                &self.node,
+                &["route", "show", "table", "all", "proto", "104"],
+            )
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn intents(&self) -> usize {
+        let out = self.headcni_ok(&["pod", "list", "--format", "json"], 0);
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    }
+}

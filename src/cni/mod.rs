@@ -1,0 +1,409 @@
+//! headcni as a CNI plugin (CNI 1.1: ADD, DEL, CHECK, GC, STATUS, VERSION).
+//!
+//! The plugin never touches netlink itself: it writes (or removes) the pod
+//! intent in the shared store and runs the engine's plan/apply scoped to that
+//! pod. Only the result or the error document reaches stdout; logs go to
+//! stderr and the optional log file.
+
+mod config;
+pub mod error;
+mod result;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use config::CniEnv;
+pub use config::{NetConf, SUPPORTED_VERSIONS};
+use error::CniError;
+
+use crate::diff::render;
+use crate::engine::{self, PodScope};
+use crate::model::PodKey;
+use crate::observe;
+use crate::spec::{alloc, host_link_name, Mode, PodIntent, PodStore, Spec};
+
+/// The newest version, for answers when the request's version is unknown.
+const LATEST: &str = "1.1.0";
+
+/// Runs one CNI invocation from the process environment and stdin.
+pub fn run() -> ExitCode {
+    let env = CniEnv::from_env();
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let conf = NetConf::parse(&stdin);
+    if let Ok(conf) = &conf {
+        init_logging(conf);
+    }
+    let answer_version = conf
+        .as_ref()
+        .map(|c| c.cni_version.clone())
+        .unwrap_or_else(|_| LATEST.to_string());
+    let started = Instant::now();
+    let outcome = match read {
+        Err(e) => Err(CniError::new(
+            error::IO_FAILURE,
+            format!("reading stdin: {e}"),
+        )),
+        Ok(_) => dispatch(&env, conf, &stdin),
+    };
+    tracing::info!(command = %env.command, container = ?env.container_id, took_ms = started.elapsed().as_secs_f64() * 1000.0, ok = outcome.is_ok(), "cni");
+    match outcome {
+        Ok(Some(doc)) => {
+            println!("{doc}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::warn!("{} failed: {e}", env.command);
+            println!("{}", e.to_json(&answer_version));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(
+    env: &CniEnv,
+    conf: Result<NetConf, CniError>,
+    stdin: &[u8],
+) -> Result<Option<Value>, CniError> {
+    if env.command == "VERSION" {
+        // VERSION must answer even for a config it would refuse.
+        let asked = serde_json::from_slice::<Value>(stdin)
+            .ok()
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+            .unwrap_or_else(|| LATEST.to_string());
+        return Ok(Some(
+            json!({ "cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS }),
+        ));
+    }
+    let conf = conf?;
+    match env.command.as_str() {
+        "ADD" => add(env, &conf).map(Some),
+        "DEL" => del(env, &conf).map(|()| None),
+        "CHECK" => check(env, &conf).map(|()| None),
+        "GC" => gc(&conf).map(|()| None),
+        "STATUS" => status(&conf).map(|()| None),
+        "" => Err(CniError::new(error::INVALID_ENV, "CNI_COMMAND is not set")),
+        other => Err(CniError::new(
+            error::INVALID_ENV,
+            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"),
+        )),
+    }
+}
+
+fn load_spec(conf: &NetConf) -> Result<Spec, CniError> {
+    let mut spec = Spec::load(&conf.spec_path())
+        .map_err(|e| CniError::new(error::INVALID_CONFIG, e.to_string()))?;
+    if let Some(dir) = &conf.state_dir {
+        spec.state_dir = dir.clone();
+    }
+    Ok(spec)
+}
+
+fn store(spec: &Spec, conf: &NetConf) -> PodStore {
+    let store = PodStore::new(&spec.state_dir);
+    match conf.lock_timeout_ms {
+        Some(ms) => store.with_lock_timeout(std::time::Duration::from_millis(ms)),
+        None => store,
+    }
+}
+
+fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+    let key = env.pod_key()?;
+    let netns = env.netns()?;
+    let spec = load_spec(conf)?;
+    let store = store(&spec, conf);
+    let added = store.add(
+        &key,
+        &netns,
+        spec.pod_network.cidr,
+        spec.pod_network.gateway,
+    )?;
+    let intent = added.intent;
+    if intent.netns != netns {
+        return Err(CniError::new(
+            error::INVALID_ENV,
+            format!(
+                "CNI_NETNS: {key} is already attached in {}, not {}",
+                intent.netns.display(),
+                netns.display()
+            ),
+        ));
+    }
+    if let Err(e) = wire(&spec, &intent) {
+        if added.created {
+            undo(&spec, &store, &key, &intent.host_link);
+        }
+        return Err(e);
+    }
+    let wired = result::Wired {
+        intent: &intent,
+        spec: &spec,
+        host_mac: observe::link_mac(None, &intent.host_link).ok().flatten(),
+        pod_mac: observe::link_mac(Some(&intent.netns), &intent.ifname)
+            .ok()
+            .flatten(),
+    };
+    Ok(result::add_result(
+        &conf.cni_version,
+        &wired,
+        conf.dns.as_ref(),
+    ))
+}
+
+/// Plans and applies this pod (and node-wide additions), then verifies.
+fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
+    let key = intent.key();
+    let only_this = || Ok(vec![intent.clone()]);
+    let applied = engine::apply(spec, &only_this, &PodScope::One(key.clone()))?;
+    if !applied.remaining.conflicts.is_empty() {
+        let text = render::conflicts(&applied.remaining);
+        return Err(CniError::new(
+            error::CONFLICT,
+            format!("objects headcni does not own are in the way of pod {key}"),
+        )
+        .with_details(text));
+    }
+    // Node-wide steps (the tailnet route, forwarding) are everyone's; their
+    // failure is logged, and only this pod's own steps decide this ADD.
+    let (own, node_wide): (Vec<_>, Vec<_>) = applied
+        .report
+        .failed
+        .iter()
+        .partition(|f| f.step.pod.as_ref() == Some(&key));
+    for f in node_wide {
+        tracing::warn!(
+            "node-wide step failed during ADD of {key}: {}: {}",
+            f.step,
+            f.error
+        );
+    }
+    if !own.is_empty() {
+        let details: Vec<String> = own
+            .iter()
+            .map(|f| format!("{}: {}", f.step, f.error))
+            .collect();
+        return Err(
+            CniError::new(error::APPLY_FAILED, format!("wiring pod {key} failed"))
+                .with_details(details.join("; ")),
+        );
+    }
+    let remaining = applied.remaining.for_pod(&key);
+    if let Some(w) = applied
+        .remaining
+        .waiting
+        .iter()
+        .find(|w| w.pod.as_ref() == Some(&key))
+    {
+        return Err(CniError::new(
+            error::APPLY_FAILED,
+            format!("pod {key}: {}", w.reason),
+        ));
+    }
+    if !remaining.is_empty() {
+        return Err(
+            CniError::new(error::APPLY_FAILED, format!("pod {key} did not converge"))
+                .with_details(render::text(&remaining)),
+        );
+    }
+    Ok(())
+}
+
+/// Takes back what a failed ADD made, so that a retry starts clean.
+fn undo(spec: &Spec, store: &PodStore, key: &PodKey, host_link: &str) {
+    if let Err(e) = store.remove(key) {
+        tracing::warn!("undo of {key}: removing its intent: {e}");
+    }
+    match engine::apply(
+        spec,
+        &|| Ok(Vec::new()),
+        &PodScope::Released(vec![host_link.to_string()]),
+    ) {
+        Ok(applied) if applied.report.failed.is_empty() => {}
+        Ok(applied) => tracing::warn!(
+            "undo of {key}: {} steps failed",
+            applied.report.failed.len()
+        ),
+        Err(e) => tracing::warn!("undo of {key}: {e}"),
+    }
+}
+
+fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let key = env.pod_key()?;
+    let spec = load_spec(conf)?;
+    let store = store(&spec, conf);
+    let removed = store.remove(&key)?;
+    let host_link = removed
+        .map(|intent| intent.host_link)
+        .unwrap_or_else(|| host_link_name(&key.container_id, &key.ifname));
+    // With the netns gone the veth went with it and this plan is empty.
+    let applied = engine::apply(
+        &spec,
+        &|| Ok(Vec::new()),
+        &PodScope::Released(vec![host_link]),
+    )?;
+    if !applied.report.failed.is_empty() {
+        let details: Vec<String> = applied
+            .report
+            .failed
+            .iter()
+            .map(|f| format!("{}: {}", f.step, f.error))
+            .collect();
+        return Err(
+            CniError::new(error::APPLY_FAILED, format!("removing pod {key}"))
+                .with_details(details.join("; ")),
+        );
+    }
+    Ok(())
+}
+
+fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let key = env.pod_key()?;
+    env.netns()?;
+    let spec = load_spec(conf)?;
+    let intents = store(&spec, conf).list()?;
+    let intent = intents
+        .into_iter()
+        .find(|i| i.container_id == key.container_id && i.ifname == key.ifname)
+        .ok_or_else(|| {
+            CniError::new(
+                error::UNKNOWN_CONTAINER,
+                format!("no attachment {key} is known"),
+            )
+        })?;
+    let only_this = || Ok(vec![intent.clone()]);
+    let planned = engine::plan(&spec, &only_this, &PodScope::One(key.clone()))?;
+    let mismatch =
+        |what: String| CniError::new(error::CHECK_MISMATCH, format!("pod {key}: {what}"));
+    if let Some(w) = planned
+        .plan
+        .waiting
+        .iter()
+        .find(|w| w.pod.as_ref() == Some(&key))
+    {
+        return Err(mismatch(w.reason.clone()));
+    }
+    let pod_steps = planned.plan.for_pod(&key);
+    if !pod_steps.is_empty() || !pod_steps.conflicts.is_empty() {
+        return Err(
+            mismatch("its network differs from the desired state".into())
+                .with_details(render::text(&pod_steps)),
+        );
+    }
+    if let Some(prev) = &conf.prev_result {
+        let want = format!("{}/32", intent.ip);
+        let listed: Vec<&str> = prev
+            .get("ips")
+            .and_then(Value::as_array)
+            .map(|ips| {
+                ips.iter()
+                    .filter_map(|ip| ip.get("address").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !listed.is_empty() && !listed.contains(&want.as_str()) {
+            return Err(mismatch(format!(
+                "prevResult lists {listed:?} but the pod has {want}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf.gc_attachments().ok_or_else(|| {
+        CniError::new(error::INVALID_CONFIG, "GC needs cni.dev/valid-attachments")
+    })?;
+    let spec = load_spec(conf)?;
+    let store = store(&spec, conf);
+    let mut errors = Vec::new();
+    for intent in store.list()? {
+        let keep = valid
+            .iter()
+            .any(|a| a.container_id == intent.container_id && a.ifname == intent.ifname);
+        if !keep {
+            if let Err(e) = store.remove(&intent.key()) {
+                errors.push(format!("{}: {e}", intent.key()));
+            }
+        }
+    }
+    // Then every owned link, route and address that no remaining intent wants.
+    match engine::apply(&spec, &|| store.list(), &PodScope::Prune) {
+        Ok(applied) => errors.extend(
+            applied
+                .report
+                .failed
+                .iter()
+                .map(|f| format!("{}: {}", f.step, f.error)),
+        ),
+        Err(e) => errors.push(e.to_string()),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            error::APPLY_FAILED,
+            format!("GC left {} problems", errors.len()),
+        )
+        .with_details(errors.join("; ")))
+    }
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let unavailable = |msg: String| CniError::new(error::NOT_AVAILABLE, msg);
+    let spec = load_spec(conf).map_err(|e| unavailable(e.msg))?;
+    let intents = store(&spec, conf)
+        .list()
+        .map_err(|e| unavailable(e.to_string()))?;
+    let capacity = alloc::capacity(spec.pod_network.cidr) as usize;
+    if intents.len() >= capacity {
+        return Err(unavailable(format!(
+            "pod CIDR {} has no addresses left ({} allocated)",
+            spec.pod_network.cidr,
+            intents.len()
+        )));
+    }
+    if spec.mode == Mode::Daemon {
+        let names = observe::link_names().map_err(|e| unavailable(e.to_string()))?;
+        if !names.contains(&spec.tailnet.interface) {
+            return Err(unavailable(format!(
+                "tailnet interface {} is not present",
+                spec.tailnet.interface
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Logs to stderr and, if configured, to the log file; never to stdout.
+fn init_logging(conf: &NetConf) {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let level = conf.log_level.as_deref().unwrap_or("warn");
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let file = conf.log_file.as_deref().and_then(|p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    let _ = match file {
+        Some(f) => builder
+            .with_writer(std::io::stderr.and(std::sync::Mutex::new(f)))
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
