@@ -227,16 +227,10 @@ impl PodStore {
         &self,
         f: impl FnOnce(&sled::Db, &Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let started = Instant::now();
         let _lock = self.lock()?;
         let path = self.dir.join(DB_DIR);
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|error| StoreError::Db {
-                path: path.clone(),
-                error,
-            })?;
+        let db = self.open_db(&path, started)?;
         let result = f(&db, &path)?;
         db.flush().map_err(|error| StoreError::Db {
             path: path.clone(),
@@ -244,6 +238,36 @@ impl PodStore {
         })?;
         drop(db);
         Ok(result)
+    }
+
+    /// Opens sled under our lock. sled's own file lock can outlive a closed
+    /// `Db` by a moment (its background threads let go last), even in a
+    /// process that has already released our lock; whoever holds it then is
+    /// finishing, so waiting briefly is right, failing is not.
+    fn open_db(&self, path: &Path, started: Instant) -> Result<sled::Db, StoreError> {
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(CACHE_BYTES)
+                .open()
+            {
+                Ok(db) => return Ok(db),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < self.lock_timeout =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(5));
+                }
+                Err(error) => {
+                    return Err(StoreError::Db {
+                        path: path.to_path_buf(),
+                        error,
+                    })
+                }
+            }
+        }
     }
 
     fn lock(&self) -> Result<File, StoreError> {
