@@ -1,0 +1,123 @@
+//! CNI latency, one run, real kernel, throwaway namespaces (root): ADD and DEL
+//! as whole-process invocations, headcni against the reference `ptp` +
+//! `host-local` plugins (Debian's containernetworking-plugins), interleaved
+//! so both see the same machine. `cargo bench --bench cni` prints the figures.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 150;
+
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let ok = Command::new(args[0]).args(&args[1..]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "{args:?} failed");
+}
+
+/// Runs one plugin invocation the way a runtime does; returns its wall time.
+fn invoke(plugin: &Path, command: &str, id: &str, netns: &str, conf: &str) -> Duration {
+    let started = Instant::now();
+    let mut child = Command::new(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    child.stdin.take().expect("stdin").write_all(conf.as_bytes()).expect("stdin");
+    let out = child.wait_with_output().expect("plugin");
+    let took = started.elapsed();
+    assert!(out.status.success(), "{} {command}: {}{}", plugin.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    took
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root (network namespaces)");
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let ptp = PathBuf::from("/usr/lib/cni/ptp");
+    assert!(ptp.exists(), "install containernetworking-plugins (scripts/deps.sh)");
+    let headcni = PathBuf::from(env!("CARGO_BIN_EXE_headcni"));
+    let tag = format!("hcc{}", std::process::id());
+    let (node, pod) = (format!("{tag}-node"), format!("{tag}-pod"));
+    let _guard = Netns(vec![pod.clone(), node.clone()]);
+    sh(&["ip", "netns", "add", &node]);
+    sh(&["ip", "netns", "add", &pod]);
+    let pod_path = format!("/run/netns/{pod}");
+    let dir = tempfile::tempdir().unwrap();
+
+    // The plugins run in the node namespace, as under a kubelet: enter it here
+    // (children inherit it), so no `ip netns exec` sits in the measurement.
+    let netns = std::fs::File::open(format!("/run/netns/{node}")).unwrap();
+    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    sh(&["ip", "link", "set", "lo", "up"]);
+    sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
+    sh(&["ip", "link", "set", "tailscale0", "up"]);
+
+    let spec = dir.path().join("headcni.toml");
+    std::fs::write(
+        &spec,
+        format!("version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n", dir.path().join("state").display()),
+    )
+    .unwrap();
+    let ours = format!(r#"{{"cniVersion":"1.1.0","name":"headcni","type":"headcni","spec":"{}"}}"#, spec.display());
+    let reference = format!(
+        r#"{{"cniVersion":"1.0.0","name":"ref","type":"ptp","ipMasq":false,"mtu":1500,"ipam":{{"type":"host-local","subnet":"10.245.0.0/16","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}}"#,
+        dir.path().join("host-local").display()
+    );
+
+    // Warm the page cache and the stores once.
+    invoke(&headcni, "ADD", "warm", &pod_path, &ours);
+    invoke(&headcni, "DEL", "warm", &pod_path, &ours);
+    invoke(&ptp, "ADD", "warm", &pod_path, &reference);
+    invoke(&ptp, "DEL", "warm", &pod_path, &reference);
+
+    let (mut our_add, mut our_del, mut ref_add, mut ref_del) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        let id = format!("bench{i:04}");
+        our_add.push(invoke(&headcni, "ADD", &id, &pod_path, &ours));
+        our_del.push(invoke(&headcni, "DEL", &id, &pod_path, &ours));
+        ref_add.push(invoke(&ptp, "ADD", &id, &pod_path, &reference));
+        ref_del.push(invoke(&ptp, "DEL", &id, &pod_path, &reference));
+    }
+    let med = |v: &mut Vec<Duration>| percentile(v, 0.5);
+    let p90 = |v: &mut Vec<Duration>| percentile(v, 0.9);
+    println!("CNI latency, {ROUNDS} rounds, whole-process invocations");
+    println!("headcni      ADD median {}  p90 {}   DEL median {}  p90 {}", ms(med(&mut our_add)), ms(p90(&mut our_add)), ms(med(&mut our_del)), ms(p90(&mut our_del)));
+    println!("ptp+host-local ADD median {}  p90 {}   DEL median {}  p90 {}", ms(med(&mut ref_add)), ms(p90(&mut ref_add)), ms(med(&mut ref_del)), ms(p90(&mut ref_del)));
+    let ours_total = med(&mut our_add) + med(&mut our_del);
+    let ref_total = med(&mut ref_add) + med(&mut ref_del);
+    println!(
+        "ADD+DEL median: headcni {}  reference {}  ratio {:.2}x  (target <= 1.0x)",
+        ms(ours_total),
+        ms(ref_total),
+        ours_total.as_secs_f64() / ref_total.as_secs_f64()
+    );
+}
