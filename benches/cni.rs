@@ -21,7 +21,11 @@ impl Drop for Netns {
 }
 
 fn sh(args: &[&str]) {
-    let ok = Command::new(args[0]).args(&args[1..]).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     assert!(ok, "{args:?} failed");
 }
 
@@ -40,10 +44,21 @@ fn invoke(plugin: &Path, command: &str, id: &str, netns: &str, conf: &str) -> Du
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn plugin");
-    child.stdin.take().expect("stdin").write_all(conf.as_bytes()).expect("stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.as_bytes())
+        .expect("stdin");
     let out = child.wait_with_output().expect("plugin");
     let took = started.elapsed();
-    assert!(out.status.success(), "{} {command}: {}{}", plugin.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{} {command}: {}{}",
+        plugin.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     took
 }
 
@@ -58,12 +73,19 @@ fn ms(d: Duration) -> String {
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the benchmark needs root (network namespaces)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the benchmark needs root (network namespaces)"
+    );
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     let ptp = PathBuf::from("/usr/lib/cni/ptp");
-    assert!(ptp.exists(), "install containernetworking-plugins (scripts/deps.sh)");
+    assert!(
+        ptp.exists(),
+        "install containernetworking-plugins (scripts/deps.sh)"
+    );
     let headcni = PathBuf::from(env!("CARGO_BIN_EXE_headcni"));
     let tag = format!("hcc{}", std::process::id());
     let (node, pod) = (format!("{tag}-node"), format!("{tag}-pod"));
@@ -87,7 +109,10 @@ fn main() {
         format!("version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n", dir.path().join("state").display()),
     )
     .unwrap();
-    let ours = format!(r#"{{"cniVersion":"1.1.0","name":"headcni","type":"headcni","spec":"{}"}}"#, spec.display());
+    let ours = format!(
+        r#"{{"cniVersion":"1.1.0","name":"headcni","type":"headcni","spec":"{}"}}"#,
+        spec.display()
+    );
     let reference = format!(
         r#"{{"cniVersion":"1.0.0","name":"ref","type":"ptp","ipMasq":false,"mtu":1500,"ipam":{{"type":"host-local","subnet":"10.245.0.0/16","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}}"#,
         dir.path().join("host-local").display()
@@ -99,7 +124,8 @@ fn main() {
     invoke(&ptp, "ADD", "warm", &pod_path, &reference);
     invoke(&ptp, "DEL", "warm", &pod_path, &reference);
 
-    let (mut our_add, mut our_del, mut ref_add, mut ref_del) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut our_add, mut our_del, mut ref_add, mut ref_del) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..ROUNDS {
         let id = format!("bench{i:04}");
         our_add.push(invoke(&headcni, "ADD", &id, &pod_path, &ours));
@@ -110,8 +136,20 @@ fn main() {
     let med = |v: &mut Vec<Duration>| percentile(v, 0.5);
     let p90 = |v: &mut Vec<Duration>| percentile(v, 0.9);
     println!("CNI latency, {ROUNDS} rounds, whole-process invocations");
-    println!("headcni      ADD median {}  p90 {}   DEL median {}  p90 {}", ms(med(&mut our_add)), ms(p90(&mut our_add)), ms(med(&mut our_del)), ms(p90(&mut our_del)));
-    println!("ptp+host-local ADD median {}  p90 {}   DEL median {}  p90 {}", ms(med(&mut ref_add)), ms(p90(&mut ref_add)), ms(med(&mut ref_del)), ms(p90(&mut ref_del)));
+    println!(
+        "headcni      ADD median {}  p90 {}   DEL median {}  p90 {}",
+        ms(med(&mut our_add)),
+        ms(p90(&mut our_add)),
+        ms(med(&mut our_del)),
+        ms(p90(&mut our_del))
+    );
+    println!(
+        "ptp+host-local ADD median {}  p90 {}   DEL median {}  p90 {}",
+        ms(med(&mut ref_add)),
+        ms(p90(&mut ref_add)),
+        ms(med(&mut ref_del)),
+        ms(p90(&mut ref_del))
+    );
     let ours_total = med(&mut our_add) + med(&mut our_del);
     let ref_total = med(&mut ref_add) + med(&mut ref_del);
     println!(

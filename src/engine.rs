@@ -44,6 +44,8 @@ pub enum EngineError {
 
 /// A plan and everything it was made from.
 pub struct Planned {
+    /// The pod intents the plan was made from (read after observing when it removes anything).
+    pub pods: Vec<PodIntent>,
     pub desired: Desired,
     pub observed: Observed,
     pub plan: Plan,
@@ -74,15 +76,18 @@ pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, E
     let mut desired = desired.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let observed = observed?;
     let mut plan = diff(&desired, &observed);
+    let mut intents = intents;
     if removes_node_objects(&plan) {
         let fresh = pods()?;
         if fresh != intents {
             desired = compile(spec, &fresh);
             plan = diff(&desired, &observed);
+            intents = fresh;
         }
     }
     let plan = restrict(plan, scope);
     Ok(Planned {
+        pods: intents,
         desired,
         observed,
         plan,
@@ -147,6 +152,9 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
 /// What an apply did and what is left.
 pub struct Applied {
     pub plan: Plan,
+    /// What the plan was made for, and from which intents.
+    pub desired: Desired,
+    pub pods: Vec<PodIntent>,
     pub report: ApplyReport,
     /// The plan made right after applying: empty when the node converged.
     pub remaining: Plan,
@@ -174,6 +182,8 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
     };
     Ok(Applied {
         plan: planned.plan,
+        desired: planned.desired,
+        pods: planned.pods,
         report,
         remaining,
         apply_took,

@@ -8,8 +8,11 @@
 pub mod apply;
 pub mod cni;
 pub mod diff;
+pub mod drift;
 pub mod engine;
 pub mod model;
 pub mod netlink;
 pub mod observe;
+pub mod report;
+pub mod snapshot;
 pub mod spec;

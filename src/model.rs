@@ -62,7 +62,8 @@ pub struct Link {
     pub mtu: u32,
     pub up: bool,
     /// Link kind from IFLA_INFO_KIND ("veth", "tun", ...); None for physical links.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Serialized as `type`, as `ip link ... type veth` says it.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// Where the other end of a veth headcni creates goes; only on desired host links.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,9 +1,12 @@
 //! `headcni observe`.
 
+use std::path::PathBuf;
+
 use clap::Args;
 
 use headcni::engine::{self, PodScope};
 use headcni::model::NetnsState;
+use headcni::snapshot::{self, LastApplied, ObservedDoc};
 
 use super::{Cli, Exit, Format};
 
@@ -11,13 +14,24 @@ use super::{Cli, Exit, Format};
 pub struct ObserveArgs {
     #[arg(long, value_enum, default_value_t)]
     format: Format,
+    /// Write a versioned snapshot (observed state, pod intents, last apply)
+    /// for `headcni plan --observed` to read elsewhere, e.g. in CI.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 pub fn run(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
     let store = Cli::store(&spec);
     let pods = || store.list();
-    let planned = (engine::plan(&spec, &pods, &PodScope::All))?;
+    let planned = engine::plan(&spec, &pods, &PodScope::All)?;
+    if let Some(out) = &args.out {
+        let last = LastApplied::load_from(&spec.state_dir)?;
+        let doc = ObservedDoc::new(planned.observed, planned.pods, last);
+        snapshot::save(out, &doc)?;
+        eprintln!("headcni: snapshot written to {}", out.display());
+        return Ok(Exit(0));
+    }
     let observed = planned.observed;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&observed)?),

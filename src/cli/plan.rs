@@ -1,28 +1,79 @@
 //! `headcni plan` and `headcni apply`.
 
-use clap::Args;
+use std::path::{Path, PathBuf};
 
-use headcni::diff::render;
-use headcni::engine::{self, PodScope};
+use anyhow::Context;
+use clap::{Args, ValueEnum};
 
-use super::{Cli, Exit, Format};
+use headcni::apply;
+use headcni::diff::diff;
+use headcni::drift;
+use headcni::engine::{self, Applied, PodScope};
+use headcni::observe::Observed;
+use headcni::report;
+use headcni::snapshot::{self, Fingerprints, LastApplied, ObservedDoc, SavedPlan};
+use headcni::spec::{compile, Desired, PodIntent, Spec, StoreError};
+
+use super::{Cli, Exit};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// For people (coloured on a terminal unless NO_COLOR is set).
+    #[default]
+    Text,
+    /// Versioned JSON (docs/plan.schema.json).
+    Json,
+    /// A unified diff of observed versus desired state.
+    Diff,
+    /// JUnit XML, one test case per object that differs.
+    Junit,
+}
+
+impl From<ReportFormat> for report::Format {
+    fn from(f: ReportFormat) -> Self {
+        match f {
+            ReportFormat::Text => report::Format::Text,
+            ReportFormat::Json => report::Format::Json,
+            ReportFormat::Diff => report::Format::Diff,
+            ReportFormat::Junit => report::Format::Junit,
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct PlanArgs {
     #[arg(long, value_enum, default_value_t)]
-    format: Format,
-    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    format: ReportFormat,
+    /// Exit 0 when there is nothing to do, 2 when there are changes or conflicts, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
     /// Look at the node namespace only (the host side of every pod): fast at scale.
     #[arg(long)]
     host_only: bool,
+    /// Plan against a snapshot from `headcni observe --out` instead of the
+    /// kernel: no root, no netlink, no store (CI).
+    #[arg(long, value_name = "FILE")]
+    observed: Option<PathBuf>,
+    /// Pod intents to plan for (JSON as `headcni pod list --format json`
+    /// prints); default: the snapshot's, else the store's.
+    #[arg(long, value_name = "FILE")]
+    pods: Option<PathBuf>,
+    /// Save the plan with fingerprints of what it was made from, for `headcni apply PLAN`.
+    #[arg(long, value_name = "PLAN")]
+    out: Option<PathBuf>,
+    /// Read-only drift report: exit 0 clean, 2 pending changes (spec or pods
+    /// changed since the last apply), 3 drift (the kernel moved away from it).
+    #[arg(long)]
+    drift: bool,
 }
 
 #[derive(Args)]
 pub struct ApplyArgs {
+    /// A plan saved by `headcni plan --out`: applied exactly, or refused if
+    /// the node, the spec or the pods changed since it was made.
+    plan: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
-    format: Format,
+    format: ReportFormat,
     /// Reconcile the node namespace only (the host side of every pod).
     #[arg(long)]
     host_only: bool,
@@ -36,23 +87,121 @@ fn scope(host_only: bool) -> PodScope {
     }
 }
 
-pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
-    let spec = cli.load_spec()?;
-    let store = Cli::store(&spec);
-    let pods = || store.list();
-    let planned = (engine::plan(&spec, &pods, &scope(args.host_only)))?;
-    tracing::debug!(took = ?planned.took, "planned");
-    match args.format {
-        Format::Text => print!("{}", render::text(&planned.plan)),
-        Format::Json => print!("{}", render::json(&planned.plan)),
+fn scope_name(scope: &PodScope) -> &'static str {
+    match scope {
+        PodScope::HostOnly => "host-only",
+        _ => "all",
     }
-    Ok(Exit(
-        if args.detailed_exitcode && !planned.plan.is_empty() {
-            2
-        } else {
-            0
-        },
-    ))
+}
+
+fn read_pods(file: &Path) -> anyhow::Result<Vec<PodIntent>> {
+    let text = std::fs::read(file)
+        .with_context(|| format!("reading pod intents from {}", file.display()))?;
+    serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{} is not a pod list (headcni pod list --format json)",
+            file.display()
+        )
+    })
+}
+
+/// Everything a plan or drift report is made from.
+struct Inputs {
+    spec: Spec,
+    pods: Vec<PodIntent>,
+    desired: Desired,
+    observed: Observed,
+    plan: headcni::diff::Plan,
+    last: Option<LastApplied>,
+}
+
+fn gather(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Inputs> {
+    let spec = cli.load_spec()?;
+    if let Some(file) = &args.observed {
+        let doc: ObservedDoc = snapshot::load(file, ObservedDoc::KIND)?;
+        let pods = match &args.pods {
+            Some(f) => read_pods(f)?,
+            None => doc.pods,
+        };
+        let desired = compile(&spec, &pods);
+        let plan = diff(&desired, &doc.observed);
+        return Ok(Inputs {
+            spec,
+            pods,
+            desired,
+            observed: doc.observed,
+            plan,
+            last: doc.last_applied,
+        });
+    }
+    let store = Cli::store(&spec);
+    let given = args.pods.as_deref().map(read_pods).transpose()?;
+    let source = || -> Result<Vec<PodIntent>, StoreError> {
+        match &given {
+            Some(pods) => Ok(pods.clone()),
+            None => store.list(),
+        }
+    };
+    let planned = engine::plan(&spec, &source, &scope(args.host_only))?;
+    tracing::debug!(took = ?planned.took, "planned");
+    let last = if args.drift {
+        LastApplied::load_from(&spec.state_dir)?
+    } else {
+        None
+    };
+    Ok(Inputs {
+        spec,
+        pods: planned.pods,
+        desired: planned.desired,
+        observed: planned.observed,
+        plan: planned.plan,
+        last,
+    })
+}
+
+pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
+    let inputs = gather(cli, args)?;
+    let color = report::want_color();
+    if args.drift {
+        let last = inputs.last.as_ref().map(|l| (&l.desired, l.applied_at));
+        let drift = drift::report(last, &inputs.desired, &inputs.observed);
+        let last_desired = inputs.last.as_ref().map(|l| &l.desired);
+        print!(
+            "{}",
+            report::drift(
+                &drift,
+                last_desired,
+                &inputs.desired,
+                args.format.into(),
+                color
+            )
+        );
+        return Ok(Exit(drift.exit_code()));
+    }
+    if let Some(out) = &args.out {
+        let fingerprints = Fingerprints::of(&inputs.observed, &inputs.spec, &inputs.pods);
+        let saved = SavedPlan::new(
+            scope_name(&scope(args.host_only)),
+            fingerprints,
+            inputs.plan.clone(),
+        );
+        snapshot::save(out, &saved)?;
+        eprintln!(
+            "headcni: plan saved to {}; apply it with `headcni apply {}`",
+            out.display(),
+            out.display()
+        );
+    }
+    print!(
+        "{}",
+        report::plan(&inputs.plan, &inputs.desired, args.format.into(), color)
+    );
+    let pending = !inputs.plan.is_empty() || !inputs.plan.conflicts.is_empty();
+    Ok(Exit(if args.detailed_exitcode && pending {
+        2
+    } else {
+        0
+    }))
 }
 
 pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
@@ -62,11 +211,14 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     if let Err(e) = engine::register_protocol_name() {
         tracing::warn!("cannot register route protocol name in /etc/iproute2/rt_protos.d: {e}");
     }
-    let applied = (engine::apply(&spec, &pods, &scope(args.host_only)))?;
+    let applied = match &args.plan {
+        None => engine::apply(&spec, &pods, &scope(args.host_only))?,
+        Some(file) => apply_saved(&spec, &pods, file)?,
+    };
+    let color = report::want_color();
     match args.format {
-        Format::Json => print!("{}", render::json(&applied.plan)),
-        Format::Text => {
-            print!("{}", render::text(&applied.plan));
+        ReportFormat::Text => {
+            print!("{}", report::text::plan(&applied.plan, color));
             if !applied.plan.is_empty() {
                 println!(
                     "Applied {} steps in {:.1} ms.",
@@ -75,6 +227,10 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
                 );
             }
         }
+        other => print!(
+            "{}",
+            report::plan(&applied.plan, &applied.desired, other.into(), false)
+        ),
     }
     for failure in &applied.report.failed {
         eprintln!("headcni: step failed: {}: {}", failure.step, failure.error);
@@ -93,7 +249,50 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     }
     if !applied.remaining.is_empty() {
         eprintln!("headcni: the node did not converge; still to do:");
-        eprint!("{}", render::text(&applied.remaining));
+        eprint!("{}", report::text::plan(&applied.remaining, false));
+    }
+    if applied.converged() {
+        let record = LastApplied::new(&spec, &applied.pods, applied.desired.clone());
+        if let Err(e) = std::fs::create_dir_all(&spec.state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| {
+                snapshot::save(&LastApplied::path(&spec.state_dir), &record)
+                    .map_err(anyhow::Error::from)
+            })
+        {
+            tracing::warn!("cannot record the applied state for drift reports: {e:#}");
+        }
     }
     Ok(Exit(if applied.converged() { 0 } else { 1 }))
+}
+
+/// Applies a saved plan exactly, after checking it is not stale.
+fn apply_saved(spec: &Spec, pods: engine::PodSource, file: &Path) -> anyhow::Result<Applied> {
+    let saved: SavedPlan = snapshot::load(file, SavedPlan::KIND)?;
+    let scope = if saved.scope == "host-only" {
+        PodScope::HostOnly
+    } else {
+        PodScope::All
+    };
+    let fresh = engine::plan(spec, pods, &scope)?;
+    let now = Fingerprints::of(&fresh.observed, spec, &fresh.pods);
+    let changed = saved.fingerprints.changes_since(&now);
+    anyhow::ensure!(
+        changed.is_empty(),
+        "stale plan {}: {} changed since it was made; nothing was applied. Make a new plan with `headcni plan --out`.",
+        file.display(),
+        changed.join(" and ")
+    );
+    let started = std::time::Instant::now();
+    let report = apply::apply(&saved.plan);
+    let apply_took = started.elapsed();
+    let remaining = engine::plan(spec, pods, &scope)?.plan;
+    Ok(Applied {
+        plan: saved.plan,
+        desired: fresh.desired,
+        pods: fresh.pods,
+        report,
+        remaining,
+        apply_took,
+    })
 }

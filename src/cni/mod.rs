@@ -20,10 +20,10 @@ use config::CniEnv;
 pub use config::{NetConf, SUPPORTED_VERSIONS};
 use error::CniError;
 
-use crate::diff::render;
 use crate::engine::{self, PodScope};
 use crate::model::PodKey;
 use crate::observe;
+use crate::report;
 use crate::spec::{alloc, host_link_name, Mode, PodIntent, PodStore, Spec};
 
 /// The newest version, for answers when the request's version is unknown.
@@ -166,7 +166,7 @@ fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
     let only_this = || Ok(vec![intent.clone()]);
     let applied = engine::apply(spec, &only_this, &PodScope::One(key.clone()))?;
     if !applied.remaining.conflicts.is_empty() {
-        let text = render::conflicts(&applied.remaining);
+        let text = report::text::conflicts(&applied.remaining);
         return Err(CniError::new(
             error::CONFLICT,
             format!("objects headcni does not own are in the way of pod {key}"),
@@ -212,7 +212,7 @@ fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
     if !remaining.is_empty() {
         return Err(
             CniError::new(error::APPLY_FAILED, format!("pod {key} did not converge"))
-                .with_details(render::text(&remaining)),
+                .with_details(crate::report::text::plan(&remaining, false)),
         );
     }
     Ok(())
@@ -296,7 +296,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     if !pod_steps.is_empty() || !pod_steps.conflicts.is_empty() {
         return Err(
             mismatch("its network differs from the desired state".into())
-                .with_details(render::text(&pod_steps)),
+                .with_details(crate::report::text::plan(&pod_steps, false)),
         );
     }
     if let Some(prev) = &conf.prev_result {

@@ -37,14 +37,16 @@ fn golden_plans() {
         .map(|e| e.unwrap().path())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 8, "golden cases missing");
+    assert!(cases.len() >= 15, "golden cases missing");
     let mut failures = Vec::new();
     for case in cases {
         let (desired, observed) = load(&case);
         let plan = diff(&desired, &observed);
         for (file, got) in [
-            ("plan.txt", render::text(&plan)),
-            ("plan.json", render::json(&plan)),
+            ("plan.txt", crate::report::text::plan(&plan, false)),
+            ("plan.json", crate::report::json::plan(&plan)),
+            ("plan.diff", crate::report::unified::diff(&plan, &desired)),
+            ("plan.junit.xml", crate::report::junit::plan(&plan)),
         ] {
             let path = case.join(file);
             if update {
@@ -260,6 +262,56 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
         "12-stale-owned-route-and-link",
         SPEC.to_string(),
         three.clone(),
+        o,
+    ));
+
+    let more_routes = format!("{SPEC}\n[[route]]\ndestination = \"192.0.2.0/24\"\ndevice = \"tailscale0\"\nmetric = 100\n");
+    out.push((
+        "13-spec-adds-a-device-route",
+        more_routes,
+        three.clone(),
+        converged(&compile(&spec(), &three)),
+    ));
+
+    let mut o = converged(&compile(&spec(), &three[..2]));
+    o.node
+        .links
+        .iter_mut()
+        .find(|l| l.name == three[1].host_link)
+        .unwrap()
+        .up = false;
+    o.pods.retain(|p| p.key != three[1].key());
+    let mut pods = vec![three[0].clone(), three[2].clone()];
+    pods.push(intent(5));
+    empty_pods(&mut o, &pods[1..]);
+    out.push(("14-mixed-add-change-remove", SPEC.to_string(), pods, o));
+
+    let mut o = converged(&compile(&spec(), &three));
+    o.node.routes.push(foreign("192.0.2.0/24"));
+    o.node.routes.push(Route {
+        metric: 50,
+        ..foreign("10.244.0.0/24")
+    });
+    out.push((
+        "15-foreign-routes-beside-ours-no-change",
+        SPEC.to_string(),
+        three.clone(),
+        o,
+    ));
+
+    let mut o = bare();
+    empty_pods(&mut o, &three[..1]);
+    o.pods[0].state.as_mut().unwrap().links.push(Link {
+        name: "eth0".into(),
+        mtu: 1500,
+        up: true,
+        kind: Some("macvlan".into()),
+        peer: None,
+    });
+    out.push((
+        "16-conflict-pod-interface-name-taken",
+        SPEC.to_string(),
+        three[..1].to_vec(),
         o,
     ));
 

@@ -4,8 +4,8 @@
 //! links with its prefix, and inside a pod's namespace the pod's interface.
 //! A foreign object in the way becomes a [`Conflict`]; it is never a step.
 
+mod expected;
 mod plan;
-pub mod render;
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use ipnetwork::IpNetwork;
 
-pub use plan::{Action, Conflict, Object, Plan, Step, Summary, Waiting};
+pub use expected::expected;
+pub use plan::{Action, Conflict, FieldChange, Object, Plan, Step, Summary, Waiting};
 
 use crate::model::{
     is_kernel_link_local, is_owned_link_name, Address, Link, Netns, NetnsState, PodKey, Route,

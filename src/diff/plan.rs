@@ -57,6 +57,38 @@ impl Object {
     }
 }
 
+/// One field that differs between what is and what should be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub desired: String,
+    pub observed: String,
+}
+
+impl Object {
+    /// A stable identifier: what the kernel keys the object by.
+    pub fn key(&self) -> String {
+        match self {
+            Object::Sysctl(s) => format!("sysctl {}", s.key.replace('/', ".")),
+            Object::Link(l) => format!("link {}", l.name),
+            Object::Address(a) => format!("address {} dev {}", a.addr, a.dev),
+            Object::Route(r) => format!("route {} table {} metric {}", r.dst, r.table, r.metric),
+        }
+    }
+
+    /// The object as a line of state, without creation-only details (a veth's peer).
+    pub fn state_line(&self) -> String {
+        match self {
+            Object::Link(l) => Object::Link(Link {
+                peer: None,
+                ..l.clone()
+            })
+            .to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub action: Action,
@@ -109,6 +141,79 @@ pub struct Summary {
     pub remove: usize,
     pub conflicts: usize,
     pub waiting: usize,
+}
+
+impl Step {
+    /// Namespace plus object key: unique within a plan.
+    pub fn key(&self) -> String {
+        format!("{}: {}", self.netns, self.object.key())
+    }
+
+    /// Each mismatch: the field, the desired value and the observed value.
+    pub fn changes(&self) -> Vec<FieldChange> {
+        let change = |field: &str, desired: String, observed: String| FieldChange {
+            field: field.into(),
+            desired,
+            observed,
+        };
+        match (self.action, &self.before, &self.object) {
+            (Action::Add, _, object) => {
+                vec![change("present", object.state_line(), "absent".into())]
+            }
+            (Action::Remove, _, object) => {
+                vec![change("present", "absent".into(), object.state_line())]
+            }
+            (Action::Change, Some(Object::Link(old)), Object::Link(new)) => {
+                let mut out = Vec::new();
+                if old.mtu != new.mtu {
+                    out.push(change("mtu", new.mtu.to_string(), old.mtu.to_string()));
+                }
+                if old.up != new.up {
+                    let state = |up: bool| if up { "up" } else { "down" }.to_string();
+                    out.push(change("state", state(new.up), state(old.up)));
+                }
+                out
+            }
+            (Action::Change, Some(Object::Route(old)), Object::Route(new)) => {
+                let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+                let mut out = Vec::new();
+                if old.via != new.via {
+                    out.push(change(
+                        "via",
+                        opt(new.via.map(|v| v.to_string())),
+                        opt(old.via.map(|v| v.to_string())),
+                    ));
+                }
+                if new.dev.is_some() && old.dev != new.dev {
+                    out.push(change("dev", opt(new.dev.clone()), opt(old.dev.clone())));
+                }
+                if old.scope != new.scope {
+                    out.push(change(
+                        "scope",
+                        format!("{:?}", new.scope).to_lowercase(),
+                        format!("{:?}", old.scope).to_lowercase(),
+                    ));
+                }
+                if old.protocol != new.protocol {
+                    out.push(change(
+                        "protocol",
+                        protocol_name(new.protocol),
+                        protocol_name(old.protocol),
+                    ));
+                }
+                out
+            }
+            (Action::Change, Some(Object::Sysctl(old)), Object::Sysctl(new)) => {
+                vec![change("value", new.value.clone(), old.value.clone())]
+            }
+            (Action::Change, None, Object::Sysctl(new)) => {
+                vec![change("value", new.value.clone(), "unreadable".into())]
+            }
+            (Action::Change, _, object) => {
+                vec![change("state", object.state_line(), "differs".into())]
+            }
+        }
+    }
 }
 
 impl Plan {

@@ -191,7 +191,11 @@ fn foreign_routes(o: &Observed) -> Vec<Route> {
 fn converged_node_gives_an_empty_plan() {
     let desired = compile(&spec(), &[pod(1), pod(2), pod(3)]);
     let plan = diff(&desired, &converged(&desired));
-    assert!(plan.is_empty(), "{}", render::text(&plan));
+    assert!(
+        plan.is_empty(),
+        "{}",
+        crate::report::text::plan(&plan, false)
+    );
     assert!(plan.conflicts.is_empty());
 }
 
@@ -223,7 +227,7 @@ fn empty_node_plans_everything_in_order() {
         (s.add, s.change, s.remove),
         (8, 1, 0),
         "{}",
-        render::text(&plan)
+        crate::report::text::plan(&plan, false)
     );
     // The gateway's on-link route comes before the default route through it.
     let inside: Vec<String> = plan
@@ -350,7 +354,11 @@ fn missing_pod_netns_waits_and_keeps_its_host_side() {
     let mut observed = converged(&desired);
     observed.pods[0].state = None;
     let plan = diff(&desired, &observed);
-    assert!(plan.steps.is_empty(), "{}", render::text(&plan));
+    assert!(
+        plan.steps.is_empty(),
+        "{}",
+        crate::report::text::plan(&plan, false)
+    );
     assert_eq!(plan.waiting.len(), 1);
 }
 
@@ -572,7 +580,7 @@ proptest! {
         let plan = diff(&desired, &observed);
         let after = simulate(&observed, &plan);
         let again = diff(&desired, &after);
-        prop_assert!(again.is_empty(), "not converged:\n{}", render::text(&again));
+        prop_assert!(again.is_empty(), "not converged:\n{}", crate::report::text::plan(&again, false));
         prop_assert_eq!(&again.conflicts, &plan.conflicts);
         prop_assert_eq!(foreign_routes(&after), foreign_routes(&observed));
         // No step ever names a foreign route.
@@ -592,7 +600,7 @@ proptest! {
             table: TABLE_MAIN, dst: "192.0.2.7/32".parse().unwrap(), via: None,
             dev: Some("eth0".into()), scope: Scope::Link, protocol: crate::model::RTPROT_HEADCNI, metric: 0,
         });
-        let first = render::json(&diff(&desired, &observed));
+        let first = crate::report::json::plan(&diff(&desired, &observed));
         // Shuffle every input list.
         let rot = (seed as usize) % pods.len();
         pods.rotate_left(rot);
@@ -602,7 +610,7 @@ proptest! {
         observed2.node.links.reverse();
         observed2.node.addresses.reverse();
         observed2.pods.reverse();
-        prop_assert_eq!(first, render::json(&diff(&desired2, &observed2)));
+        prop_assert_eq!(first, crate::report::json::plan(&diff(&desired2, &observed2)));
     }
 }
 

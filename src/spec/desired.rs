@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{PodIntent, Spec};
 use crate::model::{
@@ -11,7 +11,7 @@ use crate::model::{
 };
 
 /// What the node's pod network must be.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
     /// Node-level routes (tailnet, extra routes).
     pub node_routes: Vec<Route>,
@@ -24,7 +24,7 @@ pub struct Desired {
 }
 
 /// Everything one pod attachment needs, on both sides of its veth.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredPod {
     pub key: PodKey,
     pub netns_path: std::path::PathBuf,
@@ -37,7 +37,7 @@ pub struct DesiredPod {
     pub pod_routes: Vec<Route>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Problem {
     pub pod: PodKey,
     pub reason: String,
