@@ -66,6 +66,7 @@ pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, E
             PodScope::One(key) => p.container_id == key.container_id && p.ifname == key.ifname,
         })
         .map(|p| (p.key(), p.netns.clone()))
+        .chain(system_namespaces(spec, scope))
         .collect();
     // compile is pure and independent of the kernel: do it while the kernel dumps.
     let (desired, observed) = std::thread::scope(|threads| {
@@ -93,6 +94,21 @@ pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, E
         plan,
         took: started.elapsed(),
     })
+}
+
+/// Namespaces that are part of the node's own plumbing (daemon mode: the
+/// tailnet namespace), observed in every node-wide pass.
+fn system_namespaces(spec: &Spec, scope: &PodScope) -> Vec<(PodKey, PathBuf)> {
+    let node_wide = matches!(scope, PodScope::All | PodScope::HostOnly);
+    if spec.mode == crate::spec::Mode::Daemon && node_wide {
+        let key = PodKey {
+            container_id: crate::spec::TAILNET_NS_KEY.into(),
+            ifname: crate::spec::TAILNET_PEER_LINK.into(),
+        };
+        vec![(key, spec.daemon.netns_path())]
+    } else {
+        Vec::new()
+    }
 }
 
 fn removes_node_objects(plan: &Plan) -> bool {
@@ -137,7 +153,7 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
                             Object::Link(l) => on_link(&l.name),
                             Object::Address(a) => on_link(&a.dev),
                             Object::Route(r) => r.dev.as_deref().is_some_and(on_link),
-                            Object::Sysctl(_) => false,
+                            Object::Sysctl(_) | Object::Rule(_) => false,
                         }
                 })
                 .collect();

@@ -161,6 +161,24 @@ impl Route {
     }
 }
 
+/// A policy routing rule (`ip rule`). headcni's carry its protocol.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Rule {
+    pub priority: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<IpNetwork>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<IpNetwork>,
+    pub table: u32,
+    pub protocol: u8,
+}
+
+impl Rule {
+    pub fn is_owned(&self) -> bool {
+        self.protocol == RTPROT_HEADCNI
+    }
+}
+
 /// A sysctl under /proc/sys, by its slash-separated path ("net/ipv4/ip_forward").
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Sysctl {
@@ -174,6 +192,8 @@ pub struct NetnsState {
     pub links: Vec<Link>,
     pub addresses: Vec<Address>,
     pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<Sysctl>,
 }

@@ -102,3 +102,25 @@ pub fn route(route: &Route, oif: Option<u32>) -> RouteMessage {
     }
     msg
 }
+
+/// A lookup rule; always with its protocol, so a delete matches only headcni's.
+pub fn rule(rule: &crate::model::Rule) -> rtnetlink::packet_route::rule::RuleMessage {
+    use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+    let mut msg = RuleMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.action = RuleAction::ToTable;
+    msg.header.table = u8::try_from(rule.table).unwrap_or(0);
+    msg.attributes.push(RuleAttribute::Priority(rule.priority));
+    msg.attributes.push(RuleAttribute::Table(rule.table));
+    msg.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::from(rule.protocol)));
+    if let Some(src) = rule.src {
+        msg.header.src_len = src.prefix();
+        msg.attributes.push(RuleAttribute::Source(src.ip()));
+    }
+    if let Some(dst) = rule.dst {
+        msg.header.dst_len = dst.prefix();
+        msg.attributes.push(RuleAttribute::Destination(dst.ip()));
+    }
+    msg
+}

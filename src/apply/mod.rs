@@ -97,7 +97,10 @@ pub fn apply(plan: &Plan) -> ApplyReport {
 }
 
 fn is_batchable(step: &Step) -> bool {
-    matches!(step.object, Object::Route(_) | Object::Address(_))
+    matches!(
+        step.object,
+        Object::Route(_) | Object::Address(_) | Object::Rule(_)
+    )
 }
 
 fn netns_path(netns: &Netns) -> Option<PathBuf> {
@@ -147,7 +150,12 @@ impl Executor {
             return;
         }
         let result = match &step.object {
-            Object::Sysctl(s) => write_sysctl(s),
+            Object::Sysctl(s) => match &step.netns {
+                Netns::Node => write_sysctl(s),
+                Netns::Pod { path, .. } => crate::netlink::in_netns(path, || write_sysctl(s))
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r),
+            },
             Object::Link(_) => self.link_step(step),
             _ => unreachable!("batchable steps go through run_batch"),
         };
@@ -308,7 +316,18 @@ fn request_for(conn: &mut NsConn, step: &Step) -> Result<Option<Request>, String
                 Action::Remove => (RouteNetlinkMessage::DelRoute(msg), 0, libc::ESRCH),
             }))
         }
-        _ => Err("not an address or route step".into()),
+        (Object::Rule(rule), action) => {
+            let msg = messages::rule(rule);
+            Ok(Some(match action {
+                Action::Remove => (RouteNetlinkMessage::DelRule(msg), 0, libc::ENOENT),
+                _ => (
+                    RouteNetlinkMessage::NewRule(msg),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    libc::EEXIST,
+                ),
+            }))
+        }
+        _ => Err("not an address, route or rule step".into()),
     }
 }
 

@@ -21,6 +21,7 @@ pub fn expected(desired: &Desired) -> Observed {
         });
     }
     node.routes.extend(desired.node_routes.iter().cloned());
+    node.rules.extend(desired.node_rules.iter().cloned());
     let mut pods = Vec::with_capacity(desired.pods.len());
     for pod in &desired.pods {
         node.links.push(Link {
@@ -33,8 +34,11 @@ pub fn expected(desired: &Desired) -> Observed {
             links: vec![pod.pod_link.clone()],
             addresses: pod.pod_addresses.clone(),
             routes: pod.pod_routes.clone(),
-            sysctls: Vec::new(),
+            rules: Vec::new(),
+            sysctls: pod.sysctls.clone(),
         };
+        let mut state = state;
+        state.links.extend(pod.extra_links.iter().cloned());
         pods.push(ObservedPod {
             key: pod.key.clone(),
             netns_path: pod.netns_path.clone(),

@@ -18,7 +18,7 @@ pub use plan::{Action, Conflict, FieldChange, Object, Plan, Step, Summary, Waiti
 
 use crate::model::{
     is_kernel_link_local, is_owned_link_name, Address, Link, Netns, NetnsState, PodKey, Route,
-    RouteKey,
+    RouteKey, Rule,
 };
 use crate::observe::Observed;
 use crate::spec::{Desired, DesiredPod};
@@ -196,6 +196,17 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
         node_draft.steps.append(&mut one.steps);
         plan.conflicts.append(&mut one.conflicts);
     }
+    let owned_rules: FxHashSet<&Rule> = observed
+        .node
+        .rules
+        .iter()
+        .filter(|r| r.is_owned())
+        .collect();
+    for want in &desired.node_rules {
+        if !owned_rules.contains(want) {
+            node_draft.step(Action::Add, Object::Rule(want.clone()), None, "missing");
+        }
+    }
     drafts.push(node_draft);
 
     // Pods. Host links and routes of every desired pod are kept, even of pods
@@ -209,7 +220,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
         kept_addresses.extend(pod.host_addresses.iter().map(|a| (a.dev.as_str(), a.addr)));
     }
     for pod in &desired.pods {
-        if let Some(reason) = diff_pod(pod, &node, observed, &mut drafts) {
+        if let Some(reason) = diff_pod(pod, &node, observed, &mut drafts, &mut plan.waiting) {
             plan.waiting.push(Waiting {
                 pod: Some(pod.key.clone()),
                 reason,
@@ -219,6 +230,16 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
 
     // Owned objects nobody wants any more, in the node namespace.
     let mut removal = Draft::new(Netns::Node, None);
+    for rule in observed.node.rules.iter().filter(|r| r.is_owned()) {
+        if !desired.node_rules.contains(rule) {
+            removal.step(
+                Action::Remove,
+                Object::Rule(rule.clone()),
+                None,
+                "not desired",
+            );
+        }
+    }
     let mut removed_links: FxHashSet<&str> = FxHashSet::default();
     for link in &observed.node.links {
         if is_owned_link_name(&link.name) && !kept_links.contains(link.name.as_str()) {
@@ -285,6 +306,7 @@ fn diff_pod<'a>(
     node: &Index,
     observed: &'a Observed,
     drafts: &mut Vec<Draft<'a>>,
+    waiting: &mut Vec<Waiting>,
 ) -> Option<String> {
     let observed_pod = observed.pod(&pod.key);
     let pod_state = match observed_pod {
@@ -374,8 +396,36 @@ fn diff_pod<'a>(
         for want in &pod.pod_addresses {
             inside.address(want, index, needs_veth);
         }
+        // Links headcni configures but does not make (the tailnet interface
+        // tailscaled creates): set them as desired, or wait for them, and hold
+        // back only the routes through them.
+        let mut absent: Vec<&str> = Vec::new();
+        for want in &pod.extra_links {
+            match index.links.get(want.name.as_str()) {
+                Some(have) => inside.link_state(want, have),
+                None => absent.push(want.name.as_str()),
+            }
+        }
         for want in &pod.pod_routes {
+            if let Some(dev) = want.dev.as_deref().filter(|d| absent.contains(d)) {
+                waiting.push(Waiting {
+                    pod: Some(pod.key.clone()),
+                    reason: format!("route {want} waits for link {dev}"),
+                });
+                continue;
+            }
             inside.route(want, index, needs_veth);
+        }
+        for want in &pod.sysctls {
+            match state.sysctls.iter().find(|s| s.key == want.key) {
+                Some(have) if have.value == want.value => {}
+                have => inside.step(
+                    Action::Change,
+                    Object::Sysctl(want.clone()),
+                    have.cloned().map(Object::Sysctl),
+                    "differs",
+                ),
+            }
         }
         if !needs_veth {
             remove_unwanted_in_pod(pod, state, &mut inside);

@@ -1,5 +1,6 @@
 //! The plan: ordered steps, plus what could not be planned and why.
 
+use crate::model::Rule;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,7 @@ pub enum Object {
     Link(Link),
     Address(Address),
     Route(Route),
+    Rule(Rule),
 }
 
 impl Object {
@@ -44,6 +46,7 @@ impl Object {
             Object::Link(_) => 1,
             Object::Address(_) => 2,
             Object::Route(_) => 3,
+            Object::Rule(_) => 4,
         }
     }
 
@@ -53,6 +56,7 @@ impl Object {
             Object::Link(_) => "link",
             Object::Address(_) => "address",
             Object::Route(_) => "route",
+            Object::Rule(_) => "rule",
         }
     }
 }
@@ -73,6 +77,7 @@ impl Object {
             Object::Link(l) => format!("link {}", l.name),
             Object::Address(a) => format!("address {} dev {}", a.addr, a.dev),
             Object::Route(r) => format!("route {} table {} metric {}", r.dst, r.table, r.metric),
+            Object::Rule(r) => format!("rule {} table {}", r.priority, r.table),
         }
     }
 
@@ -324,6 +329,25 @@ impl fmt::Display for Route {
     }
 }
 
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.priority)?;
+        match &self.src {
+            Some(src) => write!(f, " from {src}")?,
+            None => write!(f, " from all")?,
+        }
+        if let Some(dst) = &self.dst {
+            write!(f, " to {dst}")?;
+        }
+        write!(
+            f,
+            " lookup {} proto {}",
+            self.table,
+            protocol_name(self.protocol)
+        )
+    }
+}
+
 impl fmt::Display for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.name)?;
@@ -354,6 +378,7 @@ impl fmt::Display for Object {
             Object::Link(l) => write!(f, "link {l}"),
             Object::Address(a) => write!(f, "address {} dev {}", a.addr, a.dev),
             Object::Route(r) => write!(f, "route {r}"),
+            Object::Rule(r) => write!(f, "rule {r}"),
         }
     }
 }

@@ -160,6 +160,8 @@ pub(crate) fn simulate(observed: &Observed, plan: &Plan) -> Observed {
                 .retain(|x| !(x.is_owned() && x.key() == r.key())),
             (Action::Add, Object::Address(a)) => state.addresses.push(a.clone()),
             (Action::Remove, Object::Address(a)) => state.addresses.retain(|x| x != a),
+            (Action::Add, Object::Rule(r)) => state.rules.push(r.clone()),
+            (Action::Remove, Object::Rule(r)) => state.rules.retain(|x| x != r),
             (_, Object::Sysctl(s)) => {
                 state.sysctls.retain(|x| x.key != s.key);
                 state.sysctls.push(s.clone());
@@ -624,4 +626,51 @@ fn veth_peer_is_carried_by_the_host_link() {
             netns_path: PathBuf::from("/run/netns/pod1")
         })
     );
+}
+
+#[test]
+fn daemon_mode_plans_rule_table_and_tailnet_namespace() {
+    let text = SPEC.replace("mode = \"host\"", "mode = \"daemon\"");
+    let spec = Spec::parse(&text, Path::new("d.toml")).unwrap();
+    let desired = compile(&spec, &[pod(1)]);
+    assert_eq!(desired.node_rules.len(), 1);
+    assert_eq!(
+        desired.pods.len(),
+        2,
+        "the tailnet namespace is planned like a pod"
+    );
+    // Converged, then headcni01 disappears: its route waits, the rest stays.
+    let mut observed = super::expected(&desired);
+    assert!(diff(&desired, &observed).is_empty());
+    let ts = observed
+        .pods
+        .iter_mut()
+        .find(|p| p.key.container_id == crate::spec::TAILNET_NS_KEY)
+        .unwrap();
+    let inside = ts.state.as_mut().unwrap();
+    inside.links.retain(|l| l.name != "headcni01");
+    inside
+        .routes
+        .retain(|r| r.dev.as_deref() != Some("headcni01"));
+    let plan = diff(&desired, &observed);
+    assert!(
+        plan.steps.is_empty(),
+        "{}",
+        crate::report::text::plan(&plan, false)
+    );
+    assert!(plan
+        .waiting
+        .iter()
+        .any(|w| w.reason.contains("waits for link headcni01")));
+    // A stray owned rule is removed; the desired one added back.
+    let mut observed = super::expected(&desired);
+    let mut stray = desired.node_rules[0].clone();
+    stray.priority = 5201;
+    observed.node.rules = vec![stray];
+    let text: Vec<String> = diff(&desired, &observed)
+        .steps
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(text.len(), 2, "{text:?}");
 }

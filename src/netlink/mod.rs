@@ -72,22 +72,9 @@ impl Netlink {
 
     /// Connects inside the namespace at `path` (a /run/netns file or /proc/PID/ns/net).
     pub fn open_in(path: &Path) -> Result<Netlink, NetlinkError> {
-        let netns = File::open(path).map_err(|error| NetlinkError::OpenNetns {
-            path: path.into(),
-            error,
-        })?;
-        let owned_path = path.to_path_buf();
-        let socket = std::thread::spawn(move || -> Result<Socket, NetlinkError> {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                NetlinkError::EnterNetns {
-                    path: owned_path,
-                    error: io::Error::from(errno),
-                }
-            })?;
+        let socket = in_netns(path, || {
             Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)
-        })
-        .join()
-        .map_err(|_| NetlinkError::Socket(io::Error::other("namespace thread panicked")))??;
+        })??;
         Self::from_socket(socket)
     }
 
@@ -285,6 +272,30 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+/// Runs `f` on a short-lived thread that has entered the network namespace
+/// at `path`: the only place headcni calls setns. Sockets made there stay in
+/// that namespace; /proc/sys/net opened there is that namespace's.
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetlinkError> {
+    let netns = File::open(path).map_err(|error| NetlinkError::OpenNetns {
+        path: path.into(),
+        error,
+    })?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |errno| NetlinkError::EnterNetns {
+                        path: path.to_path_buf(),
+                        error: io::Error::from(errno),
+                    },
+                )?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| NetlinkError::Socket(io::Error::other("namespace thread panicked")))?
+    })
 }
 
 fn encode(out: &mut Vec<u8>, payload: RouteNetlinkMessage, flags: u16, seq: u32) {

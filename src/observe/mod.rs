@@ -18,9 +18,12 @@ use crate::netlink::{Netlink, NetlinkError};
 
 /// Sysctls of the node namespace that the desired state speaks about.
 pub const NODE_SYSCTLS: &[&str] = &["net/ipv4/ip_forward"];
+/// Sysctls read inside pod namespaces (the tailnet namespace forwards).
+pub const POD_SYSCTLS: &[&str] = &["net/ipv4/ip_forward"];
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_NEWRULE: u16 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
@@ -65,7 +68,9 @@ fn observe_pod(path: &Path) -> Result<Option<NetnsState>, NetlinkError> {
         Err(NetlinkError::OpenNetns { .. } | NetlinkError::EnterNetns { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    netns_state(&mut nl).map(Some)
+    let mut state = netns_state(&mut nl)?;
+    state.sysctls = crate::netlink::in_netns(path, || read_sysctls(POD_SYSCTLS))?;
+    Ok(Some(state))
 }
 
 /// One link's hardware address, by name, in the node namespace (`netns`
@@ -139,7 +144,23 @@ fn node_state(nl: &mut Netlink) -> Result<NetnsState, NetlinkError> {
     });
     let links = links.map_err(|_| NetlinkError::Decode("link dump thread panicked".into()))??;
     let (addresses, routes) = rest?;
-    Ok(assemble(links, addresses, routes))
+    let mut state = assemble(links, addresses, routes);
+    state.rules = dump_rules(nl)?;
+    Ok(state)
+}
+
+/// IPv4 lookup rules of the namespace, sorted.
+fn dump_rules(nl: &mut Netlink) -> Result<Vec<crate::model::Rule>, NetlinkError> {
+    let mut req = rtnetlink::packet_route::rule::RuleMessage::default();
+    req.header.family = AddressFamily::Inet;
+    let mut rules = Vec::new();
+    nl.dump(RouteNetlinkMessage::GetRule(req), |kind, payload| {
+        if kind == RTM_NEWRULE {
+            rules.extend(parse::rule(payload));
+        }
+    })?;
+    rules.sort();
+    Ok(rules)
 }
 
 type RawAddresses = Vec<(u32, ipnetwork::IpNetwork)>;

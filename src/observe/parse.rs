@@ -156,3 +156,39 @@ pub fn route(payload: &[u8]) -> Option<(Option<u32>, Route)> {
     };
     Some((oif, route))
 }
+
+const FRA_DST: u16 = 1;
+const FRA_SRC: u16 = 2;
+const FRA_PRIORITY: u16 = 6;
+const FRA_TABLE: u16 = 15;
+const FRA_PROTOCOL: u16 = 21;
+const FR_ACT_TO_TBL: u8 = 1;
+const FIB_RULE_HDR_LEN: usize = 12;
+
+/// RTM_NEWRULE payload (struct fib_rule_hdr + attributes); lookup rules only.
+pub fn rule(payload: &[u8]) -> Option<crate::model::Rule> {
+    let header = payload.get(..FIB_RULE_HDR_LEN)?;
+    let (dst_len, src_len, header_table, action) = (header[1], header[2], header[4], header[7]);
+    if action != FR_ACT_TO_TBL {
+        return None;
+    }
+    let (mut src, mut dst, mut priority, mut table, mut protocol) =
+        (None, None, 0, u32::from(header_table), 0);
+    for nla in NlasIterator::new(&payload[FIB_RULE_HDR_LEN..]).flatten() {
+        match nla.kind() {
+            FRA_SRC => src = ip(nla.value()).and_then(|a| IpNetwork::new(a, src_len).ok()),
+            FRA_DST => dst = ip(nla.value()).and_then(|a| IpNetwork::new(a, dst_len).ok()),
+            FRA_PRIORITY => priority = u32_at(nla.value(), 0)?,
+            FRA_TABLE => table = u32_at(nla.value(), 0)?,
+            FRA_PROTOCOL => protocol = *nla.value().first()?,
+            _ => {}
+        }
+    }
+    Some(crate::model::Rule {
+        priority,
+        src,
+        dst,
+        table,
+        protocol,
+    })
+}

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
-use super::{PodIntent, Spec};
+use super::{Mode, PodIntent, Spec};
 use crate::model::{
-    Address, Link, PodKey, Route, Scope, Sysctl, VethPeer, RTPROT_HEADCNI, TABLE_MAIN,
+    Address, Link, PodKey, Route, Rule, Scope, Sysctl, VethPeer, RTPROT_HEADCNI, TABLE_MAIN,
 };
 
 /// What the node's pod network must be.
@@ -15,6 +15,9 @@ use crate::model::{
 pub struct Desired {
     /// Node-level routes (tailnet, extra routes).
     pub node_routes: Vec<Route>,
+    /// Policy rules in the node namespace (daemon mode: pod traffic to the tailnet).
+    #[serde(default)]
+    pub node_rules: Vec<Rule>,
     pub node_sysctls: Vec<Sysctl>,
     /// Links node routes need that headcni does not make (the tailnet interface, ...).
     pub required_links: Vec<String>,
@@ -35,6 +38,13 @@ pub struct DesiredPod {
     pub pod_link: Link,
     pub pod_addresses: Vec<Address>,
     pub pod_routes: Vec<Route>,
+    /// Links in the pod's namespace that headcni configures but does not
+    /// create (the tailnet interface of the daemon's own namespace).
+    #[serde(default)]
+    pub extra_links: Vec<Link>,
+    /// Sysctls of the pod's namespace.
+    #[serde(default)]
+    pub sysctls: Vec<Sysctl>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -52,16 +62,21 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
         ..Desired::default()
     };
 
-    desired.node_routes.push(Route {
-        table: TABLE_MAIN,
-        dst: spec.tailnet.cidr,
-        via: None,
-        dev: Some(spec.tailnet.interface.clone()),
-        scope: Scope::Link,
-        protocol: RTPROT_HEADCNI,
-        metric: 0,
-    });
-    desired.required_links.push(spec.tailnet.interface.clone());
+    match spec.mode {
+        Mode::Host => {
+            desired.node_routes.push(Route {
+                table: TABLE_MAIN,
+                dst: spec.tailnet.cidr,
+                via: None,
+                dev: Some(spec.tailnet.interface.clone()),
+                scope: Scope::Link,
+                protocol: RTPROT_HEADCNI,
+                metric: 0,
+            });
+            desired.required_links.push(spec.tailnet.interface.clone());
+        }
+        Mode::Daemon => compile_tailnet_namespace(spec, &mut desired),
+    }
     for extra in &spec.routes {
         desired.node_routes.push(Route {
             table: TABLE_MAIN,
@@ -160,5 +175,108 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
                 Scope::Global,
             ),
         ],
+        extra_links: Vec::new(),
+        sysctls: Vec::new(),
     }
+}
+
+/// The key of the daemon's own tailnet namespace among the pods.
+pub const TAILNET_NS_KEY: &str = "headcni-tailnet";
+/// Node end of the veth to the tailnet namespace (an owned `hc` link).
+pub const TAILNET_HOST_LINK: &str = "hcts0";
+/// Its end inside the tailnet namespace.
+pub const TAILNET_PEER_LINK: &str = "node0";
+/// The tailnet's MTU (WireGuard inside UDP).
+pub const TAILNET_MTU: u32 = 1280;
+
+/// Daemon mode: tailscaled lives in a namespace of its own, attached to the
+/// node by a veth exactly as a pod is. The node sends pod traffic for the
+/// tailnet through a policy rule and a table of headcni's own into that
+/// namespace, which routes it to the tailnet interface; the reverse path
+/// routes the pod CIDR back to the node.
+fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
+    let d = &spec.daemon;
+    let transfer = d.transfer_cidr;
+    let node_ip = std::net::Ipv4Addr::from(u32::from(transfer.network()) + 1);
+    let ns_ip = std::net::Ipv4Addr::from(u32::from(transfer.network()) + 2);
+    let on_transfer = |ip| IpNetwork::V4(Ipv4Network::new(ip, 30).expect("/30 is valid"));
+    let route = |table, dst: IpNetwork, via: Option<std::net::Ipv4Addr>, dev: &str| Route {
+        table,
+        dst,
+        via: via.map(IpAddr::V4),
+        dev: Some(dev.to_string()),
+        scope: if via.is_some() {
+            Scope::Global
+        } else {
+            Scope::Link
+        },
+        protocol: RTPROT_HEADCNI,
+        metric: 0,
+    };
+    desired.node_rules.push(Rule {
+        priority: d.rule_priority,
+        src: Some(IpNetwork::V4(spec.pod_network.cidr)),
+        dst: Some(spec.tailnet.cidr),
+        table: d.route_table,
+        protocol: RTPROT_HEADCNI,
+    });
+    let netns_path = d.netns_path();
+    desired.pods.push(DesiredPod {
+        key: PodKey {
+            container_id: TAILNET_NS_KEY.into(),
+            ifname: TAILNET_PEER_LINK.into(),
+        },
+        netns_path: netns_path.clone(),
+        host_link: Link {
+            name: TAILNET_HOST_LINK.into(),
+            mtu: spec.pod_network.mtu,
+            up: true,
+            kind: Some("veth".into()),
+            peer: Some(VethPeer {
+                ifname: TAILNET_PEER_LINK.into(),
+                netns_path,
+            }),
+        },
+        host_addresses: vec![Address {
+            dev: TAILNET_HOST_LINK.into(),
+            addr: on_transfer(node_ip),
+        }],
+        host_routes: vec![route(
+            d.route_table,
+            spec.tailnet.cidr,
+            Some(ns_ip),
+            TAILNET_HOST_LINK,
+        )],
+        pod_link: Link {
+            name: TAILNET_PEER_LINK.into(),
+            mtu: spec.pod_network.mtu,
+            up: true,
+            kind: Some("veth".into()),
+            peer: None,
+        },
+        pod_addresses: vec![Address {
+            dev: TAILNET_PEER_LINK.into(),
+            addr: on_transfer(ns_ip),
+        }],
+        pod_routes: vec![
+            route(
+                TABLE_MAIN,
+                IpNetwork::V4(spec.pod_network.cidr),
+                Some(node_ip),
+                TAILNET_PEER_LINK,
+            ),
+            route(TABLE_MAIN, spec.tailnet.cidr, None, &spec.tailnet.interface),
+        ],
+        extra_links: vec![Link {
+            name: spec.tailnet.interface.clone(),
+            mtu: TAILNET_MTU,
+            up: true,
+            kind: None,
+            peer: None,
+        }],
+        sysctls: vec![Sysctl {
+            key: "net/ipv4/ip_forward".into(),
+            value: "1".into(),
+        }],
+    });
 }

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
-pub use desired::{compile, Desired, DesiredPod, Problem};
+pub use desired::{
+    compile, Desired, DesiredPod, Problem, TAILNET_HOST_LINK, TAILNET_MTU, TAILNET_NS_KEY,
+    TAILNET_PEER_LINK,
+};
 pub use error::SpecError;
 pub use names::{host_link_name, validate_container_id, validate_ifname};
 pub use store::{PodIntent, PodStore, StoreError};
@@ -53,6 +56,62 @@ pub struct Spec {
     pub pod_network: PodNetwork,
     pub tailnet: Tailnet,
     pub routes: Vec<ExtraRoute>,
+    pub daemon: DaemonConfig,
+}
+
+/// `[daemon]`: how `headcni daemon` runs (both modes) and, in daemon mode,
+/// the supervised tailscaled and the namespace it lives in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaemonConfig {
+    pub tailscaled: PathBuf,
+    pub tailscale: PathBuf,
+    pub login_server: Option<String>,
+    pub auth_key_file: Option<PathBuf>,
+    /// The tailnet node's name; default: the host's name.
+    pub hostname: Option<String>,
+    pub resync_seconds: u64,
+    pub tailscaled_flags: Vec<String>,
+    pub up_flags: Vec<String>,
+    /// The network namespace tailscaled runs in (/run/netns/NAME).
+    pub netns: String,
+    /// tailscaled's WireGuard UDP port (a host tailscaled uses 41641).
+    pub port: u16,
+    /// Route table for pod traffic to the tailnet.
+    pub route_table: u32,
+    /// Priority of the rule sending pod traffic to that table (before a host
+    /// tailscaled's rules at 5210-5270).
+    pub rule_priority: u32,
+    /// The /30 joining the node to the tailnet namespace.
+    pub transfer_cidr: Ipv4Network,
+    /// Optional HTTP listener for /healthz, /readyz and /metrics.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            tailscaled: PathBuf::from("/usr/sbin/tailscaled"),
+            tailscale: PathBuf::from("/usr/bin/tailscale"),
+            login_server: None,
+            auth_key_file: None,
+            hostname: None,
+            resync_seconds: 30,
+            tailscaled_flags: Vec::new(),
+            up_flags: Vec::new(),
+            netns: "headcni-ts".into(),
+            port: 41642,
+            route_table: 1042,
+            rule_priority: 5200,
+            transfer_cidr: "169.254.77.0/30".parse().expect("valid default"),
+            metrics_listen: None,
+        }
+    }
+}
+
+impl DaemonConfig {
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -4,14 +4,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::names::validate_ifname;
 use super::{
-    ExtraRoute, Mode, PodNetwork, Spec, SpecError, Tailnet, DEFAULT_MTU, DEFAULT_STATE_DIR,
-    DEFAULT_TAILNET_CIDR,
+    DaemonConfig, ExtraRoute, Mode, PodNetwork, Spec, SpecError, Tailnet, DEFAULT_MTU,
+    DEFAULT_STATE_DIR, DEFAULT_TAILNET_CIDR,
 };
 
 #[derive(Deserialize)]
@@ -24,6 +24,28 @@ struct RawSpec {
     tailnet: Option<RawTailnet>,
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
+    daemon: Option<RawDaemon>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    tailscaled: Option<Spanned<String>>,
+    tailscale: Option<Spanned<String>>,
+    login_server: Option<Spanned<String>>,
+    auth_key_file: Option<Spanned<String>>,
+    hostname: Option<Spanned<String>>,
+    resync_seconds: Option<Spanned<i64>>,
+    #[serde(default)]
+    tailscaled_flags: Vec<String>,
+    #[serde(default)]
+    up_flags: Vec<String>,
+    netns: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
+    route_table: Option<Spanned<i64>>,
+    rule_priority: Option<Spanned<i64>>,
+    transfer_cidr: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +162,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
         routes.push(validated);
     }
 
+    let daemon = validate_daemon(&at, raw.daemon.as_ref(), &pod_network, &tailnet)?;
     Ok(Spec {
         source: file.to_path_buf(),
         mode,
@@ -147,6 +170,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
         pod_network,
         tailnet,
         routes,
+        daemon,
     })
 }
 
@@ -268,6 +292,143 @@ fn validate_tailnet(
         }
     };
     Ok(Tailnet { cidr, interface })
+}
+
+fn validate_daemon(
+    at: &Locator,
+    raw: Option<&RawDaemon>,
+    pod: &PodNetwork,
+    tailnet: &Tailnet,
+) -> Result<DaemonConfig, SpecError> {
+    let mut d = DaemonConfig::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let abs = |v: &Spanned<String>, field: &str| -> Result<PathBuf, SpecError> {
+        let p = PathBuf::from(v.get_ref());
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(at.invalid(v.span(), field, "must be an absolute path"))
+        }
+    };
+    let int = |v: &Spanned<i64>,
+               field: &str,
+               range: std::ops::RangeInclusive<i64>|
+     -> Result<i64, SpecError> {
+        let n = *v.get_ref();
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(at.invalid(
+                v.span(),
+                field,
+                format!("{n} is out of range {}..={}", range.start(), range.end()),
+            ))
+        }
+    };
+    if let Some(v) = &raw.tailscaled {
+        d.tailscaled = abs(v, "daemon.tailscaled")?;
+    }
+    if let Some(v) = &raw.tailscale {
+        d.tailscale = abs(v, "daemon.tailscale")?;
+    }
+    if let Some(v) = &raw.auth_key_file {
+        d.auth_key_file = Some(abs(v, "daemon.auth_key_file")?);
+    }
+    if let Some(v) = &raw.login_server {
+        let url = v.get_ref();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(at.invalid(
+                v.span(),
+                "daemon.login_server",
+                format!("{url:?} is not an http(s) URL"),
+            ));
+        }
+        d.login_server = Some(url.clone());
+    }
+    if let Some(v) = &raw.hostname {
+        let ok = !v.get_ref().is_empty()
+            && v.get_ref().len() <= 63
+            && v.get_ref()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !ok {
+            return Err(at.invalid(v.span(), "daemon.hostname", "use 1-63 of [A-Za-z0-9-]"));
+        }
+        d.hostname = Some(v.get_ref().clone());
+    }
+    if let Some(v) = &raw.resync_seconds {
+        d.resync_seconds = int(v, "daemon.resync_seconds", 1..=86_400)? as u64;
+    }
+    d.tailscaled_flags = raw.tailscaled_flags.clone();
+    d.up_flags = raw.up_flags.clone();
+    if let Some(v) = &raw.netns {
+        let name = v.get_ref();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || name.starts_with('.')
+        {
+            return Err(at.invalid(
+                v.span(),
+                "daemon.netns",
+                "use 1-64 of [A-Za-z0-9_.-], not starting with '.'",
+            ));
+        }
+        d.netns = name.clone();
+    }
+    if let Some(v) = &raw.port {
+        d.port = int(v, "daemon.port", 1..=65535)? as u16;
+    }
+    if let Some(v) = &raw.route_table {
+        let t = int(v, "daemon.route_table", 1..=u32::MAX as i64)? as u32;
+        if matches!(t, 52 | 253..=255) {
+            return Err(at.invalid(
+                v.span(),
+                "daemon.route_table",
+                format!("table {t} belongs to the kernel or tailscale; pick another"),
+            ));
+        }
+        d.route_table = t;
+    }
+    if let Some(v) = &raw.rule_priority {
+        d.rule_priority = int(v, "daemon.rule_priority", 1..=32765)? as u32;
+    }
+    if let Some(v) = &raw.transfer_cidr {
+        let net: Ipv4Network = v.get_ref().parse().map_err(|e| {
+            at.invalid(
+                v.span(),
+                "daemon.transfer_cidr",
+                format!("not an IPv4 CIDR: {e}"),
+            )
+        })?;
+        if net.prefix() != 30 || net.network() != net.ip() {
+            return Err(at.invalid(
+                v.span(),
+                "daemon.transfer_cidr",
+                "must be a /30 network address",
+            ));
+        }
+        if net.overlaps(pod.cidr) || tailnet.cidr.contains(std::net::IpAddr::V4(net.network())) {
+            return Err(at.invalid(
+                v.span(),
+                "daemon.transfer_cidr",
+                "overlaps the pod or tailnet CIDR",
+            ));
+        }
+        d.transfer_cidr = net;
+    }
+    if let Some(v) = &raw.metrics_listen {
+        d.metrics_listen = Some(v.get_ref().parse().map_err(|e| {
+            at.invalid(
+                v.span(),
+                "daemon.metrics_listen",
+                format!("not an address:port: {e}"),
+            )
+        })?);
+    }
+    Ok(d)
 }
 
 fn validate_route(
