@@ -174,6 +174,8 @@ pub struct Applied {
     pub report: ApplyReport,
     /// The plan made right after applying: empty when the node converged.
     pub remaining: Plan,
+    /// The kernel as the verification (or, with nothing to do, the plan) saw it.
+    pub observed_after: Observed,
     pub apply_took: Duration,
 }
 
@@ -191,10 +193,11 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
     let started = Instant::now();
     let report = apply::apply(&planned.plan);
     let apply_took = started.elapsed();
-    let remaining = if planned.plan.is_empty() {
-        planned.plan.clone()
+    let (remaining, observed_after) = if planned.plan.is_empty() {
+        (planned.plan.clone(), planned.observed)
     } else {
-        plan(spec, pods, scope)?.plan
+        let again = plan(spec, pods, scope)?;
+        (again.plan, again.observed)
     };
     Ok(Applied {
         plan: planned.plan,
@@ -202,6 +205,7 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
         pods: planned.pods,
         report,
         remaining,
+        observed_after,
         apply_took,
     })
 }

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod cni;
+pub mod daemon;
 pub mod diff;
 pub mod drift;
 pub mod engine;

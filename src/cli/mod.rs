@@ -42,6 +42,13 @@ enum Command {
     /// Write and read pod intents by hand (the seam the CNI plugin uses).
     #[command(subcommand)]
     Pod(pod::PodCommand),
+    /// Reconcile continuously (and, in daemon mode, run the node's own tailnet interface).
+    Daemon,
+    /// What the running daemon reports (from its socket in state_dir).
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -56,13 +63,21 @@ pub struct Exit(pub u8);
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A service logs what it does; a command only what went wrong.
+    let base = if matches!(cli.command, Command::Daemon) {
+        1
+    } else {
+        0
+    };
+    init_logging(cli.verbose + base);
     let result = match &cli.command {
         Command::Validate => validate(&cli),
         Command::Observe(args) => observe::run(&cli, args),
         Command::Plan(args) => plan::run_plan(&cli, args),
         Command::Apply(args) => plan::run_apply(&cli, args),
         Command::Pod(cmd) => pod::run(&cli, cmd),
+        Command::Daemon => headcni::daemon::run(&cli.spec).map(|()| Exit(0)),
+        Command::Status { format } => status(&cli, *format),
     };
     match result {
         Ok(Exit(code)) => ExitCode::from(code),
@@ -77,7 +92,8 @@ fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
-        1 => "headcni=debug,info",
+        1 => "info",
+        2 => "headcni=debug,info",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -97,6 +113,19 @@ impl Cli {
     fn store(spec: &Spec) -> PodStore {
         PodStore::new(&spec.state_dir)
     }
+}
+
+fn status(cli: &Cli, format: Format) -> anyhow::Result<Exit> {
+    let state_dir = match cli.load_spec() {
+        Ok(spec) => spec.state_dir,
+        Err(_) => Spec::state_dir_of(&cli.spec),
+    };
+    let status = headcni::daemon::status::query(&state_dir)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Format::Text => headcni::daemon::print_status(&status),
+    }
+    Ok(Exit(0))
 }
 
 fn validate(cli: &Cli) -> anyhow::Result<Exit> {

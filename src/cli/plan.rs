@@ -286,13 +286,14 @@ fn apply_saved(spec: &Spec, pods: engine::PodSource, file: &Path) -> anyhow::Res
     let started = std::time::Instant::now();
     let report = apply::apply(&saved.plan);
     let apply_took = started.elapsed();
-    let remaining = engine::plan(spec, pods, &scope)?.plan;
+    let again = engine::plan(spec, pods, &scope)?;
     Ok(Applied {
         plan: saved.plan,
         desired: fresh.desired,
         pods: fresh.pods,
         report,
-        remaining,
+        remaining: again.plan,
+        observed_after: again.observed,
         apply_took,
     })
 }

@@ -274,6 +274,12 @@ impl Netlink {
     }
 }
 
+/// Is `path` a network-namespace file (nsfs)?
+pub fn is_netns_file(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
 /// Runs `f` on a short-lived thread that has entered the network namespace
 /// at `path`: the only place headcni calls setns. Sockets made there stay in
 /// that namespace; /proc/sys/net opened there is that namespace's.

@@ -73,6 +73,16 @@ fn observe_pod(path: &Path) -> Result<Option<NetnsState>, NetlinkError> {
     Ok(Some(state))
 }
 
+/// The interface name in an RTM_NEWLINK/RTM_DELLINK payload (for event filters).
+pub fn parse_link_name(payload: &[u8]) -> Option<String> {
+    parse::link(payload).map(|l| l.link.name)
+}
+
+/// The rule in an RTM_NEWRULE/RTM_DELRULE payload (for event filters).
+pub fn parse_rule(payload: &[u8]) -> Option<crate::model::Rule> {
+    parse::rule(payload)
+}
+
 /// One link's hardware address, by name, in the node namespace (`netns`
 /// None) or a pod's. None when there is no such link.
 pub fn link_mac(netns: Option<&Path>, name: &str) -> Result<Option<String>, NetlinkError> {

@@ -267,13 +267,22 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
             ),
             route(TABLE_MAIN, spec.tailnet.cidr, None, &spec.tailnet.interface),
         ],
-        extra_links: vec![Link {
-            name: spec.tailnet.interface.clone(),
-            mtu: TAILNET_MTU,
-            up: true,
-            kind: None,
-            peer: None,
-        }],
+        extra_links: vec![
+            Link {
+                name: "lo".into(),
+                mtu: 65536,
+                up: true,
+                kind: None,
+                peer: None,
+            },
+            Link {
+                name: spec.tailnet.interface.clone(),
+                mtu: TAILNET_MTU,
+                up: true,
+                kind: None,
+                peer: None,
+            },
+        ],
         sysctls: vec![Sysctl {
             key: "net/ipv4/ip_forward".into(),
             value: "1".into(),

@@ -146,6 +146,22 @@ impl Spec {
         Spec::parse(&text, path)
     }
 
+    /// Where the state lives, even when the spec is invalid: `headcni status`
+    /// must reach a daemon that is reporting exactly that. Reads `state_dir`
+    /// leniently, else the default.
+    pub fn state_dir_of(path: &Path) -> PathBuf {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|t| {
+                t.get("state_dir")
+                    .and_then(|v| v.as_str())
+                    .map(PathBuf::from)
+            })
+            .filter(|p| p.is_absolute())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+
     /// Parses and validates spec text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Spec, SpecError> {
         raw::parse(text, path)

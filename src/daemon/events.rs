@@ -1,0 +1,179 @@
+//! What makes the daemon look again: kernel events about owned objects and
+//! the tailnet interface (rtnetlink multicast), and edits of the spec and the
+//! pod-intent store (inotify via `notify`). Events only say "look again";
+//! every pass reads the whole state (level-triggered).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use notify::{RecursiveMode, Watcher};
+use rtnetlink::packet_core::NetlinkBuffer;
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::model::{LINK_PREFIX, RTPROT_HEADCNI};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Trigger {
+    Start,
+    /// The spec file changed.
+    Spec,
+    /// Pod intents changed.
+    Pods,
+    /// The kernel changed something headcni owns or depends on.
+    Kernel,
+    /// The event socket overran: events were lost, so look at everything.
+    Overrun,
+    /// The periodic full resync.
+    Resync,
+    /// The supervised tailscaled started or exited.
+    Tailscaled,
+    /// A failed pass is retried.
+    Retry,
+}
+
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV4_RULE: u32 = 0x80;
+const EVENT_BUFFER_BYTES: libc::c_int = 4 * 1024 * 1024;
+
+/// A multicast socket for link, address, route and rule events, made in the
+/// namespace at `netns` (None: the caller's). Its receive buffer is raised so
+/// bursts (a pod churn, a flap) fit; an overrun still means a full resync.
+pub fn event_socket(netns: Option<&Path>) -> Result<Socket, crate::netlink::NetlinkError> {
+    let make = || -> io::Result<Socket> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind(&SocketAddr::new(
+            0,
+            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE,
+        ))?;
+        use std::os::fd::AsRawFd;
+        let size = EVENT_BUFFER_BYTES;
+        // SAFETY: a valid fd and a live c_int of the size passed.
+        unsafe {
+            if libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                4,
+            ) != 0
+            {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    4,
+                );
+            }
+        }
+        Ok(socket)
+    };
+    match netns {
+        None => make().map_err(crate::netlink::NetlinkError::Socket),
+        Some(path) => {
+            crate::netlink::in_netns(path, make)?.map_err(crate::netlink::NetlinkError::Socket)
+        }
+    }
+}
+
+/// Reads events forever on a thread of its own, sending a trigger for each
+/// datagram that touches something relevant. `interfaces`: links that matter
+/// besides headcni's own (the tailnet interface).
+pub fn listen(socket: Socket, interfaces: Vec<String>, tx: UnboundedSender<Trigger>) {
+    std::thread::Builder::new()
+        .name("headcni-events".into())
+        .spawn(move || {
+            let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+            loop {
+                buf.clear();
+                let n = match socket.recv(&mut buf, 0) {
+                    Ok(n) => n,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        tracing::warn!("netlink event socket overran; resyncing");
+                        if tx.send(Trigger::Overrun).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!("netlink event socket: {e}");
+                        return;
+                    }
+                };
+                if relevant(&buf[..n], &interfaces) && tx.send(Trigger::Kernel).is_err() {
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| tracing::error!("cannot start the event thread: {e}"));
+}
+
+/// Does a datagram of events touch headcni's objects or the interfaces it needs?
+fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let Ok(msg) = NetlinkBuffer::new_checked(&datagram[offset..]) else {
+            return true;
+        };
+        let len = (msg.length() as usize).max(16);
+        let payload = msg.payload();
+        let hit = match msg.message_type() {
+            // RTM_NEWLINK, RTM_DELLINK: ours, or one we depend on.
+            16 | 17 => crate::observe::parse_link_name(payload)
+                .is_none_or(|name| name.starts_with(LINK_PREFIX) || interfaces.contains(&name)),
+            // Addresses: rare, and the index alone does not say whose.
+            20 | 21 => true,
+            // RTM_NEWROUTE, RTM_DELROUTE: rtmsg.rtm_protocol at byte 5.
+            24 | 25 => payload.get(5) == Some(&RTPROT_HEADCNI),
+            // RTM_NEWRULE, RTM_DELRULE: rules carry their protocol as an attribute.
+            32 | 33 => crate::observe::parse_rule(payload).is_none_or(|r| r.is_owned()),
+            _ => false,
+        };
+        if hit {
+            return true;
+        }
+        offset += (len + 3) & !3;
+    }
+    false
+}
+
+/// Watches the spec file's directory (editors replace files) and the pod
+/// store; the watcher must be kept alive by the caller.
+pub fn watch_files(
+    spec: &Path,
+    state_dir: &Path,
+    tx: UnboundedSender<Trigger>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let spec_name = spec.file_name().map(|n| n.to_os_string());
+    let store: PathBuf = state_dir.join("pods.db");
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(event) = res else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        for path in &event.paths {
+            let trigger = if path.starts_with(&store) {
+                Some(Trigger::Pods)
+            } else if path.file_name().map(|n| n.to_os_string()) == spec_name {
+                Some(Trigger::Spec)
+            } else {
+                None
+            };
+            if let Some(t) = trigger {
+                let _ = tx.send(t);
+            }
+        }
+    })?;
+    let spec_dir = spec
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    watcher.watch(spec_dir, RecursiveMode::NonRecursive)?;
+    std::fs::create_dir_all(state_dir).ok();
+    watcher.watch(state_dir, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}

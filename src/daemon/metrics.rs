@@ -1,0 +1,151 @@
+//! Prometheus metrics and the optional HTTP listener (/healthz, /readyz,
+//! /metrics). The listener answers one request per connection: scrapers and
+//! probes need nothing more, and nothing more is exposed.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::status::Shared;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub passes: Family<ResultLabel, Counter>,
+    pub pass_duration: Histogram,
+    pub drift_repairs: Counter,
+    pub tailscaled_restarts: Counter,
+    pub pods: Gauge,
+    pub interface_up: Gauge<i64, std::sync::atomic::AtomicI64>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("headcni");
+        let passes = Family::<ResultLabel, Counter>::default();
+        let pass_duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
+        let drift_repairs = Counter::<u64, AtomicU64>::default();
+        let tailscaled_restarts = Counter::<u64, AtomicU64>::default();
+        let pods = Gauge::default();
+        let interface_up = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register("passes", "Reconcile passes by result", passes.clone());
+        registry.register(
+            "pass_duration_seconds",
+            "Duration of reconcile passes",
+            pass_duration.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "Steps applied to repair drift",
+            drift_repairs.clone(),
+        );
+        registry.register(
+            "tailscaled_restarts",
+            "Restarts of the supervised tailscaled",
+            tailscaled_restarts.clone(),
+        );
+        registry.register("pods", "Pod attachments known to the node", pods.clone());
+        registry.register(
+            "tailnet_interface_up",
+            "1 when the tailnet interface is present and up",
+            interface_up.clone(),
+        );
+        Metrics {
+            passes,
+            pass_duration,
+            drift_repairs,
+            tailscaled_restarts,
+            pods,
+            interface_up,
+            registry: Arc::new(Mutex::new(registry)),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves /healthz (the daemon runs), /readyz (the last pass converged) and /metrics.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    metrics: Metrics,
+    status: Shared,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("metrics and health on http://{addr}");
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (code, body, kind) = match path {
+                "/healthz" => (200, "ok\n".to_string(), "text/plain"),
+                "/readyz" => {
+                    let ready = status
+                        .lock()
+                        .map(|s| s.last_pass.as_ref().is_some_and(|p| p.ok))
+                        .unwrap_or(false);
+                    if ready {
+                        (200, "ready\n".to_string(), "text/plain")
+                    } else {
+                        (
+                            503,
+                            "not ready: no converged pass yet\n".to_string(),
+                            "text/plain",
+                        )
+                    }
+                }
+                "/metrics" => (
+                    200,
+                    metrics.encode(),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                _ => (404, "not found\n".to_string(), "text/plain"),
+            };
+            let reason = match code {
+                200 => "OK",
+                503 => "Service Unavailable",
+                _ => "Not Found",
+            };
+            let head = format!("HTTP/1.1 {code} {reason}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}

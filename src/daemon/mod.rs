@@ -1,0 +1,421 @@
+//! `headcni daemon`: reconciles continuously. Passes (plan, apply, verify)
+//! are triggered by spec edits, pod-intent changes, kernel events about owned
+//! objects and the tailnet interface, the supervised tailscaled, and a
+//! periodic resync. Triggers coalesce (a burst gives one pass), passes never
+//! overlap, a failed pass is retried with exponential backoff and jitter, and
+//! a bad spec edit changes nothing: the last good spec stays in force.
+
+pub mod events;
+pub mod metrics;
+pub mod status;
+pub mod supervisor;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::engine::{self, PodScope};
+use crate::snapshot::{self, LastApplied};
+use crate::spec::{Mode, PodStore, Spec};
+use events::Trigger;
+use metrics::Metrics;
+use status::{InterfaceStatus, PassStatus, Shared, Status};
+use supervisor::Backoff;
+
+/// How long a trigger waits for company before the pass starts: kernel events
+/// come in bursts (one `ip` command can send several), file edits in longer ones.
+const KERNEL_SETTLE: Duration = Duration::from_millis(3);
+const FILE_SETTLE: Duration = Duration::from_millis(50);
+
+pub fn run(spec_path: &Path) -> anyhow::Result<()> {
+    let spec = Spec::load(spec_path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(main(spec_path.to_path_buf(), spec))
+}
+
+async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&spec.state_dir)?;
+    let status: Shared = Default::default();
+    let metrics = Metrics::new();
+    {
+        let mut s = status
+            .lock()
+            .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+        s.mode = format!("{:?}", spec.mode).to_lowercase();
+        s.spec = spec_path.display().to_string();
+        s.tailnet_interface.name = spec.tailnet.interface.clone();
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let socket = status::socket_path(&spec.state_dir);
+    tokio::spawn({
+        let (path, status) = (socket.clone(), status.clone());
+        async move {
+            if let Err(e) = status::serve(path, status).await {
+                tracing::error!("status socket: {e}");
+            }
+        }
+    });
+    if let Some(addr) = spec.daemon.metrics_listen {
+        let (metrics, status) = (metrics.clone(), status.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, metrics, status).await {
+                tracing::error!("metrics listener {addr}: {e}");
+            }
+        });
+    }
+    let _watcher = events::watch_files(&spec_path, &spec.state_dir, tx.clone())
+        .map_err(|e| tracing::error!("cannot watch the spec and store: {e}"))
+        .ok();
+    let interfaces = vec![spec.tailnet.interface.clone()];
+    match events::event_socket(None) {
+        Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),
+        Err(e) => tracing::error!("kernel events: {e}"),
+    }
+    let supervisor = if spec.mode == Mode::Daemon {
+        if let Err(e) = supervisor::ensure_netns(&spec.daemon.netns_path()) {
+            tracing::error!(
+                "tailnet namespace {}: {e}",
+                spec.daemon.netns_path().display()
+            );
+        }
+        match events::event_socket(Some(&spec.daemon.netns_path())) {
+            Ok(sock) => events::listen(sock, interfaces, tx.clone()),
+            Err(e) => tracing::error!("kernel events in the tailnet namespace: {e}"),
+        }
+        Some(tokio::spawn(supervisor::run(
+            spec.clone(),
+            status.clone(),
+            metrics.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+        )))
+    } else {
+        None
+    };
+    let resync = Duration::from_secs(spec.daemon.resync_seconds);
+    tokio::spawn({
+        let tx = tx.clone();
+        async move {
+            let mut tick = tokio::time::interval(resync);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if tx.send(Trigger::Resync).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let _ = tx.send(Trigger::Start);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    tracing::info!(
+        "headcni daemon running ({:?} mode, spec {})",
+        spec.mode,
+        spec_path.display()
+    );
+
+    loop {
+        let first = tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            t = rx.recv() => match t { Some(t) => t, None => break },
+            _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => Trigger::Retry,
+        };
+        let mut triggers = BTreeSet::from([first]);
+        let settle = if triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Spec | Trigger::Pods))
+        {
+            FILE_SETTLE
+        } else {
+            KERNEL_SETTLE
+        };
+        tokio::time::sleep(settle).await;
+        while let Ok(t) = rx.try_recv() {
+            triggers.insert(t);
+        }
+        if triggers.contains(&Trigger::Spec) {
+            match Spec::load(&spec_path) {
+                Ok(new) => {
+                    if let Ok(mut s) = status.lock() {
+                        s.spec_error = None;
+                    }
+                    if new != spec {
+                        tracing::info!("spec {} changed; applying it", spec_path.display());
+                    }
+                    spec = new;
+                }
+                Err(e) => {
+                    tracing::error!("spec edit refused, keeping the last good spec: {e}");
+                    if let Ok(mut s) = status.lock() {
+                        s.spec_error = Some(e.to_string());
+                        s.last_error = Some(e.to_string());
+                    }
+                    // A bad edit changes nothing: no pass for it alone.
+                    triggers.remove(&Trigger::Spec);
+                    if triggers.is_empty() {
+                        continue;
+                    }
+                }
+            }
+        }
+        retry_at = None;
+        let ok = pass(&spec, &triggers, &status, &metrics).await;
+        if ok {
+            backoff.reset();
+        } else {
+            retry_at = Some(tokio::time::Instant::now() + backoff.next_delay());
+        }
+    }
+
+    tracing::info!("stopping: the routes stay in place");
+    let _ = stop_tx.send(true);
+    if let Some(handle) = supervisor {
+        let _ = handle.await;
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// One reconcile pass on a blocking thread; the loop awaits it, so passes never overlap.
+async fn pass(
+    spec: &Spec,
+    triggers: &BTreeSet<Trigger>,
+    status: &Shared,
+    metrics: &Metrics,
+) -> bool {
+    // Kernel events need only the node (and the tailnet namespace); anything
+    // else looks into every pod too.
+    let kernel_only = triggers
+        .iter()
+        .all(|t| matches!(t, Trigger::Kernel | Trigger::Tailscaled));
+    let scope = if kernel_only {
+        PodScope::HostOnly
+    } else {
+        PodScope::All
+    };
+    let repair = triggers.iter().any(|t| {
+        matches!(
+            t,
+            Trigger::Kernel
+                | Trigger::Resync
+                | Trigger::Overrun
+                | Trigger::Tailscaled
+                | Trigger::Retry
+        )
+    });
+    let label = triggers
+        .iter()
+        .map(|t| format!("{t:?}").to_lowercase())
+        .collect::<Vec<_>>()
+        .join("+");
+    let started = Instant::now();
+    let owned = spec.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let store = PodStore::new(&owned.state_dir);
+        engine::apply(&owned, &|| store.list(), &scope).map(|applied| {
+            let interface = interface_status(&owned, &applied.observed_after);
+            if applied.converged() {
+                let record = LastApplied::new(&owned, &applied.pods, applied.desired.clone());
+                if let Err(e) = snapshot::save(&LastApplied::path(&owned.state_dir), &record) {
+                    tracing::warn!("cannot record the applied state: {e}");
+                }
+            }
+            (applied, interface)
+        })
+    })
+    .await;
+    let took = started.elapsed();
+    metrics.pass_duration.observe(took.as_secs_f64());
+    let now = crate::report::timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    let Ok(mut s) = status.lock() else {
+        return false;
+    };
+    match result {
+        Ok(Ok((applied, interface))) => {
+            // Waiting (the tailnet interface is away) is not a failure: the
+            // pass did all it could; the interface's return triggers the next.
+            let ok = applied.report.failed.is_empty() && applied.remaining.is_empty();
+            let steps = applied.report.applied;
+            if steps > 0 {
+                tracing::info!(
+                    "pass ({label}): applied {steps} steps in {:.1} ms",
+                    took.as_secs_f64() * 1000.0
+                );
+            }
+            for f in &applied.report.failed {
+                tracing::warn!("step failed: {}: {}", f.step, f.error);
+            }
+            if repair && steps > 0 {
+                s.drift_repairs += steps as u64;
+                metrics.drift_repairs.inc_by(steps as u64);
+            }
+            s.pods = applied.pods.len();
+            metrics.pods.set(applied.pods.len() as i64);
+            metrics
+                .interface_up
+                .set(i64::from(interface.present && interface.up));
+            s.tailnet_interface = interface;
+            s.last_pass = Some(PassStatus {
+                at: now,
+                ok,
+                duration_ms: took.as_secs_f64() * 1000.0,
+                trigger: label,
+                applied: steps,
+                remaining: applied.remaining.steps.len(),
+                conflicts: applied.remaining.conflicts.len(),
+                waiting: applied.remaining.waiting.len(),
+            });
+            let result = if ok { "ok" } else { "error" };
+            metrics
+                .passes
+                .get_or_create(&metrics::ResultLabel {
+                    result: result.into(),
+                })
+                .inc();
+            if ok {
+                s.passes_ok += 1;
+                if s.spec_error.is_none() {
+                    s.last_error = None;
+                }
+            } else {
+                s.passes_failed += 1;
+                s.last_error = applied
+                    .report
+                    .failed
+                    .first()
+                    .map(|f| format!("{}: {}", f.step, f.error))
+                    .or(Some("did not converge".into()));
+            }
+            ok
+        }
+        Ok(Err(e)) => {
+            let text = format!("{e}: {}", error_chain(&e));
+            tracing::error!("pass ({label}) failed: {text}");
+            s.passes_failed += 1;
+            s.last_error = Some(text);
+            metrics
+                .passes
+                .get_or_create(&metrics::ResultLabel {
+                    result: "error".into(),
+                })
+                .inc();
+            false
+        }
+        Err(e) => {
+            s.passes_failed += 1;
+            s.last_error = Some(format!("pass panicked: {e}"));
+            false
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// The tailnet interface as the last pass saw it.
+fn interface_status(spec: &Spec, observed: &crate::observe::Observed) -> InterfaceStatus {
+    let name = spec.tailnet.interface.clone();
+    let state = match spec.mode {
+        Mode::Host => Some(&observed.node),
+        Mode::Daemon => observed
+            .pods
+            .iter()
+            .find(|p| p.key.container_id == crate::spec::TAILNET_NS_KEY)
+            .and_then(|p| p.state.as_ref()),
+    };
+    let Some(state) = state else {
+        return InterfaceStatus {
+            name,
+            ..Default::default()
+        };
+    };
+    let link = state.links.iter().find(|l| l.name == name);
+    InterfaceStatus {
+        present: link.is_some(),
+        up: link.is_some_and(|l| l.up),
+        addresses: state
+            .addresses
+            .iter()
+            .filter(|a| a.dev == name)
+            .map(|a| a.addr.to_string())
+            .collect(),
+        name,
+    }
+}
+
+/// Prints a status for people.
+pub fn print_status(s: &Status) {
+    println!("mode: {} (spec {})", s.mode, s.spec);
+    let i = &s.tailnet_interface;
+    let state = if !i.present {
+        "absent"
+    } else if i.up {
+        "up"
+    } else {
+        "down"
+    };
+    println!(
+        "tailnet interface: {} {state} {}",
+        i.name,
+        i.addresses.join(" ")
+    );
+    match &s.last_pass {
+        Some(p) => println!(
+            "last pass: {} {} in {:.1} ms (trigger {}; {} applied, {} remaining, {} conflicts, {} waiting)",
+            p.at,
+            if p.ok { "converged" } else { "FAILED" },
+            p.duration_ms,
+            p.trigger,
+            p.applied,
+            p.remaining,
+            p.conflicts,
+            p.waiting
+        ),
+        None => println!("last pass: none yet"),
+    }
+    println!(
+        "passes: {} ok, {} failed; drift repairs: {}",
+        s.passes_ok, s.passes_failed, s.drift_repairs
+    );
+    if s.tailscaled.supervised {
+        println!(
+            "tailscaled: {} (pid {}), {} restarts",
+            if s.tailscaled.running {
+                "running"
+            } else {
+                "not running"
+            },
+            s.tailscaled.pid.map_or("-".into(), |p| p.to_string()),
+            s.tailscaled.restarts
+        );
+    }
+    println!("pods: {}", s.pods);
+    if let Some(e) = &s.spec_error {
+        println!("spec error (running on the last good spec): {e}");
+    }
+    if let Some(e) = &s.last_error {
+        println!("last error: {e}");
+    }
+}

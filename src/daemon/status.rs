@@ -1,0 +1,108 @@
+//! What the daemon reports: kept in memory, served as JSON over a root-only
+//! unix socket in state_dir, and printed by `headcni status`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const SOCKET_FILE: &str = "daemon.sock";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub mode: String,
+    pub spec: String,
+    pub tailnet_interface: InterfaceStatus,
+    pub last_pass: Option<PassStatus>,
+    pub passes_ok: u64,
+    pub passes_failed: u64,
+    /// Steps applied by passes that repaired drift (kernel events, resyncs).
+    pub drift_repairs: u64,
+    pub tailscaled: TailscaledStatus,
+    /// The last error, if the last pass or the spec failed; cleared on success.
+    pub last_error: Option<String>,
+    /// Set while the spec file is invalid: the daemon runs on the last good one.
+    pub spec_error: Option<String>,
+    pub pods: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub present: bool,
+    pub up: bool,
+    pub addresses: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PassStatus {
+    /// RFC 3339.
+    pub at: String,
+    pub ok: bool,
+    pub duration_ms: f64,
+    pub trigger: String,
+    pub applied: usize,
+    pub remaining: usize,
+    pub conflicts: usize,
+    pub waiting: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TailscaledStatus {
+    pub supervised: bool,
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub restarts: u64,
+}
+
+pub type Shared = Arc<Mutex<Status>>;
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_FILE)
+}
+
+/// Serves the status to every connection, then closes it. The socket is
+/// created under umask 077 (root only).
+pub async fn serve(path: PathBuf, status: Shared) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o077) };
+    let listener = tokio::net::UnixListener::bind(&path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = listener?;
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let doc = {
+            let s = status.lock().map(|s| s.clone()).unwrap_or_default();
+            serde_json::to_vec(&s).unwrap_or_default()
+        };
+        tokio::spawn(async move {
+            let _ = conn.write_all(&doc).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// Reads the daemon's status (for `headcni status`).
+pub fn query(state_dir: &Path) -> std::io::Result<Status> {
+    use std::io::Read;
+    let path = socket_path(state_dir);
+    let mut conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot reach the daemon at {}: {e}", path.display()),
+        )
+    })?;
+    let mut buf = Vec::new();
+    conn.read_to_end(&mut buf)?;
+    serde_json::from_slice(&buf).map_err(std::io::Error::other)
+}
+
+#[allow(dead_code)]
+async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v).await;
+    v
+}

@@ -1,0 +1,325 @@
+//! Daemon mode's own tailnet node: a tailscaled supervised in a network
+//! namespace of its own (see docs/architecture.md, "Why tailscaled runs in a
+//! namespace of its own"), restarted with exponential backoff, its output
+//! in headcni's log. The auth key is handed over as `file:PATH` and never read.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
+
+use super::events::Trigger;
+use super::metrics::Metrics;
+use super::status::Shared;
+use crate::spec::Spec;
+
+/// Makes /run/netns/NAME a network namespace unless it is one already.
+pub fn ensure_netns(path: &Path) -> std::io::Result<()> {
+    if crate::netlink::is_netns_file(path) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::File::create(path)?;
+    let target = path.to_path_buf();
+    std::thread::spawn(move || -> std::io::Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+}
+
+/// A key file others can read is refused: the key would be one `cat` away.
+pub fn check_key_file(path: &Path) -> Result<(), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("auth key file {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "auth key file {} is readable by others than its owner (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != 0 {
+        return Err(format!(
+            "auth key file {} must belong to root",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn tailscaled_args(spec: &Spec) -> Vec<String> {
+    let d = &spec.daemon;
+    let dir = spec.state_dir.join("tailscaled");
+    let mut args = vec![
+        format!("--tun={}", spec.tailnet.interface),
+        format!("--statedir={}", dir.display()),
+        format!("--socket={}", socket_path(spec).display()),
+        format!("--port={}", d.port),
+    ];
+    args.extend(d.tailscaled_flags.iter().cloned());
+    args
+}
+
+fn socket_path(spec: &Spec) -> PathBuf {
+    spec.state_dir.join("tailscaled.sock")
+}
+
+fn up_args(spec: &Spec, login_server: &str, key: &Path) -> Vec<String> {
+    let d = &spec.daemon;
+    let hostname = d.hostname.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "headcni".into())
+    });
+    let mut args = vec![
+        format!("--socket={}", socket_path(spec).display()),
+        "up".into(),
+        format!("--login-server={login_server}"),
+        format!("--auth-key=file:{}", key.display()),
+        format!("--hostname={hostname}"),
+        format!("--advertise-routes={}", spec.pod_network.cidr),
+        // Nothing for it to filter in a namespace of its own, and no host
+        // chains to fight over (tailscale's ts-input).
+        "--netfilter-mode=off".into(),
+    ];
+    args.extend(d.up_flags.iter().cloned());
+    args
+}
+
+/// A command that runs inside the tailnet namespace.
+fn in_namespace(program: &Path, args: &[String], netns: &std::fs::File) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let fd = netns.as_raw_fd();
+    // SAFETY: pre_exec runs in the forked child before exec; setns is
+    // async-signal-safe and `fd` stays open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn log_output(name: &'static str, child: &mut tokio::process::Child) {
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "tailscaled", "{name}: {line}");
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "tailscaled", "{name}: {line}");
+            }
+        });
+    }
+}
+
+/// Exponential backoff with jitter, reset after a healthy run.
+pub struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Up to +25% jitter so many nodes do not retry in step.
+        let jitter = base.mul_f64(rand::random::<f64>() * 0.25);
+        base + jitter
+    }
+}
+
+/// Runs tailscaled until shutdown, restarting it when it exits.
+pub async fn run(
+    spec: Spec,
+    status: Shared,
+    metrics: Metrics,
+    tx: UnboundedSender<Trigger>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let d = spec.daemon.clone();
+    let netns_path = d.netns_path();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    if let Ok(mut s) = status.lock() {
+        s.tailscaled.supervised = true;
+    }
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let started = match start(&spec, &netns_path, &d).await {
+            Ok(child) => Some(child),
+            Err(e) => {
+                tracing::error!("tailscaled: {e}");
+                if let Ok(mut s) = status.lock() {
+                    s.last_error = Some(format!("tailscaled: {e}"));
+                }
+                None
+            }
+        };
+        if let Some(mut child) = started {
+            let began = Instant::now();
+            if let Ok(mut s) = status.lock() {
+                s.tailscaled.running = true;
+                s.tailscaled.pid = child.id();
+            }
+            let _ = tx.send(Trigger::Tailscaled);
+            if let (Some(server), Some(key)) = (d.login_server.clone(), d.auth_key_file.clone()) {
+                let (spec2, path2) = (spec.clone(), netns_path.clone());
+                tokio::spawn(async move { log_in(&spec2, &path2, &server, &key).await });
+            }
+            tokio::select! {
+                exit = child.wait() => {
+                    tracing::warn!("tailscaled exited: {}", exit.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+                    if began.elapsed() > Duration::from_secs(60) {
+                        backoff.reset();
+                    }
+                }
+                _ = shutdown.changed() => {
+                    stop(&mut child).await;
+                    if let Ok(mut s) = status.lock() {
+                        s.tailscaled.running = false;
+                        s.tailscaled.pid = None;
+                    }
+                    return;
+                }
+            }
+            if let Ok(mut s) = status.lock() {
+                s.tailscaled.running = false;
+                s.tailscaled.pid = None;
+                s.tailscaled.restarts += 1;
+            }
+            metrics.tailscaled_restarts.inc();
+            let _ = tx.send(Trigger::Tailscaled);
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn start(
+    spec: &Spec,
+    netns_path: &Path,
+    d: &crate::spec::DaemonConfig,
+) -> Result<tokio::process::Child, String> {
+    ensure_netns(netns_path)
+        .map_err(|e| format!("cannot create namespace {}: {e}", netns_path.display()))?;
+    if let Some(key) = &d.auth_key_file {
+        check_key_file(key)?;
+    }
+    std::fs::create_dir_all(spec.state_dir.join("tailscaled"))
+        .map_err(|e| format!("state dir: {e}"))?;
+    let netns =
+        std::fs::File::open(netns_path).map_err(|e| format!("{}: {e}", netns_path.display()))?;
+    let args = tailscaled_args(spec);
+    tracing::info!(
+        "starting {} {} in {}",
+        d.tailscaled.display(),
+        args.join(" "),
+        netns_path.display()
+    );
+    let mut child = in_namespace(&d.tailscaled, &args, &netns)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", d.tailscaled.display()))?;
+    log_output("tailscaled", &mut child);
+    Ok(child)
+}
+
+/// `tailscale up` once tailscaled's socket is there.
+async fn log_in(spec: &Spec, netns_path: &Path, server: &str, key: &Path) {
+    let socket = socket_path(spec);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            tracing::error!(
+                "tailscaled did not open {} within 30 s; not logging in",
+                socket.display()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Ok(netns) = std::fs::File::open(netns_path) else {
+        return;
+    };
+    let args = up_args(spec, server, key);
+    // The key itself never reaches a log: only its path is in the arguments.
+    tracing::info!("{} {}", spec.daemon.tailscale.display(), args.join(" "));
+    match in_namespace(&spec.daemon.tailscale, &args, &netns).spawn() {
+        Ok(mut child) => {
+            log_output("tailscale up", &mut child);
+            match child.wait().await {
+                Ok(s) if s.success() => tracing::info!("tailscale up: logged in to {server}"),
+                Ok(s) => tracing::error!("tailscale up failed: {s}"),
+                Err(e) => tracing::error!("tailscale up: {e}"),
+            }
+        }
+        Err(e) => tracing::error!("cannot run {}: {e}", spec.daemon.tailscale.display()),
+    }
+}
+
+/// SIGTERM, then SIGKILL after five seconds.
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
