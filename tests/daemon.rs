@@ -82,6 +82,20 @@ fn host_mode_repairs_drift_follows_spec_and_pods_and_stops_cleanly() {
         n.lab.ping(&pod1, "100.64.0.5")
     });
 
+    // Idle means idle: its own reads and changes must not keep it busy.
+    let passes = |n: &Node| {
+        status(n).map_or(0, |s| {
+            s["passes_ok"].as_u64().unwrap_or(0) + s["passes_failed"].as_u64().unwrap_or(0)
+        })
+    };
+    let before = passes(&n);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        passes(&n) <= before + 1,
+        "an idle daemon made {} passes in a second",
+        passes(&n) - before
+    );
+
     // (1) An owned route deleted by hand is back (2 s deadline).
     n.lab.ip(&n.node, &["route", "del", &format!("{ip1}/32")]);
     wait_until(Duration::from_secs(2), "the deleted route back", || {

@@ -373,7 +373,11 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         )));
     }
     if spec.mode == Mode::Daemon {
-        let names = observe::link_names().map_err(|e| unavailable(e.to_string()))?;
+        // The tailnet interface lives in the daemon's own namespace.
+        let netns = spec.daemon.netns_path();
+        let names = crate::netlink::in_netns(&netns, observe::link_names)
+            .map_err(|e| unavailable(e.to_string()))?
+            .map_err(|e| unavailable(e.to_string()))?;
         if !names.contains(&spec.tailnet.interface) {
             return Err(unavailable(format!(
                 "tailnet interface {} is not present",

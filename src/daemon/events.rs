@@ -149,14 +149,15 @@ pub fn watch_files(
     tx: UnboundedSender<Trigger>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     let spec_name = spec.file_name().map(|n| n.to_os_string());
-    let store: PathBuf = state_dir.join("pods.db");
+    // Not the db itself: sled touches its files on every open, reads included.
+    let store: PathBuf = state_dir.join(crate::spec::store::CHANGED_FILE);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         if event.kind.is_access() {
             return;
         }
         for path in &event.paths {
-            let trigger = if path.starts_with(&store) {
+            let trigger = if *path == store {
                 Some(Trigger::Pods)
             } else if path.file_name().map(|n| n.to_os_string()) == spec_name {
                 Some(Trigger::Spec)
@@ -174,6 +175,6 @@ pub fn watch_files(
         .unwrap_or(Path::new("."));
     watcher.watch(spec_dir, RecursiveMode::NonRecursive)?;
     std::fs::create_dir_all(state_dir).ok();
-    watcher.watch(state_dir, RecursiveMode::Recursive)?;
+    watcher.watch(state_dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }

@@ -21,6 +21,9 @@ use crate::model::PodKey;
 
 const DB_DIR: &str = "pods.db";
 const LOCK_FILE: &str = "pods.lock";
+/// Rewritten after every committed change; watchers (the daemon) watch this
+/// file, because sled touches its own files on every open, reads included.
+pub const CHANGED_FILE: &str = "pods.changed";
 const POD_PREFIX: &[u8] = b"pod\0";
 const IP_PREFIX: &[u8] = b"ip\0";
 const CURSOR_KEY: &[u8] = b"meta\0cursor";
@@ -191,6 +194,7 @@ impl PodStore {
             batch.insert(ip_db_key(ip), pod_key_bytes(key));
             batch.insert(CURSOR_KEY, ip.to_string().as_bytes());
             db.apply_batch(batch).map_err(db_err)?;
+            self.mark_changed();
             Ok(Added {
                 intent,
                 created: true,
@@ -218,8 +222,20 @@ impl PodStore {
             batch.remove(ip_db_key(intent.ip));
             batch.insert(LAST_FREED_KEY, intent.ip.to_string().as_bytes());
             db.apply_batch(batch).map_err(db_err)?;
+            self.mark_changed();
             Ok(Some(intent))
         })
+    }
+
+    /// Signals watchers. Best effort: a missed signal costs only the wait
+    /// for the daemon's next resync.
+    fn mark_changed(&self) {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        if let Err(e) = fs::write(self.dir.join(CHANGED_FILE), stamp.to_string()) {
+            tracing::warn!("cannot signal the pod-store change: {e}");
+        }
     }
 
     /// Takes the lock, opens the db, runs `f`, flushes, closes, unlocks.
