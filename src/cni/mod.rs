@@ -375,9 +375,14 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
     if spec.mode == Mode::Daemon {
         // The tailnet interface lives in the daemon's own namespace.
         let netns = spec.daemon.netns_path();
+        let iface = &spec.tailnet.interface;
         let names = crate::netlink::in_netns(&netns, observe::link_names)
-            .map_err(|e| unavailable(e.to_string()))?
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| {
+                unavailable(format!(
+                    "tailnet interface {iface}: {e} (is `headcni daemon` running?)"
+                ))
+            })?
+            .map_err(|e| unavailable(format!("tailnet interface {iface}: {e}")))?;
         if !names.contains(&spec.tailnet.interface) {
             return Err(unavailable(format!(
                 "tailnet interface {} is not present",
