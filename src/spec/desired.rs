@@ -74,6 +74,19 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
                 metric: 0,
             });
             desired.required_links.push(spec.tailnet.interface.clone());
+            // Other nodes' pods are on the tailnet; this node's own pods win
+            // by their /32s.
+            if let Some(cluster) = spec.pod_network.cluster_cidr {
+                desired.node_routes.push(Route {
+                    table: TABLE_MAIN,
+                    dst: IpNetwork::V4(cluster),
+                    via: None,
+                    dev: Some(spec.tailnet.interface.clone()),
+                    scope: Scope::Link,
+                    protocol: RTPROT_HEADCNI,
+                    metric: 0,
+                });
+            }
         }
         Mode::Daemon => compile_tailnet_namespace(spec, &mut desired),
     }
@@ -220,6 +233,17 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
         table: d.route_table,
         protocol: RTPROT_HEADCNI,
     });
+    // Other nodes' pods are reached through the tailnet too.
+    let cluster = spec.pod_network.cluster_cidr.map(IpNetwork::V4);
+    if let Some(cluster) = cluster {
+        desired.node_rules.push(Rule {
+            priority: d.rule_priority + 1,
+            src: Some(IpNetwork::V4(spec.pod_network.cidr)),
+            dst: Some(cluster),
+            table: d.route_table,
+            protocol: RTPROT_HEADCNI,
+        });
+    }
     let netns_path = d.netns_path();
     desired.pods.push(DesiredPod {
         key: PodKey {
@@ -241,12 +265,10 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
             dev: TAILNET_HOST_LINK.into(),
             addr: on_transfer(node_ip),
         }],
-        host_routes: vec![route(
-            d.route_table,
-            spec.tailnet.cidr,
-            Some(ns_ip),
-            TAILNET_HOST_LINK,
-        )],
+        host_routes: std::iter::once(spec.tailnet.cidr)
+            .chain(cluster)
+            .map(|dst| route(d.route_table, dst, Some(ns_ip), TAILNET_HOST_LINK))
+            .collect(),
         pod_link: Link {
             name: TAILNET_PEER_LINK.into(),
             mtu: spec.pod_network.mtu,
@@ -266,7 +288,10 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
                 TAILNET_PEER_LINK,
             ),
             route(TABLE_MAIN, spec.tailnet.cidr, None, &spec.tailnet.interface),
-        ],
+        ]
+        .into_iter()
+        .chain(cluster.map(|c| route(TABLE_MAIN, c, None, &spec.tailnet.interface)))
+        .collect(),
         extra_links: vec![
             Link {
                 name: "lo".into(),

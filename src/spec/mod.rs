@@ -119,6 +119,24 @@ pub struct PodNetwork {
     pub cidr: Ipv4Network,
     pub gateway: Ipv4Addr,
     pub mtu: u32,
+    /// All nodes' pod CIDRs together; other nodes' pods are reached over the tailnet.
+    pub cluster_cidr: Option<Ipv4Network>,
+    pub masquerade: Masquerade,
+    /// Clamp the MSS of tailnet-bound TCP SYNs to the tailnet's path MTU.
+    pub mss_clamp: bool,
+}
+
+/// Which pod traffic leaves with the node's address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Masquerade {
+    /// Traffic leaving by anything but the tailnet (and other pods).
+    #[default]
+    Internet,
+    /// That, and tailnet-bound traffic too (SNAT to the node's tailnet
+    /// address), for tailnets where the pod CIDR is not advertised.
+    All,
+    None,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

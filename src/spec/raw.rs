@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::names::validate_ifname;
 use super::{
-    DaemonConfig, ExtraRoute, Mode, PodNetwork, Spec, SpecError, Tailnet, DEFAULT_MTU,
+    DaemonConfig, ExtraRoute, Masquerade, Mode, PodNetwork, Spec, SpecError, Tailnet, DEFAULT_MTU,
     DEFAULT_STATE_DIR, DEFAULT_TAILNET_CIDR,
 };
 
@@ -54,6 +54,9 @@ struct RawPodNetwork {
     cidr: Spanned<String>,
     gateway: Option<Spanned<String>>,
     mtu: Option<Spanned<i64>>,
+    cluster_cidr: Option<Spanned<String>>,
+    masquerade: Option<Masquerade>,
+    mss_clamp: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -249,7 +252,38 @@ fn validate_pod_network(at: &Locator, raw: &RawPodNetwork) -> Result<PodNetwork,
             value as u32
         }
     };
-    Ok(PodNetwork { cidr, gateway, mtu })
+    let cluster_cidr = match &raw.cluster_cidr {
+        None => None,
+        Some(c) => {
+            let field = "pod_network.cluster_cidr";
+            let net: IpNetwork = c
+                .get_ref()
+                .parse()
+                .map_err(|e| at.invalid(c.span(), field, format!("not a CIDR: {e}")))?;
+            let IpNetwork::V4(net) = net else {
+                return Err(at.invalid(c.span(), field, "must be IPv4 like the pod CIDR"));
+            };
+            if net.network() != net.ip() {
+                return Err(at.invalid(c.span(), field, format!("{net} has host bits set")));
+            }
+            if !(net.contains(cidr.network()) && net.prefix() <= cidr.prefix()) {
+                return Err(at.invalid(
+                    c.span(),
+                    field,
+                    format!("{net} does not contain this node's pod CIDR {cidr}"),
+                ));
+            }
+            Some(net)
+        }
+    };
+    Ok(PodNetwork {
+        cidr,
+        gateway,
+        mtu,
+        cluster_cidr,
+        masquerade: raw.masquerade.unwrap_or_default(),
+        mss_clamp: raw.mss_clamp.unwrap_or(true),
+    })
 }
 
 fn validate_tailnet(
@@ -269,6 +303,16 @@ fn validate_tailnet(
             .parse()
             .map_err(|e| at.invalid(c.span(), "tailnet.cidr", format!("not a CIDR: {e}")))?,
     };
+    if let (IpNetwork::V4(v4), Some(cluster)) = (cidr, pod.cluster_cidr) {
+        if v4.overlaps(cluster) {
+            let span = cidr_field.map_or(raw_pod.get_ref().cidr.span(), |c| c.span());
+            return Err(at.invalid(
+                span,
+                "pod_network.cluster_cidr",
+                format!("cluster CIDR {cluster} overlaps the tailnet CIDR {cidr}"),
+            ));
+        }
+    }
     if let IpNetwork::V4(v4) = cidr {
         if v4.overlaps(pod.cidr) {
             let span = cidr_field.map_or(raw_pod.get_ref().cidr.span(), |c| c.span());

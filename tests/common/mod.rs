@@ -385,3 +385,53 @@ impl Node {
             .len()
     }
 }
+
+/// Runs `f` on a thread inside network namespace `ns` (test plumbing: TCP
+/// listeners and clients in pod namespaces without extra tools).
+pub fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = Lab::ns_path(ns);
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// A TCP round trip from a pod to `ip:port`, where a listener in `server_ns`
+/// echoes; returns the peer address the server saw.
+pub fn tcp_roundtrip(
+    client_ns: &str,
+    server_ns: &str,
+    ip: &str,
+    port: u16,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = in_ns(server_ns, move || {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        ready_tx.send(()).unwrap();
+        let (mut conn, peer) = listener.accept().expect("accept");
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).expect("read");
+        conn.write_all(&buf).expect("echo");
+        peer
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
+    let target: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let client = in_ns(client_ns, move || {
+        let mut conn =
+            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).expect("echo back");
+        assert_eq!(&buf, b"hello");
+    });
+    client.join().expect("client");
+    server.join().expect("server")
+}
