@@ -186,6 +186,15 @@ pub struct Sysctl {
     pub value: String,
 }
 
+impl Sysctl {
+    /// The interface a per-interface sysctl (`net/ipv4/conf/<if>/...`) is about.
+    pub fn interface(&self) -> Option<&str> {
+        let rest = self.key.strip_prefix("net/ipv4/conf/")?;
+        let name = rest.split('/').next()?;
+        (!matches!(name, "all" | "default")).then_some(name)
+    }
+}
+
 /// Everything one namespace holds that headcni looks at.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetnsState {

@@ -30,6 +30,7 @@ pub fn expected(desired: &Desired) -> Observed {
         });
         node.addresses.extend(pod.host_addresses.iter().cloned());
         node.routes.extend(pod.host_routes.iter().cloned());
+        node.sysctls.extend(pod.host_sysctls.iter().cloned());
         let state = NetnsState {
             links: vec![pod.pod_link.clone()],
             addresses: pod.pod_addresses.clone(),
@@ -45,6 +46,7 @@ pub fn expected(desired: &Desired) -> Observed {
             state: Some(state),
         });
     }
+    node.sysctls.sort();
     node.links.sort();
     node.addresses.sort();
     node.routes.sort();

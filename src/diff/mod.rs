@@ -158,6 +158,15 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
     // Node-wide objects.
     let mut node_draft = Draft::new(Netns::Node, None);
     for want in &desired.node_sysctls {
+        if let Some(dev) = want.interface() {
+            if !node.links.contains_key(dev) {
+                plan.waiting.push(Waiting {
+                    pod: None,
+                    reason: format!("sysctl {} waits for link {dev}", want.key.replace('/', ".")),
+                });
+                continue;
+            }
+        }
         let have = observed.node.sysctls.iter().find(|s| s.key == want.key);
         match have {
             Some(have) if have.value == want.value => {}
@@ -220,7 +229,14 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
         kept_addresses.extend(pod.host_addresses.iter().map(|a| (a.dev.as_str(), a.addr)));
     }
     for pod in &desired.pods {
-        if let Some(reason) = diff_pod(pod, &node, observed, &mut drafts, &mut plan.waiting) {
+        if let Some(reason) = diff_pod(
+            pod,
+            &node,
+            &observed.node.sysctls,
+            observed,
+            &mut drafts,
+            &mut plan.waiting,
+        ) {
             plan.waiting.push(Waiting {
                 pod: Some(pod.key.clone()),
                 reason,
@@ -304,6 +320,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
 fn diff_pod<'a>(
     pod: &'a DesiredPod,
     node: &Index,
+    node_sysctls: &[crate::model::Sysctl],
     observed: &'a Observed,
     drafts: &mut Vec<Draft<'a>>,
     waiting: &mut Vec<Waiting>,
@@ -388,6 +405,21 @@ fn diff_pod<'a>(
     for want in &pod.host_routes {
         host.route(want, node, needs_veth);
     }
+    for want in &pod.host_sysctls {
+        let have = if needs_veth {
+            None
+        } else {
+            node_sysctls.iter().find(|s| s.key == want.key)
+        };
+        if have.is_none_or(|h| h.value != want.value) {
+            host.step(
+                Action::Change,
+                Object::Sysctl(want.clone()),
+                have.cloned().map(Object::Sysctl),
+                "differs",
+            );
+        }
+    }
 
     if let (Some(state), Some(index)) = (pod_state, &pod_index) {
         if let (false, Some(have)) = (needs_veth, pod_link) {
@@ -417,6 +449,13 @@ fn diff_pod<'a>(
             inside.route(want, index, needs_veth);
         }
         for want in &pod.sysctls {
+            if let Some(dev) = want.interface().filter(|d| absent.contains(d)) {
+                waiting.push(Waiting {
+                    pod: Some(pod.key.clone()),
+                    reason: format!("sysctl {} waits for link {dev}", want.key.replace('/', ".")),
+                });
+                continue;
+            }
             match state.sysctls.iter().find(|s| s.key == want.key) {
                 Some(have) if have.value == want.value => {}
                 have => inside.step(

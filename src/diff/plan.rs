@@ -42,6 +42,8 @@ impl Object {
     /// Links before addresses before routes; sysctls first of all.
     pub fn rank(&self) -> u8 {
         match self {
+            // An interface's sysctl needs its interface: after links.
+            Object::Sysctl(s) if s.interface().is_some() => 2,
             Object::Sysctl(_) => 0,
             Object::Link(_) => 1,
             Object::Address(_) => 2,

@@ -68,6 +68,7 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
         });
         node.addresses.extend(p.host_addresses.iter().cloned());
         node.routes.extend(p.host_routes.iter().cloned());
+        node.sysctls.extend(p.host_sysctls.iter().cloned());
         let mut state = NetnsState::default();
         state.links.push(Link {
             name: "lo".into(),
@@ -227,7 +228,7 @@ fn empty_node_plans_everything_in_order() {
     let s = plan.summary();
     assert_eq!(
         (s.add, s.change, s.remove),
-        (8, 1, 0),
+        (8, 2, 0),
         "{}",
         crate::report::text::plan(&plan, false)
     );
@@ -346,8 +347,12 @@ fn missing_tailnet_interface_waits_and_keeps_the_rest() {
         .retain(|r| r.dev.as_deref() != Some("tailscale0"));
     let plan = diff(&desired, &observed);
     assert!(plan.steps.is_empty());
-    assert_eq!(plan.waiting.len(), 1);
-    assert!(plan.waiting[0].reason.contains("waits for link tailscale0"));
+    // Its route and its rp_filter both wait for it.
+    assert_eq!(plan.waiting.len(), 2);
+    assert!(plan
+        .waiting
+        .iter()
+        .all(|w| w.reason.contains("waits for link tailscale0")));
 }
 
 #[test]
@@ -396,10 +401,11 @@ fn pod_side_drift_is_repaired_in_the_pod() {
 fn ip_forward_off_is_drift() {
     let desired = compile(&spec(), &[]);
     let mut observed = converged(&desired);
-    observed.node.sysctls = vec![Sysctl {
-        key: "net/ipv4/ip_forward".into(),
-        value: "0".into(),
-    }];
+    for s in &mut observed.node.sysctls {
+        if s.key == "net/ipv4/ip_forward" {
+            s.value = "0".into();
+        }
+    }
     let plan = diff(&desired, &observed);
     assert_eq!(plan.steps.len(), 1);
     assert_eq!(

@@ -42,7 +42,8 @@ pub enum ObserveError {
 pub fn observe(pods: &[(PodKey, PathBuf)]) -> Result<Observed, ObserveError> {
     let mut node_nl = Netlink::open_current().map_err(ObserveError::Node)?;
     let mut node = node_state(&mut node_nl).map_err(ObserveError::Node)?;
-    node.sysctls = read_sysctls(NODE_SYSCTLS);
+    node.sysctls.extend(read_sysctls(NODE_SYSCTLS));
+    node.sysctls.sort();
     let pods = pods
         .iter()
         .map(|(key, path)| {
@@ -69,7 +70,10 @@ fn observe_pod(path: &Path) -> Result<Option<NetnsState>, NetlinkError> {
         Err(e) => return Err(e),
     };
     let mut state = netns_state(&mut nl)?;
-    state.sysctls = crate::netlink::in_netns(path, || read_sysctls(POD_SYSCTLS))?;
+    state.sysctls.extend(crate::netlink::in_netns(path, || {
+        read_sysctls(POD_SYSCTLS)
+    })?);
+    state.sysctls.sort();
     Ok(Some(state))
 }
 
@@ -108,7 +112,7 @@ pub fn link_names() -> Result<Vec<String>, NetlinkError> {
     let mut nl = Netlink::open_current()?;
     Ok(dump_links(&mut nl)?
         .into_iter()
-        .map(|(_, l)| l.name)
+        .map(|(_, l, _)| l.name)
         .collect())
 }
 
@@ -176,16 +180,21 @@ fn dump_rules(nl: &mut Netlink) -> Result<Vec<crate::model::Rule>, NetlinkError>
 type RawAddresses = Vec<(u32, ipnetwork::IpNetwork)>;
 type RawRoutes = Vec<(Option<u32>, Route)>;
 
-fn dump_links(nl: &mut Netlink) -> Result<Vec<(u32, Link)>, NetlinkError> {
+fn dump_links(nl: &mut Netlink) -> Result<Vec<(u32, Link, Option<u32>)>, NetlinkError> {
     let mut links = Vec::new();
     nl.dump(link_request(), |kind, payload| {
         if kind == RTM_NEWLINK {
             if let Some(l) = parse::link(payload) {
-                links.push((l.index, l.link));
+                links.push((l.index, l.link, l.rp_filter));
             }
         }
     })?;
     Ok(links)
+}
+
+/// The sysctl key of an interface's rp_filter.
+pub fn rp_filter_key(ifname: &str) -> String {
+    format!("net/ipv4/conf/{ifname}/rp_filter")
 }
 
 fn dump_addresses_and_routes(nl: &mut Netlink) -> Result<(RawAddresses, RawRoutes), NetlinkError> {
@@ -216,11 +225,15 @@ fn dump_addresses_and_routes(nl: &mut Netlink) -> Result<(RawAddresses, RawRoute
 }
 
 /// Puts link names on addresses and routes, and sorts everything.
-fn assemble(links: Vec<(u32, Link)>, addresses: RawAddresses, routes: RawRoutes) -> NetnsState {
+fn assemble(
+    links: Vec<(u32, Link, Option<u32>)>,
+    addresses: RawAddresses,
+    routes: RawRoutes,
+) -> NetnsState {
     // ifindexes are small and dense: a vector beats a hash map here.
-    let max = links.iter().map(|(i, _)| *i as usize).max().unwrap_or(0);
+    let max = links.iter().map(|(i, _, _)| *i as usize).max().unwrap_or(0);
     let mut names: Vec<Option<&str>> = vec![None; max + 1];
-    for (i, l) in &links {
+    for (i, l, _) in &links {
         names[*i as usize] = Some(l.name.as_str());
     }
     let name = |i: u32| names.get(i as usize).copied().flatten().map(str::to_string);
@@ -244,7 +257,19 @@ fn assemble(links: Vec<(u32, Link)>, addresses: RawAddresses, routes: RawRoutes)
         ..NetnsState::default()
     };
     drop(names);
-    state.links = links.into_iter().map(|(_, l)| l).collect();
+    // Per-interface rp_filter, for the links headcni cares about (its own and
+    // the tailnet interfaces); lo and the like would only add noise.
+    state.sysctls = links
+        .iter()
+        .filter(|(_, l, _)| l.kind.is_some() || crate::model::is_owned_link_name(&l.name))
+        .filter_map(|(_, l, rp)| {
+            rp.map(|v| Sysctl {
+                key: rp_filter_key(&l.name),
+                value: v.to_string(),
+            })
+        })
+        .collect();
+    state.links = links.into_iter().map(|(_, l, _)| l).collect();
     state.links.sort_unstable();
     state.addresses.sort_unstable();
     state.routes.sort_unstable();

@@ -19,6 +19,10 @@ const IFLA_MTU: u16 = 4;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFF_UP: u32 = 1;
+const IFLA_AF_SPEC: u16 = 26;
+const AF_INET: u16 = 2;
+const IFLA_INET_CONF: u16 = 1;
+const IPV4_DEVCONF_RP_FILTER: usize = 8;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -35,6 +39,8 @@ const AF_INET6: u8 = 10;
 pub struct IndexedLink {
     pub index: u32,
     pub link: Link,
+    /// net.ipv4.conf.<link>.rp_filter, from the link's IPv4 devconf.
+    pub rp_filter: Option<u32>,
     /// Hardware address, for CNI results (not part of the model: never diffed).
     pub mac: Option<String>,
 }
@@ -61,7 +67,7 @@ fn ip(v: &[u8]) -> Option<IpAddr> {
 pub fn link(payload: &[u8]) -> Option<IndexedLink> {
     let index = u32_at(payload, 4)?;
     let flags = u32_at(payload, 8)?;
-    let (mut name, mut mtu, mut kind, mut mac) = (None, 0, None, None);
+    let (mut name, mut mtu, mut kind, mut mac, mut rp_filter) = (None, 0, None, None, None);
     for nla in NlasIterator::new(payload.get(IFINFOMSG_LEN..)?).flatten() {
         match nla.kind() {
             IFLA_IFNAME => name = Some(c_string(nla.value())),
@@ -70,6 +76,7 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink> {
                 mac = Some(hex.join(":"));
             }
             IFLA_MTU => mtu = u32_at(nla.value(), 0)?,
+            IFLA_AF_SPEC => rp_filter = inet_devconf(nla.value(), IPV4_DEVCONF_RP_FILTER),
             IFLA_LINKINFO => {
                 for info in NlasIterator::new(nla.value()).flatten() {
                     if info.kind() == IFLA_INFO_KIND {
@@ -90,7 +97,19 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink> {
             peer: None,
         },
         mac,
+        rp_filter,
     })
+}
+
+/// One value of the IPv4 devconf array inside IFLA_AF_SPEC (ids start at 1).
+fn inet_devconf(af_spec: &[u8], id: usize) -> Option<u32> {
+    let inet = NlasIterator::new(af_spec)
+        .flatten()
+        .find(|a| a.kind() == AF_INET)?;
+    let conf = NlasIterator::new(inet.value())
+        .flatten()
+        .find(|a| a.kind() == IFLA_INET_CONF)?;
+    u32_at(conf.value(), (id - 1) * 4)
 }
 
 /// RTM_NEWADDR payload, with the link still an index (names come from the

@@ -45,6 +45,18 @@ pub struct DesiredPod {
     /// Sysctls of the pod's namespace.
     #[serde(default)]
     pub sysctls: Vec<Sysctl>,
+    /// Sysctls of the host end (rp_filter), set in the node namespace.
+    #[serde(default)]
+    pub host_sysctls: Vec<Sysctl>,
+}
+
+/// Loose reverse-path filtering: tailnet traffic is asymmetric by design
+/// (tailscale #3310), and strict mode drops it.
+pub fn rp_filter_loose(ifname: &str) -> Sysctl {
+    Sysctl {
+        key: crate::observe::rp_filter_key(ifname),
+        value: "2".into(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -74,6 +86,9 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
                 metric: 0,
             });
             desired.required_links.push(spec.tailnet.interface.clone());
+            desired
+                .node_sysctls
+                .push(rp_filter_loose(&spec.tailnet.interface));
             // Other nodes' pods are on the tailnet; this node's own pods win
             // by their /32s.
             if let Some(cluster) = spec.pod_network.cluster_cidr {
@@ -190,6 +205,7 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
         ],
         extra_links: Vec::new(),
         sysctls: Vec::new(),
+        host_sysctls: vec![rp_filter_loose(&intent.host_link)],
     }
 }
 
@@ -308,9 +324,13 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
                 peer: None,
             },
         ],
-        sysctls: vec![Sysctl {
-            key: "net/ipv4/ip_forward".into(),
-            value: "1".into(),
-        }],
+        sysctls: vec![
+            Sysctl {
+                key: "net/ipv4/ip_forward".into(),
+                value: "1".into(),
+            },
+            rp_filter_loose(&spec.tailnet.interface),
+        ],
+        host_sysctls: vec![rp_filter_loose(TAILNET_HOST_LINK)],
     });
 }
