@@ -240,8 +240,10 @@ impl Node {
         (ns, ip)
     }
 
+    /// IPv4 routes of every table (IPv6 link-local routes come and go as
+    /// the kernel finishes DAD on new links: noise for these comparisons).
     pub fn node_routes(&self) -> String {
-        self.lab.ip(&self.node, &["route", "show", "table", "all"])
+        self.lab.ip(&self.node, &["-4", "route", "show", "table", "all"])
     }
 }
 
