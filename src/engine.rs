@@ -153,7 +153,7 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
                             Object::Link(l) => on_link(&l.name),
                             Object::Address(a) => on_link(&a.dev),
                             Object::Route(r) => r.dev.as_deref().is_some_and(on_link),
-                            Object::Sysctl(_) | Object::Rule(_) => false,
+                            Object::Sysctl(_) | Object::Rule(_) | Object::Nft(_) => false,
                         }
                 })
                 .collect();

@@ -13,6 +13,7 @@ pub mod drift;
 pub mod engine;
 pub mod model;
 pub mod netlink;
+pub mod nft;
 pub mod observe;
 pub mod report;
 pub mod snapshot;

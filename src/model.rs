@@ -195,6 +195,33 @@ impl Sysctl {
     }
 }
 
+/// headcni's nftables table (`inet headcni`), rule by rule. Rules are kept
+/// as nft's own JSON (counters zeroed), so what is desired compares with what
+/// `nft -j` lists; `text` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NftTable {
+    pub chains: Vec<NftChain>,
+    pub rules: Vec<NftRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NftChain {
+    pub name: String,
+    /// "nat" or "filter".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hook: String,
+    pub priority: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NftRule {
+    pub chain: String,
+    /// The statements as nft's JSON, serialized compactly (counters zeroed).
+    pub expr: String,
+    pub text: String,
+}
+
 /// Everything one namespace holds that headcni looks at.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetnsState {
@@ -203,6 +230,9 @@ pub struct NetnsState {
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// headcni's nftables table, when it exists (node namespace only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nft: Option<NftTable>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<Sysctl>,
 }

@@ -120,3 +120,145 @@ fn pods_on_two_nodes_reach_each_other_over_the_tailnet() {
     let seen = tcp_roundtrip(&pb, &pa, &ipa, 8081);
     assert_eq!(seen.ip().to_string(), ipb);
 }
+
+fn nft_json(ns: &str) -> serde_json::Value {
+    serde_json::from_str(&sh(&[
+        "ip", "netns", "exec", ns, "nft", "-j", "list", "table", "inet", "headcni",
+    ]))
+    .unwrap()
+}
+
+/// Packets counted by the rules of `chain` in headcni's table.
+fn counted(ns: &str, chain: &str) -> u64 {
+    nft_json(ns)["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("rule"))
+        .filter(|r| r["chain"] == chain)
+        .flat_map(|r| r["expr"].as_array().unwrap().clone())
+        .filter_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
+        .sum()
+}
+
+#[test]
+fn egress_is_masqueraded_and_mss_clamped_and_the_firewall_is_reconciled() {
+    let mut n = common::Node::new();
+    // The gateway gets no route back to the pods; behind it an "internet" host.
+    n.lab.ip(&n.gw, &["route", "del", common::POD_CIDR]);
+    let inet = n.lab.netns("inet");
+    n.lab.ip(
+        &n.gw,
+        &[
+            "link", "add", "out0", "type", "veth", "peer", "name", "eth0", "netns", &inet,
+        ],
+    );
+    n.lab
+        .ip(&n.gw, &["addr", "add", "198.51.100.1/24", "dev", "out0"]);
+    n.lab.ip(&n.gw, &["link", "set", "out0", "up"]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n.gw,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    n.lab
+        .ip(&inet, &["addr", "add", "198.51.100.10/24", "dev", "eth0"]);
+    n.lab.ip(&inet, &["link", "set", "eth0", "up"]);
+    n.lab
+        .ip(&inet, &["route", "add", "default", "via", "198.51.100.1"]);
+    // A foreign table with masquerade rules of its own must survive everything.
+    sh(&["ip", "netns", "exec", &n.node, "nft", "add table ip foreign; add chain ip foreign post { type nat hook postrouting priority 110; }; add rule ip foreign post oifname \"nothing0\" masquerade"]);
+    let node = n.node.clone();
+    let foreign = move || {
+        sh(&[
+            "ip", "netns", "exec", &node, "nft", "list", "table", "ip", "foreign",
+        ])
+    };
+    let foreign_before = foreign();
+
+    let (pod, _ip) = n.add_pod("pod1");
+    n.headcni_ok(&["apply"], 0);
+    assert!(
+        n.lab.ping(&pod, "198.51.100.10"),
+        "a pod reaches the internet host"
+    );
+    let seen = tcp_roundtrip(&pod, &inet, "198.51.100.10", 8443);
+    assert_eq!(
+        seen.ip().to_string(),
+        "203.0.113.2",
+        "the internet host sees the node's address"
+    );
+
+    // MSS clamping: a pod's SYN towards the tailnet passes the clamp rule.
+    let before = counted(&n.node, "forward");
+    tcp_roundtrip(&pod, &n.peer, "100.64.0.5", 8444);
+    assert!(
+        counted(&n.node, "forward") > before,
+        "the clamp rule saw the SYN"
+    );
+    assert!(
+        n.lab.ping(&pod, "100.64.0.5"),
+        "tailnet traffic is not masqueraded and still works"
+    );
+
+    // Drift: the table flushed, forwarding off: the plan names both, apply repairs.
+    sh(&[
+        "ip", "netns", "exec", &n.node, "nft", "flush", "table", "inet", "headcni",
+    ]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n.node,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=0",
+    ]);
+    let plan = n.headcni_ok(&["plan", "--detailed-exitcode"], 2);
+    assert!(
+        plan.contains("~ nft table inet headcni") && plan.contains("+ rule in postrouting"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("~ sysctl net.ipv4.ip_forward 0 -> 1"),
+        "{plan}"
+    );
+    n.headcni_ok(&["apply"], 0);
+    n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
+    assert!(n.lab.ping(&pod, "198.51.100.10"));
+    assert_eq!(foreign(), foreign_before, "the foreign table is untouched");
+}
+
+#[test]
+fn masquerade_all_lets_a_peer_without_a_pod_route_reply() {
+    let mut n = common::Node::new();
+    n.lab.ip(&n.peer, &["route", "del", common::POD_CIDR]);
+    let (pod, _) = n.add_pod("pod1");
+    n.headcni_ok(&["apply"], 0);
+    assert!(
+        !n.lab.ping(&pod, "100.64.0.5"),
+        "without SNAT the peer cannot answer"
+    );
+    n.write_spec("");
+    let text = std::fs::read_to_string(&n.spec)
+        .unwrap()
+        .replace("[pod_network]\n", "[pod_network]\nmasquerade = \"all\"\n");
+    std::fs::write(&n.spec, text).unwrap();
+    let plan = n.headcni_ok(&["plan"], 0);
+    assert!(plan.contains("+ rule in postrouting: ip saddr 10.244.0.0/24 oifname \"tailscale0\" counter masquerade"), "{plan}");
+    n.headcni_ok(&["apply"], 0);
+    assert!(
+        n.lab.ping(&pod, "100.64.0.5"),
+        "with SNAT to the node's tailnet address it can"
+    );
+    let seen = tcp_roundtrip(&pod, &n.peer, "100.64.0.5", 8445);
+    assert_eq!(
+        seen.ip().to_string(),
+        "100.64.0.1",
+        "the peer sees the node's tailnet address"
+    );
+}

@@ -157,6 +157,11 @@ impl Executor {
                     .and_then(|r| r),
             },
             Object::Link(_) => self.link_step(step),
+            Object::Nft(table) => match step.action {
+                Action::Remove => crate::nft::replace(None),
+                _ => crate::nft::replace(Some(table)),
+            }
+            .map_err(|e| e.to_string()),
             _ => unreachable!("batchable steps go through run_batch"),
         };
         match result {

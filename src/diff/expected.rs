@@ -22,6 +22,7 @@ pub fn expected(desired: &Desired) -> Observed {
     }
     node.routes.extend(desired.node_routes.iter().cloned());
     node.rules.extend(desired.node_rules.iter().cloned());
+    node.nft = desired.nft.clone();
     let mut pods = Vec::with_capacity(desired.pods.len());
     for pod in &desired.pods {
         node.links.push(Link {
@@ -36,6 +37,7 @@ pub fn expected(desired: &Desired) -> Observed {
             addresses: pod.pod_addresses.clone(),
             routes: pod.pod_routes.clone(),
             rules: Vec::new(),
+            nft: None,
             sysctls: pod.sysctls.clone(),
         };
         let mut state = state;

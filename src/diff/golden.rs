@@ -128,6 +128,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
     let bare = || {
         let mut o = converged(&compile(&spec(), &[]));
         o.node.routes.clear();
+        o.node.nft = None;
         o.node.sysctls = vec![Sysctl {
             key: "net/ipv4/ip_forward".into(),
             value: "0".into(),

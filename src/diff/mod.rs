@@ -205,6 +205,33 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
         node_draft.steps.append(&mut one.steps);
         plan.conflicts.append(&mut one.conflicts);
     }
+    // The nftables table: one object, compared rule by rule (ignoring counters and wording).
+    let same_table = |a: &crate::model::NftTable, b: &crate::model::NftTable| {
+        a.chains == b.chains
+            && a.rules.len() == b.rules.len()
+            && a.rules
+                .iter()
+                .zip(&b.rules)
+                .all(|(x, y)| x.chain == y.chain && x.expr == y.expr)
+    };
+    match (&desired.nft, &observed.node.nft) {
+        (Some(want), None) => {
+            node_draft.step(Action::Add, Object::Nft(want.clone()), None, "missing")
+        }
+        (Some(want), Some(have)) if !same_table(want, have) => node_draft.step(
+            Action::Change,
+            Object::Nft(want.clone()),
+            Some(Object::Nft(have.clone())),
+            "differs",
+        ),
+        (None, Some(have)) => node_draft.step(
+            Action::Remove,
+            Object::Nft(have.clone()),
+            None,
+            "not desired",
+        ),
+        _ => {}
+    }
     let owned_rules: FxHashSet<&Rule> = observed
         .node
         .rules

@@ -36,6 +36,8 @@ pub enum Object {
     Address(Address),
     Route(Route),
     Rule(Rule),
+    /// The whole `inet headcni` table: replaced atomically, shown rule by rule.
+    Nft(crate::model::NftTable),
 }
 
 impl Object {
@@ -49,6 +51,7 @@ impl Object {
             Object::Address(_) => 2,
             Object::Route(_) => 3,
             Object::Rule(_) => 4,
+            Object::Nft(_) => 5,
         }
     }
 
@@ -59,6 +62,7 @@ impl Object {
             Object::Address(_) => "address",
             Object::Route(_) => "route",
             Object::Rule(_) => "rule",
+            Object::Nft(_) => "nft",
         }
     }
 }
@@ -80,6 +84,7 @@ impl Object {
             Object::Address(a) => format!("address {} dev {}", a.addr, a.dev),
             Object::Route(r) => format!("route {} table {} metric {}", r.dst, r.table, r.metric),
             Object::Rule(r) => format!("rule {} table {}", r.priority, r.table),
+            Object::Nft(_) => format!("nft table inet {}", crate::nft::TABLE),
         }
     }
 
@@ -221,6 +226,57 @@ impl Step {
             }
         }
     }
+}
+
+/// Rule by rule: what the table lacks and what it has too much of.
+fn nft_changes(old: &crate::model::NftTable, new: &crate::model::NftTable) -> Vec<FieldChange> {
+    let same = |a: &crate::model::NftRule, b: &crate::model::NftRule| {
+        a.chain == b.chain && a.expr == b.expr
+    };
+    let mut out = Vec::new();
+    for r in &new.rules {
+        if !old.rules.iter().any(|o| same(o, r)) {
+            out.push(FieldChange {
+                field: format!("rule in {}", r.chain),
+                desired: r.text.clone(),
+                observed: "absent".into(),
+            });
+        }
+    }
+    for r in &old.rules {
+        if !new.rules.iter().any(|n| same(n, r)) {
+            out.push(FieldChange {
+                field: format!("rule in {}", r.chain),
+                desired: "absent".into(),
+                observed: r.text.clone(),
+            });
+        }
+    }
+    if old.chains != new.chains {
+        out.push(FieldChange {
+            field: "chains".into(),
+            desired: new
+                .chains
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            observed: old
+                .chains
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+        });
+    }
+    if out.is_empty() {
+        out.push(FieldChange {
+            field: "rule order".into(),
+            desired: "as planned".into(),
+            observed: "differs".into(),
+        });
+    }
+    out
 }
 
 impl Plan {
@@ -381,6 +437,13 @@ impl fmt::Display for Object {
             Object::Address(a) => write!(f, "address {} dev {}", a.addr, a.dev),
             Object::Route(r) => write!(f, "route {r}"),
             Object::Rule(r) => write!(f, "rule {r}"),
+            Object::Nft(t) => write!(
+                f,
+                "nft table inet {} ({} chains, {} rules)",
+                crate::nft::TABLE,
+                t.chains.len(),
+                t.rules.len()
+            ),
         }
     }
 }
@@ -410,6 +473,24 @@ impl fmt::Display for Step {
             }
             (Action::Change, Some(Object::Route(old)), Object::Route(new)) => {
                 write!(f, "{sigil} route {new} (was {old})")?;
+            }
+            (Action::Change, Some(Object::Nft(old)), Object::Nft(new)) => {
+                write!(f, "{sigil} nft table inet {}", crate::nft::TABLE)?;
+                for c in nft_changes(old, new) {
+                    if c.observed == "absent" {
+                        write!(f, "\n    + {}: {}", c.field, c.desired)?;
+                    } else if c.desired == "absent" {
+                        write!(f, "\n    - {}: {}", c.field, c.observed)?;
+                    } else {
+                        write!(f, "\n    ~ {}: {} -> {}", c.field, c.observed, c.desired)?;
+                    }
+                }
+            }
+            (Action::Add, _, Object::Nft(new)) => {
+                write!(f, "{sigil} nft table inet {}", crate::nft::TABLE)?;
+                for r in &new.rules {
+                    write!(f, "\n    + rule in {}: {}", r.chain, r.text)?;
+                }
             }
             _ => write!(f, "{sigil} {}", self.object)?,
         }

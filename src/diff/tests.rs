@@ -53,6 +53,7 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
         peer: None,
     });
     node.sysctls = desired.node_sysctls.clone();
+    node.nft = desired.nft.clone();
     node.routes
         .extend(desired.node_routes.iter().cloned().map(|mut r| {
             if r.dev.is_none() {
@@ -161,6 +162,8 @@ pub(crate) fn simulate(observed: &Observed, plan: &Plan) -> Observed {
                 .retain(|x| !(x.is_owned() && x.key() == r.key())),
             (Action::Add, Object::Address(a)) => state.addresses.push(a.clone()),
             (Action::Remove, Object::Address(a)) => state.addresses.retain(|x| x != a),
+            (Action::Add | Action::Change, Object::Nft(t)) => state.nft = Some(t.clone()),
+            (Action::Remove, Object::Nft(_)) => state.nft = None,
             (Action::Add, Object::Rule(r)) => state.rules.push(r.clone()),
             (Action::Remove, Object::Rule(r)) => state.rules.retain(|x| x != r),
             (_, Object::Sysctl(s)) => {

@@ -44,6 +44,13 @@ pub fn observe(pods: &[(PodKey, PathBuf)]) -> Result<Observed, ObserveError> {
     let mut node = node_state(&mut node_nl).map_err(ObserveError::Node)?;
     node.sysctls.extend(read_sysctls(NODE_SYSCTLS));
     node.sysctls.sort();
+    node.nft = match crate::nft::observe() {
+        Ok(table) => table,
+        Err(e) => {
+            tracing::warn!("cannot read the nftables table: {e}");
+            None
+        }
+    };
     let pods = pods
         .iter()
         .map(|(key, path)| {

@@ -18,6 +18,9 @@ pub struct Desired {
     /// Policy rules in the node namespace (daemon mode: pod traffic to the tailnet).
     #[serde(default)]
     pub node_rules: Vec<Rule>,
+    /// headcni's nftables table (masquerade, MSS clamping); None: no table.
+    #[serde(default)]
+    pub nft: Option<crate::model::NftTable>,
     pub node_sysctls: Vec<Sysctl>,
     /// Links node routes need that headcni does not make (the tailnet interface, ...).
     pub required_links: Vec<String>,
@@ -126,6 +129,7 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
         }
     }
 
+    desired.nft = crate::nft::desired(spec);
     let mut pods: Vec<&PodIntent> = pods.iter().collect();
     pods.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
     for intent in pods {

@@ -138,6 +138,15 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
     };
 
     let pod_network = validate_pod_network(&at, raw.pod_network.get_ref())?;
+    if mode == Mode::Daemon && pod_network.masquerade == Masquerade::All {
+        // The node's tailnet address lives in the tailnet namespace there;
+        // SNAT on the node would use the transfer address instead.
+        return Err(at.invalid(
+            raw.mode.span(),
+            "pod_network.masquerade",
+            "\"all\" is not supported in daemon mode yet: the pod CIDR is advertised, so use \"internet\"",
+        ));
+    }
     let tailnet = validate_tailnet(
         &at,
         raw.tailnet.as_ref(),

@@ -243,7 +243,8 @@ impl Node {
     /// IPv4 routes of every table (IPv6 link-local routes come and go as
     /// the kernel finishes DAD on new links: noise for these comparisons).
     pub fn node_routes(&self) -> String {
-        self.lab.ip(&self.node, &["-4", "route", "show", "table", "all"])
+        self.lab
+            .ip(&self.node, &["-4", "route", "show", "table", "all"])
     }
 }
 
