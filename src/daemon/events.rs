@@ -37,6 +37,12 @@ const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const RTMGRP_IPV4_RULE: u32 = 0x80;
 const EVENT_BUFFER_BYTES: libc::c_int = 4 * 1024 * 1024;
+/// Forwarding and rp_filter changes (RTM_NEWNETCONF).
+const RTNLGRP_IPV4_NETCONF: u32 = 24;
+const RTM_NEWNETCONF: u16 = 80;
+/// nftables ruleset changes, on the netfilter netlink family.
+const NETLINK_NETFILTER: isize = 12;
+const NFNLGRP_NFTABLES: u32 = 7;
 
 /// A multicast socket for link, address, route and rule events, made in the
 /// namespace at `netns` (None: the caller's). Its receive buffer is raised so
@@ -48,6 +54,7 @@ pub fn event_socket(netns: Option<&Path>) -> Result<Socket, crate::netlink::Netl
             0,
             RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE,
         ))?;
+        socket.add_membership(RTNLGRP_IPV4_NETCONF)?;
         use std::os::fd::AsRawFd;
         let size = EVENT_BUFFER_BYTES;
         // SAFETY: a valid fd and a live c_int of the size passed.
@@ -131,6 +138,8 @@ fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
             24 | 25 => payload.get(5) == Some(&RTPROT_HEADCNI),
             // RTM_NEWRULE, RTM_DELRULE: rules carry their protocol as an attribute.
             32 | 33 => crate::observe::parse_rule(payload).is_none_or(|r| r.is_owned()),
+            // Forwarding or rp_filter flipped somewhere.
+            RTM_NEWNETCONF => true,
             _ => false,
         };
         if hit {
@@ -139,6 +148,41 @@ fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
         offset += (len + 3) & !3;
     }
     false
+}
+
+/// A socket for nftables change events in the caller's namespace: someone
+/// flushing headcni's table is drift like a deleted route.
+pub fn nftables_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.add_membership(NFNLGRP_NFTABLES)?;
+    Ok(socket)
+}
+
+/// Any ruleset change is a reason to look (nft's own answers to headcni's
+/// transactions included: the next pass then finds nothing to do).
+pub fn listen_nftables(socket: Socket, tx: UnboundedSender<Trigger>) {
+    std::thread::Builder::new()
+        .name("headcni-nft-events".into())
+        .spawn(move || {
+            let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+            loop {
+                buf.clear();
+                match socket.recv(&mut buf, 0) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    Err(e) => {
+                        tracing::error!("nftables event socket: {e}");
+                        return;
+                    }
+                }
+                if tx.send(Trigger::Kernel).is_err() {
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| tracing::error!("cannot start the nftables event thread: {e}"));
 }
 
 /// Watches the spec file's directory (editors replace files) and the pod

@@ -77,6 +77,10 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
         Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),
         Err(e) => tracing::error!("kernel events: {e}"),
     }
+    match events::nftables_socket() {
+        Ok(sock) => events::listen_nftables(sock, tx.clone()),
+        Err(e) => tracing::warn!("nftables events (changes will wait for the resync): {e}"),
+    }
     let supervisor = if spec.mode == Mode::Daemon {
         if let Err(e) = supervisor::ensure_netns(&spec.daemon.netns_path()) {
             tracing::error!(

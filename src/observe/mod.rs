@@ -44,13 +44,7 @@ pub fn observe(pods: &[(PodKey, PathBuf)]) -> Result<Observed, ObserveError> {
     let mut node = node_state(&mut node_nl).map_err(ObserveError::Node)?;
     node.sysctls.extend(read_sysctls(NODE_SYSCTLS));
     node.sysctls.sort();
-    node.nft = match crate::nft::observe() {
-        Ok(table) => table,
-        Err(e) => {
-            tracing::warn!("cannot read the nftables table: {e}");
-            None
-        }
-    };
+
     let pods = pods
         .iter()
         .map(|(key, path)| {
@@ -157,16 +151,22 @@ pub fn netns_state(nl: &mut Netlink) -> Result<NetnsState, NetlinkError> {
 /// with the address and route dumps. A new thread shares the caller's
 /// network namespace, so its socket sees the same node.
 fn node_state(nl: &mut Netlink) -> Result<NetnsState, NetlinkError> {
-    let (links, rest) = std::thread::scope(|scope| {
+    let (links, rest, nft) = std::thread::scope(|scope| {
         let links =
             scope.spawn(|| Netlink::open_current().and_then(|mut second| dump_links(&mut second)));
         let rest = dump_addresses_and_routes(nl);
-        (links.join(), rest)
+        // `nft` is a process of its own: read it while the link dump runs.
+        let nft = crate::nft::observe();
+        (links.join(), rest, nft)
     });
     let links = links.map_err(|_| NetlinkError::Decode("link dump thread panicked".into()))??;
     let (addresses, routes) = rest?;
     let mut state = assemble(links, addresses, routes);
     state.rules = dump_rules(nl)?;
+    state.nft = nft.unwrap_or_else(|e| {
+        tracing::warn!("cannot read the nftables table: {e}");
+        None
+    });
     Ok(state)
 }
 
