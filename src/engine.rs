@@ -71,7 +71,8 @@ pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, E
     // compile is pure and independent of the kernel: do it while the kernel dumps.
     let (desired, observed) = std::thread::scope(|threads| {
         let desired = threads.spawn(|| compile(spec, &intents));
-        let observed = observe::observe(&to_observe);
+        let firewall = matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune);
+        let observed = observe::observe(&to_observe, firewall);
         (desired.join(), observed)
     });
     let mut desired = desired.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -123,11 +124,11 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
         PodScope::All | PodScope::HostOnly => plan,
         PodScope::One(key) => {
             let mut mine = plan.for_pod(key);
-            mine.steps.extend(
-                plan.steps
-                    .into_iter()
-                    .filter(|s| s.pod.is_none() && s.action != Action::Remove),
-            );
+            // Node-wide additions, but not the firewall: it was not observed
+            // here (apply and the daemon keep it).
+            mine.steps.extend(plan.steps.into_iter().filter(|s| {
+                s.pod.is_none() && s.action != Action::Remove && !matches!(s.object, Object::Nft(_))
+            }));
             mine.waiting
                 .extend(plan.waiting.into_iter().filter(|w| w.pod.is_none()));
             crate::diff::order(&mut mine);

@@ -255,11 +255,17 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
         kept_routes.extend(pod.host_routes.iter().map(Route::key));
         kept_addresses.extend(pod.host_addresses.iter().map(|a| (a.dev.as_str(), a.addr)));
     }
+    let node_sysctls: FxHashMap<&str, &str> = observed
+        .node
+        .sysctls
+        .iter()
+        .map(|s| (s.key.as_str(), s.value.as_str()))
+        .collect();
     for pod in &desired.pods {
         if let Some(reason) = diff_pod(
             pod,
             &node,
-            &observed.node.sysctls,
+            &node_sysctls,
             observed,
             &mut drafts,
             &mut plan.waiting,
@@ -347,7 +353,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
 fn diff_pod<'a>(
     pod: &'a DesiredPod,
     node: &Index,
-    node_sysctls: &[crate::model::Sysctl],
+    node_sysctls: &FxHashMap<&str, &str>,
     observed: &'a Observed,
     drafts: &mut Vec<Draft<'a>>,
     waiting: &mut Vec<Waiting>,
@@ -436,13 +442,19 @@ fn diff_pod<'a>(
         let have = if needs_veth {
             None
         } else {
-            node_sysctls.iter().find(|s| s.key == want.key)
+            node_sysctls.get(want.key.as_str()).copied()
         };
-        if have.is_none_or(|h| h.value != want.value) {
+        if have != Some(want.value.as_str()) {
+            let before = have.map(|v| {
+                Object::Sysctl(crate::model::Sysctl {
+                    key: want.key.clone(),
+                    value: v.to_string(),
+                })
+            });
             host.step(
                 Action::Change,
                 Object::Sysctl(want.clone()),
-                have.cloned().map(Object::Sysctl),
+                before,
                 "differs",
             );
         }

@@ -39,9 +39,11 @@ pub enum ObserveError {
 }
 
 /// Reads the node namespace (the caller's) and the namespaces of `pods`.
-pub fn observe(pods: &[(PodKey, PathBuf)]) -> Result<Observed, ObserveError> {
+/// `firewall`: also read the nftables table (a process spawn; the CNI's
+/// per-pod passes leave the firewall to `apply` and the daemon).
+pub fn observe(pods: &[(PodKey, PathBuf)], firewall: bool) -> Result<Observed, ObserveError> {
     let mut node_nl = Netlink::open_current().map_err(ObserveError::Node)?;
-    let mut node = node_state(&mut node_nl).map_err(ObserveError::Node)?;
+    let mut node = node_state(&mut node_nl, firewall).map_err(ObserveError::Node)?;
     node.sysctls.extend(read_sysctls(NODE_SYSCTLS));
     node.sysctls.sort();
 
@@ -150,13 +152,17 @@ pub fn netns_state(nl: &mut Netlink) -> Result<NetnsState, NetlinkError> {
 /// kilobyte a link, all of it kernel time) on a second socket in parallel
 /// with the address and route dumps. A new thread shares the caller's
 /// network namespace, so its socket sees the same node.
-fn node_state(nl: &mut Netlink) -> Result<NetnsState, NetlinkError> {
+fn node_state(nl: &mut Netlink, firewall: bool) -> Result<NetnsState, NetlinkError> {
     let (links, rest, nft) = std::thread::scope(|scope| {
         let links =
             scope.spawn(|| Netlink::open_current().and_then(|mut second| dump_links(&mut second)));
         let rest = dump_addresses_and_routes(nl);
         // `nft` is a process of its own: read it while the link dump runs.
-        let nft = crate::nft::observe();
+        let nft = if firewall {
+            crate::nft::observe()
+        } else {
+            Ok(None)
+        };
         (links.join(), rest, nft)
     });
     let links = links.map_err(|_| NetlinkError::Decode("link dump thread panicked".into()))??;
