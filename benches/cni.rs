@@ -3,31 +3,16 @@
 //! `host-local` plugins (Debian's containernetworking-plugins), interleaved
 //! so both see the same machine. `cargo bench --bench cni` prints the figures.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{ms, percentile, require_root, sh, Netns};
+
 const ROUNDS: usize = 150;
-
-struct Netns(Vec<String>);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let ok = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "{args:?} failed");
-}
 
 /// Runs one plugin invocation the way a runtime does; returns its wall time.
 fn invoke(plugin: &Path, command: &str, id: &str, netns: &str, conf: &str) -> Duration {
@@ -62,22 +47,8 @@ fn invoke(plugin: &Path, command: &str, id: &str, netns: &str, conf: &str) -> Du
     took
 }
 
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the benchmark needs root (network namespaces)"
-    );
+    require_root();
     if std::env::args().any(|a| a == "--list") {
         return;
     }

@@ -6,42 +6,21 @@
 //!
 //! `cargo bench --bench reconcile` prints the figures; docs/benchmarks.md keeps them.
 
+mod common;
+
 use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::{ms, percentile, require_root, sh, Netns};
 
 use headcni::engine::{self, PodScope};
 use headcni::spec::{host_link_name, PodIntent, Spec};
 
-struct Netns(Vec<String>);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn sh(args: &[&str]) {
-    let ok = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "{args:?} failed");
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    percentile(&mut v, 0.5)
 }
 
 fn intent(i: u32, pods_ns: &Path) -> PodIntent {
@@ -73,12 +52,7 @@ fn make_veths(pods: &[PodIntent], first: usize, pods_ns: &str, dir: &Path) {
 }
 
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the benchmark needs root (network namespaces)"
-    );
+    require_root();
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benchmarks; nothing to list here.
     }

@@ -18,3 +18,15 @@ pub mod observe;
 pub mod report;
 pub mod snapshot;
 pub mod spec;
+
+/// "cause: cause of cause: ..." of an error's sources, for messages that
+/// cross a boundary where `{:#}` is not available (CNI JSON, daemon status).
+pub fn error_sources(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}

@@ -90,18 +90,8 @@ impl From<crate::engine::EngineError> for CniError {
         match e {
             EngineError::Store(s) => s.into(),
             EngineError::Observe(o) => {
-                CniError::new(OBSERVE_FAILED, format!("{o}: {}", source_chain(&o)))
+                CniError::new(OBSERVE_FAILED, format!("{o}: {}", crate::error_sources(&o)))
             }
         }
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
 }

@@ -308,7 +308,7 @@ async fn pass(
             ok
         }
         Ok(Err(e)) => {
-            let text = format!("{e}: {}", error_chain(&e));
+            let text = format!("{e}: {}", crate::error_sources(&e));
             tracing::error!("pass ({label}) failed: {text}");
             s.passes_failed += 1;
             s.last_error = Some(text);
@@ -326,16 +326,6 @@ async fn pass(
             false
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 /// The tailnet interface as the last pass saw it.

@@ -103,38 +103,22 @@ impl Netlink {
         request: RouteNetlinkMessage,
         mut each: impl FnMut(u16, &[u8]),
     ) -> Result<(), NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        self.tx.clear();
-        encode(&mut self.tx, request, NLM_F_REQUEST | NLM_F_DUMP, seq);
-        self.socket
-            .send(&self.tx, 0)
-            .map_err(NetlinkError::Socket)?;
-        loop {
-            self.rx.clear();
-            let n = self
-                .socket
-                .recv(&mut self.rx, 0)
-                .map_err(NetlinkError::Socket)?;
-            let mut offset = 0;
-            while offset < n {
-                let msg = NetlinkBuffer::new_checked(&self.rx[offset..n])
-                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
-                let len = (msg.length() as usize).max(16);
-                if msg.sequence_number() == seq {
-                    match msg.message_type() {
-                        NLMSG_DONE => return Ok(()),
-                        NLMSG_ERROR => {
-                            if let Some(err) = error_code(msg.payload()) {
-                                return Err(NetlinkError::Kernel(err));
-                            }
-                        }
-                        kind => each(kind, msg.payload()),
-                    }
-                }
-                offset += (len + 3) & !3;
+        let seq = self.send_one(request, NLM_F_REQUEST | NLM_F_DUMP)?;
+        self.read_until(|kind, msg_seq, payload| {
+            if msg_seq != seq {
+                return Ok(false);
             }
-        }
+            match kind {
+                NLMSG_DONE => Ok(true),
+                NLMSG_ERROR => {
+                    error_code(payload).map_or(Ok(false), |e| Err(NetlinkError::Kernel(e)))
+                }
+                kind => {
+                    each(kind, payload);
+                    Ok(false)
+                }
+            }
+        })
     }
 
     /// Sends one request whose answer is a message (a GET by name, say) and
@@ -144,13 +128,40 @@ impl Netlink {
         request: RouteNetlinkMessage,
         mut each: impl FnMut(u16, &[u8]),
     ) -> Result<(), NetlinkError> {
+        let seq = self.send_one(request, NLM_F_REQUEST | NLM_F_ACK)?;
+        self.read_until(|kind, msg_seq, payload| {
+            if msg_seq != seq {
+                return Ok(false);
+            }
+            match kind {
+                NLMSG_ERROR => {
+                    error_code(payload).map_or(Ok(true), |e| Err(NetlinkError::Kernel(e)))
+                }
+                NLMSG_DONE => Ok(true),
+                kind => {
+                    each(kind, payload);
+                    Ok(false)
+                }
+            }
+        })
+    }
+
+    fn send_one(&mut self, request: RouteNetlinkMessage, flags: u16) -> Result<u32, NetlinkError> {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
         self.tx.clear();
-        encode(&mut self.tx, request, NLM_F_REQUEST | NLM_F_ACK, seq);
+        encode(&mut self.tx, request, flags, self.seq);
         self.socket
             .send(&self.tx, 0)
             .map_err(NetlinkError::Socket)?;
+        Ok(self.seq)
+    }
+
+    /// Receives datagrams and walks their messages, handing (type, sequence,
+    /// payload) to `on` until it says done (Ok(true)) or fails.
+    fn read_until(
+        &mut self,
+        mut on: impl FnMut(u16, u32, &[u8]) -> Result<bool, NetlinkError>,
+    ) -> Result<(), NetlinkError> {
         loop {
             self.rx.clear();
             let n = self
@@ -162,17 +173,8 @@ impl Netlink {
                 let msg = NetlinkBuffer::new_checked(&self.rx[offset..n])
                     .map_err(|e| NetlinkError::Decode(e.to_string()))?;
                 let len = (msg.length() as usize).max(16);
-                if msg.sequence_number() == seq {
-                    match msg.message_type() {
-                        NLMSG_ERROR => {
-                            return match error_code(msg.payload()) {
-                                None => Ok(()),
-                                Some(e) => Err(NetlinkError::Kernel(e)),
-                            }
-                        }
-                        NLMSG_DONE => return Ok(()),
-                        kind => each(kind, msg.payload()),
-                    }
+                if on(msg.message_type(), msg.sequence_number(), msg.payload())? {
+                    return Ok(());
                 }
                 offset += (len + 3) & !3;
             }
@@ -246,31 +248,17 @@ impl Netlink {
         answers: &mut [Option<Result<(), NetlinkError>>],
     ) -> Result<(), NetlinkError> {
         let mut pending = answers.len();
-        while pending > 0 {
-            self.rx.clear();
-            let n = self
-                .socket
-                .recv(&mut self.rx, 0)
-                .map_err(NetlinkError::Socket)?;
-            let mut offset = 0;
-            while offset < n {
-                let msg = NetlinkBuffer::new_checked(&self.rx[offset..n])
-                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
-                let len = (msg.length() as usize).max(16);
-                if msg.message_type() == NLMSG_ERROR {
-                    let index = msg.sequence_number().wrapping_sub(first) as usize;
-                    if let Some(slot) = answers.get_mut(index).filter(|s| s.is_none()) {
-                        *slot = Some(match error_code(msg.payload()) {
-                            None => Ok(()),
-                            Some(e) => Err(NetlinkError::Kernel(e)),
-                        });
-                        pending -= 1;
-                    }
+        self.read_until(|kind, seq, payload| {
+            if kind == NLMSG_ERROR {
+                let index = seq.wrapping_sub(first) as usize;
+                if let Some(slot) = answers.get_mut(index).filter(|s| s.is_none()) {
+                    *slot =
+                        Some(error_code(payload).map_or(Ok(()), |e| Err(NetlinkError::Kernel(e))));
+                    pending -= 1;
                 }
-                offset += (len + 3) & !3;
             }
-        }
-        Ok(())
+            Ok(pending == 0)
+        })
     }
 }
 
