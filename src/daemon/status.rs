@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 pub const SOCKET_FILE: &str = "daemon.sock";
 
@@ -98,11 +98,4 @@ pub fn query(state_dir: &Path) -> std::io::Result<Status> {
     let mut buf = Vec::new();
     conn.read_to_end(&mut buf)?;
     serde_json::from_slice(&buf).map_err(std::io::Error::other)
-}
-
-#[allow(dead_code)]
-async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = r.read_to_end(&mut v).await;
-    v
 }
