@@ -201,7 +201,7 @@ fn version_and_results_for_every_supported_version() {
 }
 
 #[test]
-fn chained_with_portmap_as_libcni_does() {
+fn chained_with_portmap_and_tuning_as_libcni_does() {
     let mut n = Node::new();
     let pod = n.lab.netns("pod1");
     let path = Lab::ns_path(&pod);
@@ -257,8 +257,36 @@ fn chained_with_portmap_as_libcni_does() {
         "portmap DNAT rule for our pod: {nat}"
     );
 
+    // tuning after portmap: sets a sysctl on the pod's interface from prevResult.
+    let tuning_conf = json!({
+        "cniVersion": "1.0.0", "name": "headcni", "type": "tuning",
+        "sysctl": { "net.ipv4.conf.eth0.arp_notify": "1" },
+        "prevResult": second.json,
+    });
+    let third = run_plugin(
+        &n.node,
+        "/usr/lib/cni/tuning",
+        &call("ADD"),
+        &tuning_conf.to_string(),
+    );
+    assert_eq!(third.code, 0, "tuning: {} {}", third.stdout, third.stderr);
+    assert_eq!(
+        third.json["ips"], first.json["ips"],
+        "prevResult flowed through tuning"
+    );
+    let notify = common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &pod,
+        "sysctl",
+        "-n",
+        "net.ipv4.conf.eth0.arp_notify",
+    ]);
+    assert_eq!(notify.trim(), "1", "tuning configured the pod's interface");
+
     // CHECK down the list, then DEL in reverse order, each with the final result.
-    let final_result = second.json.clone();
+    let final_result = third.json.clone();
     let check = n.cni(&call("CHECK"), &plugin_conf(0, Some(&final_result)));
     assert_eq!(check.code, 0, "{}", check.stdout);
     let del = run_plugin(
