@@ -52,6 +52,12 @@ fn make_veths(pods: &[PodIntent], first: usize, pods_ns: &str, dir: &Path) {
 }
 
 fn main() {
+    if std::env::var_os("HEADCNI_BENCH_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("headcni=debug")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     require_root();
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benchmarks; nothing to list here.

@@ -58,6 +58,7 @@ pub type PodSource<'a> = &'a dyn Fn() -> Result<Vec<PodIntent>, StoreError>;
 pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, EngineError> {
     let started = Instant::now();
     let intents = pods()?;
+    let read_pods = started.elapsed();
     let to_observe: Vec<(PodKey, PathBuf)> = intents
         .iter()
         .filter(|p| match scope {
@@ -77,7 +78,14 @@ pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, E
     });
     let mut desired = desired.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     let observed = observed?;
+    let observed_at = started.elapsed();
     let mut plan = diff(&desired, &observed);
+    tracing::debug!(
+        pods_ms = read_pods.as_secs_f64() * 1e3,
+        observe_and_compile_ms = (observed_at - read_pods).as_secs_f64() * 1e3,
+        diff_ms = (started.elapsed() - observed_at).as_secs_f64() * 1e3,
+        "planned"
+    );
     let mut intents = intents;
     if removes_node_objects(&plan) {
         let fresh = pods()?;
