@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{require_root, sh};
 use headcni::netlink::Netlink;
 use headcni::spec::PodStore;
 
@@ -32,15 +35,6 @@ impl Drop for Cleanup {
             .collect();
         let _ = run_batch(&batch);
     }
-}
-
-fn sh(args: &[&str]) {
-    let ok = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "{args:?} failed");
 }
 
 fn run_batch(batch: &str) -> bool {
@@ -151,6 +145,15 @@ fn setup(tag: &str, pods: usize, dir: &Path) -> Setup {
     }
 }
 
+/// Enters the node namespace (this thread; children inherit it) and gives it a tailscale0.
+fn enter_node(node: &str) {
+    let netns = File::open(format!("/run/netns/{node}")).unwrap();
+    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    sh(&["ip", "link", "set", "lo", "up"]);
+    sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
+    sh(&["ip", "link", "set", "tailscale0", "up"]);
+}
+
 fn start_daemon(s: &mut Setup, node: &str) -> u32 {
     let child = Command::new("ip")
         .args([
@@ -171,12 +174,7 @@ fn start_daemon(s: &mut Setup, node: &str) -> u32 {
 }
 
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the benchmark needs root (network namespaces)"
-    );
+    require_root();
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -192,11 +190,7 @@ fn main() {
     {
         let mut s = setup(&format!("{tag}a"), 100, dir.path());
         let node = format!("{tag}a-node");
-        let netns = File::open(format!("/run/netns/{node}")).unwrap();
-        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        sh(&["ip", "link", "set", "lo", "up"]);
-        sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
-        sh(&["ip", "link", "set", "tailscale0", "up"]);
+        enter_node(&node);
         let pid = start_daemon(&mut s, &node);
         wait_until(Duration::from_secs(60), "100 pods wired", || {
             owned_routes() == 101
@@ -247,11 +241,7 @@ fn main() {
     {
         let mut s = setup(&format!("{tag}b"), 1000, dir.path());
         let node = format!("{tag}b-node");
-        let netns = File::open(format!("/run/netns/{node}")).unwrap();
-        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        sh(&["ip", "link", "set", "lo", "up"]);
-        sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
-        sh(&["ip", "link", "set", "tailscale0", "up"]);
+        enter_node(&node);
         let pid = start_daemon(&mut s, &node);
         wait_until(Duration::from_secs(300), "1,000 pods wired", || {
             owned_routes() == 1001

@@ -219,6 +219,16 @@ fn daemon_mode_node(key_mode: u32) -> (Node, String) {
     (n, ts)
 }
 
+/// The stand-in's address on headcni01 (a restarted stand-in takes a new one).
+fn tailnet_address(n: &Node, ts: &str) -> String {
+    let line = n.lab.ip(ts, &["-4", "-o", "addr", "show", "headcni01"]);
+    let cidr = line
+        .split_whitespace()
+        .nth(3)
+        .expect("an address on headcni01");
+    cidr.split('/').next().unwrap_or(cidr).to_string()
+}
+
 fn tailnet_routes(n: &Node, ts: &str) -> Vec<String> {
     n.lab
         .ip(ts, &["route", "show", "100.64.0.0/10"])
@@ -247,15 +257,7 @@ fn daemon_mode_supervises_tailscaled_and_survives_flaps() {
         .lab
         .ip(&n.node, &["rule"])
         .contains("from 10.244.0.0/24 to 100.64.0.0/10 lookup 1042 proto headcni"));
-    let standin_addr = n.lab.ip(&ts, &["-4", "-o", "addr", "show", "headcni01"]);
-    let tailnet_ip = standin_addr
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let tailnet_ip = tailnet_address(&n, &ts);
     wait_until(
         Duration::from_secs(3),
         "pod reaches the tailnet interface",
@@ -308,15 +310,7 @@ fn daemon_mode_supervises_tailscaled_and_survives_flaps() {
     );
 
     // The restarted stand-in has an address of its own.
-    let standin_addr = n.lab.ip(&ts, &["-4", "-o", "addr", "show", "headcni01"]);
-    let tailnet_ip = standin_addr
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let tailnet_ip = tailnet_address(&n, &ts);
     wait_until(
         Duration::from_secs(3),
         "pod reaches the restarted interface",
