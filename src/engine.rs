@@ -56,6 +56,17 @@ pub struct Planned {
 pub type PodSource<'a> = &'a dyn Fn() -> Result<Vec<PodIntent>, StoreError>;
 
 pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, EngineError> {
+    plan_knowing(spec, pods, scope, None)
+}
+
+/// `known_firewall`: the nftables table as already read in this pass (when
+/// nothing since could have changed it), so it is not read again.
+fn plan_knowing(
+    spec: &Spec,
+    pods: PodSource,
+    scope: &PodScope,
+    known_firewall: Option<Option<crate::model::NftTable>>,
+) -> Result<Planned, EngineError> {
     let started = Instant::now();
     let intents = pods()?;
     let read_pods = started.elapsed();
@@ -73,11 +84,14 @@ pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, E
     let (desired, observed) = std::thread::scope(|threads| {
         let desired = threads.spawn(|| compile(spec, &intents));
         let firewall = matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune);
-        let observed = observe::observe(&to_observe, firewall);
+        let observed = observe::observe(&to_observe, firewall && known_firewall.is_none());
         (desired.join(), observed)
     });
     let mut desired = desired.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let observed = observed?;
+    let mut observed = observed?;
+    if let Some(table) = known_firewall {
+        observed.node.nft = table;
+    }
     let observed_at = started.elapsed();
     let mut plan = diff(&desired, &observed);
     tracing::debug!(
@@ -205,7 +219,15 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
     let (remaining, observed_after) = if planned.plan.is_empty() {
         (planned.plan.clone(), planned.observed)
     } else {
-        let again = plan(spec, pods, scope)?;
+        // The firewall is read again only if this pass changed it (an `nft`
+        // process per read; foreign changes meanwhile bring their own event).
+        let touched_firewall = planned
+            .plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.object, Object::Nft(_)));
+        let known = (!touched_firewall).then(|| planned.observed.node.nft.clone());
+        let again = plan_knowing(spec, pods, scope, known)?;
         (again.plan, again.observed)
     };
     Ok(Applied {
