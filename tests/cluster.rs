@@ -171,7 +171,7 @@ fn egress_is_masqueraded_and_mss_clamped_and_the_firewall_is_reconciled() {
     n.lab
         .ip(&inet, &["route", "add", "default", "via", "198.51.100.1"]);
     // A foreign table with masquerade rules of its own must survive everything.
-    sh(&["ip", "netns", "exec", &n.node, "nft", "add table ip foreign; add chain ip foreign post { type nat hook postrouting priority 110; }; add rule ip foreign post oifname \"nothing0\" masquerade"]);
+    n.in_node(&["nft", "add table ip foreign; add chain ip foreign post { type nat hook postrouting priority 110; }; add rule ip foreign post oifname \"nothing0\" masquerade"]);
     let node = n.node.clone();
     let foreign = move || {
         sh(&[
@@ -206,18 +206,8 @@ fn egress_is_masqueraded_and_mss_clamped_and_the_firewall_is_reconciled() {
     );
 
     // Drift: the table flushed, forwarding off: the plan names both, apply repairs.
-    sh(&[
-        "ip", "netns", "exec", &n.node, "nft", "flush", "table", "inet", "headcni",
-    ]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n.node,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=0",
-    ]);
+    n.in_node(&["nft", "flush", "table", "inet", "headcni"]);
+    n.in_node(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
     let plan = n.headcni_ok(&["plan", "--detailed-exitcode"], 2);
     assert!(
         plan.contains("~ nft table inet headcni") && plan.contains("+ rule in postrouting"),

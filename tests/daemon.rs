@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{sh, wait_until, Node};
+use common::{wait_until, Node};
 
 /// The running daemon; stopped (SIGTERM, then SIGKILL) when dropped.
 struct Daemon {
@@ -106,40 +106,18 @@ fn host_mode_repairs_drift_follows_spec_and_pods_and_stops_cleanly() {
     });
 
     // Firewall and forwarding drift are repaired too, without waiting for a resync.
-    sh(&[
-        "ip", "netns", "exec", &n.node, "nft", "flush", "table", "inet", "headcni",
-    ]);
+    n.in_node(&["nft", "flush", "table", "inet", "headcni"]);
     wait_until(
         Duration::from_secs(2),
         "the flushed nft table restored",
         || {
-            sh(&[
-                "ip", "netns", "exec", &n.node, "nft", "list", "table", "inet", "headcni",
-            ])
-            .contains("masquerade")
+            n.in_node(&["nft", "list", "table", "inet", "headcni"])
+                .contains("masquerade")
         },
     );
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n.node,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=0",
-    ]);
+    n.in_node(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
     wait_until(Duration::from_secs(2), "forwarding back on", || {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &n.node,
-            "sysctl",
-            "-n",
-            "net.ipv4.ip_forward",
-        ])
-        .trim()
-            == "1"
+        n.in_node(&["sysctl", "-n", "net.ipv4.ip_forward"]).trim() == "1"
     });
 
     // (2) A spec edit adding a [[route]] is applied.

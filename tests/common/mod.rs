@@ -242,6 +242,13 @@ impl Node {
 
     /// IPv4 routes of every table (IPv6 link-local routes come and go as
     /// the kernel finishes DAD on new links: noise for these comparisons).
+    /// Runs a command inside the node namespace; panics if it fails.
+    pub fn in_node(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", self.node.as_str()];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
     pub fn node_routes(&self) -> String {
         self.lab
             .ip(&self.node, &["-4", "route", "show", "table", "all"])
