@@ -51,6 +51,44 @@ fn make_veths(pods: &[PodIntent], first: usize, pods_ns: &str, dir: &Path) {
     sh(&["ip", "-batch", path.to_str().unwrap()]);
 }
 
+/// `HEADCNI_BENCH_PROFILE_SECS=N`: plan 10,000 pods over and over for N
+/// seconds (attach `perf record -p` meanwhile), then go on.
+fn profile_loop(spec: &Spec, pods: &[PodIntent]) {
+    let Some(secs) = std::env::var("HEADCNI_BENCH_PROFILE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return;
+    };
+    eprintln!(
+        "profiling: pid {} planning for {secs} s",
+        std::process::id()
+    );
+    let cpu = || {
+        let usage =
+            nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 * 1e3 + tv.tv_usec() as f64 / 1e3;
+        (t(usage.user_time()), t(usage.system_time()))
+    };
+    let (user0, sys0) = cpu();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let mut runs = 0u32;
+    while Instant::now() < until {
+        let planned = engine::plan(spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
+        assert!(planned.plan.is_empty());
+        runs += 1;
+    }
+    let (user1, sys1) = cpu();
+    let n = f64::from(runs);
+    eprintln!(
+        "profiling: {runs} plans, wall {:.1} ms, user {:.1} ms, system {:.1} ms each",
+        started.elapsed().as_secs_f64() * 1e3 / n,
+        (user1 - user0) / n,
+        (sys1 - sys0) / n
+    );
+}
+
 fn main() {
     if std::env::var_os("HEADCNI_BENCH_TRACE").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -99,6 +137,9 @@ fn main() {
             let planned = engine::plan(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
             times.push(started.elapsed());
             assert!(planned.plan.is_empty());
+        }
+        if n == 10_000 {
+            profile_loop(&spec, pods);
         }
         let best = *times.iter().min().unwrap();
         let planned = engine::plan(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::apply::{self, ApplyReport};
-use crate::diff::{diff, Action, Object, Plan};
+use crate::diff::{diff, Action, Early, Object, Plan};
 use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
 use crate::observe::{self, ObserveError, Observed};
 use crate::spec::{compile, Desired, PodIntent, Spec, StoreError};
@@ -68,39 +68,42 @@ fn plan_knowing(
     known_firewall: Option<Option<crate::model::NftTable>>,
 ) -> Result<Planned, EngineError> {
     let started = Instant::now();
-    let intents = pods()?;
-    let read_pods = started.elapsed();
-    let to_observe: Vec<(PodKey, PathBuf)> = intents
-        .iter()
-        .filter(|p| match scope {
-            PodScope::All => true,
-            PodScope::HostOnly | PodScope::Released(_) | PodScope::Prune => false,
-            PodScope::One(key) => p.container_id == key.container_id && p.ifname == key.ifname,
-        })
-        .map(|p| (p.key(), p.netns.clone()))
-        .chain(system_namespaces(spec, scope))
-        .collect();
-    // compile is pure and independent of the kernel: do it while the kernel dumps.
-    let (desired, observed) = std::thread::scope(|threads| {
-        let desired = threads.spawn(|| compile(spec, &intents));
-        let firewall = matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune);
-        let observed = observe::observe(&to_observe, firewall && known_firewall.is_none());
-        (desired.join(), observed)
-    });
-    let mut desired = desired.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let mut observed = observed?;
-    if let Some(table) = known_firewall {
-        observed.node.nft = table;
-    }
-    let observed_at = started.elapsed();
-    let mut plan = diff(&desired, &observed);
-    tracing::debug!(
-        pods_ms = read_pods.as_secs_f64() * 1e3,
-        observe_and_compile_ms = (observed_at - read_pods).as_secs_f64() * 1e3,
-        diff_ms = (started.elapsed() - observed_at).as_secs_f64() * 1e3,
-        "planned"
-    );
-    let mut intents = intents;
+    let firewall = matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune)
+        && known_firewall.is_none();
+    let (mut intents, mut desired, observed, mut plan) = std::thread::scope(|threads| {
+        // The node's link dump is most of a pass's time at scale (kernel
+        // time, on one core): it goes first, on a thread of its own (which
+        // shares this namespace), and everything else runs beside it,
+        // down to a diff of every pod that assumes its host link is as
+        // desired. Only the links' part of the diff waits for the dump.
+        let links = threads.spawn(observe::NodeLinks::dump);
+        let intents = pods()?;
+        let to_observe = namespaces_to_observe(spec, scope, &intents);
+        let mut partial = observe::observe_partial(&to_observe, firewall)?;
+        if let Some(table) = &known_firewall {
+            partial.observed.node.nft = table.clone();
+        }
+        let desired = compile(spec, &intents);
+        let early = Early::new(&desired, &partial.observed);
+        let beside = started.elapsed();
+        let links = observe::join_links(links.join())?;
+        let waited = started.elapsed() - beside;
+        let plan = if partial.names_agree(&links) {
+            let node_sysctls = partial.observed.node.sysctls.iter();
+            Some(early.finish(&links.links, node_sysctls.chain(&links.sysctls)))
+        } else {
+            None // a link changed name meanwhile: plan from the dump's names
+        };
+        let observed = partial.complete(links);
+        let plan = plan.unwrap_or_else(|| diff(&desired, &observed));
+        tracing::debug!(
+            beside_links_ms = beside.as_secs_f64() * 1e3,
+            waited_for_links_ms = waited.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "planned"
+        );
+        Ok::<_, EngineError>((intents, desired, observed, plan))
+    })?;
     if removes_node_objects(&plan) {
         let fresh = pods()?;
         if fresh != intents {
@@ -117,6 +120,24 @@ fn plan_knowing(
         plan,
         took: started.elapsed(),
     })
+}
+
+/// The pods' namespaces `scope` looks into, and the node's own.
+fn namespaces_to_observe(
+    spec: &Spec,
+    scope: &PodScope,
+    intents: &[PodIntent],
+) -> Vec<(PodKey, PathBuf)> {
+    intents
+        .iter()
+        .filter(|p| match scope {
+            PodScope::All => true,
+            PodScope::HostOnly | PodScope::Released(_) | PodScope::Prune => false,
+            PodScope::One(key) => p.container_id == key.container_id && p.ifname == key.ifname,
+        })
+        .map(|p| (p.key(), p.netns.clone()))
+        .chain(system_namespaces(spec, scope))
+        .collect()
 }
 
 /// Namespaces that are part of the node's own plumbing (daemon mode: the

@@ -252,3 +252,31 @@ fn masquerade_all_lets_a_peer_without_a_pod_route_reply() {
         "the peer sees the node's tailnet address"
     );
 }
+
+/// The nfnetlink probe that spares most passes an `nft` process: it must
+/// see headcni's `inet` table and nothing else.
+#[test]
+fn firewall_probe_sees_only_headcnis_inet_table() {
+    let mut lab = Lab::new();
+    let ns = lab.netns("probe");
+    let probe = |ns: &str| {
+        common::in_ns(ns, || {
+            headcni::netlink::nfnetlink::inet_table_exists("headcni")
+        })
+        .join()
+        .expect("probe thread")
+        .expect("probe")
+    };
+    assert!(!probe(&ns), "an empty namespace has no table");
+    sh(&[
+        "ip", "netns", "exec", &ns, "nft", "add", "table", "inet", "other",
+    ]);
+    sh(&[
+        "ip", "netns", "exec", &ns, "nft", "add", "table", "ip", "headcni",
+    ]);
+    assert!(!probe(&ns), "another name, or another family, is not ours");
+    sh(&[
+        "ip", "netns", "exec", &ns, "nft", "add", "table", "inet", "headcni",
+    ]);
+    assert!(probe(&ns));
+}

@@ -18,14 +18,16 @@ pub use plan::{Action, Conflict, FieldChange, Object, Plan, Step, Summary, Waiti
 
 use crate::model::{
     is_kernel_link_local, is_owned_link_name, Address, Link, Netns, NetnsState, PodKey, Route,
-    RouteKey, Rule,
+    RouteKey, Rule, Sysctl,
 };
-use crate::observe::Observed;
+use crate::observe::{Observed, ObservedPod};
 use crate::spec::{Desired, DesiredPod};
 
 /// Kernel state of one namespace, indexed for lookups.
 struct Index<'a> {
     links: FxHashMap<&'a str, &'a Link>,
+    /// Sysctl values by key (the node's: forwarding, per-link rp_filter).
+    sysctls: FxHashMap<&'a str, &'a str>,
     addresses: FxHashSet<(&'a str, IpNetwork)>,
     owned_routes: FxHashMap<RouteKey, &'a Route>,
     /// Foreign routes by (table, destination): anything there blocks ours.
@@ -34,6 +36,13 @@ struct Index<'a> {
 
 impl<'a> Index<'a> {
     fn new(state: &'a NetnsState) -> Self {
+        let mut index = Self::without_links(state);
+        index.set_links(&state.links, &state.sysctls);
+        index
+    }
+
+    /// Addresses and routes only; links and sysctls come with [`Index::set_links`].
+    fn without_links(state: &'a NetnsState) -> Self {
         let mut owned_routes =
             FxHashMap::with_capacity_and_hasher(state.routes.len(), Default::default());
         let mut foreign_routes = FxHashMap::default();
@@ -47,7 +56,8 @@ impl<'a> Index<'a> {
             }
         }
         Index {
-            links: state.links.iter().map(|l| (l.name.as_str(), l)).collect(),
+            links: FxHashMap::default(),
+            sysctls: FxHashMap::default(),
             addresses: state
                 .addresses
                 .iter()
@@ -56,6 +66,18 @@ impl<'a> Index<'a> {
             owned_routes,
             foreign_routes,
         }
+    }
+
+    fn set_links(
+        &mut self,
+        links: impl IntoIterator<Item = &'a Link>,
+        sysctls: impl IntoIterator<Item = &'a Sysctl>,
+    ) {
+        self.links = links.into_iter().map(|l| (l.name.as_str(), l)).collect();
+        self.sysctls = sysctls
+            .into_iter()
+            .map(|s| (s.key.as_str(), s.value.as_str()))
+            .collect();
     }
 }
 
@@ -151,11 +173,240 @@ impl<'a> Draft<'a> {
 }
 
 pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
-    let node = Index::new(&observed.node);
-    let mut plan = Plan::default();
-    let mut drafts: Vec<Draft> = Vec::new();
+    Early::exact(desired, observed).finish(&observed.node.links, &observed.node.sysctls)
+}
 
-    // Node-wide objects.
+/// A diff in two stages, so that its bulk can run while the kernel is still
+/// listing the node's links (by far its slowest dump; see the engine).
+///
+/// [`Early::new`] sees everything but the node's links and their sysctls,
+/// and plans each pod assuming its host link and host sysctls are as
+/// desired. [`Early::finish`] gets the links, checks that assumption pod by
+/// pod, plans again every pod where it does not hold, and adds what depends
+/// on links (node-wide objects, stale links). The result is exactly
+/// [`diff`]'s (a property test holds them equal).
+pub struct Early<'a> {
+    desired: &'a Desired,
+    observed: &'a Observed,
+    observed_pods: FxHashMap<&'a PodKey, &'a ObservedPod>,
+    node: Index<'a>,
+    kept: Kept<'a>,
+    /// One per desired pod, in order; None: plan it in `finish`.
+    pods: Option<Vec<PodOutcome<'a>>>,
+    /// Owned routes and addresses no pod wants (before links are known).
+    stale_routes: Vec<&'a Route>,
+    stale_addresses: Vec<&'a Address>,
+}
+
+/// What every desired pod and node route keeps: never removed as stale.
+struct Kept<'a> {
+    links: FxHashSet<&'a str>,
+    routes: FxHashSet<RouteKey>,
+    addresses: FxHashSet<(&'a str, IpNetwork)>,
+}
+
+impl<'a> Kept<'a> {
+    fn new(desired: &'a Desired) -> Self {
+        let n = desired.pods.len();
+        let mut kept = Kept {
+            links: FxHashSet::with_capacity_and_hasher(n, Default::default()),
+            routes: FxHashSet::with_capacity_and_hasher(
+                n + desired.node_routes.len(),
+                Default::default(),
+            ),
+            addresses: FxHashSet::with_capacity_and_hasher(n, Default::default()),
+        };
+        kept.routes
+            .extend(desired.node_routes.iter().map(Route::key));
+        for pod in &desired.pods {
+            kept.links.insert(pod.host_link.name.as_str());
+            kept.routes.extend(pod.host_routes.iter().map(Route::key));
+            kept.addresses
+                .extend(pod.host_addresses.iter().map(|a| (a.dev.as_str(), a.addr)));
+        }
+        kept
+    }
+}
+
+/// One pod's plan: its draft (None when it cannot be planned at all) and why
+/// parts of it wait.
+struct PodOutcome<'a> {
+    draft: Option<Draft<'a>>,
+    waiting: Vec<Waiting>,
+}
+
+impl<'a> Early<'a> {
+    /// Stage one. `observed.node.links` and the node's per-link sysctls are
+    /// not looked at: they come to [`Early::finish`].
+    pub fn new(desired: &'a Desired, observed: &'a Observed) -> Self {
+        let mut early = Self::exact(desired, observed);
+        // Assume every host link and its sysctls are as desired.
+        early.node.set_links(
+            desired.pods.iter().map(|p| &p.host_link),
+            desired.pods.iter().flat_map(|p| &p.host_sysctls),
+        );
+        let pods = desired
+            .pods
+            .iter()
+            .map(|pod| diff_pod(pod, &early.node, &early.observed_pods))
+            .collect();
+        early.pods = Some(pods);
+        early
+    }
+
+    /// Stage one without assumptions: every pod is planned in `finish`.
+    fn exact(desired: &'a Desired, observed: &'a Observed) -> Self {
+        let kept = Kept::new(desired);
+        let stale_routes = observed
+            .node
+            .routes
+            .iter()
+            .filter(|r| r.is_owned() && !kept.routes.contains(&r.key()))
+            .collect();
+        let stale_addresses = observed
+            .node
+            .addresses
+            .iter()
+            .filter(|a| {
+                is_owned_link_name(&a.dev)
+                    && !is_kernel_link_local(&a.addr)
+                    && !kept.addresses.contains(&(a.dev.as_str(), a.addr))
+            })
+            .collect();
+        Early {
+            desired,
+            observed,
+            observed_pods: observed.pods.iter().map(|p| (&p.key, p)).collect(),
+            node: Index::without_links(&observed.node),
+            kept,
+            pods: None,
+            stale_routes,
+            stale_addresses,
+        }
+    }
+
+    /// Stage two: the node's links and all its sysctls (node-wide and per link).
+    pub fn finish(self, links: &'a [Link], sysctls: impl IntoIterator<Item = &'a Sysctl>) -> Plan {
+        let Early {
+            desired,
+            observed,
+            observed_pods,
+            mut node,
+            kept,
+            pods,
+            stale_routes,
+            stale_addresses,
+        } = self;
+        node.set_links(links, sysctls);
+        let mut plan = Plan::default();
+        let mut drafts = node_wide(desired, observed, &node, &mut plan);
+
+        // Pods. Host links and routes of every desired pod are kept, even of
+        // pods skipped here: skipping must never turn into removing.
+        let mut early = pods.map(Vec::into_iter);
+        for pod in &desired.pods {
+            let planned = early.as_mut().and_then(Iterator::next);
+            let outcome = match planned {
+                Some(outcome) if host_side_as_desired(pod, &node) => outcome,
+                _ => diff_pod(pod, &node, &observed_pods),
+            };
+            drafts.extend(outcome.draft);
+            plan.waiting.extend(outcome.waiting);
+        }
+
+        // Owned objects nobody wants any more, in the node namespace.
+        let mut removal = Draft::new(Netns::Node, None);
+        for rule in observed.node.rules.iter().filter(|r| r.is_owned()) {
+            if !desired.node_rules.contains(rule) {
+                removal.step(
+                    Action::Remove,
+                    Object::Rule(rule.clone()),
+                    None,
+                    "not desired",
+                );
+            }
+        }
+        let mut removed_links: FxHashSet<&str> = FxHashSet::default();
+        for link in links {
+            if is_owned_link_name(&link.name) && !kept.links.contains(link.name.as_str()) {
+                removed_links.insert(link.name.as_str());
+                removal.step(
+                    Action::Remove,
+                    Object::Link(link.clone()),
+                    None,
+                    "no pod wants it",
+                );
+            }
+        }
+        // What hangs off a removed link goes with it.
+        let gone_with_link = |dev: &str| removed_links.contains(dev);
+        for route in stale_routes {
+            if !route.dev.as_deref().is_some_and(gone_with_link) {
+                removal.step(
+                    Action::Remove,
+                    Object::Route(route.clone()),
+                    None,
+                    "not desired",
+                );
+            }
+        }
+        for addr in stale_addresses {
+            if !gone_with_link(&addr.dev) {
+                removal.step(
+                    Action::Remove,
+                    Object::Address(addr.clone()),
+                    None,
+                    "not desired",
+                );
+            }
+        }
+        drafts.push(removal);
+
+        for draft in drafts {
+            if draft.conflicts.is_empty() {
+                plan.steps.extend(draft.steps);
+            } else {
+                plan.conflicts.extend(draft.conflicts);
+            }
+        }
+        plan.problems = desired
+            .problems
+            .iter()
+            .map(|p| Waiting {
+                pod: Some(p.pod.clone()),
+                reason: p.reason.clone(),
+            })
+            .collect();
+        order(&mut plan);
+        plan
+    }
+}
+
+/// Does the node hold `pod`'s host link and host sysctls exactly as desired?
+/// Then its plan made on that assumption stands: those are all that
+/// [`diff_pod`] reads of the node's links and sysctls.
+fn host_side_as_desired(pod: &DesiredPod, node: &Index) -> bool {
+    let want = &pod.host_link;
+    let link_ok = node.links.get(want.name.as_str()).is_some_and(|have| {
+        have.kind.as_deref() == Some("veth")
+            && want.kind.as_deref() == Some("veth")
+            && have.mtu == want.mtu
+            && have.up == want.up
+    });
+    link_ok
+        && pod
+            .host_sysctls
+            .iter()
+            .all(|s| node.sysctls.get(s.key.as_str()) == Some(&s.value.as_str()))
+}
+
+/// Node-wide objects: sysctls, node routes, the firewall table, rules.
+fn node_wide<'a>(
+    desired: &'a Desired,
+    observed: &'a Observed,
+    node: &Index,
+    plan: &mut Plan,
+) -> Vec<Draft<'a>> {
     let mut node_draft = Draft::new(Netns::Node, None);
     for want in &desired.node_sysctls {
         if let Some(dev) = want.interface() {
@@ -167,13 +418,15 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
                 continue;
             }
         }
-        let have = observed.node.sysctls.iter().find(|s| s.key == want.key);
-        match have {
-            Some(have) if have.value == want.value => {}
+        match node.sysctls.get(want.key.as_str()) {
+            Some(have) if *have == want.value => {}
             Some(have) => node_draft.step(
                 Action::Change,
                 Object::Sysctl(want.clone()),
-                Some(Object::Sysctl(have.clone())),
+                Some(Object::Sysctl(Sysctl {
+                    key: want.key.clone(),
+                    value: (*have).to_string(),
+                })),
                 "differs",
             ),
             None => node_draft.step(
@@ -201,7 +454,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
         }
         // Node objects are independent: a conflict blocks only its own route.
         let mut one = Draft::new(Netns::Node, None);
-        one.route(want, &node, false);
+        one.route(want, node, false);
         node_draft.steps.append(&mut one.steps);
         plan.conflicts.append(&mut one.conflicts);
     }
@@ -243,130 +496,40 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
             node_draft.step(Action::Add, Object::Rule(want.clone()), None, "missing");
         }
     }
-    drafts.push(node_draft);
-
-    // Pods. Host links and routes of every desired pod are kept, even of pods
-    // skipped below: skipping must never turn into removing.
-    let mut kept_links: FxHashSet<&str> = FxHashSet::default();
-    let mut kept_routes: FxHashSet<RouteKey> = desired.node_routes.iter().map(Route::key).collect();
-    let mut kept_addresses: FxHashSet<(&str, IpNetwork)> = FxHashSet::default();
-    for pod in &desired.pods {
-        kept_links.insert(pod.host_link.name.as_str());
-        kept_routes.extend(pod.host_routes.iter().map(Route::key));
-        kept_addresses.extend(pod.host_addresses.iter().map(|a| (a.dev.as_str(), a.addr)));
-    }
-    let node_sysctls: FxHashMap<&str, &str> = observed
-        .node
-        .sysctls
-        .iter()
-        .map(|s| (s.key.as_str(), s.value.as_str()))
-        .collect();
-    for pod in &desired.pods {
-        if let Some(reason) = diff_pod(
-            pod,
-            &node,
-            &node_sysctls,
-            observed,
-            &mut drafts,
-            &mut plan.waiting,
-        ) {
-            plan.waiting.push(Waiting {
-                pod: Some(pod.key.clone()),
-                reason,
-            });
-        }
-    }
-
-    // Owned objects nobody wants any more, in the node namespace.
-    let mut removal = Draft::new(Netns::Node, None);
-    for rule in observed.node.rules.iter().filter(|r| r.is_owned()) {
-        if !desired.node_rules.contains(rule) {
-            removal.step(
-                Action::Remove,
-                Object::Rule(rule.clone()),
-                None,
-                "not desired",
-            );
-        }
-    }
-    let mut removed_links: FxHashSet<&str> = FxHashSet::default();
-    for link in &observed.node.links {
-        if is_owned_link_name(&link.name) && !kept_links.contains(link.name.as_str()) {
-            removed_links.insert(link.name.as_str());
-            removal.step(
-                Action::Remove,
-                Object::Link(link.clone()),
-                None,
-                "no pod wants it",
-            );
-        }
-    }
-    let gone_with_link =
-        |dev: &Option<String>| dev.as_deref().is_some_and(|d| removed_links.contains(d));
-    for route in &observed.node.routes {
-        if route.is_owned() && !kept_routes.contains(&route.key()) && !gone_with_link(&route.dev) {
-            removal.step(
-                Action::Remove,
-                Object::Route(route.clone()),
-                None,
-                "not desired",
-            );
-        }
-    }
-    for addr in &observed.node.addresses {
-        if is_owned_link_name(&addr.dev)
-            && !removed_links.contains(addr.dev.as_str())
-            && !is_kernel_link_local(&addr.addr)
-            && !kept_addresses.contains(&(addr.dev.as_str(), addr.addr))
-        {
-            removal.step(
-                Action::Remove,
-                Object::Address(addr.clone()),
-                None,
-                "not desired",
-            );
-        }
-    }
-    drafts.push(removal);
-
-    for draft in drafts {
-        if draft.conflicts.is_empty() {
-            plan.steps.extend(draft.steps);
-        } else {
-            plan.conflicts.extend(draft.conflicts);
-        }
-    }
-    plan.problems = desired
-        .problems
-        .iter()
-        .map(|p| Waiting {
-            pod: Some(p.pod.clone()),
-            reason: p.reason.clone(),
-        })
-        .collect();
-    order(&mut plan);
-    plan
+    vec![node_draft]
 }
 
-/// Plans one pod; its steps and conflicts go into one draft so that a conflict
-/// skips the whole pod. Returns why the pod must wait, if it must.
+/// A link as the kernel holds it: no peer (that is only desired state). A
+/// removal names it so whether `have` came from a dump or from [`Early`]'s
+/// assumption.
+fn as_held(have: &Link) -> Link {
+    Link {
+        peer: None,
+        ..have.clone()
+    }
+}
+
+/// Plans one pod; its steps and conflicts go into one draft so that a
+/// conflict skips the whole pod.
 fn diff_pod<'a>(
     pod: &'a DesiredPod,
     node: &Index,
-    node_sysctls: &FxHashMap<&str, &str>,
-    observed: &'a Observed,
-    drafts: &mut Vec<Draft<'a>>,
-    waiting: &mut Vec<Waiting>,
-) -> Option<String> {
-    let observed_pod = observed.pod(&pod.key);
+    observed_pods: &FxHashMap<&PodKey, &'a ObservedPod>,
+) -> PodOutcome<'a> {
+    let mut waiting = Vec::new();
+    let observed_pod = observed_pods.get(&pod.key);
     let pod_state = match observed_pod {
         Some(o) => match &o.state {
             Some(state) => Some(state),
             None => {
-                return Some(format!(
-                    "netns {} cannot be opened",
-                    pod.netns_path.display()
-                ))
+                waiting.push(Waiting {
+                    pod: Some(pod.key.clone()),
+                    reason: format!("netns {} cannot be opened", pod.netns_path.display()),
+                });
+                return PodOutcome {
+                    draft: None,
+                    waiting,
+                };
             }
         },
         None => None, // not observed: plan the host side only
@@ -397,7 +560,7 @@ fn diff_pod<'a>(
         Some(have) if have.kind.as_deref() != Some("veth") => {
             host.step(
                 Action::Remove,
-                Object::Link(have.clone()),
+                Object::Link(as_held(have)),
                 None,
                 "not a veth",
             );
@@ -406,7 +569,7 @@ fn diff_pod<'a>(
         Some(have) if pod_index.is_some() && pod_link.is_none() => {
             host.step(
                 Action::Remove,
-                Object::Link(have.clone()),
+                Object::Link(as_held(have)),
                 None,
                 "its pod end is missing",
             );
@@ -442,7 +605,7 @@ fn diff_pod<'a>(
         let have = if needs_veth {
             None
         } else {
-            node_sysctls.get(want.key.as_str()).copied()
+            node.sysctls.get(want.key.as_str()).copied()
         };
         if have != Some(want.value.as_str()) {
             let before = have.map(|v| {
@@ -512,8 +675,10 @@ fn diff_pod<'a>(
 
     host.steps.append(&mut inside.steps);
     host.conflicts.append(&mut inside.conflicts);
-    drafts.push(host);
-    None
+    PodOutcome {
+        draft: Some(host),
+        waiting,
+    }
 }
 
 /// Inside a pod's namespace headcni owns the pod interface's addresses and

@@ -444,6 +444,9 @@ enum Perturb {
     StaleOwnedRoute(u8),
     StaleLink(u8),
     ForwardOff,
+    HostLinkDown(usize),
+    HostLinkNotVeth(usize),
+    HostRpFilterStrict(usize),
 }
 
 fn perturbation() -> impl Strategy<Value = Perturb> {
@@ -458,12 +461,15 @@ fn perturbation() -> impl Strategy<Value = Perturb> {
         (0u8..40).prop_map(Perturb::StaleOwnedRoute),
         any::<u8>().prop_map(Perturb::StaleLink),
         Just(Perturb::ForwardOff),
+        any::<usize>().prop_map(Perturb::HostLinkDown),
+        any::<usize>().prop_map(Perturb::HostLinkNotVeth),
+        any::<usize>().prop_map(Perturb::HostRpFilterStrict),
     ]
 }
 
-fn perturb(observed: &mut Observed, desired: &Desired, p: &Perturb) {
+fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
     let n = desired.pods.len().max(1);
-    match p {
+    match perturbation {
         Perturb::DropNodeRoute(i) => {
             if !observed.node.routes.is_empty() {
                 let i = i % observed.node.routes.len();
@@ -477,18 +483,6 @@ fn perturb(observed: &mut Observed, desired: &Desired, p: &Perturb) {
                 if !s.routes.is_empty() {
                     let j = j % s.routes.len();
                     s.routes.remove(j);
-                }
-            }
-        }
-        Perturb::ChangeMtu(i, mtu) => {
-            if let Some(p) = desired.pods.get(i % n) {
-                if let Some(l) = observed
-                    .node
-                    .links
-                    .iter_mut()
-                    .find(|l| l.name == p.host_link.name)
-                {
-                    l.mtu = *mtu;
                 }
             }
         }
@@ -564,7 +558,52 @@ fn perturb(observed: &mut Observed, desired: &Desired, p: &Perturb) {
                 value: "0".into(),
             }]
         }
+        Perturb::ChangeMtu(i, _) | Perturb::HostLinkDown(i) | Perturb::HostLinkNotVeth(i) => {
+            if let Some(p) = desired.pods.get(i % n) {
+                if let Some(l) = observed
+                    .node
+                    .links
+                    .iter_mut()
+                    .find(|l| l.name == p.host_link.name)
+                {
+                    match perturbation {
+                        Perturb::ChangeMtu(_, mtu) => l.mtu = *mtu,
+                        Perturb::HostLinkDown(_) => l.up = false,
+                        _ => l.kind = Some("tun".into()),
+                    }
+                }
+            }
+        }
+        Perturb::HostRpFilterStrict(i) => {
+            if let Some(want) = desired.pods.get(i % n).and_then(|p| p.host_sysctls.first()) {
+                observed.node.sysctls.retain(|s| s.key != want.key);
+                observed.node.sysctls.push(Sysctl {
+                    key: want.key.clone(),
+                    value: "1".into(),
+                });
+            }
+        }
     }
+}
+
+/// `n` pods desired; the node converged to them, then perturbed.
+fn perturbed_node(n: u8, perturbations: &[Perturb]) -> (Desired, Observed) {
+    let pods: Vec<_> = (0..n).map(pod).collect();
+    let desired = compile(&spec(), &pods);
+    let mut observed = converged(&desired);
+    for p in perturbations {
+        perturb(&mut observed, &desired, p);
+    }
+    (desired, observed)
+}
+
+/// `observed` as the engine's first diff stage sees it: no node links and no
+/// per-link sysctls yet.
+fn without_node_links(observed: &Observed) -> Observed {
+    let mut partial = observed.clone();
+    partial.node.links.clear();
+    partial.node.sysctls.retain(|s| s.interface().is_none());
+    partial
 }
 
 proptest! {
@@ -582,12 +621,7 @@ proptest! {
         n in 1u8..12,
         perturbations in proptest::collection::vec(perturbation(), 0..12),
     ) {
-        let pods: Vec<_> = (0..n).map(pod).collect();
-        let desired = compile(&spec(), &pods);
-        let mut observed = converged(&desired);
-        for p in &perturbations {
-            perturb(&mut observed, &desired, p);
-        }
+        let (desired, observed) = perturbed_node(n, &perturbations);
         let plan = diff(&desired, &observed);
         let after = simulate(&observed, &plan);
         let again = diff(&desired, &after);
@@ -600,6 +634,22 @@ proptest! {
                 prop_assert!(r.is_owned());
             }
         }
+    }
+
+    #[test]
+    fn the_staged_diff_is_the_diff(
+        n in 0u8..12,
+        observe_pods in any::<bool>(),
+        perturbations in proptest::collection::vec(perturbation(), 0..12),
+    ) {
+        let (desired, mut observed) = perturbed_node(n, &perturbations);
+        if !observe_pods {
+            observed.pods.clear(); // a host-side pass
+        }
+        let partial = without_node_links(&observed);
+        let staged = Early::new(&desired, &partial)
+            .finish(&observed.node.links, &observed.node.sysctls);
+        prop_assert_eq!(staged, diff(&desired, &observed));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_core::NlasIterator;
 
 use crate::model::{Link, Route, Scope};
 
@@ -26,6 +25,7 @@ const IPV4_DEVCONF_RP_FILTER: usize = 8;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_LABEL: u16 = 3;
 
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
@@ -36,13 +36,34 @@ const RTN_UNICAST: u8 = 1;
 const AF_INET6: u8 = 10;
 
 /// A link plus its kernel index (the index never leaves observe).
-pub struct IndexedLink {
+pub struct IndexedLink<'a> {
     pub index: u32,
     pub link: Link,
     /// net.ipv4.conf.<link>.rp_filter, from the link's IPv4 devconf.
     pub rp_filter: Option<u32>,
-    /// Hardware address, for CNI results (not part of the model: never diffed).
-    pub mac: Option<String>,
+    /// Hardware address, for CNI results (not part of the model: never
+    /// diffed), raw: formatting it for every link of a dump costs.
+    pub mac: Option<&'a [u8]>,
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    hex.join(":")
+}
+
+/// The netlink attributes in `buf` as (type, value), borrowed from it; ends
+/// at the first malformed one. (netlink-packet-core's iterator lends values
+/// only as long as each attribute, too short to keep a label or a MAC.)
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    const NLA_TYPE_MASK: u16 = 0x3fff; // without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+    std::iter::from_fn(move || {
+        let len = usize::from(u16::from_ne_bytes(buf.get(0..2)?.try_into().ok()?));
+        let kind = u16::from_ne_bytes(buf.get(2..4)?.try_into().ok()?) & NLA_TYPE_MASK;
+        let value = buf.get(4..len)?;
+        buf = buf.get((len + 3) & !3..).unwrap_or_default();
+        Some((kind, value))
+    })
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -64,23 +85,20 @@ fn ip(v: &[u8]) -> Option<IpAddr> {
 }
 
 /// RTM_NEWLINK payload.
-pub fn link(payload: &[u8]) -> Option<IndexedLink> {
+pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
     let index = u32_at(payload, 4)?;
     let flags = u32_at(payload, 8)?;
     let (mut name, mut mtu, mut kind, mut mac, mut rp_filter) = (None, 0, None, None, None);
-    for nla in NlasIterator::new(payload.get(IFINFOMSG_LEN..)?).flatten() {
-        match nla.kind() {
-            IFLA_IFNAME => name = Some(c_string(nla.value())),
-            IFLA_ADDRESS => {
-                let hex: Vec<String> = nla.value().iter().map(|b| format!("{b:02x}")).collect();
-                mac = Some(hex.join(":"));
-            }
-            IFLA_MTU => mtu = u32_at(nla.value(), 0)?,
-            IFLA_AF_SPEC => rp_filter = inet_devconf(nla.value(), IPV4_DEVCONF_RP_FILTER),
+    for (attr, value) in attributes(payload.get(IFINFOMSG_LEN..)?) {
+        match attr {
+            IFLA_IFNAME => name = Some(c_string(value)),
+            IFLA_ADDRESS => mac = Some(value),
+            IFLA_MTU => mtu = u32_at(value, 0)?,
+            IFLA_AF_SPEC => rp_filter = inet_devconf(value, IPV4_DEVCONF_RP_FILTER),
             IFLA_LINKINFO => {
-                for info in NlasIterator::new(nla.value()).flatten() {
-                    if info.kind() == IFLA_INFO_KIND {
-                        kind = Some(c_string(info.value()));
+                for (info_attr, info_value) in attributes(value) {
+                    if info_attr == IFLA_INFO_KIND {
+                        kind = Some(c_string(info_value));
                     }
                 }
             }
@@ -103,32 +121,40 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink> {
 
 /// One value of the IPv4 devconf array inside IFLA_AF_SPEC (ids start at 1).
 fn inet_devconf(af_spec: &[u8], id: usize) -> Option<u32> {
-    let inet = NlasIterator::new(af_spec)
-        .flatten()
-        .find(|a| a.kind() == AF_INET)?;
-    let conf = NlasIterator::new(inet.value())
-        .flatten()
-        .find(|a| a.kind() == IFLA_INET_CONF)?;
-    u32_at(conf.value(), (id - 1) * 4)
+    let (_, inet) = attributes(af_spec).find(|(attr, _)| *attr == AF_INET)?;
+    let (_, conf) = attributes(inet).find(|(attr, _)| *attr == IFLA_INET_CONF)?;
+    u32_at(conf, (id - 1) * 4)
 }
 
 /// RTM_NEWADDR payload, with the link still an index (names come from the
 /// link dump, which may still be running).
-pub fn address(payload: &[u8]) -> Option<(u32, IpNetwork)> {
+pub fn address(payload: &[u8]) -> Option<RawAddress> {
     let prefix = *payload.get(1)?;
     let index = u32_at(payload, 4)?;
-    let (mut local, mut address) = (None, None);
-    for nla in NlasIterator::new(payload.get(IFADDRMSG_LEN..)?).flatten() {
-        match nla.kind() {
-            IFA_LOCAL => local = ip(nla.value()),
-            IFA_ADDRESS => address = ip(nla.value()),
+    let (mut local, mut address, mut label) = (None, None, None);
+    for (attr, value) in attributes(payload.get(IFADDRMSG_LEN..)?) {
+        match attr {
+            IFA_LOCAL => local = ip(value),
+            IFA_ADDRESS => address = ip(value),
+            IFA_LABEL => label = Some(value),
             _ => {}
         }
     }
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on
     // point-to-point links and equals IFA_LOCAL elsewhere.
     let ip = local.or(address)?;
-    Some((index, IpNetwork::new(ip, prefix).ok()?))
+    Some(RawAddress {
+        index,
+        addr: IpNetwork::new(ip, prefix).ok()?,
+        label: label.map(c_string),
+    })
+}
+
+/// An address with its link as an index, and its label (IPv4 only).
+pub struct RawAddress {
+    pub index: u32,
+    pub addr: IpNetwork,
+    pub label: Option<String>,
 }
 
 /// The table of an RTM_NEWROUTE payload, read from its header alone, so
@@ -149,13 +175,13 @@ pub fn route(payload: &[u8]) -> Option<(Option<u32>, Route)> {
     }
     let (mut table, mut dst, mut via, mut oif, mut metric) =
         (u32::from(header_table), None, None, None, 0);
-    for nla in NlasIterator::new(&payload[RTMSG_LEN..]).flatten() {
-        match nla.kind() {
-            RTA_TABLE => table = u32_at(nla.value(), 0)?,
-            RTA_DST => dst = ip(nla.value()),
-            RTA_GATEWAY => via = ip(nla.value()),
-            RTA_OIF => oif = u32_at(nla.value(), 0),
-            RTA_PRIORITY => metric = u32_at(nla.value(), 0)?,
+    for (attr, value) in attributes(&payload[RTMSG_LEN..]) {
+        match attr {
+            RTA_TABLE => table = u32_at(value, 0)?,
+            RTA_DST => dst = ip(value),
+            RTA_GATEWAY => via = ip(value),
+            RTA_OIF => oif = u32_at(value, 0),
+            RTA_PRIORITY => metric = u32_at(value, 0)?,
             _ => {}
         }
     }
@@ -193,13 +219,13 @@ pub fn rule(payload: &[u8]) -> Option<crate::model::Rule> {
     }
     let (mut src, mut dst, mut priority, mut table, mut protocol) =
         (None, None, 0, u32::from(header_table), 0);
-    for nla in NlasIterator::new(&payload[FIB_RULE_HDR_LEN..]).flatten() {
-        match nla.kind() {
-            FRA_SRC => src = ip(nla.value()).and_then(|a| IpNetwork::new(a, src_len).ok()),
-            FRA_DST => dst = ip(nla.value()).and_then(|a| IpNetwork::new(a, dst_len).ok()),
-            FRA_PRIORITY => priority = u32_at(nla.value(), 0)?,
-            FRA_TABLE => table = u32_at(nla.value(), 0)?,
-            FRA_PROTOCOL => protocol = *nla.value().first()?,
+    for (attr, value) in attributes(&payload[FIB_RULE_HDR_LEN..]) {
+        match attr {
+            FRA_SRC => src = ip(value).and_then(|a| IpNetwork::new(a, src_len).ok()),
+            FRA_DST => dst = ip(value).and_then(|a| IpNetwork::new(a, dst_len).ok()),
+            FRA_PRIORITY => priority = u32_at(value, 0)?,
+            FRA_TABLE => table = u32_at(value, 0)?,
+            FRA_PROTOCOL => protocol = *value.first()?,
             _ => {}
         }
     }
