@@ -76,25 +76,37 @@ fn plan_knowing(
         // shares this namespace), and everything else runs beside it,
         // down to a diff of every pod that assumes its host link is as
         // desired. Only the links' part of the diff waits for the dump.
-        let links = threads.spawn(observe::NodeLinks::dump);
+        let mut links = observe::start_link_dump(threads);
         let intents = pods()?;
         let to_observe = namespaces_to_observe(spec, scope, &intents);
         let mut partial = observe::observe_partial(&to_observe, firewall)?;
         if let Some(table) = &known_firewall {
             partial.observed.node.nft = table.clone();
         }
+        links.take_ready();
         let desired = compile(spec, &intents);
+        links.take_ready();
         let early = Early::new(&desired, &partial.observed);
         let beside = started.elapsed();
-        let links = observe::join_links(links.join())?;
+        let links = links.finish().map_err(ObserveError::Node)?;
         let waited = started.elapsed() - beside;
-        let plan = if partial.names_agree(&links) {
-            let node_sysctls = partial.observed.node.sysctls.iter();
-            Some(early.finish(&links.links, node_sysctls.chain(&links.sysctls)))
-        } else {
-            None // a link changed name meanwhile: plan from the dump's names
-        };
-        let observed = partial.complete(links);
+        // The second stage of the diff, and beside it the sorting of the
+        // links for the observation, which only reads them too.
+        let agree = partial.names_agree(&links);
+        let (plan, order) = std::thread::scope(|tail| {
+            let order = tail.spawn(|| links.sort_order());
+            // Names that disagree (a link renamed meanwhile): the early
+            // stage read wrong names; plan from the dump's names below.
+            let plan = agree.then(|| {
+                let node_sysctls = partial.observed.node.sysctls.iter();
+                early.finish(&links.links, node_sysctls.chain(&links.sysctls))
+            });
+            let order = order
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (plan, order)
+        });
+        let observed = partial.complete(links, Some(order));
         let plan = plan.unwrap_or_else(|| diff(&desired, &observed));
         tracing::debug!(
             beside_links_ms = beside.as_secs_f64() * 1e3,

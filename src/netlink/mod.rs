@@ -32,6 +32,8 @@ const ACK_TRUESIZE: usize = 1536;
 /// Receive buffer asked for (root may exceed rmem_max with SO_RCVBUFFORCE).
 const RECV_BUFFER_BYTES: libc::c_int = 8 * 1024 * 1024;
 const READ_CHUNK: usize = 1024 * 1024;
+/// Room for one dump datagram: the kernel fills at most 32 KiB a read.
+const DATAGRAM_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
@@ -123,6 +125,45 @@ impl Netlink {
         })
     }
 
+    /// Runs a dump and hands each datagram of answers, whole, to `each`,
+    /// which returns an empty buffer to receive the next one into: another
+    /// thread can decode answers while this one keeps the kernel dumping.
+    pub fn dump_datagrams(
+        &mut self,
+        request: RouteNetlinkMessage,
+        mut each: impl FnMut(Vec<u8>) -> Vec<u8>,
+    ) -> Result<(), NetlinkError> {
+        let seq = self.send_one(request, NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut buf = each(Vec::new());
+        loop {
+            buf.clear();
+            buf.reserve(DATAGRAM_BYTES);
+            let n = self
+                .socket
+                .recv(&mut buf, 0)
+                .map_err(NetlinkError::Socket)?;
+            let mut done = false;
+            walk(&buf[..n], |kind, msg_seq, payload| {
+                if msg_seq == seq {
+                    match kind {
+                        NLMSG_DONE => done = true,
+                        NLMSG_ERROR => {
+                            if let Some(e) = error_code(payload) {
+                                return Err(NetlinkError::Kernel(e));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(false)
+            })?;
+            buf = each(buf);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
     /// Sends one request whose answer is a message (a GET by name, say) and
     /// hands it to `each`; waits for the ack that ends it.
     pub fn query(
@@ -170,15 +211,8 @@ impl Netlink {
                 .socket
                 .recv(&mut self.rx, 0)
                 .map_err(NetlinkError::Socket)?;
-            let mut offset = 0;
-            while offset < n {
-                let msg = NetlinkBuffer::new_checked(&self.rx[offset..n])
-                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
-                let len = (msg.length() as usize).max(16);
-                if on(msg.message_type(), msg.sequence_number(), msg.payload())? {
-                    return Ok(());
-                }
-                offset += (len + 3) & !3;
+            if walk(&self.rx[..n], &mut on)? {
+                return Ok(());
             }
         }
     }
@@ -262,6 +296,25 @@ impl Netlink {
             Ok(pending == 0)
         })
     }
+}
+
+/// Walks the messages of one datagram, handing (type, sequence, payload) to
+/// `on` until it says done (Ok(true)) or fails; Ok(true) if it said done.
+pub fn walk(
+    datagram: &[u8],
+    mut on: impl FnMut(u16, u32, &[u8]) -> Result<bool, NetlinkError>,
+) -> Result<bool, NetlinkError> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let msg = NetlinkBuffer::new_checked(&datagram[offset..])
+            .map_err(|e| NetlinkError::Decode(e.to_string()))?;
+        let len = (msg.length() as usize).max(16);
+        if on(msg.message_type(), msg.sequence_number(), msg.payload())? {
+            return Ok(true);
+        }
+        offset += (len + 3) & !3;
+    }
+    Ok(false)
 }
 
 /// Is `path` a network-namespace file (nsfs)?

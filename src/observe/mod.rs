@@ -12,7 +12,7 @@ use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
-pub use node::{NodeLinks, Partial};
+pub use node::{start_link_dump, LinkCollector, NodeLinks, Partial, SortOrder};
 pub use state::{Observed, ObservedPod};
 
 use crate::model::{Address, Link, NetnsState, PodKey, Route, Sysctl, TABLE_LOCAL};
@@ -45,21 +45,11 @@ pub enum ObserveError {
 /// per-pod passes leave the firewall to `apply` and the daemon).
 pub fn observe(pods: &[(PodKey, PathBuf)], firewall: bool) -> Result<Observed, ObserveError> {
     std::thread::scope(|threads| {
-        // A new thread shares the caller's network namespace.
-        let links = threads.spawn(NodeLinks::dump);
+        let links = start_link_dump(threads);
         let partial = observe_partial(pods, firewall)?;
-        let links = join_links(links.join())?;
-        Ok(partial.complete(links))
+        let links = links.finish().map_err(ObserveError::Node)?;
+        Ok(partial.complete(links, None))
     })
-}
-
-/// The link dump's outcome, from its thread.
-pub fn join_links(
-    joined: std::thread::Result<Result<NodeLinks, NetlinkError>>,
-) -> Result<NodeLinks, ObserveError> {
-    joined
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        .map_err(ObserveError::Node)
 }
 
 /// Everything but the node's links (see [`node`]).

@@ -10,15 +10,17 @@
 //! checks every one against the dump; where one disagrees (a link renamed,
 //! replaced or relabelled meanwhile) [`Partial::complete`] names from the dump.
 
+use std::sync::mpsc;
+
 use rustc_hash::FxHashMap;
 
-use super::{rp_filter_key, Observed, RawAddresses, RawRoutes};
+use super::{parse, rp_filter_key, Observed, RawAddresses, RawRoutes};
 use crate::model::{is_owned_link_name, Address, Link, Route, Sysctl};
 use crate::netlink::{Netlink, NetlinkError};
 
-/// The node's links, from one dump.
+/// The node's links, from one dump, in dump order until [`Partial::complete`]
+/// sorts them.
 pub struct NodeLinks {
-    /// Sorted by name.
     pub links: Vec<Link>,
     /// rp_filter of headcni's links and of typed links (tun, veth, ...).
     pub sysctls: Vec<Sysctl>,
@@ -26,41 +28,144 @@ pub struct NodeLinks {
     by_index: FxHashMap<u32, usize>,
 }
 
+/// Where each link (by name) and each sysctl (by key) goes when sorted.
+pub struct SortOrder {
+    links: Vec<usize>,
+    sysctls: Vec<usize>,
+}
+
 impl NodeLinks {
-    /// Dumps the links of the caller's namespace, on a socket of its own.
-    pub fn dump() -> Result<NodeLinks, NetlinkError> {
-        let mut nl = Netlink::open_current()?;
-        Ok(Self::from_dump(super::dump_links(&mut nl)?))
-    }
-
-    fn from_dump(mut dumped: Vec<(u32, Link, Option<u32>)>) -> NodeLinks {
-        dumped.sort_unstable_by(|a, b| a.1.cmp(&b.1));
-        let mut by_index = FxHashMap::with_capacity_and_hasher(dumped.len(), Default::default());
-        let mut sysctls = Vec::new();
-        let mut links = Vec::with_capacity(dumped.len());
-        for (position, (index, link, rp_filter)) in dumped.into_iter().enumerate() {
-            by_index.insert(index, position);
-            // Only the links headcni reasons about: lo and the like would be noise.
-            if link.kind.is_some() || is_owned_link_name(&link.name) {
-                if let Some(value) = rp_filter {
-                    sysctls.push(Sysctl {
-                        key: rp_filter_key(&link.name),
-                        value: value.to_string(),
-                    });
-                }
-            }
-            links.push(link);
-        }
-        NodeLinks {
-            links,
-            sysctls,
-            by_index,
-        }
-    }
-
     fn name(&self, index: u32) -> Option<&str> {
         let position = *self.by_index.get(&index)?;
         Some(self.links[position].name.as_str())
+    }
+
+    /// The sorted order, computed from a shared borrow so that it can run
+    /// on a thread of its own while the links are being read.
+    pub fn sort_order(&self) -> SortOrder {
+        // Link names fit 16 bytes (IFNAMSIZ): compared as one integer,
+        // zero-padded, they sort as the strings do.
+        let packed = |name: &str| {
+            let mut bytes = [0u8; 16];
+            let len = name.len().min(16);
+            bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+            u128::from_be_bytes(bytes)
+        };
+        let mut keyed: Vec<(u128, usize)> = self
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (packed(&l.name), i))
+            .collect();
+        keyed.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| self.links[a.1].name.cmp(&self.links[b.1].name))
+        });
+        let mut sysctls: Vec<usize> = (0..self.sysctls.len()).collect();
+        sysctls.sort_by(|a, b| self.sysctls[*a].cmp(&self.sysctls[*b]));
+        SortOrder {
+            links: keyed.into_iter().map(|(_, i)| i).collect(),
+            sysctls,
+        }
+    }
+}
+
+/// `items` rearranged so that the item at `order[k]` comes k-th.
+fn permute<T>(items: Vec<T>, order: &[usize]) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order
+        .iter()
+        .filter_map(|&i| slots.get_mut(i)?.take())
+        .collect()
+}
+
+/// Starts the node's link dump on a thread of `scope` (which shares the
+/// caller's namespace). Its answers are decoded by the caller, through the
+/// returned collector, whenever it has a moment: the dump thread does
+/// nothing but keep the kernel dumping.
+pub fn start_link_dump<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+) -> LinkCollector<'scope> {
+    let (datagrams_tx, datagrams) = mpsc::channel::<Vec<u8>>();
+    let (spare, spare_rx) = mpsc::channel::<Vec<u8>>();
+    let dump = scope.spawn(move || {
+        let mut nl = Netlink::open_current()?;
+        nl.dump_datagrams(super::link_request(), |full| {
+            if !full.is_empty() {
+                // A collector gone (its pass failed) just stops reading.
+                let _ = datagrams_tx.send(full);
+            }
+            spare_rx.try_recv().unwrap_or_default()
+        })
+    });
+    LinkCollector {
+        dump,
+        datagrams,
+        spare,
+        links: Vec::new(),
+        sysctls: Vec::new(),
+        by_index: FxHashMap::default(),
+    }
+}
+
+/// The receiving end of [`start_link_dump`].
+pub struct LinkCollector<'scope> {
+    dump: std::thread::ScopedJoinHandle<'scope, Result<(), NetlinkError>>,
+    datagrams: mpsc::Receiver<Vec<u8>>,
+    /// Decoded datagrams go back to the dump thread, to receive into again.
+    spare: mpsc::Sender<Vec<u8>>,
+    links: Vec<Link>,
+    sysctls: Vec<Sysctl>,
+    by_index: FxHashMap<u32, usize>,
+}
+
+impl LinkCollector<'_> {
+    /// Decodes what has arrived so far; never waits.
+    pub fn take_ready(&mut self) {
+        while let Ok(datagram) = self.datagrams.try_recv() {
+            self.decode(datagram);
+        }
+    }
+
+    /// Waits for the end of the dump.
+    pub fn finish(mut self) -> Result<NodeLinks, NetlinkError> {
+        while let Ok(datagram) = self.datagrams.recv() {
+            self.decode(datagram);
+        }
+        self.dump
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok(NodeLinks {
+            links: self.links,
+            sysctls: self.sysctls,
+            by_index: self.by_index,
+        })
+    }
+
+    fn decode(&mut self, datagram: Vec<u8>) {
+        let _ = crate::netlink::walk(&datagram, |kind, _, payload| {
+            if kind == super::RTM_NEWLINK {
+                if let Some(l) = parse::link(payload) {
+                    self.add(l.index, l.link, l.rp_filter);
+                }
+            }
+            Ok(false)
+        });
+        let _ = self.spare.send(datagram);
+    }
+
+    fn add(&mut self, index: u32, link: Link, rp_filter: Option<u32>) {
+        // Only the links headcni reasons about: lo and the like would be noise.
+        if link.kind.is_some() || is_owned_link_name(&link.name) {
+            if let Some(value) = rp_filter {
+                self.sysctls.push(Sysctl {
+                    key: rp_filter_key(&link.name),
+                    value: value.to_string(),
+                });
+            }
+        }
+        self.by_index.insert(index, self.links.len());
+        self.links.push(link);
     }
 }
 
@@ -137,9 +242,11 @@ impl Partial {
                 .all(|(r, i)| i.and_then(|i| links.name(i)) == r.dev.as_deref())
     }
 
-    /// The whole observation, named after the link dump.
-    pub fn complete(self, links: NodeLinks) -> Observed {
+    /// The whole observation, named after the link dump and sorted (in
+    /// `order`, when it was computed beside something else).
+    pub fn complete(self, links: NodeLinks, order: Option<SortOrder>) -> Observed {
         let agree = self.names_agree(&links);
+        let order = order.unwrap_or_else(|| links.sort_order());
         let Partial {
             mut observed,
             address_links,
@@ -164,9 +271,14 @@ impl Partial {
             node.addresses.sort_unstable();
             node.routes.sort_unstable();
         }
-        node.sysctls.extend(links.sysctls);
-        node.sysctls.sort_unstable();
-        node.links = links.links;
+        // The node-wide sysctls are a handful: merged into the sorted rest.
+        let mut sysctls = permute(links.sysctls, &order.sysctls);
+        for sysctl in std::mem::take(&mut node.sysctls) {
+            let at = sysctls.partition_point(|s| *s < sysctl);
+            sysctls.insert(at, sysctl);
+        }
+        node.sysctls = sysctls;
+        node.links = permute(links.links, &order.links);
         observed
     }
 }
@@ -241,12 +353,21 @@ mod tests {
     }
 
     fn dump(links: &[(u32, &str)]) -> NodeLinks {
-        NodeLinks::from_dump(
-            links
-                .iter()
-                .map(|(index, name)| (*index + GONE, link(name), Some(2)))
-                .collect(),
-        )
+        let mut dump = NodeLinks {
+            links: Vec::new(),
+            sysctls: Vec::new(),
+            by_index: FxHashMap::default(),
+        };
+        // Out of name order, as a dump gives them.
+        for (index, name) in links.iter().rev() {
+            dump.by_index.insert(*index + GONE, dump.links.len());
+            dump.links.push(link(name));
+            dump.sysctls.push(Sysctl {
+                key: rp_filter_key(name),
+                value: "2".into(),
+            });
+        }
+        dump
     }
 
     #[test]
@@ -260,15 +381,22 @@ mod tests {
         assert_eq!(p.observed.node.routes[1].dev.as_deref(), Some("hcb"));
         let links = dump(&[(1, "hca"), (2, "hcb")]);
         assert!(p.names_agree(&links));
-        let observed = p.complete(links);
-        assert_eq!(observed.node.links.len(), 2);
+        let observed = p.complete(links, None);
+        let names: Vec<&str> = observed
+            .node
+            .links
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, ["hca", "hcb"], "sorted by name");
         assert_eq!(observed.node.sysctls.len(), 2, "rp_filter of both");
+        assert!(observed.node.sysctls.is_sorted());
 
         // Link 2 renamed between the dumps: the dump's name wins everywhere.
         let p = partial(&[(GONE + 1, "hca"), (GONE + 2, "hcold")], &[GONE + 2]);
         let links = dump(&[(1, "hca"), (2, "hcnew")]);
         assert!(!p.names_agree(&links));
-        let observed = p.complete(links);
+        let observed = p.complete(links, None);
         let devs: Vec<&str> = observed
             .node
             .addresses
@@ -283,7 +411,7 @@ mod tests {
     fn links_gone_or_new_between_the_dumps_are_named_by_the_link_dump() {
         // Address on a link the dump no longer has: dropped with it.
         let p = partial(&[(GONE + 1, "hca"), (GONE + 3, "hcgone")], &[]);
-        let observed = p.complete(dump(&[(1, "hca")]));
+        let observed = p.complete(dump(&[(1, "hca")]), None);
         assert_eq!(observed.node.addresses.len(), 1);
         // A route through a link without addresses, not there when asked
         // but in the dump: named from the dump.
@@ -291,7 +419,7 @@ mod tests {
         assert_eq!(p.observed.node.routes[0].dev, None);
         let links = dump(&[(4, "tailscale0")]);
         assert!(!p.names_agree(&links));
-        let observed = p.complete(links);
+        let observed = p.complete(links, None);
         assert_eq!(observed.node.routes[0].dev.as_deref(), Some("tailscale0"));
         // ... and absent from both: no name, and that agrees.
         let p = partial(&[], &[GONE + 5]);
