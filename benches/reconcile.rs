@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ms, percentile, require_root, sh, Netns};
+use common::{ms, percentile, require_root, sh, wait_for_idle, Netns};
 
 use headcni::engine::{self, PodScope};
 use headcni::spec::{host_link_name, PodIntent, Spec};
@@ -131,6 +131,14 @@ fn main() {
         let pods = &all[..n];
         let applied = engine::apply(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
         assert!(applied.converged(), "setup did not converge");
+        wait_for_idle(Duration::from_secs(20));
+        let mut dumps = Vec::new();
+        for _ in 0..15 {
+            let started = Instant::now();
+            let names = headcni::observe::link_names().unwrap();
+            dumps.push(started.elapsed());
+            assert!(names.len() > n);
+        }
         let mut times = Vec::new();
         for _ in 0..15 {
             let started = Instant::now();
@@ -159,7 +167,11 @@ fn main() {
         );
         println!("host-side plan (observe + diff), {n:>6} pods: median {}  best {}  (target at 10,000: < 50 ms)", ms(median(times.clone())), ms(best));
         println!(
-            "    of which: observe {}  compile {}  diff {}",
+            "    the kernel's link dump alone (one thread, names only): median {}",
+            ms(median(dumps))
+        );
+        println!(
+            "    the parts run one after the other (a pass overlaps them): observe {}  compile {}  diff {}",
             ms(observe_took),
             ms(compile_took),
             ms(diff_took)
@@ -180,6 +192,7 @@ fn main() {
     drop(f);
     let flush = || sh(&["ip", "route", "flush", "proto", "104"]);
     let (mut ours, mut theirs, mut ours_pass) = (Vec::new(), Vec::new(), Vec::new());
+    wait_for_idle(Duration::from_secs(20));
     for _ in 0..7 {
         flush();
         let planned = engine::plan(&spec, &|| Ok(all.clone()), &PodScope::HostOnly).unwrap();

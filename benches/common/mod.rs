@@ -44,3 +44,37 @@ pub fn require_root() {
         "the benchmark needs root (network namespaces)"
     );
 }
+
+/// Waits (at most `limit`) until the machine is idle: after building or
+/// deleting thousands of links the kernel keeps working in the background
+/// for seconds, and a measurement then would time that work too.
+pub fn wait_for_idle(limit: Duration) {
+    let busy_and_total = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let total: u64 = fields.iter().sum();
+        let idle = fields.get(3)? + fields.get(4).unwrap_or(&0);
+        Some((total - idle, total))
+    };
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let Some((busy0, total0)) = busy_and_total() else {
+            return;
+        };
+        std::thread::sleep(Duration::from_millis(250));
+        let Some((busy1, total1)) = busy_and_total() else {
+            return;
+        };
+        let busy = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+        if busy < 0.05 {
+            return;
+        }
+    }
+    eprintln!("(the machine did not settle within {limit:?}; figures may be noisy)");
+}

@@ -158,6 +158,15 @@ impl<'a> Draft<'a> {
         }
     }
 
+    /// Its steps into `plan`, or, if anything is in the way, its conflicts instead.
+    fn add_to(self, plan: &mut Plan) {
+        if self.conflicts.is_empty() {
+            plan.steps.extend(self.steps);
+        } else {
+            plan.conflicts.extend(self.conflicts);
+        }
+    }
+
     fn link_state(&mut self, want: &Link, have: &Link) {
         if want.mtu != have.mtu || want.up != have.up {
             let mut before = have.clone();
@@ -191,8 +200,9 @@ pub struct Early<'a> {
     observed_pods: FxHashMap<&'a PodKey, &'a ObservedPod>,
     node: Index<'a>,
     kept: Kept<'a>,
-    /// One per desired pod, in order; None: plan it in `finish`.
-    pods: Option<Vec<PodOutcome<'a>>>,
+    /// One per desired pod, in order (None in it: nothing to do for that
+    /// pod); None: plan every pod in `finish`.
+    pods: Option<Vec<Option<Box<PodOutcome<'a>>>>>,
     /// Owned routes and addresses no pod wants (before links are known).
     stale_routes: Vec<&'a Route>,
     stale_addresses: Vec<&'a Address>,
@@ -235,6 +245,26 @@ struct PodOutcome<'a> {
     waiting: Vec<Waiting>,
 }
 
+impl<'a> PodOutcome<'a> {
+    /// Boxed when there is anything in it: on a converged node nearly every
+    /// pod has nothing, and 10,000 full outcomes are megabytes to move.
+    fn boxed(self) -> Option<Box<PodOutcome<'a>>> {
+        let empty = self.waiting.is_empty()
+            && self
+                .draft
+                .as_ref()
+                .is_none_or(|d| d.steps.is_empty() && d.conflicts.is_empty());
+        (!empty).then(|| Box::new(self))
+    }
+
+    fn add_to(self, plan: &mut Plan) {
+        if let Some(draft) = self.draft {
+            draft.add_to(plan);
+        }
+        plan.waiting.extend(self.waiting);
+    }
+}
+
 impl<'a> Early<'a> {
     /// Stage one. `observed.node.links` and the node's per-link sysctls are
     /// not looked at: they come to [`Early::finish`].
@@ -248,7 +278,7 @@ impl<'a> Early<'a> {
         let pods = desired
             .pods
             .iter()
-            .map(|pod| diff_pod(pod, &early.node, &early.observed_pods))
+            .map(|pod| diff_pod(pod, &early.node, &early.observed_pods).boxed())
             .collect();
         early.pods = Some(pods);
         early
@@ -299,19 +329,21 @@ impl<'a> Early<'a> {
         } = self;
         node.set_links(links, sysctls);
         let mut plan = Plan::default();
-        let mut drafts = node_wide(desired, observed, &node, &mut plan);
+        node_wide(desired, observed, &node, &mut plan);
 
         // Pods. Host links and routes of every desired pod are kept, even of
         // pods skipped here: skipping must never turn into removing.
         let mut early = pods.map(Vec::into_iter);
         for pod in &desired.pods {
             let planned = early.as_mut().and_then(Iterator::next);
-            let outcome = match planned {
-                Some(outcome) if host_side_as_desired(pod, &node) => outcome,
-                _ => diff_pod(pod, &node, &observed_pods),
-            };
-            drafts.extend(outcome.draft);
-            plan.waiting.extend(outcome.waiting);
+            match planned {
+                Some(outcome) if host_side_as_desired(pod, &node) => {
+                    if let Some(outcome) = outcome {
+                        outcome.add_to(&mut plan);
+                    }
+                }
+                _ => diff_pod(pod, &node, &observed_pods).add_to(&mut plan),
+            }
         }
 
         // Owned objects nobody wants any more, in the node namespace.
@@ -360,15 +392,7 @@ impl<'a> Early<'a> {
                 );
             }
         }
-        drafts.push(removal);
-
-        for draft in drafts {
-            if draft.conflicts.is_empty() {
-                plan.steps.extend(draft.steps);
-            } else {
-                plan.conflicts.extend(draft.conflicts);
-            }
-        }
+        removal.add_to(&mut plan);
         plan.problems = desired
             .problems
             .iter()
@@ -401,12 +425,7 @@ fn host_side_as_desired(pod: &DesiredPod, node: &Index) -> bool {
 }
 
 /// Node-wide objects: sysctls, node routes, the firewall table, rules.
-fn node_wide<'a>(
-    desired: &'a Desired,
-    observed: &'a Observed,
-    node: &Index,
-    plan: &mut Plan,
-) -> Vec<Draft<'a>> {
+fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Plan) {
     let mut node_draft = Draft::new(Netns::Node, None);
     for want in &desired.node_sysctls {
         if let Some(dev) = want.interface() {
@@ -496,7 +515,7 @@ fn node_wide<'a>(
             node_draft.step(Action::Add, Object::Rule(want.clone()), None, "missing");
         }
     }
-    vec![node_draft]
+    node_draft.add_to(plan);
 }
 
 /// A link as the kernel holds it: no peer (that is only desired state). A
