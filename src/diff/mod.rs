@@ -68,16 +68,23 @@ impl<'a> Index<'a> {
         }
     }
 
+    /// Replaces the links and sysctls, keeping the maps' room: the second
+    /// stage then allocates nothing large (with glibc, a large allocation
+    /// after many frees first consolidates every free chunk: milliseconds).
     fn set_links(
         &mut self,
         links: impl IntoIterator<Item = &'a Link>,
         sysctls: impl IntoIterator<Item = &'a Sysctl>,
     ) {
-        self.links = links.into_iter().map(|l| (l.name.as_str(), l)).collect();
-        self.sysctls = sysctls
-            .into_iter()
-            .map(|s| (s.key.as_str(), s.value.as_str()))
-            .collect();
+        self.links.clear();
+        self.links
+            .extend(links.into_iter().map(|l| (l.name.as_str(), l)));
+        self.sysctls.clear();
+        self.sysctls.extend(
+            sysctls
+                .into_iter()
+                .map(|s| (s.key.as_str(), s.value.as_str())),
+        );
     }
 }
 
@@ -270,6 +277,10 @@ impl<'a> Early<'a> {
     /// not looked at: they come to [`Early::finish`].
     pub fn new(desired: &'a Desired, observed: &'a Observed) -> Self {
         let mut early = Self::exact(desired, observed);
+        // Room for the node's links too (pods' and a few more) and their sysctls.
+        let room = desired.pods.len() + 64;
+        early.node.links.reserve(room);
+        early.node.sysctls.reserve(room);
         // Assume every host link and its sysctls are as desired.
         early.node.set_links(
             desired.pods.iter().map(|p| &p.host_link),
