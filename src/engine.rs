@@ -68,54 +68,9 @@ fn plan_knowing(
     known_firewall: Option<Option<crate::model::NftTable>>,
 ) -> Result<Planned, EngineError> {
     let started = Instant::now();
-    let firewall = matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune)
-        && known_firewall.is_none();
-    let (mut intents, mut desired, observed, mut plan) = std::thread::scope(|threads| {
-        // The node's link dump is most of a pass's time at scale (kernel
-        // time, on one core): it goes first, on a thread of its own (which
-        // shares this namespace), and everything else runs beside it,
-        // down to a diff of every pod that assumes its host link is as
-        // desired. Only the links' part of the diff waits for the dump.
-        let mut links = observe::start_link_dump(threads);
-        let intents = pods()?;
-        let to_observe = namespaces_to_observe(spec, scope, &intents);
-        let mut partial = observe::observe_partial(&to_observe, firewall)?;
-        if let Some(table) = &known_firewall {
-            partial.observed.node.nft = table.clone();
-        }
-        links.take_ready();
-        let desired = compile(spec, &intents);
-        links.take_ready();
-        let early = Early::new(&desired, &partial.observed);
-        let beside = started.elapsed();
-        let links = links.finish().map_err(ObserveError::Node)?;
-        let waited = started.elapsed() - beside;
-        // The second stage of the diff, and beside it the sorting of the
-        // links for the observation, which only reads them too.
-        let agree = partial.names_agree(&links);
-        let (plan, order) = std::thread::scope(|tail| {
-            let order = tail.spawn(|| links.sort_order());
-            // Names that disagree (a link renamed meanwhile): the early
-            // stage read wrong names; plan from the dump's names below.
-            let plan = agree.then(|| {
-                let node_sysctls = partial.observed.node.sysctls.iter();
-                early.finish(&links.links, node_sysctls.chain(&links.sysctls))
-            });
-            let order = order
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (plan, order)
-        });
-        let observed = partial.complete(links, Some(order));
-        let plan = plan.unwrap_or_else(|| diff(&desired, &observed));
-        tracing::debug!(
-            beside_links_ms = beside.as_secs_f64() * 1e3,
-            waited_for_links_ms = waited.as_secs_f64() * 1e3,
-            total_ms = started.elapsed().as_secs_f64() * 1e3,
-            "planned"
-        );
-        Ok::<_, EngineError>((intents, desired, observed, plan))
-    })?;
+    let (mut intents, mut desired, observed, mut plan) =
+        observe_and_diff(spec, pods, scope, known_firewall)?;
+    tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, "planned");
     if removes_node_objects(&plan) {
         let fresh = pods()?;
         if fresh != intents {
@@ -131,6 +86,58 @@ fn plan_knowing(
         observed,
         plan,
         took: started.elapsed(),
+    })
+}
+
+/// Reads the intents, observes, compiles and diffs, with the node's link
+/// dump beside all of it.
+///
+/// At scale the link dump is most of a pass (about a kilobyte and several
+/// microseconds of kernel time a link, on one core), so it starts first, on
+/// a thread of its own that only keeps the kernel dumping; this thread
+/// decodes its answers whenever it has a moment and meanwhile observes the
+/// rest, compiles, and diffs every pod assuming its host link is as
+/// desired ([`Early`]). Only the links' part of the diff waits for the dump.
+fn observe_and_diff(
+    spec: &Spec,
+    pods: PodSource,
+    scope: &PodScope,
+    known_firewall: Option<Option<crate::model::NftTable>>,
+) -> Result<(Vec<PodIntent>, Desired, Observed, Plan), EngineError> {
+    let firewall = matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune)
+        && known_firewall.is_none();
+    std::thread::scope(|threads| {
+        let mut links = observe::start_link_dump(threads);
+        let intents = pods()?;
+        let to_observe = namespaces_to_observe(spec, scope, &intents);
+        let mut partial = observe::observe_partial(&to_observe, firewall)?;
+        if let Some(table) = known_firewall {
+            partial.observed.node.nft = table;
+        }
+        links.take_ready();
+        let desired = compile(spec, &intents);
+        links.take_ready();
+        let early = Early::new(&desired, &partial.observed);
+        let links = links.finish().map_err(ObserveError::Node)?;
+        // The diff's second stage, and beside it the sorting of the links
+        // for the observation (both only read them).
+        let agree = partial.names_agree(&links);
+        let (plan, order) = std::thread::scope(|tail| {
+            let order = tail.spawn(|| links.sort_order());
+            // Names that disagree (a link renamed meanwhile): the first
+            // stage read wrong ones; plan from the dump's names below.
+            let plan = agree.then(|| {
+                let node_sysctls = partial.observed.node.sysctls.iter();
+                early.finish(&links.links, node_sysctls.chain(&links.sysctls))
+            });
+            let order = order
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (plan, order)
+        });
+        let observed = partial.complete(links, Some(order));
+        let plan = plan.unwrap_or_else(|| diff(&desired, &observed));
+        Ok((intents, desired, observed, plan))
     })
 }
 
