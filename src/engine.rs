@@ -122,6 +122,11 @@ fn observe_and_diff(
         // The diff's second stage, and beside it the sorting of the links
         // for the observation (both only read them).
         let agree = partial.names_agree(&links);
+        if !agree {
+            tracing::debug!(
+                "a link's name changed during the pass: planning from the link dump's names"
+            );
+        }
         let (plan, order) = std::thread::scope(|tail| {
             let order = tail.spawn(|| links.sort_order());
             // Names that disagree (a link renamed meanwhile): the first
