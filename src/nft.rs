@@ -3,6 +3,8 @@
 //! transaction that touches no other table).
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use nftables::batch::Batch;
 use nftables::expr::{
@@ -197,13 +199,44 @@ fn canonical(expr: &serde_json::Value) -> String {
     v.to_string()
 }
 
-/// The table as nft lists it now; None when it does not exist.
+/// The last table listed, by the ruleset version it was listed at: while
+/// the version stays, so does the table, and a daemon pass needs no `nft`.
+static LAST_LISTED: Mutex<Option<(RulesetVersion, Option<NftTable>)>> = Mutex::new(None);
+/// (namespace cookie, ruleset generation): see `nfnetlink::ruleset_version`.
+type RulesetVersion = (u64, u32);
+static LISTINGS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has run `nft` to list the table.
+pub fn listings() -> u64 {
+    LISTINGS.load(Ordering::Relaxed)
+}
+
+/// The table as it is now; None when it does not exist.
 pub fn observe() -> Result<Option<NftTable>, NftError> {
+    use crate::netlink::nfnetlink;
     // Most nodes without masquerade or clamping have no table: asking the
     // kernel directly spares them a process. If it cannot say, nft will.
-    if let Ok(false) = crate::netlink::nfnetlink::inet_table_exists(TABLE) {
+    if let Ok(false) = nfnetlink::inet_table_exists(TABLE) {
         return Ok(None);
     }
+    // Read before listing: a change in between leaves a stale version in
+    // the cache, which only costs the next pass a listing.
+    let version = nfnetlink::ruleset_version().ok();
+    if let (Some(version), Ok(last)) = (version, LAST_LISTED.lock()) {
+        if let Some((_, table)) = last.as_ref().filter(|(v, _)| *v == version) {
+            return Ok(table.clone());
+        }
+    }
+    let table = list()?;
+    if let (Some(version), Ok(mut last)) = (version, LAST_LISTED.lock()) {
+        *last = Some((version, table.clone()));
+    }
+    Ok(table)
+}
+
+/// The table as `nft -j` lists it.
+fn list() -> Result<Option<NftTable>, NftError> {
+    LISTINGS.fetch_add(1, Ordering::Relaxed);
     let out = std::process::Command::new("nft")
         .args(["-j", "list", "table", "inet", TABLE])
         .output()

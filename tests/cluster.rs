@@ -280,3 +280,51 @@ fn firewall_probe_sees_only_headcnis_inet_table() {
     ]);
     assert!(probe(&ns));
 }
+
+/// Listing the table takes an `nft` process: while the namespace's ruleset
+/// stays as it was, the last listing stands; any change is seen. (The only
+/// test here that lists in-process, so the process-wide count is its own.)
+#[test]
+fn firewall_listing_is_reused_until_the_ruleset_changes() {
+    let mut lab = Lab::new();
+    let a = lab.netns("fwa");
+    let b = lab.netns("fwb");
+    let nft = |ns: &str, args: &str| {
+        let mut full = vec!["ip", "netns", "exec", ns, "nft"];
+        full.extend(args.split(' '));
+        sh(&full);
+    };
+    for ns in [&a, &b] {
+        nft(ns, "add table inet headcni");
+        nft(
+            ns,
+            "add chain inet headcni post { type nat hook postrouting priority 100 ; }",
+        );
+    }
+    let observe = |ns: &str| {
+        common::in_ns(ns, || {
+            let table = headcni::nft::observe().expect("observe").expect("table");
+            (table, headcni::nft::listings())
+        })
+        .join()
+        .expect("observe thread")
+    };
+    let (first, listed) = observe(&a);
+    assert_eq!(
+        observe(&a),
+        (first.clone(), listed),
+        "unchanged: not listed again"
+    );
+
+    nft(&a, "add rule inet headcni post oifname eth8 masquerade");
+    let (changed, listed_a) = observe(&a);
+    assert_eq!(listed_a, listed + 1, "a changed ruleset is listed");
+    assert_eq!(changed.rules.len(), 1);
+    assert_ne!(changed, first);
+
+    // The same ruleset generation in another namespace is another ruleset.
+    nft(&b, "add rule inet headcni post oifname eth9 masquerade");
+    let (other, listed_b) = observe(&b);
+    assert_eq!(listed_b, listed_a + 1, "another namespace is listed");
+    assert_ne!(other, changed);
+}

@@ -328,3 +328,82 @@ fn a_key_file_others_can_read_is_refused() {
     });
     assert_eq!(status(&n).unwrap()["tailscaled"]["running"], false);
 }
+
+/// One HTTP GET to the daemon's listener inside the node namespace; empty
+/// while nothing listens.
+fn http_get(n: &Node, path: &str) -> String {
+    let path = path.to_string();
+    common::in_ns(&n.node, move || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:9108") else {
+            return String::new();
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        if write!(stream, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").is_err() {
+            return String::new();
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .join()
+    .expect("http thread")
+}
+
+/// A counter's value in a /metrics answer.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+#[test]
+fn metrics_show_passes_and_the_firewall_is_listed_only_when_it_changed() {
+    let mut n = Node::new();
+    n.write_spec("\n[daemon]\nmetrics_listen = \"127.0.0.1:9108\"\n");
+    let (_pod, ip) = n.add_pod("pod1");
+    let _d = Daemon::start(&n);
+    wait_until(Duration::from_secs(3), "/healthz answers", || {
+        http_get(&n, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    wait_until(
+        Duration::from_secs(3),
+        "/readyz after a converged pass",
+        || http_get(&n, "/readyz").starts_with("HTTP/1.1 200"),
+    );
+    let listings = || metric(&http_get(&n, "/metrics"), "headcni_firewall_listings_total");
+    wait_until(Duration::from_secs(2), "a pass counted", || {
+        metric(
+            &http_get(&n, "/metrics"),
+            "headcni_passes_total{result=\"ok\"}",
+        ) >= Some(1)
+    });
+    let before = listings().expect("the listing counter");
+
+    // Route drift: a pass that reads the firewall but finds its ruleset
+    // version unchanged, so lists nothing.
+    n.lab.ip(&n.node, &["route", "del", &format!("{ip}/32")]);
+    wait_until(Duration::from_secs(2), "the deleted route back", || {
+        n.node_routes().contains(&format!("{ip} dev hc"))
+    });
+    wait_until(Duration::from_secs(2), "the repair counted", || {
+        metric(&http_get(&n, "/metrics"), "headcni_drift_repairs_total") > Some(0)
+    });
+    assert_eq!(
+        listings(),
+        Some(before),
+        "an unchanged ruleset is not listed"
+    );
+
+    // Firewall drift: the ruleset moved, so it is listed, and repaired.
+    n.in_node(&["nft", "flush", "table", "inet", "headcni"]);
+    wait_until(Duration::from_secs(2), "the flushed table restored", || {
+        n.in_node(&["nft", "list", "table", "inet", "headcni"])
+            .contains("masquerade")
+    });
+    wait_until(Duration::from_secs(2), "a changed ruleset listed", || {
+        listings() > Some(before)
+    });
+}

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub pass_duration: Histogram,
     pub drift_repairs: Counter,
     pub tailscaled_restarts: Counter,
+    firewall_listings: Counter,
     pub pods: Gauge,
     pub interface_up: Gauge<i64, std::sync::atomic::AtomicI64>,
     registry: Arc<Mutex<Registry>>,
@@ -40,6 +41,7 @@ impl Metrics {
         ]);
         let drift_repairs = Counter::<u64, AtomicU64>::default();
         let tailscaled_restarts = Counter::<u64, AtomicU64>::default();
+        let firewall_listings = Counter::<u64, AtomicU64>::default();
         let pods = Gauge::default();
         let interface_up = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         registry.register("passes", "Reconcile passes by result", passes.clone());
@@ -58,6 +60,11 @@ impl Metrics {
             "Restarts of the supervised tailscaled",
             tailscaled_restarts.clone(),
         );
+        registry.register(
+            "firewall_listings",
+            "nft processes run to list the firewall table (only when the ruleset changed)",
+            firewall_listings.clone(),
+        );
         registry.register("pods", "Pod attachments known to the node", pods.clone());
         registry.register(
             "tailnet_interface_up",
@@ -69,10 +76,18 @@ impl Metrics {
             pass_duration,
             drift_repairs,
             tailscaled_restarts,
+            firewall_listings,
             pods,
             interface_up,
             registry: Arc::new(Mutex::new(registry)),
         }
+    }
+
+    /// Brings the listing count up to this process's.
+    pub fn note_firewall_listings(&self) {
+        let listed = crate::nft::listings();
+        self.firewall_listings
+            .inc_by(listed.saturating_sub(self.firewall_listings.get()));
     }
 
     pub fn encode(&self) -> String {

@@ -270,6 +270,7 @@ async fn pass(
             }
             s.pods = applied.pods.len();
             metrics.pods.set(applied.pods.len() as i64);
+            metrics.note_firewall_listings();
             metrics
                 .interface_up
                 .set(i64::from(interface.present && interface.up));

@@ -317,6 +317,20 @@ pub fn walk(
     Ok(false)
 }
 
+/// The netlink attributes in `buf` as (type, value), borrowed from it; ends
+/// at the first malformed one. (netlink-packet-core's iterator lends values
+/// only as long as each attribute, too short to keep a label or a MAC.)
+pub fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    const NLA_TYPE_MASK: u16 = 0x3fff; // without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+    std::iter::from_fn(move || {
+        let len = usize::from(u16::from_ne_bytes(buf.get(0..2)?.try_into().ok()?));
+        let kind = u16::from_ne_bytes(buf.get(2..4)?.try_into().ok()?) & NLA_TYPE_MASK;
+        let value = buf.get(4..len)?;
+        buf = buf.get((len + 3) & !3..).unwrap_or_default();
+        Some((kind, value))
+    })
+}
+
 /// Is `path` a network-namespace file (nsfs)?
 pub fn is_netns_file(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)

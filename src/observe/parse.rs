@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 
 use crate::model::{Link, Route, Scope};
+use crate::netlink::attributes;
 
 const IFINFOMSG_LEN: usize = 16;
 const IFADDRMSG_LEN: usize = 8;
@@ -50,20 +51,6 @@ pub struct IndexedLink<'a> {
 pub fn format_mac(bytes: &[u8]) -> String {
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     hex.join(":")
-}
-
-/// The netlink attributes in `buf` as (type, value), borrowed from it; ends
-/// at the first malformed one. (netlink-packet-core's iterator lends values
-/// only as long as each attribute, too short to keep a label or a MAC.)
-fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    const NLA_TYPE_MASK: u16 = 0x3fff; // without NLA_F_NESTED and NLA_F_NET_BYTEORDER
-    std::iter::from_fn(move || {
-        let len = usize::from(u16::from_ne_bytes(buf.get(0..2)?.try_into().ok()?));
-        let kind = u16::from_ne_bytes(buf.get(2..4)?.try_into().ok()?) & NLA_TYPE_MASK;
-        let value = buf.get(4..len)?;
-        buf = buf.get((len + 3) & !3..).unwrap_or_default();
-        Some((kind, value))
-    })
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
