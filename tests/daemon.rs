@@ -407,3 +407,37 @@ fn metrics_show_passes_and_the_firewall_is_listed_only_when_it_changed() {
         listings() > Some(before)
     });
 }
+
+/// Daemon mode in a cluster: pods on this node still reach each other
+/// directly (the cluster rule must not send them to the tailnet namespace).
+#[test]
+fn daemon_mode_cluster_keeps_pods_on_one_node_local() {
+    let (mut n, ts) = daemon_mode_node(0o600);
+    let text = std::fs::read_to_string(&n.spec).unwrap().replace(
+        "[pod_network]\n",
+        "[pod_network]\ncluster_cidr = \"10.244.0.0/16\"\n",
+    );
+    std::fs::write(&n.spec, text).unwrap();
+    let (pod1, _) = n.add_pod("pod1");
+    let (_pod2, ip2) = n.add_pod("pod2");
+    let _d = Daemon::start(&n);
+    wait_until(Duration::from_secs(5), "headcni01 with its routes", || {
+        tailnet_routes(&n, &ts)
+            .iter()
+            .any(|r| r.contains("dev headcni01"))
+    });
+    wait_until(Duration::from_secs(3), "converged", || {
+        n.headcni(&["plan", "--detailed-exitcode"]).status.code() == Some(0)
+    });
+    let rules = n.lab.ip(&n.node, &["rule"]);
+    assert!(
+        rules.contains("5201:\tfrom 10.244.0.0/24 to 10.244.0.0/24 lookup main proto headcni")
+            && rules
+                .contains("5202:\tfrom 10.244.0.0/24 to 10.244.0.0/16 lookup 1042 proto headcni"),
+        "{rules}"
+    );
+    assert!(
+        n.lab.ping(&pod1, &ip2),
+        "pod1 reaches pod2 on the same node"
+    );
+}

@@ -253,12 +253,23 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
         table: d.route_table,
         protocol: RTPROT_HEADCNI,
     });
-    // Other nodes' pods are reached through the tailnet too.
+    // Other nodes' pods are reached through the tailnet too; this node's own
+    // stay in the main table (their /32s): the cluster rule alone would send
+    // them into the tailnet namespace, which routes the pod CIDR back here,
+    // and round again.
     let cluster = spec.pod_network.cluster_cidr.map(IpNetwork::V4);
     if let Some(cluster) = cluster {
+        let pods = IpNetwork::V4(spec.pod_network.cidr);
         desired.node_rules.push(Rule {
             priority: d.rule_priority + 1,
-            src: Some(IpNetwork::V4(spec.pod_network.cidr)),
+            src: Some(pods),
+            dst: Some(pods),
+            table: TABLE_MAIN,
+            protocol: RTPROT_HEADCNI,
+        });
+        desired.node_rules.push(Rule {
+            priority: d.rule_priority + 2,
+            src: Some(pods),
             dst: Some(cluster),
             table: d.route_table,
             protocol: RTPROT_HEADCNI,

@@ -446,7 +446,8 @@ fn validate_daemon(
         d.route_table = t;
     }
     if let Some(v) = &raw.rule_priority {
-        d.rule_priority = int(v, "daemon.rule_priority", 1..=32765)? as u32;
+        // It and the two after it, all before the main table's rule (32766).
+        d.rule_priority = int(v, "daemon.rule_priority", 1..=32763)? as u32;
     }
     if let Some(v) = &raw.transfer_cidr {
         let net: Ipv4Network = v.get_ref().parse().map_err(|e| {
