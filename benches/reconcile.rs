@@ -196,7 +196,7 @@ fn main() {
     for _ in 0..7 {
         flush();
         let planned = engine::plan(&spec, &|| Ok(all.clone()), &PodScope::HostOnly).unwrap();
-        assert_eq!(planned.plan.summary().add, 10_001); // + the tailnet route
+        assert_eq!(planned.plan.summary().add, 10_002); // + the tailnet route, the pod CIDR unreachable
         let started = Instant::now();
         let report = headcni::apply::apply(&planned.plan);
         ours.push(started.elapsed());

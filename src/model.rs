@@ -114,7 +114,65 @@ impl Scope {
     }
 }
 
-/// A unicast route. Identity in the kernel is (table, destination, metric).
+/// A route's type, as `ip route` names it (RTN_*): what happens to a packet
+/// that matches. The kernel's bookkeeping types (local, broadcast,
+/// multicast, ...) are not routes headcni reasons about.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteType {
+    /// Forwarded (through a gateway or directly).
+    #[default]
+    Unicast,
+    /// Dropped silently.
+    Blackhole,
+    /// Dropped, the sender told "host unreachable".
+    Unreachable,
+    /// Dropped, the sender told "administratively prohibited".
+    Prohibit,
+    /// Looked up in the next rule's table instead.
+    Throw,
+}
+
+impl RouteType {
+    pub fn to_kernel(self) -> u8 {
+        match self {
+            RouteType::Unicast => 1,
+            RouteType::Blackhole => 6,
+            RouteType::Unreachable => 7,
+            RouteType::Prohibit => 8,
+            RouteType::Throw => 9,
+        }
+    }
+
+    pub fn from_kernel(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => RouteType::Unicast,
+            6 => RouteType::Blackhole,
+            7 => RouteType::Unreachable,
+            8 => RouteType::Prohibit,
+            9 => RouteType::Throw,
+            _ => return None,
+        })
+    }
+
+    pub fn is_unicast(&self) -> bool {
+        *self == RouteType::Unicast
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteType::Unicast => "unicast",
+            RouteType::Blackhole => "blackhole",
+            RouteType::Unreachable => "unreachable",
+            RouteType::Prohibit => "prohibit",
+            RouteType::Throw => "throw",
+        }
+    }
+}
+
+/// A route. Identity in the kernel is (table, destination, metric).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Route {
     pub table: u32,
@@ -127,6 +185,13 @@ pub struct Route {
     pub protocol: u8,
     #[serde(default)]
     pub metric: u32,
+    /// Serialized as `type` (and only when not unicast), as `ip route` says it.
+    #[serde(
+        default,
+        rename = "type",
+        skip_serializing_if = "RouteType::is_unicast"
+    )]
+    pub kind: RouteType,
 }
 
 /// What identifies a route in the kernel (IPv4: table, prefix, priority).
@@ -157,6 +222,7 @@ impl Route {
             && self.via == observed.via
             && self.scope == observed.scope
             && self.protocol == observed.protocol
+            && self.kind == observed.kind
             && (self.dev.is_none() || self.dev == observed.dev)
     }
 }

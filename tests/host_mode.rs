@@ -27,6 +27,23 @@ fn plan_apply_connect_drift_and_delete() {
     }
     n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
 
+    // An address of the pod CIDR no pod holds is refused on the node, not
+    // sent out by the default route: the pod hears "host unreachable".
+    assert!(
+        n.in_node(&["ip", "route", "show", "type", "unreachable"])
+            .contains("unreachable 10.244.0.0/24 proto headcni"),
+        "{}",
+        n.node_routes()
+    );
+    let ping = std::process::Command::new("ip")
+        .args(["netns", "exec", &pod1, "ping", "-c1", "-W2", "10.244.0.200"])
+        .output()
+        .expect("ping");
+    assert!(
+        String::from_utf8_lossy(&ping.stdout).contains("Destination Host Unreachable"),
+        "{ping:?}"
+    );
+
     // Drift: delete an owned route and change a host veth's MTU by hand.
     let pods_json = n.headcni_ok(&["pod", "list", "--format", "json"], 0);
     let pods: serde_json::Value = serde_json::from_str(&pods_json).unwrap();
@@ -96,6 +113,7 @@ fn foreign_route_on_a_pod_address_is_a_conflict_that_skips_only_that_pod() {
     let mut n = Node::new();
     let (pod1, ip1) = n.add_pod("pod1");
     let (pod2, _ip2) = n.add_pod("pod2");
+    let (pod3, ip3) = n.add_pod("pod3");
     n.lab.ip(
         &n.node,
         &[
@@ -108,9 +126,19 @@ fn foreign_route_on_a_pod_address_is_a_conflict_that_skips_only_that_pod() {
             "static",
         ],
     );
+    // Not only unicast routes are in the way: a blackhole is too.
+    let blackhole = format!("blackhole {ip3} proto static");
+    n.lab.ip(
+        &n.node,
+        &["route", "add", "blackhole", &ip3, "proto", "static"],
+    );
 
     let plan = n.headcni_ok(&["plan", "--detailed-exitcode"], 2);
-    assert!(plan.contains("! conflict"), "{plan}");
+    assert_eq!(plan.matches("! conflict").count(), 2, "{plan}");
+    assert!(
+        plan.contains(&format!("blocked by route blackhole {ip3}/32 proto static")),
+        "{plan}"
+    );
     // Apply wires pod2 and reports the conflict (not converged: exit 1).
     let out = n.headcni(&["apply"]);
     assert_eq!(
@@ -129,14 +157,25 @@ fn foreign_route_on_a_pod_address_is_a_conflict_that_skips_only_that_pod() {
             .contains(&format!("{ip1} via 203.0.113.1 dev eth0 proto static")),
         "foreign route kept"
     );
+    assert!(
+        n.node_routes().contains(&blackhole),
+        "foreign blackhole kept"
+    );
+    assert_eq!(
+        n.lab.ip(&pod3, &["-o", "link"]).lines().count(),
+        1,
+        "pod3 untouched"
+    );
 
-    // Once the operator removes it, the pod is wired.
+    // Once the operator removes them, the pods are wired.
     n.lab.ip(
         &n.node,
         &["route", "del", &format!("{ip1}/32"), "proto", "static"],
     );
+    n.lab.ip(&n.node, &["route", "del", "blackhole", &ip3]);
     n.headcni_ok(&["apply"], 0);
     assert!(n.lab.ping(&pod1, "100.64.0.5"));
+    assert!(n.lab.ping(&pod3, "100.64.0.5"));
 }
 
 #[test]

@@ -82,7 +82,7 @@ pub fn route(route: &Route, oif: Option<u32>) -> RouteMessage {
     msg.header.table = u8::try_from(route.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
     msg.header.protocol = RouteProtocol::from(route.protocol);
     msg.header.scope = RouteScope::from(route.scope.to_kernel());
-    msg.header.kind = RouteType::Unicast;
+    msg.header.kind = RouteType::from(route.kind.to_kernel());
     msg.attributes.push(RouteAttribute::Table(route.table));
     if route.dst.prefix() > 0 {
         msg.attributes

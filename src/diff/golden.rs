@@ -109,6 +109,7 @@ fn foreign(dst: &str) -> Route {
         scope: Scope::Link,
         protocol: 4,
         metric: 0,
+        kind: crate::model::RouteType::Unicast,
     }
 }
 

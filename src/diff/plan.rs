@@ -189,6 +189,13 @@ impl Step {
             (Action::Change, Some(Object::Route(old)), Object::Route(new)) => {
                 let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
                 let mut out = Vec::new();
+                if old.kind != new.kind {
+                    out.push(change(
+                        "type",
+                        new.kind.name().into(),
+                        old.kind.name().into(),
+                    ));
+                }
                 if old.via != new.via {
                     out.push(change(
                         "via",
@@ -357,6 +364,9 @@ fn protocol_name(p: u8) -> String {
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.kind.is_unicast() {
+            write!(f, "{} ", self.kind.name())?;
+        }
         if self.dst.prefix() == 0 {
             write!(f, "default")?;
         } else if self.dst.prefix() == 32 && self.dst.is_ipv4() || self.dst.prefix() == 128 {

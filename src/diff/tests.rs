@@ -56,7 +56,7 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
     node.nft = desired.nft.clone();
     node.routes
         .extend(desired.node_routes.iter().cloned().map(|mut r| {
-            if r.dev.is_none() {
+            if r.dev.is_none() && r.via.is_some() {
                 r.dev = Some("eth0".into()); // the kernel resolves `via`
             }
             r
@@ -152,7 +152,7 @@ pub(crate) fn simulate(observed: &Observed, plan: &Plan) -> Observed {
                     .routes
                     .retain(|x| !(x.is_owned() && x.key() == r.key()));
                 let mut r = r.clone();
-                if r.dev.is_none() {
+                if r.dev.is_none() && r.via.is_some() {
                     r.dev = Some("eth0".into());
                 }
                 state.routes.push(r);
@@ -231,7 +231,7 @@ fn empty_node_plans_everything_in_order() {
     let s = plan.summary();
     assert_eq!(
         (s.add, s.change, s.remove),
-        (8, 2, 0),
+        (9, 2, 0),
         "{}",
         crate::report::text::plan(&plan, false)
     );
@@ -294,6 +294,7 @@ fn foreign_route_in_the_way_is_a_conflict_and_skips_only_that_pod() {
         scope: Scope::Link,
         protocol: 4,
         metric: 0,
+        kind: crate::model::RouteType::Unicast,
     };
     observed.node.routes.push(foreign.clone());
     let plan = diff(&desired, &observed);
@@ -328,6 +329,7 @@ fn stale_owned_objects_are_removed_but_foreign_ones_stay() {
         scope: Scope::Link,
         protocol: 4,
         metric: 0,
+        kind: crate::model::RouteType::Unicast,
     };
     observed.node.routes.push(foreign);
     let plan = diff(&desired, &observed);
@@ -530,6 +532,7 @@ fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
             scope: Scope::Link,
             protocol: 4,
             metric: 0,
+            kind: crate::model::RouteType::Unicast,
         }),
         Perturb::StaleOwnedRoute(last) => observed.node.routes.push(Route {
             table: TABLE_MAIN,
@@ -539,6 +542,7 @@ fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
             scope: Scope::Link,
             protocol: crate::model::RTPROT_HEADCNI,
             metric: 0,
+            kind: crate::model::RouteType::Unicast,
         }),
         Perturb::StaleLink(x) => {
             let name = format!("hcdead{x:02x}");
@@ -660,6 +664,7 @@ proptest! {
         observed.node.routes.push(Route {
             table: TABLE_MAIN, dst: "192.0.2.7/32".parse().unwrap(), via: None,
             dev: Some("eth0".into()), scope: Scope::Link, protocol: crate::model::RTPROT_HEADCNI, metric: 0,
+            kind: crate::model::RouteType::Unicast,
         });
         let first = crate::report::json::plan(&diff(&desired, &observed));
         // Shuffle every input list.

@@ -329,6 +329,7 @@ mod tests {
             scope: Scope::Link,
             protocol: 104,
             metric: 0,
+            kind: crate::model::RouteType::Unicast,
         }
     }
 

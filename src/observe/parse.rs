@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
-use crate::model::{Link, Route, Scope};
+use crate::model::{Link, Route, RouteType, Scope};
 use crate::netlink::attributes;
 
 const IFINFOMSG_LEN: usize = 16;
@@ -33,7 +33,6 @@ const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PRIORITY: u16 = 6;
 const RTA_TABLE: u16 = 15;
-const RTN_UNICAST: u8 = 1;
 const AF_INET6: u8 = 10;
 
 /// A link plus its kernel index (the index never leaves observe).
@@ -157,9 +156,8 @@ pub fn route(payload: &[u8]) -> Option<(Option<u32>, Route)> {
     let (family, dst_len, header_table, protocol, scope, kind) = (
         header[0], header[1], header[4], header[5], header[6], header[7],
     );
-    if kind != RTN_UNICAST {
-        return None;
-    }
+    // Local, broadcast and multicast entries are the kernel's bookkeeping.
+    let kind = RouteType::from_kernel(kind)?;
     let (mut table, mut dst, mut via, mut oif, mut metric) =
         (u32::from(header_table), None, None, None, 0);
     for (attr, value) in attributes(&payload[RTMSG_LEN..]) {
@@ -185,6 +183,7 @@ pub fn route(payload: &[u8]) -> Option<(Option<u32>, Route)> {
         scope: Scope::from_kernel(scope),
         protocol,
         metric,
+        kind,
     };
     Some((oif, route))
 }

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Mode, PodIntent, Spec};
 use crate::model::{
-    Address, Link, PodKey, Route, Rule, Scope, Sysctl, VethPeer, RTPROT_HEADCNI, TABLE_MAIN,
+    Address, Link, PodKey, Route, RouteType, Rule, Scope, Sysctl, VethPeer, RTPROT_HEADCNI,
+    TABLE_MAIN,
 };
 
 /// What the node's pod network must be.
@@ -87,6 +88,7 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
                 scope: Scope::Link,
                 protocol: RTPROT_HEADCNI,
                 metric: 0,
+                kind: RouteType::Unicast,
             });
             desired.required_links.push(spec.tailnet.interface.clone());
             desired
@@ -103,11 +105,26 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
                     scope: Scope::Link,
                     protocol: RTPROT_HEADCNI,
                     metric: 0,
+                    kind: RouteType::Unicast,
                 });
             }
         }
         Mode::Daemon => compile_tailnet_namespace(spec, &mut desired),
     }
+    // Addresses of this node's pod CIDR that no pod holds: refused here at
+    // once (the sender hears "host unreachable"), not sent on by a wider
+    // route: the cluster CIDR's to the tailnet, or the default route out.
+    // Each pod's /32 is more specific; the gateway is a local address.
+    desired.node_routes.push(Route {
+        table: TABLE_MAIN,
+        dst: IpNetwork::V4(spec.pod_network.cidr),
+        via: None,
+        dev: None,
+        scope: Scope::Global,
+        protocol: RTPROT_HEADCNI,
+        metric: 0,
+        kind: RouteType::Unreachable,
+    });
     for extra in &spec.routes {
         desired.node_routes.push(Route {
             table: TABLE_MAIN,
@@ -121,6 +138,7 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
             },
             protocol: RTPROT_HEADCNI,
             metric: extra.metric,
+            kind: RouteType::Unicast,
         });
         if let Some(dev) = &extra.device {
             if !desired.required_links.contains(dev) {
@@ -164,6 +182,7 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
         scope,
         protocol: RTPROT_HEADCNI,
         metric: 0,
+        kind: RouteType::Unicast,
     };
     let default_v4: IpNetwork =
         IpNetwork::V4(Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"));
@@ -245,6 +264,7 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
         },
         protocol: RTPROT_HEADCNI,
         metric: 0,
+        kind: RouteType::Unicast,
     };
     desired.node_rules.push(Rule {
         priority: d.rule_priority,
