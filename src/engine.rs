@@ -113,6 +113,7 @@ fn observe_and_diff(
         let mut partial = observe::observe_partial(&to_observe, firewall)?;
         if let Some(table) = known_firewall {
             partial.observed.node.nft = table;
+            partial.observed.node.nft_unread = false;
         }
         links.take_ready();
         let desired = compile(spec, &intents);
@@ -191,11 +192,13 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
         PodScope::All | PodScope::HostOnly => plan,
         PodScope::One(key) => {
             let mut mine = plan.for_pod(key);
-            // Node-wide additions, but not the firewall: it was not observed
-            // here (apply and the daemon keep it).
-            mine.steps.extend(plan.steps.into_iter().filter(|s| {
-                s.pod.is_none() && s.action != Action::Remove && !matches!(s.object, Object::Nft(_))
-            }));
+            // Node-wide additions (the firewall is not among them: this
+            // scope does not read it, so the diff plans nothing for it).
+            mine.steps.extend(
+                plan.steps
+                    .into_iter()
+                    .filter(|s| s.pod.is_none() && s.action != Action::Remove),
+            );
             mine.waiting
                 .extend(plan.waiting.into_iter().filter(|w| w.pod.is_none()));
             crate::diff::order(&mut mine);

@@ -299,6 +299,10 @@ pub struct NetnsState {
     /// headcni's nftables table, when it exists (node namespace only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nft: Option<NftTable>,
+    /// The pass did not read the table (a CNI pass leaves the firewall to
+    /// `apply` and the daemon): `nft` is then unknown, not absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nft_unread: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<Sysctl>,
 }

@@ -38,6 +38,7 @@ pub fn expected(desired: &Desired) -> Observed {
             routes: pod.pod_routes.clone(),
             rules: Vec::new(),
             nft: None,
+            nft_unread: false,
             sysctls: pod.sysctls.clone(),
         };
         let mut state = state;

@@ -497,23 +497,26 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
                 .zip(&b.rules)
                 .all(|(x, y)| x.chain == y.chain && x.expr == y.expr)
     };
-    match (&desired.nft, &observed.node.nft) {
-        (Some(want), None) => {
-            node_draft.step(Action::Add, Object::Nft(want.clone()), None, "missing")
+    // Unread (a CNI pass): unknown, so neither added nor removed.
+    if !observed.node.nft_unread {
+        match (&desired.nft, &observed.node.nft) {
+            (Some(want), None) => {
+                node_draft.step(Action::Add, Object::Nft(want.clone()), None, "missing")
+            }
+            (Some(want), Some(have)) if !same_table(want, have) => node_draft.step(
+                Action::Change,
+                Object::Nft(want.clone()),
+                Some(Object::Nft(have.clone())),
+                "differs",
+            ),
+            (None, Some(have)) => node_draft.step(
+                Action::Remove,
+                Object::Nft(have.clone()),
+                None,
+                "not desired",
+            ),
+            _ => {}
         }
-        (Some(want), Some(have)) if !same_table(want, have) => node_draft.step(
-            Action::Change,
-            Object::Nft(want.clone()),
-            Some(Object::Nft(have.clone())),
-            "differs",
-        ),
-        (None, Some(have)) => node_draft.step(
-            Action::Remove,
-            Object::Nft(have.clone()),
-            None,
-            "not desired",
-        ),
-        _ => {}
     }
     let owned_rules: FxHashSet<&Rule> = observed
         .node

@@ -738,3 +738,21 @@ fn daemon_mode_plans_rule_table_and_tailnet_namespace() {
         .collect();
     assert_eq!(text.len(), 2, "{text:?}");
 }
+
+#[test]
+fn an_unread_firewall_is_neither_added_nor_removed() {
+    let desired = compile(&spec(), &[pod(1)]);
+    assert!(desired.nft.is_some(), "the test spec has a firewall table");
+    let mut observed = converged(&desired);
+    observed.node.nft = None;
+    let nft_steps = |o: &Observed| {
+        diff(&desired, o)
+            .steps
+            .iter()
+            .filter(|s| matches!(s.object, Object::Nft(_)))
+            .count()
+    };
+    assert_eq!(nft_steps(&observed), 1, "read and missing: added");
+    observed.node.nft_unread = true;
+    assert_eq!(nft_steps(&observed), 0, "not read (a CNI pass): left alone");
+}

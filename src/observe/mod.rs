@@ -88,6 +88,7 @@ pub fn observe_partial(
     let node = NetnsState {
         rules,
         nft,
+        nft_unread: !firewall,
         sysctls,
         ..NetnsState::default()
     };
