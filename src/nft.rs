@@ -206,6 +206,14 @@ static LAST_LISTED: Mutex<Option<(RulesetVersion, Option<NftTable>)>> = Mutex::n
 type RulesetVersion = (u64, u32);
 static LISTINGS: AtomicU64 = AtomicU64::new(0);
 
+/// Forgets the last listing: the next read lists again, as the first read
+/// of a one-shot process does (benchmarks measure both).
+pub fn forget_listing() {
+    if let Ok(mut last) = LAST_LISTED.lock() {
+        *last = None;
+    }
+}
+
 /// How many times this process has run `nft` to list the table.
 pub fn listings() -> u64 {
     LISTINGS.load(Ordering::Relaxed)
