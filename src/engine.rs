@@ -274,7 +274,9 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
             .steps
             .iter()
             .any(|s| matches!(s.object, Object::Nft(_)));
-        let known = (!touched_firewall).then(|| planned.observed.node.nft.clone());
+        // (Only a table that was read: unknown stays unknown.)
+        let known = (!touched_firewall && !planned.observed.node.nft_unread)
+            .then(|| planned.observed.node.nft.clone());
         let again = plan_knowing(spec, pods, scope, known)?;
         (again.plan, again.observed)
     };

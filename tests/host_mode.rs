@@ -239,3 +239,46 @@ fn lab_cleans_up_after_a_failing_test() {
     let list = common::sh(&["ip", "netns", "list"]);
     assert!(!list.contains(&name), "{list}");
 }
+
+/// A pass for one pod (the CNI's) does not read the firewall, so it must
+/// neither plan it nor, verifying, count it as missing.
+#[test]
+fn a_pod_pass_leaves_the_unread_firewall_alone() {
+    let mut n = Node::new();
+    let (pod, ip) = n.add_pod("pod1");
+    let spec = headcni::spec::Spec::load(&n.spec).expect("spec");
+    assert!(
+        headcni::spec::compile(&spec, &[]).nft.is_some(),
+        "a firewall is desired"
+    );
+    let intent = headcni::spec::PodIntent {
+        host_link: headcni::spec::host_link_name(&pod, "eth0"),
+        container_id: pod.clone(),
+        ifname: "eth0".into(),
+        netns: common::Lab::ns_path(&pod),
+        ip: ip.parse().expect("ip"),
+    };
+    let key = intent.key();
+    let applied = common::in_ns(&n.node, move || {
+        let intents = vec![intent];
+        headcni::engine::apply(
+            &spec,
+            &|| Ok(intents.clone()),
+            &headcni::engine::PodScope::One(key),
+        )
+        .expect("pass")
+        .remaining
+    })
+    .join()
+    .expect("pass thread");
+    assert!(
+        applied.is_empty(),
+        "{}",
+        headcni::report::text::plan(&applied, false)
+    );
+    assert!(
+        n.in_node(&["nft", "list", "tables"]).is_empty(),
+        "the pod pass made no table (apply and the daemon do)"
+    );
+    assert!(n.lab.ping(&pod, "100.64.0.5"), "the pod is wired");
+}

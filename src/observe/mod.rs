@@ -41,8 +41,9 @@ pub enum ObserveError {
 }
 
 /// Reads the node namespace (the caller's) and the namespaces of `pods`.
-/// `firewall`: also read the nftables table (a process spawn; the CNI's
-/// per-pod passes leave the firewall to `apply` and the daemon).
+/// `firewall`: also read the nftables table (an nfnetlink question, and an
+/// `nft` listing when the ruleset changed; the CNI's per-pod passes leave
+/// the firewall to `apply` and the daemon).
 pub fn observe(pods: &[(PodKey, PathBuf)], firewall: bool) -> Result<Observed, ObserveError> {
     std::thread::scope(|threads| {
         let links = start_link_dump(threads);
@@ -60,13 +61,15 @@ pub fn observe_partial(
     let mut nl = Netlink::open_current().map_err(ObserveError::Node)?;
     let (addresses, routes) = dump_addresses_and_routes(&mut nl).map_err(ObserveError::Node)?;
     let rules = dump_rules(&mut nl).map_err(ObserveError::Node)?;
-    let nft = if firewall {
-        crate::nft::observe().unwrap_or_else(|e| {
-            tracing::warn!("cannot read the nftables table: {e}");
-            None
-        })
-    } else {
-        None
+    // A table that cannot be read is unknown, not absent: this pass then
+    // leaves the firewall as it is.
+    let (nft, nft_unread) = match firewall.then(crate::nft::observe) {
+        Some(Ok(table)) => (table, false),
+        Some(Err(e)) => {
+            tracing::warn!("cannot read the nftables table, leaving it as it is: {e}");
+            (None, true)
+        }
+        None => (None, true),
     };
     let mut sysctls = read_sysctls(NODE_SYSCTLS);
     sysctls.sort();
@@ -88,7 +91,7 @@ pub fn observe_partial(
     let node = NetnsState {
         rules,
         nft,
-        nft_unread: !firewall,
+        nft_unread,
         sysctls,
         ..NetnsState::default()
     };
