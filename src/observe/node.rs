@@ -18,6 +18,10 @@ use super::{parse, rp_filter_key, Observed, RawAddresses, RawRoutes};
 use crate::model::{is_owned_link_name, Address, Link, Route, Sysctl};
 use crate::netlink::{Netlink, NetlinkError};
 
+/// Links without an address whose names are asked for by index before the
+/// link dump is in; past this many, the dump names them.
+const MAX_ASKED_BY_INDEX: usize = 64;
+
 /// The node's links, from one dump, in dump order until [`Partial::complete`]
 /// sorts them.
 pub struct NodeLinks {
@@ -204,12 +208,25 @@ impl Partial {
             .iter()
             .map(|(a, index)| (*index, a.dev.as_str()))
             .collect();
+        // Links without an address are asked for by index, once each and
+        // only a few: a node with thousands of them (another CNI's veths)
+        // is better served by the dump's names than by a syscall apiece.
+        let mut asked: FxHashMap<u32, Option<String>> = FxHashMap::default();
+        let mut ask = |index: u32| -> Option<String> {
+            if asked.len() >= MAX_ASKED_BY_INDEX && !asked.contains_key(&index) {
+                return None; // unnamed: never agrees, so the dump names it
+            }
+            asked
+                .entry(index)
+                .or_insert_with(|| index_to_name(index))
+                .clone()
+        };
         let mut routes: Vec<(Route, Option<u32>)> = routes
             .into_iter()
             .map(|(oif, mut route)| {
                 route.dev = oif.and_then(|i| match by_index.get(&i) {
                     Some(name) => Some((*name).to_string()),
-                    None => index_to_name(i),
+                    None => ask(i),
                 });
                 (route, oif)
             })
@@ -425,5 +442,22 @@ mod tests {
         // ... and absent from both: no name, and that agrees.
         let p = partial(&[], &[GONE + 5]);
         assert!(p.names_agree(&dump(&[])));
+    }
+
+    #[test]
+    fn many_links_without_addresses_are_named_by_the_dump() {
+        let oifs: Vec<u32> = (0..200).map(|i| GONE + 100 + i).collect();
+        let names: Vec<String> = (0..200).map(|i| format!("cali{i}")).collect();
+        let links: Vec<(u32, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (100 + i as u32, n.as_str()))
+            .collect();
+        let observed = partial(&[], &oifs).complete(dump(&links), None);
+        assert!(observed
+            .node
+            .routes
+            .iter()
+            .all(|r| r.dev.as_deref().is_some_and(|d| d.starts_with("cali"))));
     }
 }
