@@ -76,10 +76,20 @@ impl Netlink {
 
     /// Connects inside the namespace at `path` (a /run/netns file or /proc/PID/ns/net).
     pub fn open_in(path: &Path) -> Result<Netlink, NetlinkError> {
-        let socket = in_netns(path, || {
-            Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)
-        })??;
-        Self::from_socket(socket)
+        Ok(Self::open_in_with(path, || ())?.0)
+    }
+
+    /// Connects inside the namespace at `path` and, on the same visit, runs
+    /// `also` there (reading its /proc/sys, say): one namespace switch, not two.
+    pub fn open_in_with<T: Send>(
+        path: &Path,
+        also: impl FnOnce() -> T + Send,
+    ) -> Result<(Netlink, T), NetlinkError> {
+        let (socket, value) = in_netns(path, || {
+            let socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket);
+            (socket, also())
+        })?;
+        Ok((Self::from_socket(socket?)?, value))
     }
 
     fn from_socket(mut socket: Socket) -> Result<Netlink, NetlinkError> {

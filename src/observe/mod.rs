@@ -100,15 +100,13 @@ pub fn observe_partial(
 
 /// A pod's namespace; None when it cannot be opened (gone or never there).
 fn observe_pod(path: &Path) -> Result<Option<NetnsState>, NetlinkError> {
-    let mut nl = match Netlink::open_in(path) {
-        Ok(nl) => nl,
+    let (mut nl, sysctls) = match Netlink::open_in_with(path, || read_sysctls(POD_SYSCTLS)) {
+        Ok(opened) => opened,
         Err(NetlinkError::OpenNetns { .. } | NetlinkError::EnterNetns { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut state = netns_state(&mut nl)?;
-    state.sysctls.extend(crate::netlink::in_netns(path, || {
-        read_sysctls(POD_SYSCTLS)
-    })?);
+    state.sysctls.extend(sysctls);
     state.sysctls.sort();
     Ok(Some(state))
 }
