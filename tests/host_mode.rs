@@ -282,3 +282,26 @@ fn a_pod_pass_leaves_the_unread_firewall_alone() {
     );
     assert!(n.lab.ping(&pod, "100.64.0.5"), "the pod is wired");
 }
+
+/// Past a few dozen pods their namespaces are observed by several threads;
+/// the plan must be the same as one thread's (converged means empty).
+#[test]
+fn many_pods_converge_with_their_namespaces_observed_in_parallel() {
+    let mut n = Node::new();
+    let pods: Vec<(String, String)> = (0..40).map(|i| n.add_pod(&format!("m{i}"))).collect();
+    n.headcni_ok(&["apply"], 0);
+    n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
+    // Drift inside one pod late in the list is found and repaired.
+    let (last, _) = pods.last().expect("pods");
+    n.lab.ip(last, &["route", "del", "default"]);
+    let plan = n.headcni_ok(&["plan", "--detailed-exitcode"], 2);
+    assert!(
+        plan.contains("+ route default via 10.244.0.1 dev eth0"),
+        "{plan}"
+    );
+    n.headcni_ok(&["apply"], 0);
+    assert!(
+        n.lab.ping(last, &pods[0].1),
+        "the last pod reaches the first"
+    );
+}

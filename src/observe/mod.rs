@@ -73,21 +73,7 @@ pub fn observe_partial(
     };
     let mut sysctls = read_sysctls(NODE_SYSCTLS);
     sysctls.sort();
-    let pods = pods
-        .iter()
-        .map(|(key, path)| {
-            let state = observe_pod(path).map_err(|error| ObserveError::Pod {
-                pod: key.clone(),
-                path: path.clone(),
-                error,
-            })?;
-            Ok(ObservedPod {
-                key: key.clone(),
-                netns_path: path.clone(),
-                state,
-            })
-        })
-        .collect::<Result<Vec<_>, ObserveError>>()?;
+    let pods = observe_pods(pods)?;
     let node = NetnsState {
         rules,
         nft,
@@ -96,6 +82,43 @@ pub fn observe_partial(
         ..NetnsState::default()
     };
     Ok(Partial::new(Observed { node, pods }, addresses, routes))
+}
+
+/// The pods' namespaces, in order. Each costs a namespace switch and three
+/// small dumps (about 0.15 ms, mostly waiting on the kernel), so at scale
+/// they are spread over the cores.
+fn observe_pods(pods: &[(PodKey, PathBuf)]) -> Result<Vec<ObservedPod>, ObserveError> {
+    const WORTH_SPREADING: usize = 32;
+    let one = |(key, path): &(PodKey, PathBuf)| {
+        let state = observe_pod(path).map_err(|error| ObserveError::Pod {
+            pod: key.clone(),
+            path: path.clone(),
+            error,
+        })?;
+        Ok(ObservedPod {
+            key: key.clone(),
+            netns_path: path.clone(),
+            state,
+        })
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if workers == 1 || pods.len() < WORTH_SPREADING {
+        return pods.iter().map(one).collect();
+    }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = pods
+            .chunks(pods.len().div_ceil(workers))
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Result<Vec<_>, _>>()))
+            .collect();
+        let mut observed = Vec::with_capacity(pods.len());
+        for part in parts {
+            observed.extend(
+                part.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+            );
+        }
+        Ok(observed)
+    })
 }
 
 /// A pod's namespace; None when it cannot be opened (gone or never there).
