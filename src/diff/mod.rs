@@ -188,6 +188,7 @@ impl<'a> Draft<'a> {
     }
 }
 
+/// The plan that takes the kernel from `observed` to `desired`.
 pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
     Early::exact(desired, observed).finish(&observed.node.links, &observed.node.sysctls)
 }
