@@ -76,20 +76,10 @@ impl Netlink {
 
     /// Connects inside the namespace at `path` (a /run/netns file or /proc/PID/ns/net).
     pub fn open_in(path: &Path) -> Result<Netlink, NetlinkError> {
-        Ok(Self::open_in_with(path, || ())?.0)
-    }
-
-    /// Connects inside the namespace at `path` and, on the same visit, runs
-    /// `also` there (reading its /proc/sys, say): one namespace switch, not two.
-    pub fn open_in_with<T: Send>(
-        path: &Path,
-        also: impl FnOnce() -> T + Send,
-    ) -> Result<(Netlink, T), NetlinkError> {
-        let (socket, value) = in_netns(path, || {
-            let socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket);
-            (socket, also())
-        })?;
-        Ok((Self::from_socket(socket?)?, value))
+        let socket = in_netns(path, || {
+            Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)
+        })??;
+        Self::from_socket(socket)
     }
 
     fn from_socket(mut socket: Socket) -> Result<Netlink, NetlinkError> {
@@ -368,6 +358,47 @@ pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T,
             })
             .join()
             .map_err(|_| NetlinkError::Socket(io::Error::other("namespace thread panicked")))?
+    })
+}
+
+/// Runs `f` inside each namespace of `paths`, on up to `threads` short-lived
+/// threads of their own that enter one namespace after another (a thread
+/// and a switch per namespace would cost more than most visits). Results
+/// come in the order of `paths`.
+pub fn in_each_netns<T: Send>(
+    paths: &[&Path],
+    threads: usize,
+    f: impl Fn(&Path) -> T + Sync,
+) -> Vec<Result<T, NetlinkError>> {
+    let visit = |path: &Path| -> Result<T, NetlinkError> {
+        let netns = File::open(path).map_err(|error| NetlinkError::OpenNetns {
+            path: path.into(),
+            error,
+        })?;
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
+            NetlinkError::EnterNetns {
+                path: path.to_path_buf(),
+                error: io::Error::from(errno),
+            }
+        })?;
+        Ok(f(path))
+    };
+    if paths.is_empty() {
+        return Vec::new();
+    }
+    let per_thread = paths.len().div_ceil(threads.max(1));
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = paths
+            .chunks(per_thread)
+            .map(|part| scope.spawn(|| part.iter().map(|p| visit(p)).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| {
+                part.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
     })
 }
 
