@@ -328,3 +328,33 @@ fn firewall_listing_is_reused_until_the_ruleset_changes() {
     assert_eq!(listed_b, listed_a + 1, "another namespace is listed");
     assert_ne!(other, changed);
 }
+
+/// Pod namespaces' forwarding is asked over netlink (RTM_GETNETCONF), not
+/// read from /proc/sys: it must say what the sysctl says.
+#[test]
+fn forwarding_asked_over_netlink_matches_the_sysctl() {
+    let mut lab = Lab::new();
+    let ns = lab.netns("fwd");
+    let ask = |ns: &str| {
+        common::in_ns(ns, || {
+            headcni::netlink::Netlink::open_current()
+                .expect("netlink")
+                .ipv4_forwarding()
+                .expect("netconf")
+        })
+        .join()
+        .expect("thread")
+    };
+    for value in ["1", "0", "1"] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.ip_forward={value}"),
+        ]);
+        assert_eq!(ask(&ns), Some(value == "1"), "ip_forward={value}");
+    }
+}

@@ -20,8 +20,9 @@ use crate::netlink::{Netlink, NetlinkError};
 
 /// Sysctls of the node namespace that the desired state speaks about.
 pub const NODE_SYSCTLS: &[&str] = &["net/ipv4/ip_forward"];
-/// Sysctls read inside pod namespaces (the tailnet namespace forwards).
-pub const POD_SYSCTLS: &[&str] = &["net/ipv4/ip_forward"];
+/// The one sysctl observed inside pod namespaces (the tailnet namespace
+/// forwards), asked over netlink.
+const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
@@ -118,10 +119,14 @@ fn observe_pods(pods: &[(PodKey, PathBuf)]) -> Result<Vec<ObservedPod>, ObserveE
 
 /// The namespace the calling thread is in (a pod's, entered by netlink/).
 fn observe_here() -> Result<NetnsState, NetlinkError> {
-    let sysctls = read_sysctls(POD_SYSCTLS);
     let mut nl = Netlink::open_current()?;
     let mut state = netns_state(&mut nl)?;
-    state.sysctls.extend(sysctls);
+    if let Some(on) = nl.ipv4_forwarding()? {
+        state.sysctls.push(Sysctl {
+            key: IP_FORWARD.into(),
+            value: if on { "1" } else { "0" }.into(),
+        });
+    }
     state.sysctls.sort();
     Ok(state)
 }
