@@ -18,10 +18,8 @@ pub use state::{Observed, ObservedPod};
 use crate::model::{Address, Link, NetnsState, PodKey, Route, Sysctl, TABLE_LOCAL};
 use crate::netlink::{Netlink, NetlinkError};
 
-/// Sysctls of the node namespace that the desired state speaks about.
-pub const NODE_SYSCTLS: &[&str] = &["net/ipv4/ip_forward"];
-/// The one sysctl observed inside pod namespaces (the tailnet namespace
-/// forwards), asked over netlink.
+/// The namespace-wide sysctl observed everywhere (the node and the tailnet
+/// namespace forward), asked over netlink.
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const RTM_NEWLINK: u16 = 16;
 const RTM_NEWADDR: u16 = 20;
@@ -72,8 +70,7 @@ pub fn observe_partial(
         }
         None => (None, true),
     };
-    let mut sysctls = read_sysctls(NODE_SYSCTLS);
-    sysctls.sort();
+    let sysctls = forwarding_sysctl(&mut nl).map_err(ObserveError::Node)?;
     let pods = observe_pods(pods)?;
     let node = NetnsState {
         rules,
@@ -121,14 +118,22 @@ fn observe_pods(pods: &[(PodKey, PathBuf)]) -> Result<Vec<ObservedPod>, ObserveE
 fn observe_here() -> Result<NetnsState, NetlinkError> {
     let mut nl = Netlink::open_current()?;
     let mut state = netns_state(&mut nl)?;
-    if let Some(on) = nl.ipv4_forwarding()? {
-        state.sysctls.push(Sysctl {
-            key: IP_FORWARD.into(),
-            value: if on { "1" } else { "0" }.into(),
-        });
-    }
+    state.sysctls.extend(forwarding_sysctl(&mut nl)?);
     state.sysctls.sort();
     Ok(state)
+}
+
+/// `net.ipv4.ip_forward` of `nl`'s namespace, as a sysctl (asked over
+/// netlink; see [`Netlink::ipv4_forwarding`]).
+fn forwarding_sysctl(nl: &mut Netlink) -> Result<Vec<Sysctl>, NetlinkError> {
+    Ok(nl
+        .ipv4_forwarding()?
+        .map(|on| Sysctl {
+            key: IP_FORWARD.into(),
+            value: if on { "1" } else { "0" }.into(),
+        })
+        .into_iter()
+        .collect())
 }
 
 /// The interface name in an RTM_NEWLINK/RTM_DELLINK payload (for event filters).
@@ -311,18 +316,4 @@ fn assemble(
     state.addresses.sort_unstable();
     state.routes.sort_unstable();
     state
-}
-
-/// Reads sysctls of the caller's namespace; an unreadable one is left out
-/// (the plan then shows it as not observed).
-pub fn read_sysctls(keys: &[&str]) -> Vec<Sysctl> {
-    keys.iter()
-        .filter_map(|key| {
-            let value = std::fs::read_to_string(Path::new("/proc/sys").join(key)).ok()?;
-            Some(Sysctl {
-                key: (*key).to_string(),
-                value: value.trim().to_string(),
-            })
-        })
-        .collect()
 }
