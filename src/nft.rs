@@ -221,34 +221,71 @@ pub fn listings() -> u64 {
 
 /// The table as it is now; None when it does not exist.
 pub fn observe() -> Result<Option<NftTable>, NftError> {
+    start_observe().finish()
+}
+
+/// A read of the table under way: answered already, or an `nft` listing
+/// running beside the caller, which goes on with its own work meanwhile.
+pub struct Reading(ReadingState);
+
+enum ReadingState {
+    Answered(Result<Option<NftTable>, NftError>),
+    Listing {
+        nft: std::process::Child,
+        version: Option<RulesetVersion>,
+    },
+}
+
+/// Starts reading the table. Answers at once when the kernel says there is
+/// none (most nodes without masquerade or clamping), or when the ruleset is
+/// where it was at the last listing; else starts `nft`.
+pub fn start_observe() -> Reading {
     use crate::netlink::nfnetlink;
-    // Most nodes without masquerade or clamping have no table: asking the
-    // kernel directly spares them a process. If it cannot say, nft will.
+    // If the kernel cannot say, nft will.
     if let Ok(false) = nfnetlink::inet_table_exists(TABLE) {
-        return Ok(None);
+        return Reading(ReadingState::Answered(Ok(None)));
     }
     // Read before listing: a change in between leaves a stale version in
     // the cache, which only costs the next pass a listing.
     let version = nfnetlink::ruleset_version().ok();
     if let (Some(version), Ok(last)) = (version, LAST_LISTED.lock()) {
         if let Some((_, table)) = last.as_ref().filter(|(v, _)| *v == version) {
-            return Ok(table.clone());
+            return Reading(ReadingState::Answered(Ok(table.clone())));
         }
     }
-    let table = list()?;
-    if let (Some(version), Ok(mut last)) = (version, LAST_LISTED.lock()) {
-        *last = Some((version, table.clone()));
-    }
-    Ok(table)
+    LISTINGS.fetch_add(1, Ordering::Relaxed);
+    let listing = std::process::Command::new("nft")
+        .args(["-j", "list", "table", "inet", TABLE])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    Reading(match listing {
+        Ok(nft) => ReadingState::Listing { nft, version },
+        Err(e) => ReadingState::Answered(Err(NftError::Run(e.to_string()))),
+    })
 }
 
-/// The table as `nft -j` lists it.
-fn list() -> Result<Option<NftTable>, NftError> {
-    LISTINGS.fetch_add(1, Ordering::Relaxed);
-    let out = std::process::Command::new("nft")
-        .args(["-j", "list", "table", "inet", TABLE])
-        .output()
-        .map_err(|e| NftError::Run(e.to_string()))?;
+impl Reading {
+    /// The table (waiting for `nft` if it is still listing).
+    pub fn finish(self) -> Result<Option<NftTable>, NftError> {
+        let (nft, version) = match self.0 {
+            ReadingState::Answered(answer) => return answer,
+            ReadingState::Listing { nft, version } => (nft, version),
+        };
+        let out = nft
+            .wait_with_output()
+            .map_err(|e| NftError::Run(e.to_string()))?;
+        let table = parse_listing(&out)?;
+        if let (Some(version), Ok(mut last)) = (version, LAST_LISTED.lock()) {
+            *last = Some((version, table.clone()));
+        }
+        Ok(table)
+    }
+}
+
+/// What `nft -j list table` printed.
+fn parse_listing(out: &std::process::Output) -> Result<Option<NftTable>, NftError> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("No such file or directory") {

@@ -57,12 +57,23 @@ pub fn observe_partial(
     pods: &[(PodKey, PathBuf)],
     firewall: bool,
 ) -> Result<Partial, ObserveError> {
+    // An `nft` listing, when one is needed, runs while we dump.
+    let firewall_reading = firewall.then(crate::nft::start_observe);
     let mut nl = Netlink::open_current().map_err(ObserveError::Node)?;
     let (addresses, routes) = dump_addresses_and_routes(&mut nl).map_err(ObserveError::Node)?;
     let rules = dump_rules(&mut nl).map_err(ObserveError::Node)?;
+    let sysctls = forwarding_sysctl(&mut nl).map_err(ObserveError::Node)?;
+    let pods = observe_pods(pods)?;
+    let node = NetnsState {
+        rules,
+        sysctls,
+        ..NetnsState::default()
+    };
+    let mut partial = Partial::new(Observed { node, pods }, addresses, routes);
     // A table that cannot be read is unknown, not absent: this pass then
     // leaves the firewall as it is.
-    let (nft, nft_unread) = match firewall.then(crate::nft::observe) {
+    let node = &mut partial.observed.node;
+    (node.nft, node.nft_unread) = match firewall_reading.map(crate::nft::Reading::finish) {
         Some(Ok(table)) => (table, false),
         Some(Err(e)) => {
             tracing::warn!("cannot read the nftables table, leaving it as it is: {e}");
@@ -70,16 +81,7 @@ pub fn observe_partial(
         }
         None => (None, true),
     };
-    let sysctls = forwarding_sysctl(&mut nl).map_err(ObserveError::Node)?;
-    let pods = observe_pods(pods)?;
-    let node = NetnsState {
-        rules,
-        nft,
-        nft_unread,
-        sysctls,
-        ..NetnsState::default()
-    };
-    Ok(Partial::new(Observed { node, pods }, addresses, routes))
+    Ok(partial)
 }
 
 /// The pods' namespaces, in order. Each costs a namespace switch and three
