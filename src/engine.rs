@@ -120,27 +120,37 @@ fn observe_and_diff(
         links.take_ready();
         let early = Early::new(&desired, &partial.observed);
         let links = links.finish().map_err(ObserveError::Node)?;
-        // The diff's second stage, and beside it the sorting of the links
-        // for the observation (both only read them).
         let agree = partial.names_agree(&links);
         if !agree {
             tracing::debug!(
                 "a link's name changed during the pass: planning from the link dump's names"
             );
         }
-        let (plan, order) = std::thread::scope(|tail| {
-            let order = tail.spawn(|| links.sort_order());
-            // Names that disagree (a link renamed meanwhile): the first
-            // stage read wrong ones; plan from the dump's names below.
-            let plan = agree.then(|| {
+        // The diff's second stage; unless names disagree (a link renamed
+        // meanwhile: the first stage read wrong ones; plan from the dump's
+        // names below).
+        let second_stage = || {
+            agree.then(|| {
                 let node_sysctls = partial.observed.node.sysctls.iter();
                 early.finish(&links.links, node_sysctls.chain(&links.sysctls))
-            });
-            let order = order
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (plan, order)
-        });
+            })
+        };
+        // Beside it, at scale, the sorting of the links for the observation
+        // (both only read them); on a small node a thread costs more than
+        // the sort it would hide.
+        const SORT_BESIDE_FROM: usize = 4096;
+        let (plan, order) = if links.links.len() < SORT_BESIDE_FROM {
+            (second_stage(), links.sort_order())
+        } else {
+            std::thread::scope(|tail| {
+                let order = tail.spawn(|| links.sort_order());
+                let plan = second_stage();
+                let order = order
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (plan, order)
+            })
+        };
         let observed = partial.complete(links, Some(order));
         let plan = plan.unwrap_or_else(|| diff(&desired, &observed));
         Ok((intents, desired, observed, plan))
