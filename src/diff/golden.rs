@@ -6,9 +6,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::tests::converged;
+use super::tests::{converged, route_on_eth0};
 use super::*;
-use crate::model::{Scope, Sysctl, TABLE_MAIN};
+use crate::model::Sysctl;
 use crate::spec::{compile, host_link_name, PodIntent, Spec};
 
 fn golden_dir() -> PathBuf {
@@ -101,16 +101,7 @@ fn spec() -> Spec {
 }
 
 fn foreign(dst: &str) -> Route {
-    Route {
-        table: TABLE_MAIN,
-        dst: dst.parse().unwrap(),
-        via: None,
-        dev: Some("eth0".into()),
-        scope: Scope::Link,
-        protocol: 4,
-        metric: 0,
-        kind: crate::model::RouteType::Unicast,
-    }
+    route_on_eth0(dst, 4)
 }
 
 fn empty_pods(observed: &mut Observed, pods: &[PodIntent]) {

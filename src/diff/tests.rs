@@ -35,6 +35,20 @@ fn pod(i: u8) -> PodIntent {
     }
 }
 
+/// A scope-link route on eth0 with `protocol` (4 = static: someone else's).
+pub(crate) fn route_on_eth0(dst: &str, protocol: u8) -> Route {
+    Route {
+        table: TABLE_MAIN,
+        dst: dst.parse().unwrap(),
+        via: None,
+        dev: Some("eth0".into()),
+        scope: Scope::Link,
+        protocol,
+        metric: 0,
+        kind: crate::model::RouteType::Unicast,
+    }
+}
+
 /// A node that already holds exactly `desired` (plus its physical links).
 pub(crate) fn converged(desired: &Desired) -> Observed {
     let mut node = NetnsState::default();
@@ -286,16 +300,7 @@ fn foreign_route_in_the_way_is_a_conflict_and_skips_only_that_pod() {
             state: Some(NetnsState::default()),
         });
     }
-    let foreign = Route {
-        table: TABLE_MAIN,
-        dst: "10.244.0.11/32".parse().unwrap(),
-        via: None,
-        dev: Some("eth0".into()),
-        scope: Scope::Link,
-        protocol: 4,
-        metric: 0,
-        kind: crate::model::RouteType::Unicast,
-    };
+    let foreign = route_on_eth0("10.244.0.11/32", 4);
     observed.node.routes.push(foreign.clone());
     let plan = diff(&desired, &observed);
     assert_eq!(plan.conflicts.len(), 1);
@@ -321,16 +326,7 @@ fn stale_owned_objects_are_removed_but_foreign_ones_stay() {
     let desired = compile(&spec(), &[pod(1)]);
     let mut observed = converged(&compile(&spec(), &[pod(1), pod(2)]));
     observed.pods.retain(|p| p.key == pod(1).key());
-    let foreign = Route {
-        table: TABLE_MAIN,
-        dst: "192.0.2.0/24".parse().unwrap(),
-        via: None,
-        dev: Some("eth0".into()),
-        scope: Scope::Link,
-        protocol: 4,
-        metric: 0,
-        kind: crate::model::RouteType::Unicast,
-    };
+    let foreign = route_on_eth0("192.0.2.0/24", 4);
     observed.node.routes.push(foreign);
     let plan = diff(&desired, &observed);
     let text: Vec<String> = plan.steps.iter().map(|s| s.to_string()).collect();
@@ -524,26 +520,14 @@ fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
                 s.routes.clear();
             }
         }
-        Perturb::ForeignRoute(last) => observed.node.routes.push(Route {
-            table: TABLE_MAIN,
-            dst: format!("10.244.0.{last}/32").parse().unwrap(),
-            via: None,
-            dev: Some("eth0".into()),
-            scope: Scope::Link,
-            protocol: 4,
-            metric: 0,
-            kind: crate::model::RouteType::Unicast,
-        }),
-        Perturb::StaleOwnedRoute(last) => observed.node.routes.push(Route {
-            table: TABLE_MAIN,
-            dst: format!("192.0.2.{last}/32").parse().unwrap(),
-            via: None,
-            dev: Some("eth0".into()),
-            scope: Scope::Link,
-            protocol: crate::model::RTPROT_HEADCNI,
-            metric: 0,
-            kind: crate::model::RouteType::Unicast,
-        }),
+        Perturb::ForeignRoute(last) => observed
+            .node
+            .routes
+            .push(route_on_eth0(&format!("10.244.0.{last}/32"), 4)),
+        Perturb::StaleOwnedRoute(last) => observed.node.routes.push(route_on_eth0(
+            &format!("192.0.2.{last}/32"),
+            crate::model::RTPROT_HEADCNI,
+        )),
         Perturb::StaleLink(x) => {
             let name = format!("hcdead{x:02x}");
             if !observed.node.links.iter().any(|l| l.name == name) {
@@ -661,11 +645,7 @@ proptest! {
         let mut pods: Vec<_> = (0..n).map(pod).collect();
         let desired = compile(&spec(), &pods);
         let mut observed = converged(&compile(&spec(), &pods[..pods.len() / 2]));
-        observed.node.routes.push(Route {
-            table: TABLE_MAIN, dst: "192.0.2.7/32".parse().unwrap(), via: None,
-            dev: Some("eth0".into()), scope: Scope::Link, protocol: crate::model::RTPROT_HEADCNI, metric: 0,
-            kind: crate::model::RouteType::Unicast,
-        });
+        observed.node.routes.push(route_on_eth0("192.0.2.7/32", crate::model::RTPROT_HEADCNI));
         let first = crate::report::json::plan(&diff(&desired, &observed));
         // Shuffle every input list.
         let rot = (seed as usize) % pods.len();
