@@ -169,7 +169,7 @@ fn main() {
         let diff_took = t.elapsed();
         assert!(plan.is_empty());
         let t = Instant::now();
-        let observed = headcni::observe::observe(&[], true).unwrap();
+        let observed = headcni::observe::observe(&[], headcni::observe::Firewall::Read).unwrap();
         let observe_took = t.elapsed();
         assert_eq!(
             observed.node.routes.len(),

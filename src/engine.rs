@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::apply::{self, ApplyReport};
 use crate::diff::{diff, Action, Early, Object, Plan};
 use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
-use crate::observe::{self, ObserveError, Observed};
+use crate::observe::{self, Firewall, ObserveError, Observed};
 use crate::spec::{compile, Desired, PodIntent, Spec, StoreError};
 
 /// Which part of the node a pass looks at and may change.
@@ -104,17 +104,18 @@ fn observe_and_diff(
     scope: &PodScope,
     known_firewall: Option<Option<crate::model::NftTable>>,
 ) -> Result<(Vec<PodIntent>, Desired, Observed, Plan), EngineError> {
-    let firewall = matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune)
-        && known_firewall.is_none();
+    let firewall = match known_firewall {
+        Some(table) => Firewall::Known(table),
+        None if matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune) => {
+            Firewall::Read
+        }
+        None => Firewall::Skip,
+    };
     std::thread::scope(|threads| {
         let mut links = observe::start_link_dump(threads);
         let intents = pods()?;
         let to_observe = namespaces_to_observe(spec, scope, &intents);
-        let mut partial = observe::observe_partial(&to_observe, firewall)?;
-        if let Some(table) = known_firewall {
-            partial.observed.node.nft = table;
-            partial.observed.node.nft_unread = false;
-        }
+        let partial = observe::observe_partial(&to_observe, firewall)?;
         links.take_ready();
         let desired = compile(spec, &intents);
         links.take_ready();
@@ -151,7 +152,7 @@ fn observe_and_diff(
                 (plan, order)
             })
         };
-        let observed = partial.complete(links, Some(order));
+        let observed = partial.complete_with(links, order, agree);
         let plan = plan.unwrap_or_else(|| diff(&desired, &observed));
         Ok((intents, desired, observed, plan))
     })

@@ -267,6 +267,11 @@ pub fn start_observe() -> Reading {
 }
 
 impl Reading {
+    /// A table already read earlier in the pass.
+    pub fn known(table: Option<NftTable>) -> Reading {
+        Reading(ReadingState::Answered(Ok(table)))
+    }
+
     /// The table (waiting for `nft` if it is still listing).
     pub fn finish(self) -> Result<Option<NftTable>, NftError> {
         let (nft, version) = match self.0 {

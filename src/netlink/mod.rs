@@ -23,7 +23,7 @@ use rtnetlink::packet_core::{NetlinkBuffer, NetlinkMessage, NLM_F_ACK, NLM_F_DUM
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-const NLMSG_ERROR: u16 = 2;
+pub(crate) const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 /// Most requests per datagram. Every one is answered by an ack that holds
 /// about a kilobyte of receive buffer until read, so a batch must fit it.
@@ -203,21 +203,14 @@ impl Netlink {
         const AF_INET: u8 = 2;
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let len: u32 = 16 + 4 + 8; // nlmsghdr, netconfmsg (padded), one u32 attribute
-        self.tx.clear();
-        self.tx.extend_from_slice(&len.to_ne_bytes());
-        self.tx.extend_from_slice(&RTM_GETNETCONF.to_ne_bytes());
-        self.tx
-            .extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-        self.tx.extend_from_slice(&seq.to_ne_bytes());
-        self.tx.extend_from_slice(&0u32.to_ne_bytes());
-        self.tx.extend_from_slice(&[AF_INET, 0, 0, 0]);
-        self.tx.extend_from_slice(&8u16.to_ne_bytes());
-        self.tx.extend_from_slice(&NETCONFA_IFINDEX.to_ne_bytes());
-        self.tx
-            .extend_from_slice(&NETCONFA_IFINDEX_ALL.to_ne_bytes());
+        let request = raw_request(
+            RTM_GETNETCONF,
+            seq,
+            [AF_INET, 0, 0, 0], // struct netconfmsg, padded
+            &[(NETCONFA_IFINDEX, &NETCONFA_IFINDEX_ALL.to_ne_bytes())],
+        );
         self.socket
-            .send(&self.tx, 0)
+            .send(&request, 0)
             .map_err(NetlinkError::Socket)?;
         let mut forwarding = None;
         self.read_until(|kind, msg_seq, payload| {
@@ -350,6 +343,33 @@ impl Netlink {
     }
 }
 
+/// A request netlink-packet-route has no type for: nlmsghdr (with
+/// NLM_F_REQUEST | NLM_F_ACK), a 4-byte family header, attributes.
+pub fn raw_request(kind: u16, seq: u32, header: [u8; 4], attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    const NLMSG_HDRLEN: usize = 16;
+    let mut out = vec![0u8; NLMSG_HDRLEN];
+    out.extend_from_slice(&header);
+    for (attr, value) in attrs {
+        let len = 4 + value.len();
+        out.extend_from_slice(&(len as u16).to_ne_bytes());
+        out.extend_from_slice(&attr.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize((out.len() + 3) & !3, 0);
+    }
+    let total = out.len() as u32;
+    out[0..4].copy_from_slice(&total.to_ne_bytes());
+    out[4..6].copy_from_slice(&kind.to_ne_bytes());
+    out[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    out[8..12].copy_from_slice(&seq.to_ne_bytes());
+    out // the port stays 0: the kernel's
+}
+
+/// The errno of an NLMSG_ERROR payload; None for an ack.
+pub fn error_code(payload: &[u8]) -> Option<io::Error> {
+    let code = i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?);
+    (code != 0).then(|| io::Error::from_raw_os_error(-code))
+}
+
 /// Walks the messages of one datagram, handing (type, sequence, payload) to
 /// `on` until it says done (Ok(true)) or fails; Ok(true) if it said done.
 pub fn walk(
@@ -393,23 +413,29 @@ pub fn is_netns_file(path: &Path) -> bool {
 /// at `path`: the only place headcni calls setns. Sockets made there stay in
 /// that namespace; /proc/sys/net opened there is that namespace's.
 pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetlinkError> {
-    let netns = File::open(path).map_err(|error| NetlinkError::OpenNetns {
-        path: path.into(),
-        error,
-    })?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                    |errno| NetlinkError::EnterNetns {
-                        path: path.to_path_buf(),
-                        error: io::Error::from(errno),
-                    },
-                )?;
+                enter_netns(path)?;
                 Ok(f())
             })
             .join()
             .map_err(|_| NetlinkError::Socket(io::Error::other("namespace thread panicked")))?
+    })
+}
+
+/// Moves the calling thread into the network namespace at `path`. Only the
+/// threads of [`in_netns`] and [`in_each_netns`], which end with their work.
+fn enter_netns(path: &Path) -> Result<(), NetlinkError> {
+    let netns = File::open(path).map_err(|error| NetlinkError::OpenNetns {
+        path: path.into(),
+        error,
+    })?;
+    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        NetlinkError::EnterNetns {
+            path: path.to_path_buf(),
+            error: io::Error::from(errno),
+        }
     })
 }
 
@@ -423,16 +449,7 @@ pub fn in_each_netns<T: Send>(
     f: impl Fn(&Path) -> T + Sync,
 ) -> Vec<Result<T, NetlinkError>> {
     let visit = |path: &Path| -> Result<T, NetlinkError> {
-        let netns = File::open(path).map_err(|error| NetlinkError::OpenNetns {
-            path: path.into(),
-            error,
-        })?;
-        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
-            NetlinkError::EnterNetns {
-                path: path.to_path_buf(),
-                error: io::Error::from(errno),
-            }
-        })?;
+        enter_netns(path)?;
         Ok(f(path))
     };
     if paths.is_empty() {
@@ -462,12 +479,6 @@ fn encode(out: &mut Vec<u8>, payload: RouteNetlinkMessage, flags: u16, seq: u32)
     let start = out.len();
     out.resize(start + msg.buffer_len(), 0);
     msg.serialize(&mut out[start..]);
-}
-
-/// The errno of an NLMSG_ERROR payload; None for an ack.
-fn error_code(payload: &[u8]) -> Option<io::Error> {
-    let code = i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?);
-    (code != 0).then(|| io::Error::from_raw_os_error(-code))
 }
 
 /// Many acks wait in the receive buffer during a batch; make room, past

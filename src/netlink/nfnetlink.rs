@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 
 use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-use super::{attributes, NetlinkError};
+use super::{attributes, error_code, raw_request, walk, NetlinkError, NLMSG_ERROR};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
@@ -15,10 +15,6 @@ const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_GEN_ID: u16 = 1;
 const NFPROTO_UNSPEC: u8 = 0;
 const NFPROTO_INET: u8 = 1;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 /// getsockopt: the namespace's cookie, never reused (Linux 5.14+).
 const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -77,60 +73,39 @@ fn ask(
     family: u8,
     name: Option<&str>,
 ) -> Result<Option<Vec<u8>>, NetlinkError> {
-    socket
-        .send(&request(get, family, name), 0)
-        .map_err(NetlinkError::Socket)?;
+    let name = name.map(|n| [n.as_bytes(), &[0]].concat()); // NUL-terminated
+    let attrs: Vec<(u16, &[u8])> = name.iter().map(|n| (NFTA_TABLE_NAME, &n[..])).collect();
+    // nfgenmsg: family, version, res_id.
+    let request = raw_request(
+        (NFNL_SUBSYS_NFTABLES << 8) | get,
+        1,
+        [family, 0, 0, 0],
+        &attrs,
+    );
+    socket.send(&request, 0).map_err(NetlinkError::Socket)?;
     let answer_kind = (NFNL_SUBSYS_NFTABLES << 8) | (get - 1); // GETx is NEWx + 1
     let mut answer = None;
+    let mut outcome = None;
     let mut buf = Vec::with_capacity(64 * 1024);
     loop {
         buf.clear();
         let n = socket.recv(&mut buf, 0).map_err(NetlinkError::Socket)?;
-        let mut offset = 0;
-        while offset + NLMSG_HDRLEN <= n {
-            let message = &buf[offset..n];
-            let len = u32::from_ne_bytes(message[0..4].try_into().unwrap_or_default()) as usize;
-            let kind = u16::from_ne_bytes([message[4], message[5]]);
-            if len < NLMSG_HDRLEN || len > message.len() {
-                return Err(NetlinkError::Decode("malformed nfnetlink answer".into()));
-            }
-            let payload = &message[NLMSG_HDRLEN..len];
+        walk(&buf[..n], |kind, _, payload| {
             if kind == answer_kind {
                 answer = Some(payload.to_vec());
             } else if kind == NLMSG_ERROR {
-                let code = payload
-                    .get(..4)
-                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or_else(|| NetlinkError::Decode("short nfnetlink error".into()))?;
-                return match -code {
-                    0 => Ok(answer), // the ack that ends the answer
-                    libc::ENOENT => Ok(None),
-                    errno => Err(NetlinkError::Kernel(std::io::Error::from_raw_os_error(
-                        errno,
-                    ))),
-                };
+                // The ack that ends the answer, or the refusal.
+                outcome = Some(match error_code(payload) {
+                    None => Ok(answer.take()),
+                    Some(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+                    Some(e) => Err(NetlinkError::Kernel(e)),
+                });
+                return Ok(true);
             }
-            offset += (len + 3) & !3;
+            Ok(false)
+        })?;
+        if let Some(outcome) = outcome {
+            return outcome;
         }
     }
-}
-
-/// nlmsghdr + nfgenmsg (+ NFTA_*_NAME).
-fn request(get: u16, family: u8, name: Option<&str>) -> Vec<u8> {
-    let attr_len = name.map_or(0, |n| 4 + n.len() + 1); // NUL-terminated
-    let total = NLMSG_HDRLEN + NFGENMSG_LEN + ((attr_len + 3) & !3);
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&(total as u32).to_ne_bytes());
-    out.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | get).to_ne_bytes());
-    out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    out.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    out.extend_from_slice(&0u32.to_ne_bytes()); // port: the kernel's
-    out.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version, res_id
-    if let Some(name) = name {
-        out.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-        out.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
-        out.extend_from_slice(name.as_bytes());
-    }
-    out.resize(total, 0);
-    out
 }

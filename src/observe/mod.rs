@@ -15,7 +15,7 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 pub use node::{start_link_dump, LinkCollector, NodeLinks, Partial, SortOrder};
 pub use state::{Observed, ObservedPod};
 
-use crate::model::{Address, Link, NetnsState, PodKey, Route, Sysctl, TABLE_LOCAL};
+use crate::model::{Address, Link, NetnsState, NftTable, PodKey, Route, Sysctl, TABLE_LOCAL};
 use crate::netlink::{Netlink, NetlinkError};
 
 /// The namespace-wide sysctl observed everywhere (the node and the tailnet
@@ -39,26 +39,40 @@ pub enum ObserveError {
     },
 }
 
+/// What a pass does about headcni's nftables table.
+pub enum Firewall {
+    /// Reads it: an nfnetlink question, and an `nft` listing when the
+    /// ruleset changed.
+    Read,
+    /// Already known from earlier in this pass (nothing since could have
+    /// changed it).
+    Known(Option<NftTable>),
+    /// Leaves it unread, so unknown (the CNI's per-pod passes leave the
+    /// firewall to `apply` and the daemon).
+    Skip,
+}
+
 /// Reads the node namespace (the caller's) and the namespaces of `pods`.
-/// `firewall`: also read the nftables table (an nfnetlink question, and an
-/// `nft` listing when the ruleset changed; the CNI's per-pod passes leave
-/// the firewall to `apply` and the daemon).
-pub fn observe(pods: &[(PodKey, PathBuf)], firewall: bool) -> Result<Observed, ObserveError> {
+pub fn observe(pods: &[(PodKey, PathBuf)], firewall: Firewall) -> Result<Observed, ObserveError> {
     std::thread::scope(|threads| {
         let links = start_link_dump(threads);
         let partial = observe_partial(pods, firewall)?;
         let links = links.finish().map_err(ObserveError::Node)?;
-        Ok(partial.complete(links, None))
+        Ok(partial.complete(links))
     })
 }
 
 /// Everything but the node's links (see [`node`]).
 pub fn observe_partial(
     pods: &[(PodKey, PathBuf)],
-    firewall: bool,
+    firewall: Firewall,
 ) -> Result<Partial, ObserveError> {
     // An `nft` listing, when one is needed, runs while we dump.
-    let firewall_reading = firewall.then(crate::nft::start_observe);
+    let firewall_reading = match firewall {
+        Firewall::Read => Some(crate::nft::start_observe()),
+        Firewall::Known(table) => Some(crate::nft::Reading::known(table)),
+        Firewall::Skip => None,
+    };
     let mut nl = Netlink::open_current().map_err(ObserveError::Node)?;
     let (addresses, routes) = dump_addresses_and_routes(&mut nl).map_err(ObserveError::Node)?;
     let rules = dump_rules(&mut nl).map_err(ObserveError::Node)?;

@@ -259,18 +259,24 @@ impl Partial {
                 .all(|(r, i)| i.and_then(|i| links.name(i)) == r.dev.as_deref())
     }
 
-    /// The whole observation, named after the link dump and sorted (in
-    /// `order`, when it was computed beside something else).
-    pub fn complete(self, links: NodeLinks, order: Option<SortOrder>) -> Observed {
+    /// The whole observation, named after the link dump and sorted.
+    pub fn complete(self, links: NodeLinks) -> Observed {
         let agree = self.names_agree(&links);
-        let order = order.unwrap_or_else(|| links.sort_order());
+        let order = links.sort_order();
+        self.complete_with(links, order, agree)
+    }
+
+    /// [`Partial::complete`] with what the caller has already worked out:
+    /// the sorted order (computed beside something else) and whether the
+    /// provisional names agree with the dump.
+    pub fn complete_with(self, links: NodeLinks, order: SortOrder, names_agree: bool) -> Observed {
         let Partial {
             mut observed,
             address_links,
             route_links,
         } = self;
         let node = &mut observed.node;
-        if !agree {
+        if !names_agree {
             // An address on a link the dump no longer has is dropped with it.
             node.addresses = std::mem::take(&mut node.addresses)
                 .into_iter()
@@ -399,7 +405,7 @@ mod tests {
         assert_eq!(p.observed.node.routes[1].dev.as_deref(), Some("hcb"));
         let links = dump(&[(1, "hca"), (2, "hcb")]);
         assert!(p.names_agree(&links));
-        let observed = p.complete(links, None);
+        let observed = p.complete(links);
         let names: Vec<&str> = observed
             .node
             .links
@@ -414,7 +420,7 @@ mod tests {
         let p = partial(&[(GONE + 1, "hca"), (GONE + 2, "hcold")], &[GONE + 2]);
         let links = dump(&[(1, "hca"), (2, "hcnew")]);
         assert!(!p.names_agree(&links));
-        let observed = p.complete(links, None);
+        let observed = p.complete(links);
         let devs: Vec<&str> = observed
             .node
             .addresses
@@ -429,7 +435,7 @@ mod tests {
     fn links_gone_or_new_between_the_dumps_are_named_by_the_link_dump() {
         // Address on a link the dump no longer has: dropped with it.
         let p = partial(&[(GONE + 1, "hca"), (GONE + 3, "hcgone")], &[]);
-        let observed = p.complete(dump(&[(1, "hca")]), None);
+        let observed = p.complete(dump(&[(1, "hca")]));
         assert_eq!(observed.node.addresses.len(), 1);
         // A route through a link without addresses, not there when asked
         // but in the dump: named from the dump.
@@ -437,7 +443,7 @@ mod tests {
         assert_eq!(p.observed.node.routes[0].dev, None);
         let links = dump(&[(4, "tailscale0")]);
         assert!(!p.names_agree(&links));
-        let observed = p.complete(links, None);
+        let observed = p.complete(links);
         assert_eq!(observed.node.routes[0].dev.as_deref(), Some("tailscale0"));
         // ... and absent from both: no name, and that agrees.
         let p = partial(&[], &[GONE + 5]);
@@ -453,7 +459,7 @@ mod tests {
             .enumerate()
             .map(|(i, n)| (100 + i as u32, n.as_str()))
             .collect();
-        let observed = partial(&[], &oifs).complete(dump(&links), None);
+        let observed = partial(&[], &oifs).complete(dump(&links));
         assert!(observed
             .node
             .routes
