@@ -203,6 +203,21 @@ pub struct RouteKey {
 }
 
 impl Route {
+    /// A unicast route of headcni's to `dst` in `table`, nothing else set:
+    /// the base the desired routes are built on.
+    pub fn owned(table: u32, dst: IpNetwork) -> Route {
+        Route {
+            table,
+            dst,
+            via: None,
+            dev: None,
+            scope: Scope::Global,
+            protocol: RTPROT_HEADCNI,
+            metric: 0,
+            kind: RouteType::Unicast,
+        }
+    }
+
     pub fn key(&self) -> RouteKey {
         RouteKey {
             table: self.table,

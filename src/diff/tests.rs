@@ -38,14 +38,10 @@ fn pod(i: u8) -> PodIntent {
 /// A scope-link route on eth0 with `protocol` (4 = static: someone else's).
 pub(crate) fn route_on_eth0(dst: &str, protocol: u8) -> Route {
     Route {
-        table: TABLE_MAIN,
-        dst: dst.parse().unwrap(),
-        via: None,
         dev: Some("eth0".into()),
         scope: Scope::Link,
         protocol,
-        metric: 0,
-        kind: crate::model::RouteType::Unicast,
+        ..Route::owned(TABLE_MAIN, dst.parse().unwrap())
     }
 }
 

@@ -345,14 +345,8 @@ mod tests {
 
     fn route(dst: &str) -> Route {
         Route {
-            table: TABLE_MAIN,
-            dst: dst.parse().unwrap(),
-            via: None,
-            dev: None,
             scope: Scope::Link,
-            protocol: 104,
-            metric: 0,
-            kind: crate::model::RouteType::Unicast,
+            ..Route::owned(TABLE_MAIN, dst.parse().unwrap())
         }
     }
 

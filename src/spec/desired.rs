@@ -80,16 +80,12 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
 
     match spec.mode {
         Mode::Host => {
-            desired.node_routes.push(Route {
-                table: TABLE_MAIN,
-                dst: spec.tailnet.cidr,
-                via: None,
+            let to_tailnet = |dst| Route {
                 dev: Some(spec.tailnet.interface.clone()),
                 scope: Scope::Link,
-                protocol: RTPROT_HEADCNI,
-                metric: 0,
-                kind: RouteType::Unicast,
-            });
+                ..Route::owned(TABLE_MAIN, dst)
+            };
+            desired.node_routes.push(to_tailnet(spec.tailnet.cidr));
             desired.required_links.push(spec.tailnet.interface.clone());
             desired
                 .node_sysctls
@@ -97,16 +93,7 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
             // Other nodes' pods are on the tailnet; this node's own pods win
             // by their /32s.
             if let Some(cluster) = spec.pod_network.cluster_cidr {
-                desired.node_routes.push(Route {
-                    table: TABLE_MAIN,
-                    dst: IpNetwork::V4(cluster),
-                    via: None,
-                    dev: Some(spec.tailnet.interface.clone()),
-                    scope: Scope::Link,
-                    protocol: RTPROT_HEADCNI,
-                    metric: 0,
-                    kind: RouteType::Unicast,
-                });
+                desired.node_routes.push(to_tailnet(IpNetwork::V4(cluster)));
             }
         }
         Mode::Daemon => compile_tailnet_namespace(spec, &mut desired),
@@ -116,19 +103,11 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
     // route: the cluster CIDR's to the tailnet, or the default route out.
     // Each pod's /32 is more specific; the gateway is a local address.
     desired.node_routes.push(Route {
-        table: TABLE_MAIN,
-        dst: IpNetwork::V4(spec.pod_network.cidr),
-        via: None,
-        dev: None,
-        scope: Scope::Global,
-        protocol: RTPROT_HEADCNI,
-        metric: 0,
         kind: RouteType::Unreachable,
+        ..Route::owned(TABLE_MAIN, IpNetwork::V4(spec.pod_network.cidr))
     });
     for extra in &spec.routes {
         desired.node_routes.push(Route {
-            table: TABLE_MAIN,
-            dst: extra.destination,
             via: extra.via,
             dev: extra.device.clone(),
             scope: if extra.via.is_some() {
@@ -136,9 +115,8 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
             } else {
                 Scope::Link
             },
-            protocol: RTPROT_HEADCNI,
             metric: extra.metric,
-            kind: RouteType::Unicast,
+            ..Route::owned(TABLE_MAIN, extra.destination)
         });
         if let Some(dev) = &extra.device {
             if !desired.required_links.contains(dev) {
@@ -175,14 +153,10 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
     let gateway = host32(net.gateway);
     let pod_ip = host32(intent.ip);
     let route = |dst: IpNetwork, via: Option<IpAddr>, dev: &str, scope: Scope| Route {
-        table: TABLE_MAIN,
-        dst,
         via,
         dev: Some(dev.to_string()),
         scope,
-        protocol: RTPROT_HEADCNI,
-        metric: 0,
-        kind: RouteType::Unicast,
+        ..Route::owned(TABLE_MAIN, dst)
     };
     let default_v4: IpNetwork =
         IpNetwork::V4(Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"));
@@ -253,8 +227,6 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
     let ns_ip = std::net::Ipv4Addr::from(u32::from(transfer.network()) + 2);
     let on_transfer = |ip| IpNetwork::V4(Ipv4Network::new(ip, 30).expect("/30 is valid"));
     let route = |table, dst: IpNetwork, via: Option<std::net::Ipv4Addr>, dev: &str| Route {
-        table,
-        dst,
         via: via.map(IpAddr::V4),
         dev: Some(dev.to_string()),
         scope: if via.is_some() {
@@ -262,9 +234,7 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
         } else {
             Scope::Link
         },
-        protocol: RTPROT_HEADCNI,
-        metric: 0,
-        kind: RouteType::Unicast,
+        ..Route::owned(table, dst)
     };
     desired.node_rules.push(Rule {
         priority: d.rule_priority,
