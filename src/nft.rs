@@ -202,7 +202,7 @@ fn canonical(expr: &serde_json::Value) -> String {
 /// The last table listed, by the ruleset version it was listed at: while
 /// the version stays, so does the table, and a daemon pass needs no `nft`.
 static LAST_LISTED: Mutex<Option<(RulesetVersion, Option<NftTable>)>> = Mutex::new(None);
-/// (namespace cookie, ruleset generation): see `nfnetlink::ruleset_version`.
+/// (namespace cookie, ruleset generation): see `nfnetlink::Nftables::ruleset_version`.
 type RulesetVersion = (u64, u32);
 static LISTINGS: AtomicU64 = AtomicU64::new(0);
 
@@ -240,14 +240,14 @@ enum ReadingState {
 /// none (most nodes without masquerade or clamping), or when the ruleset is
 /// where it was at the last listing; else starts `nft`.
 pub fn start_observe() -> Reading {
-    use crate::netlink::nfnetlink;
     // If the kernel cannot say, nft will.
-    if let Ok(false) = nfnetlink::inet_table_exists(TABLE) {
+    let kernel = crate::netlink::nfnetlink::Nftables::open().ok();
+    if let Some(Ok(false)) = kernel.as_ref().map(|k| k.inet_table_exists(TABLE)) {
         return Reading(ReadingState::Answered(Ok(None)));
     }
     // Read before listing: a change in between leaves a stale version in
     // the cache, which only costs the next pass a listing.
-    let version = nfnetlink::ruleset_version().ok();
+    let version = kernel.and_then(|k| k.ruleset_version().ok());
     if let (Some(version), Ok(last)) = (version, LAST_LISTED.lock()) {
         if let Some((_, table)) = last.as_ref().filter(|(v, _)| *v == version) {
             return Reading(ReadingState::Answered(Ok(table.clone())));

@@ -19,50 +19,61 @@ const NFGENMSG_LEN: usize = 4;
 /// getsockopt: the namespace's cookie, never reused (Linux 5.14+).
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
+/// An nfnetlink connection in the caller's namespace: one socket for both
+/// questions a pass asks.
+pub struct Nftables {
+    socket: Socket,
+}
+
+impl Nftables {
+    pub fn open() -> Result<Nftables, NetlinkError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NetlinkError::Socket)?;
+        socket.bind_auto().map_err(NetlinkError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NetlinkError::Socket)?;
+        Ok(Nftables { socket })
+    }
+
+    /// Does the `inet` table `name` exist?
+    pub fn inet_table_exists(&self, name: &str) -> Result<bool, NetlinkError> {
+        let answer = ask(&self.socket, NFT_MSG_GETTABLE, NFPROTO_INET, Some(name))?;
+        Ok(answer.is_some())
+    }
+
+    /// The namespace's ruleset, as (namespace cookie, generation): the
+    /// generation changes with every change to any table, and the cookie
+    /// tells namespaces apart (an inode number can come back after a
+    /// namespace is gone; a cookie cannot). Equal versions, equal rulesets.
+    pub fn ruleset_version(&self) -> Result<(u64, u32), NetlinkError> {
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: a valid fd, and a pointer to a live u64 with its size in len.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(NetlinkError::Socket(std::io::Error::last_os_error()));
+        }
+        let answer = ask(&self.socket, NFT_MSG_GETGEN, NFPROTO_UNSPEC, None)?
+            .ok_or_else(|| NetlinkError::Decode("no ruleset generation".into()))?;
+        let generation = attributes(answer.get(NFGENMSG_LEN..).unwrap_or_default())
+            .find(|(kind, _)| *kind == NFTA_GEN_ID)
+            .and_then(|(_, value)| Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?)))
+            .ok_or_else(|| NetlinkError::Decode("no NFTA_GEN_ID in NEWGEN".into()))?;
+        Ok((cookie, generation))
+    }
+}
+
 /// Does the `inet` table `name` exist in the caller's namespace?
 pub fn inet_table_exists(name: &str) -> Result<bool, NetlinkError> {
-    let socket = connect()?;
-    let answer = ask(&socket, NFT_MSG_GETTABLE, NFPROTO_INET, Some(name))?;
-    Ok(answer.is_some())
-}
-
-/// This namespace's ruleset, as (namespace cookie, generation): the
-/// generation changes with every change to any table, and the cookie tells
-/// namespaces apart (an inode number can come back after a namespace is
-/// gone; a cookie cannot). Equal versions mean an equal ruleset.
-pub fn ruleset_version() -> Result<(u64, u32), NetlinkError> {
-    let socket = connect()?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a valid fd, and a pointer to a live u64 with its size in len.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(NetlinkError::Socket(std::io::Error::last_os_error()));
-    }
-    let answer = ask(&socket, NFT_MSG_GETGEN, NFPROTO_UNSPEC, None)?
-        .ok_or_else(|| NetlinkError::Decode("no ruleset generation".into()))?;
-    let generation = attributes(answer.get(NFGENMSG_LEN..).unwrap_or_default())
-        .find(|(kind, _)| *kind == NFTA_GEN_ID)
-        .and_then(|(_, value)| Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?)))
-        .ok_or_else(|| NetlinkError::Decode("no NFTA_GEN_ID in NEWGEN".into()))?;
-    Ok((cookie, generation))
-}
-
-fn connect() -> Result<Socket, NetlinkError> {
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NetlinkError::Socket)?;
-    socket.bind_auto().map_err(NetlinkError::Socket)?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(NetlinkError::Socket)?;
-    Ok(socket)
+    Nftables::open()?.inet_table_exists(name)
 }
 
 /// Sends one nftables GET and returns the payload of its answer (the NEW
