@@ -13,7 +13,6 @@ mod common;
 
 use common::{require_root, sh};
 use headcni::netlink::Netlink;
-use headcni::spec::PodStore;
 
 struct Cleanup {
     namespaces: Vec<String>,
@@ -127,7 +126,7 @@ fn setup(tag: &str, pods: usize, dir: &Path) -> Setup {
     )
     .unwrap();
     let parsed = headcni::spec::Spec::load(&spec).unwrap();
-    let store = PodStore::new(&parsed.state_dir);
+    let store = parsed.pod_store();
     for p in &pod_names {
         let key = headcni::model::PodKey {
             container_id: p.clone(),
@@ -137,7 +136,6 @@ fn setup(tag: &str, pods: usize, dir: &Path) -> Setup {
             .add(
                 &key,
                 &PathBuf::from("/run/netns").join(p),
-                parsed.pod_network.cidr,
                 parsed.pod_network.gateway,
             )
             .unwrap();

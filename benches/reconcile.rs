@@ -75,7 +75,8 @@ fn profile_loop(spec: &Spec, pods: &[PodIntent]) {
     let until = started + Duration::from_secs(secs);
     let mut runs = 0u32;
     while Instant::now() < until {
-        let planned = engine::plan(spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
+        let planned =
+            engine::plan(spec, &|| Ok(pods.to_vec().into()), &PodScope::HostOnly).unwrap();
         assert!(planned.plan.is_empty());
         runs += 1;
     }
@@ -129,7 +130,8 @@ fn main() {
         make_veths(&all[made..n], made, &pods_ns, dir.path());
         made = n;
         let pods = &all[..n];
-        let applied = engine::apply(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
+        let applied =
+            engine::apply(&spec, &|| Ok(pods.to_vec().into()), &PodScope::HostOnly).unwrap();
         assert!(applied.converged(), "setup did not converge");
         wait_for_idle(Duration::from_secs(20));
         let mut dumps = Vec::new();
@@ -142,7 +144,8 @@ fn main() {
         let mut times = Vec::new();
         for _ in 0..15 {
             let started = Instant::now();
-            let planned = engine::plan(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
+            let planned =
+                engine::plan(&spec, &|| Ok(pods.to_vec().into()), &PodScope::HostOnly).unwrap();
             times.push(started.elapsed());
             assert!(planned.plan.is_empty());
         }
@@ -155,12 +158,14 @@ fn main() {
         for _ in 0..15 {
             headcni::nft::forget_listing();
             let started = Instant::now();
-            let planned = engine::plan(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
+            let planned =
+                engine::plan(&spec, &|| Ok(pods.to_vec().into()), &PodScope::HostOnly).unwrap();
             cold.push(started.elapsed());
             assert!(planned.plan.is_empty());
         }
         let best = *times.iter().min().unwrap();
-        let planned = engine::plan(&spec, &|| Ok(pods.to_vec()), &PodScope::HostOnly).unwrap();
+        let planned =
+            engine::plan(&spec, &|| Ok(pods.to_vec().into()), &PodScope::HostOnly).unwrap();
         let t = Instant::now();
         let desired = headcni::spec::compile(&spec, pods);
         let compile_took = t.elapsed();
@@ -209,7 +214,7 @@ fn main() {
     wait_for_idle(Duration::from_secs(20));
     for _ in 0..7 {
         flush();
-        let planned = engine::plan(&spec, &|| Ok(all.clone()), &PodScope::HostOnly).unwrap();
+        let planned = engine::plan(&spec, &|| Ok(all.clone().into()), &PodScope::HostOnly).unwrap();
         assert_eq!(planned.plan.summary().add, 10_002); // + the tailnet route, the pod CIDR unreachable
         let started = Instant::now();
         let report = headcni::apply::apply(&planned.plan);
@@ -218,7 +223,8 @@ fn main() {
 
         flush();
         let started = Instant::now();
-        let applied = engine::apply(&spec, &|| Ok(all.clone()), &PodScope::HostOnly).unwrap();
+        let applied =
+            engine::apply(&spec, &|| Ok(all.clone().into()), &PodScope::HostOnly).unwrap();
         ours_pass.push(started.elapsed());
         assert!(applied.converged());
 

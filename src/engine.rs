@@ -15,7 +15,7 @@ use crate::apply::{self, ApplyReport};
 use crate::diff::{diff, Action, Early, Object, Plan};
 use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
 use crate::observe::{self, Firewall, ObserveError, Observed};
-use crate::spec::{compile, Desired, PodIntent, Spec, StoreError};
+use crate::spec::{compile, Desired, Intents, PodIntent, Spec, StoreError};
 
 /// Which part of the node a pass looks at and may change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +40,19 @@ pub enum EngineError {
     Observe(#[from] ObserveError),
     #[error("reading pod intents")]
     Store(#[from] StoreError),
+    /// Pod links exist but no store was ever created where the spec says:
+    /// a moved or wiped state_dir must not read as "every pod is gone".
+    #[error("no pod store at {}, yet the node has {} pod links headcni made ({}); refusing to remove them on no evidence. If state_dir moved, point it back; if these pods are gone for good, `headcni pod init` creates an empty store and the next apply removes them", store.display(), links.len(), preview(links))]
+    NoStore { store: PathBuf, links: Vec<String> },
+}
+
+fn preview(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = names[..names.len().min(SHOWN)].join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(", and {} more", names.len() - SHOWN));
+    }
+    text
 }
 
 /// A plan and everything it was made from.
@@ -53,7 +66,9 @@ pub struct Planned {
 }
 
 /// Where a pass gets the pod intents from; called again before removals.
-pub type PodSource<'a> = &'a dyn Fn() -> Result<Vec<PodIntent>, StoreError>;
+/// `Vec<PodIntent>` converts into complete [`Intents`] (`.into()`); a store
+/// says itself whether it exists ([`crate::spec::PodStore::read`]).
+pub type PodSource<'a> = &'a dyn Fn() -> Result<Intents, StoreError>;
 
 pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, EngineError> {
     plan_knowing(spec, pods, scope, None)
@@ -74,12 +89,14 @@ fn plan_knowing(
     if removes_node_objects(&plan) {
         let fresh = pods()?;
         if fresh != intents {
-            desired = compile(spec, &fresh);
+            desired = compile(spec, &fresh.pods);
             plan = diff(&desired, &observed);
             intents = fresh;
         }
     }
     let plan = restrict(plan, scope);
+    refuse_removals_without_store(&plan, &intents)?;
+    let intents = intents.pods;
     Ok(Planned {
         pods: intents,
         desired,
@@ -103,7 +120,7 @@ fn observe_and_diff(
     pods: PodSource,
     scope: &PodScope,
     known_firewall: Option<Option<crate::model::NftTable>>,
-) -> Result<(Vec<PodIntent>, Desired, Observed, Plan), EngineError> {
+) -> Result<(Intents, Desired, Observed, Plan), EngineError> {
     let firewall = match known_firewall {
         Some(table) => Firewall::Known(table),
         None if matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune) => {
@@ -114,10 +131,10 @@ fn observe_and_diff(
     std::thread::scope(|threads| {
         let mut links = observe::start_link_dump(threads);
         let intents = pods()?;
-        let to_observe = namespaces_to_observe(spec, scope, &intents);
+        let to_observe = namespaces_to_observe(spec, scope, &intents.pods);
         let partial = observe::observe_partial(&to_observe, firewall)?;
         links.take_ready();
-        let desired = compile(spec, &intents);
+        let desired = compile(spec, &intents.pods);
         links.take_ready();
         let early = Early::new(&desired, &partial.observed);
         let links = links.finish().map_err(ObserveError::Node)?;
@@ -189,6 +206,34 @@ fn system_namespaces(spec: &Spec, scope: &PodScope) -> Vec<(PodKey, PathBuf)> {
     } else {
         Vec::new()
     }
+}
+
+/// Removals of pod links are planned only from a store that was read.
+fn refuse_removals_without_store(plan: &Plan, intents: &Intents) -> Result<(), EngineError> {
+    let Some(store) = &intents.missing_store else {
+        return Ok(());
+    };
+    let links: Vec<String> = plan
+        .steps
+        .iter()
+        .filter(|s| s.action == Action::Remove && s.netns == Netns::Node)
+        .filter_map(|s| match &s.object {
+            Object::Link(l)
+                if l.name.starts_with(crate::model::LINK_PREFIX)
+                    && l.name != crate::spec::TAILNET_HOST_LINK =>
+            {
+                Some(l.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    if links.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::NoStore {
+        store: store.clone(),
+        links,
+    })
 }
 
 fn removes_node_objects(plan: &Plan) -> bool {

@@ -5,6 +5,8 @@
 //! [`observe`] (rtnetlink) → `Observed`; [`diff::diff`] → `Plan`;
 //! [`apply::apply`] executes it; [`engine`] ties them together.
 
+#[macro_use]
+pub mod stdout;
 pub mod apply;
 pub mod cni;
 pub mod daemon;

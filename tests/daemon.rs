@@ -18,10 +18,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(n: &Node) -> Daemon {
+        Daemon::start_under(n, &[])
+    }
+
+    /// The daemon run by `wrapper` (e.g. prlimit and its arguments).
+    fn start_under(n: &Node, wrapper: &[&str]) -> Daemon {
         let log = n.lab.dir.path().join("daemon.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &n.node, common::headcni_bin(), "daemon"])
+            .args(["netns", "exec", &n.node])
+            .args(wrapper)
+            .args([common::headcni_bin(), "daemon"])
             .env("HEADCNI_SPEC", &n.spec)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -440,4 +447,86 @@ fn daemon_mode_cluster_keeps_pods_on_one_node_local() {
         n.lab.ping(&pod1, &ip2),
         "pod1 reaches pod2 on the same node"
     );
+}
+
+/// "Too many open files" once must not cost the listeners for good: after
+/// the connections close, /healthz and `headcni status` answer again.
+#[test]
+fn listeners_survive_running_out_of_file_descriptors() {
+    let n = Node::new();
+    n.write_spec("\n[daemon]\nmetrics_listen = \"127.0.0.1:9108\"\n");
+    let d = Daemon::start_under(&n, &["prlimit", "--nofile=40:40", "--"]);
+    wait_until(Duration::from_secs(3), "/healthz answers", || {
+        http_get(&n, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    // Hold more connections than the daemon has descriptors left.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (opened_tx, opened) = std::sync::mpsc::channel::<usize>();
+    let holder = common::in_ns(&n.node, move || {
+        let conns: Vec<_> = (0..60)
+            .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9108").ok())
+            .collect();
+        opened_tx.send(conns.len()).unwrap();
+        let _ = held.recv_timeout(Duration::from_secs(30));
+        drop(conns);
+    });
+    assert!(opened.recv_timeout(Duration::from_secs(10)).unwrap() >= 40);
+    wait_until(
+        Duration::from_secs(5),
+        "the daemon to run out of descriptors",
+        || d.log().contains("accept failed"),
+    );
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    wait_until(Duration::from_secs(10), "/healthz back", || {
+        http_get(&n, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    wait_until(Duration::from_secs(5), "status back", || {
+        status(&n).is_some()
+    });
+}
+
+/// A spec replaced by a FIFO (or a device) is refused like any bad edit:
+/// the daemon keeps its last good spec, repairs drift and stops on SIGTERM.
+#[test]
+fn a_spec_that_is_not_a_regular_file_is_refused() {
+    let mut n = Node::new();
+    let (_pod, ip) = n.add_pod("pod1");
+    let mut d = Daemon::start(&n);
+    wait_until(Duration::from_secs(3), "pod1 wired", || {
+        n.node_routes().contains(&format!("{ip} dev hc"))
+    });
+    // `headcni status` finds the daemon through a spec it can read.
+    let readable = n.lab.dir.path().join("readable.toml");
+    std::fs::copy(&n.spec, &readable).unwrap();
+    let spec_error = || {
+        let out = n
+            .lab
+            .headcni(&n.node, &readable, &["status", "--format", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|s| s["spec_error"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    std::fs::remove_file(&n.spec).unwrap();
+    nix::unistd::mkfifo(&n.spec, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    wait_until(Duration::from_secs(3), "the FIFO refused", || {
+        spec_error().contains("not a regular file")
+    });
+    n.lab.ip(&n.node, &["route", "del", &format!("{ip}/32")]);
+    wait_until(
+        Duration::from_secs(3),
+        "drift repaired with the last good spec",
+        || n.node_routes().contains(&format!("{ip} dev hc")),
+    );
+    let out = n.headcni(&["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+    assert_eq!(d.stop(), Some(0), "SIGTERM ends the daemon at once");
+    // /dev/zero: refused at once, not read until memory runs out.
+    let out = n
+        .lab
+        .headcni(&n.node, std::path::Path::new("/dev/zero"), &["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
 }

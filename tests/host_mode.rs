@@ -263,7 +263,7 @@ fn a_pod_pass_leaves_the_unread_firewall_alone() {
         let intents = vec![intent];
         headcni::engine::apply(
             &spec,
-            &|| Ok(intents.clone()),
+            &|| Ok(intents.clone().into()),
             &headcni::engine::PodScope::One(key),
         )
         .expect("pass")

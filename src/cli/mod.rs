@@ -8,7 +8,9 @@ mod pod;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use headcni::{out, outln};
 
 use headcni::spec::{PodStore, Spec, DEFAULT_SPEC_PATH};
 
@@ -111,8 +113,34 @@ impl Cli {
     }
 
     fn store(spec: &Spec) -> PodStore {
-        PodStore::new(&spec.state_dir)
+        spec.pod_store()
     }
+}
+
+/// state_dir must be usable before anything relies on it: a directory only
+/// we can write (or one we can create), holding a store that reads.
+fn state_dir_report(spec: &Spec) -> anyhow::Result<String> {
+    use headcni::spec::StateDirCheck;
+    let context = || format!("{}: state_dir", spec.source.display());
+    let check = headcni::spec::check_state_dir(&spec.state_dir).with_context(context)?;
+    let pods = spec.pod_store().read().with_context(context)?;
+    let stored = match pods.missing_store {
+        Some(_) => "no pod store yet".to_string(),
+        None => format!("{} pods in the store", pods.pods.len()),
+    };
+    Ok(match check {
+        StateDirCheck::Private => stored,
+        StateDirCheck::WillBeCreated { parent } => {
+            format!("will be created under {}", parent.display())
+        }
+        StateDirCheck::ReadableByOthers { mode } => {
+            eprintln!(
+                "headcni: warning: state_dir {} is readable by others (mode {mode:04o}); `chmod 700` it",
+                spec.state_dir.display()
+            );
+            stored
+        }
+    })
 }
 
 fn status(cli: &Cli, format: Format) -> anyhow::Result<Exit> {
@@ -122,7 +150,7 @@ fn status(cli: &Cli, format: Format) -> anyhow::Result<Exit> {
     };
     let status = headcni::daemon::status::query(&state_dir)?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&status)?),
         Format::Text => headcni::daemon::print_status(&status),
     }
     Ok(Exit(0))
@@ -130,26 +158,38 @@ fn status(cli: &Cli, format: Format) -> anyhow::Result<Exit> {
 
 fn validate(cli: &Cli) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
-    println!("{}: valid", cli.spec.display());
-    println!("  mode: {:?}", spec.mode);
-    println!("  state_dir: {}", spec.state_dir.display());
-    println!(
+    let state = state_dir_report(&spec)?;
+    if let Some(key) = spec.daemon.auth_key_file.as_deref() {
+        if spec.mode == headcni::spec::Mode::Daemon {
+            // The daemon refuses such a key at start; say so now.
+            headcni::daemon::supervisor::check_key_file(key).map_err(|e| {
+                anyhow::anyhow!("{}: daemon.auth_key_file: {e}", cli.spec.display())
+            })?;
+        }
+    }
+    outln!("{}: valid", cli.spec.display());
+    outln!("  mode: {:?}", spec.mode);
+    outln!("  state_dir: {} ({state})", spec.state_dir.display());
+    outln!(
         "  pod network: {} gateway {} mtu {}",
-        spec.pod_network.cidr, spec.pod_network.gateway, spec.pod_network.mtu
+        spec.pod_network.cidr,
+        spec.pod_network.gateway,
+        spec.pod_network.mtu
     );
-    println!(
+    outln!(
         "  tailnet: {} dev {}",
-        spec.tailnet.cidr, spec.tailnet.interface
+        spec.tailnet.cidr,
+        spec.tailnet.interface
     );
     for r in &spec.routes {
-        print!("  route: {}", r.destination);
+        out!("  route: {}", r.destination);
         if let Some(via) = r.via {
-            print!(" via {via}");
+            out!(" via {via}");
         }
         if let Some(dev) = &r.device {
-            print!(" dev {dev}");
+            out!(" dev {dev}");
         }
-        println!();
+        outln!();
     }
     Ok(Exit(0))
 }

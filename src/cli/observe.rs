@@ -1,5 +1,6 @@
 //! `headcni observe`.
 
+use headcni::outln;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -23,7 +24,8 @@ pub struct ObserveArgs {
 pub fn run(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
     let store = Cli::store(&spec);
-    let pods = || store.list();
+    // Observing removes nothing, so a missing store needs no guard here.
+    let pods = || store.list().map(Into::into);
     let planned = engine::plan(&spec, &pods, &PodScope::All)?;
     if let Some(out) = &args.out {
         let last = LastApplied::load_from(&spec.state_dir)?;
@@ -34,15 +36,15 @@ pub fn run(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<Exit> {
     }
     let observed = planned.observed;
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&observed)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&observed)?),
         Format::Text => {
-            println!("node:");
+            outln!("node:");
             print_state(&observed.node);
             for pod in &observed.pods {
-                println!("pod {} ({}):", pod.key, pod.netns_path.display());
+                outln!("pod {} ({}):", pod.key, pod.netns_path.display());
                 match &pod.state {
                     Some(state) => print_state(state),
-                    None => println!("  netns cannot be opened"),
+                    None => outln!("  netns cannot be opened"),
                 }
             }
         }
@@ -52,15 +54,15 @@ pub fn run(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<Exit> {
 
 fn print_state(state: &NetnsState) {
     for link in &state.links {
-        println!("  link {link}");
+        outln!("  link {link}");
     }
     for addr in &state.addresses {
-        println!("  address {} dev {}", addr.addr, addr.dev);
+        outln!("  address {} dev {}", addr.addr, addr.dev);
     }
     for route in &state.routes {
-        println!("  route {route}");
+        outln!("  route {route}");
     }
     for s in &state.sysctls {
-        println!("  sysctl {} = {}", s.key.replace('/', "."), s.value);
+        outln!("  sysctl {} = {}", s.key.replace('/', "."), s.value);
     }
 }

@@ -1,5 +1,6 @@
 //! `headcni plan` and `headcni apply`.
 
+use headcni::{out, outln};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -12,7 +13,7 @@ use headcni::engine::{self, Applied, PodScope};
 use headcni::observe::Observed;
 use headcni::report;
 use headcni::snapshot::{self, Fingerprints, LastApplied, ObservedDoc, SavedPlan};
-use headcni::spec::{compile, Desired, PodIntent, Spec, StoreError};
+use headcni::spec::{compile, Desired, Intents, PodIntent, Spec, StoreError};
 
 use super::{Cli, Exit};
 
@@ -136,10 +137,10 @@ fn gather(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Inputs> {
     }
     let store = Cli::store(&spec);
     let given = args.pods.as_deref().map(read_pods).transpose()?;
-    let source = || -> Result<Vec<PodIntent>, StoreError> {
+    let source = || -> Result<Intents, StoreError> {
         match &given {
-            Some(pods) => Ok(pods.clone()),
-            None => store.list(),
+            Some(pods) => Ok(pods.clone().into()),
+            None => store.read(),
         }
     };
     let planned = engine::plan(&spec, &source, &scope(args.host_only))?;
@@ -166,7 +167,7 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
         let last = inputs.last.as_ref().map(|l| (&l.desired, l.applied_at));
         let drift = drift::report(last, &inputs.desired, &inputs.observed);
         let last_desired = inputs.last.as_ref().map(|l| &l.desired);
-        print!(
+        out!(
             "{}",
             report::drift(
                 &drift,
@@ -192,7 +193,7 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
             out.display()
         );
     }
-    print!(
+    out!(
         "{}",
         report::plan(&inputs.plan, &inputs.desired, args.format.into(), color)
     );
@@ -207,7 +208,7 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
 pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
     let store = Cli::store(&spec);
-    let pods = || store.list();
+    let pods = || store.read();
     if let Err(e) = engine::register_protocol_name() {
         tracing::warn!("cannot register route protocol name in /etc/iproute2/rt_protos.d: {e}");
     }
@@ -218,16 +219,16 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     let color = report::want_color();
     match args.format {
         ReportFormat::Text => {
-            print!("{}", report::text::plan(&applied.plan, color));
+            out!("{}", report::text::plan(&applied.plan, color));
             if !applied.plan.is_empty() {
-                println!(
+                outln!(
                     "Applied {} steps in {:.1} ms.",
                     applied.report.applied,
                     applied.apply_took.as_secs_f64() * 1000.0
                 );
             }
         }
-        other => print!(
+        other => out!(
             "{}",
             report::plan(&applied.plan, &applied.desired, other.into(), false)
         ),
@@ -253,7 +254,7 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     }
     if applied.converged() {
         let record = LastApplied::new(&spec, &applied.pods, applied.desired.clone());
-        if let Err(e) = std::fs::create_dir_all(&spec.state_dir)
+        if let Err(e) = headcni::spec::create_state_dir(&spec.state_dir)
             .map_err(anyhow::Error::from)
             .and_then(|()| {
                 snapshot::save(&LastApplied::path(&spec.state_dir), &record)

@@ -1,5 +1,6 @@
 //! `headcni pod add|del|list`: pod intents by hand.
 
+use headcni::outln;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -29,6 +30,9 @@ pub enum PodCommand {
         #[arg(long, default_value = "eth0")]
         ifname: String,
     },
+    /// Create an empty pod store (recording the pod CIDR) where the spec
+    /// says; without one, apply and the daemon remove no pod links.
+    Init,
     /// List pod intents.
     List {
         #[arg(long, value_enum, default_value_t)]
@@ -57,12 +61,14 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
                 netns.display()
             );
             let added = store
-                .add(&key, netns, spec.pod_network.cidr, spec.pod_network.gateway)
+                .add(&key, netns, spec.pod_network.gateway)
                 .with_context(|| format!("adding pod {key}"))?;
             let verb = if added.created { "added" } else { "exists" };
-            println!(
+            outln!(
                 "{verb} {} {} {}",
-                key, added.intent.ip, added.intent.host_link
+                key,
+                added.intent.ip,
+                added.intent.host_link
             );
         }
         PodCommand::Del { id, ifname } => {
@@ -71,22 +77,30 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
                 .remove(&key)
                 .with_context(|| format!("removing pod {key}"))?
             {
-                Some(intent) => println!("removed {} {} {}", key, intent.ip, intent.host_link),
-                None => println!("absent {key}"),
+                Some(intent) => outln!("removed {} {} {}", key, intent.ip, intent.host_link),
+                None => outln!("absent {key}"),
             }
+        }
+        PodCommand::Init => {
+            let created = store.init().context("creating the pod store")?;
+            let verb = if created { "created" } else { "exists" };
+            outln!("{verb} {}", store.dir().display());
         }
         PodCommand::List { format } => {
             let pods = store.list()?;
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&pods)?),
+                Format::Json => outln!("{}", serde_json::to_string_pretty(&pods)?),
                 Format::Text => {
-                    println!(
+                    outln!(
                         "{:<24} {:<8} {:<15} {:<14} NETNS",
-                        "CONTAINER", "IFNAME", "IP", "HOST-LINK"
+                        "CONTAINER",
+                        "IFNAME",
+                        "IP",
+                        "HOST-LINK"
                     );
                     for p in pods {
                         let short: String = p.container_id.chars().take(24).collect();
-                        println!(
+                        outln!(
                             "{:<24} {:<8} {:<15} {:<14} {}",
                             short,
                             p.ifname,

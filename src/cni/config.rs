@@ -153,5 +153,16 @@ pub fn validate_netns(path: &Path) -> Result<(), String> {
     if stat.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
         return Err("is not a network namespace file (nsfs)".into());
     }
+    // Wiring a "pod" in the node's own namespace would add an address and a
+    // default route to the node itself: refused before anything is made.
+    let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
+        a.st_dev == b.st_dev && a.st_ino == b.st_ino
+    };
+    let target = nix::sys::stat::stat(path).map_err(|e| format!("cannot be opened: {e}"))?;
+    let own = nix::sys::stat::stat("/proc/self/ns/net")
+        .map_err(|e| format!("cannot compare with this namespace: {e}"))?;
+    if same(&target, &own) {
+        return Err("is the node's own network namespace, not a pod's".into());
+    }
     Ok(())
 }

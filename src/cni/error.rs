@@ -89,6 +89,7 @@ impl From<crate::engine::EngineError> for CniError {
         use crate::engine::EngineError;
         match e {
             EngineError::Store(s) => s.into(),
+            e @ EngineError::NoStore { .. } => CniError::new(STORE_FAILURE, e.to_string()),
             EngineError::Observe(o) => {
                 CniError::new(OBSERVE_FAILED, format!("{o}: {}", crate::error_sources(&o)))
             }

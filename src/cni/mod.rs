@@ -53,13 +53,13 @@ pub fn run() -> ExitCode {
     tracing::info!(command = %env.command, container = ?env.container_id, took_ms = started.elapsed().as_secs_f64() * 1000.0, ok = outcome.is_ok(), "cni");
     match outcome {
         Ok(Some(doc)) => {
-            println!("{doc}");
+            outln!("{doc}");
             ExitCode::SUCCESS
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::warn!("{} failed: {e}", env.command);
-            println!("{}", e.to_json(&answer_version));
+            outln!("{}", e.to_json(&answer_version));
             ExitCode::from(1)
         }
     }
@@ -101,16 +101,34 @@ fn dispatch(
 }
 
 fn load_spec(conf: &NetConf) -> Result<Spec, CniError> {
-    let mut spec = Spec::load(&conf.spec_path())
+    let spec = Spec::load(&conf.spec_path())
         .map_err(|e| CniError::new(error::INVALID_CONFIG, e.to_string()))?;
     if let Some(dir) = &conf.state_dir {
-        spec.state_dir = dir.clone();
+        // One node pod network, one store: a second store would hand out
+        // addresses the first already gave to running pods.
+        if !dir.is_absolute() {
+            return Err(CniError::new(
+                error::INVALID_CONFIG,
+                format!("stateDir {} must be an absolute path (better: leave it out; the spec's state_dir is the store)", dir.display()),
+            ));
+        }
+        if *dir != spec.state_dir {
+            return Err(CniError::new(
+                error::INVALID_CONFIG,
+                format!(
+                    "stateDir {} differs from state_dir {} in {}: a node's pod network has one store; leave stateDir out of the network configuration",
+                    dir.display(),
+                    spec.state_dir.display(),
+                    spec.source.display()
+                ),
+            ));
+        }
     }
     Ok(spec)
 }
 
 fn store(spec: &Spec, conf: &NetConf) -> PodStore {
-    let store = PodStore::new(&spec.state_dir);
+    let store = spec.pod_store();
     match conf.lock_timeout_ms {
         Some(ms) => store.with_lock_timeout(std::time::Duration::from_millis(ms)),
         None => store,
@@ -122,12 +140,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let netns = env.netns()?;
     let spec = load_spec(conf)?;
     let store = store(&spec, conf);
-    let added = store.add(
-        &key,
-        &netns,
-        spec.pod_network.cidr,
-        spec.pod_network.gateway,
-    )?;
+    let added = store.add(&key, &netns, spec.pod_network.gateway)?;
     let intent = added.intent;
     if intent.netns != netns {
         return Err(CniError::new(
@@ -163,7 +176,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
 /// Plans and applies this pod (and node-wide additions), then verifies.
 fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
     let key = intent.key();
-    let only_this = || Ok(vec![intent.clone()]);
+    let only_this = || Ok(vec![intent.clone()].into());
     let applied = engine::apply(spec, &only_this, &PodScope::One(key.clone()))?;
     if !applied.remaining.conflicts.is_empty() {
         let text = report::text::conflicts(&applied.remaining);
@@ -225,7 +238,7 @@ fn undo(spec: &Spec, store: &PodStore, key: &PodKey, host_link: &str) {
     }
     match engine::apply(
         spec,
-        &|| Ok(Vec::new()),
+        &|| Ok(Vec::new().into()),
         &PodScope::Released(vec![host_link.to_string()]),
     ) {
         Ok(applied) if applied.report.failed.is_empty() => {}
@@ -248,7 +261,7 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // With the netns gone the veth went with it and this plan is empty.
     let applied = engine::apply(
         &spec,
-        &|| Ok(Vec::new()),
+        &|| Ok(Vec::new().into()),
         &PodScope::Released(vec![host_link]),
     )?;
     if !applied.report.failed.is_empty() {
@@ -268,7 +281,11 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 
 fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let key = env.pod_key()?;
-    env.netns()?;
+    let netns = env.netns()?;
+    let prev_ips = match &conf.prev_result {
+        Some(prev) => prev_result_ips(prev)?,
+        None => None,
+    };
     let spec = load_spec(conf)?;
     let intents = store(&spec, conf).list()?;
     let intent = intents
@@ -280,10 +297,17 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 format!("no attachment {key} is known"),
             )
         })?;
-    let only_this = || Ok(vec![intent.clone()]);
-    let planned = engine::plan(&spec, &only_this, &PodScope::One(key.clone()))?;
     let mismatch =
         |what: String| CniError::new(error::CHECK_MISMATCH, format!("pod {key}: {what}"));
+    if !same_namespace(&netns, &intent.netns) {
+        return Err(mismatch(format!(
+            "CNI_NETNS {} is not the namespace it was attached in ({})",
+            netns.display(),
+            intent.netns.display()
+        )));
+    }
+    let only_this = || Ok(vec![intent.clone()].into());
+    let planned = engine::plan(&spec, &only_this, &PodScope::One(key.clone()))?;
     if let Some(w) = planned
         .plan
         .waiting
@@ -299,24 +323,50 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 .with_details(crate::report::text::plan(&pod_steps, false)),
         );
     }
-    if let Some(prev) = &conf.prev_result {
+    if let Some(listed) = prev_ips {
         let want = format!("{}/32", intent.ip);
-        let listed: Vec<&str> = prev
-            .get("ips")
-            .and_then(Value::as_array)
-            .map(|ips| {
-                ips.iter()
-                    .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !listed.is_empty() && !listed.contains(&want.as_str()) {
+        if !listed.contains(&want) {
             return Err(mismatch(format!(
                 "prevResult lists {listed:?} but the pod has {want}"
             )));
         }
     }
     Ok(())
+}
+
+/// The addresses a prevResult lists; anything that is not a CNI result
+/// (not an object, `ips` not a list of objects with a string `address`) is
+/// refused rather than passed as "nothing to compare".
+fn prev_result_ips(prev: &Value) -> Result<Option<Vec<String>>, CniError> {
+    let bad = |what: &str| {
+        CniError::new(
+            error::DECODE_FAILURE,
+            format!("prevResult is not a CNI result: {what}"),
+        )
+    };
+    let prev = prev.as_object().ok_or_else(|| bad("not an object"))?;
+    let Some(ips) = prev.get("ips") else {
+        return Ok(None);
+    };
+    ips.as_array()
+        .ok_or_else(|| bad("ips is not a list"))?
+        .iter()
+        .map(|ip| {
+            ip.get("address")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| bad("an entry of ips has no string address"))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// Whether two namespace paths name one namespace (same nsfs inode).
+fn same_namespace(a: &Path, b: &Path) -> bool {
+    match (nix::sys::stat::stat(a), nix::sys::stat::stat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => a == b,
+    }
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
@@ -337,7 +387,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
         }
     }
     // Then every owned link, route and address that no remaining intent wants.
-    match engine::apply(&spec, &|| store.list(), &PodScope::Prune) {
+    match engine::apply(&spec, &|| store.read(), &PodScope::Prune) {
         Ok(applied) => errors.extend(
             applied
                 .report
@@ -393,19 +443,45 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
+/// The plugin's log file: absolute, never through a symlink, a regular file
+/// (created 0600). Anything else is skipped with a warning on stderr: the
+/// network configuration is not trusted to name what root appends to.
+fn open_log_file(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |why: String| {
+        eprintln!(
+            "headcni: logFile {}: {why}; logging to stderr only",
+            path.display()
+        );
+        None
+    };
+    if !path.is_absolute() {
+        return refuse("not an absolute path".into());
+    }
+    let file = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => return refuse(e.to_string()),
+    };
+    match file.metadata() {
+        Ok(m) if m.is_file() => Some(file),
+        Ok(_) => refuse("not a regular file".into()),
+        Err(e) => refuse(e.to_string()),
+    }
+}
+
 /// Logs to stderr and, if configured, to the log file; never to stdout.
 fn init_logging(conf: &NetConf) {
     use tracing_subscriber::fmt::writer::MakeWriterExt;
     let level = conf.log_level.as_deref().unwrap_or("warn");
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let file = conf.log_file.as_deref().and_then(|p: &Path| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .ok()
-    });
+    let file = conf.log_file.as_deref().and_then(open_log_file);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false);

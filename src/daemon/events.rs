@@ -218,7 +218,7 @@ pub fn watch_files(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     watcher.watch(spec_dir, RecursiveMode::NonRecursive)?;
-    std::fs::create_dir_all(state_dir).ok();
+    crate::spec::create_state_dir(state_dir).ok();
     watcher.watch(state_dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }

@@ -113,11 +113,20 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("metrics and health on http://{addr}");
+    let limit = super::listen::Limit::new();
     loop {
-        let (mut conn, _) = listener.accept().await?;
+        let slot = limit.slot().await;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                super::listen::accept_failed("metrics listener", &e).await;
+                continue;
+            }
+        };
         let metrics = metrics.clone();
         let status = status.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // The request line may come in pieces (a client's several
             // writes, TCP's segments): read up to the end of the headers.
             let mut buf = [0u8; 1024];

@@ -6,6 +6,7 @@
 //! a bad spec edit changes nothing: the last good spec stays in force.
 
 pub mod events;
+mod listen;
 pub mod metrics;
 pub mod status;
 pub mod supervisor;
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::{self, PodScope};
 use crate::snapshot::{self, LastApplied};
-use crate::spec::{Mode, PodStore, Spec};
+use crate::spec::{Mode, Spec};
 use events::Trigger;
 use metrics::Metrics;
 use status::{InterfaceStatus, PassStatus, Shared, Status};
@@ -38,7 +39,8 @@ pub fn run(spec_path: &Path) -> anyhow::Result<()> {
 }
 
 async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&spec.state_dir)?;
+    crate::spec::create_state_dir(&spec.state_dir)
+        .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", spec.state_dir.display()))?;
     let status: Shared = Default::default();
     let metrics = Metrics::new();
     {
@@ -226,8 +228,8 @@ async fn pass(
     let started = Instant::now();
     let owned = spec.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let store = PodStore::new(&owned.state_dir);
-        engine::apply(&owned, &|| store.list(), &scope).map(|applied| {
+        let store = owned.pod_store();
+        engine::apply(&owned, &|| store.read(), &scope).map(|applied| {
             let interface = interface_status(&owned, &applied.observed_after);
             if applied.converged() {
                 let record = LastApplied::new(&owned, &applied.pods, applied.desired.clone());
@@ -362,7 +364,7 @@ fn interface_status(spec: &Spec, observed: &crate::observe::Observed) -> Interfa
 
 /// Prints a status for people.
 pub fn print_status(s: &Status) {
-    println!("mode: {} (spec {})", s.mode, s.spec);
+    outln!("mode: {} (spec {})", s.mode, s.spec);
     let i = &s.tailnet_interface;
     let state = if !i.present {
         "absent"
@@ -371,13 +373,13 @@ pub fn print_status(s: &Status) {
     } else {
         "down"
     };
-    println!(
+    outln!(
         "tailnet interface: {} {state} {}",
         i.name,
         i.addresses.join(" ")
     );
     match &s.last_pass {
-        Some(p) => println!(
+        Some(p) => outln!(
             "last pass: {} {} in {:.1} ms (trigger {}; {} applied, {} remaining, {} conflicts, {} waiting)",
             p.at,
             if p.ok { "converged" } else { "FAILED" },
@@ -388,14 +390,16 @@ pub fn print_status(s: &Status) {
             p.conflicts,
             p.waiting
         ),
-        None => println!("last pass: none yet"),
+        None => outln!("last pass: none yet"),
     }
-    println!(
+    outln!(
         "passes: {} ok, {} failed; drift repairs: {}",
-        s.passes_ok, s.passes_failed, s.drift_repairs
+        s.passes_ok,
+        s.passes_failed,
+        s.drift_repairs
     );
     if s.tailscaled.supervised {
-        println!(
+        outln!(
             "tailscaled: {} (pid {}), {} restarts",
             if s.tailscaled.running {
                 "running"
@@ -406,11 +410,11 @@ pub fn print_status(s: &Status) {
             s.tailscaled.restarts
         );
     }
-    println!("pods: {}", s.pods);
+    outln!("pods: {}", s.pods);
     if let Some(e) = &s.spec_error {
-        println!("spec error (running on the last good spec): {e}");
+        outln!("spec error (running on the last good spec): {e}");
     }
     if let Some(e) = &s.last_error {
-        println!("last error: {e}");
+        outln!("last error: {e}");
     }
 }

@@ -72,13 +72,22 @@ pub async fn serve(path: PathBuf, status: Shared) -> std::io::Result<()> {
     // SAFETY: as above, restoring the previous mask.
     unsafe { libc::umask(old) };
     let listener = listener?;
+    let limit = super::listen::Limit::new();
     loop {
-        let (mut conn, _) = listener.accept().await?;
+        let slot = limit.slot().await;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                super::listen::accept_failed("status socket", &e).await;
+                continue;
+            }
+        };
         let doc = {
             let s = status.lock().map(|s| s.clone()).unwrap_or_default();
             serde_json::to_vec(&s).unwrap_or_default()
         };
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = conn.write_all(&doc).await;
             let _ = conn.shutdown().await;
         });

@@ -436,10 +436,50 @@ fn host_side_as_desired(pod: &DesiredPod, node: &Index) -> bool {
             .all(|s| node.sysctls.get(s.key.as_str()) == Some(&s.value.as_str()))
 }
 
+/// The tailnet interface, if it carries the node's own default route: a
+/// spec naming the uplink as tailnet interface would move tailnet traffic
+/// onto it, loosen its reverse-path filter and clamp its MSS.
+fn uplinks_among_required<'a>(desired: &'a Desired, observed: &Observed) -> Vec<&'a str> {
+    let default = |r: &&crate::model::Route| {
+        r.table == crate::model::TABLE_MAIN
+            && r.dst.prefix() == 0
+            && r.protocol != crate::model::RTPROT_HEADCNI
+    };
+    desired
+        .tailnet_link
+        .iter()
+        .map(String::as_str)
+        .filter(|link| {
+            observed
+                .node
+                .routes
+                .iter()
+                .filter(default)
+                .any(|r| r.dev.as_deref() == Some(*link))
+        })
+        .collect()
+}
+
+fn uplink_reason(dev: &str) -> String {
+    format!("link {dev} carries the node's default route; it is the uplink, not a tailnet interface (tailnet.interface in the spec)")
+}
+
 /// Node-wide objects: sysctls, node routes, the firewall table, rules.
 fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Plan) {
     let mut node_draft = Draft::new(Netns::Node, None);
+    let uplinks = uplinks_among_required(desired, observed);
     for want in &desired.node_sysctls {
+        if let Some(dev) = want.interface().filter(|d| uplinks.contains(d)) {
+            plan.waiting.push(Waiting {
+                pod: None,
+                reason: format!(
+                    "sysctl {} refused: {}",
+                    want.key.replace('/', "."),
+                    uplink_reason(dev)
+                ),
+            });
+            continue;
+        }
         if let Some(dev) = want.interface() {
             if !node.links.contains_key(dev) {
                 plan.waiting.push(Waiting {
@@ -472,6 +512,9 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
         if let Some(dev) = &want.dev {
             // The kernel refuses routes through a missing or down link (ENETDOWN).
             let reason = match node.links.get(dev.as_str()) {
+                _ if uplinks.contains(&dev.as_str()) => {
+                    Some(format!("route {want} refused: {}", uplink_reason(dev)))
+                }
                 None => Some(format!("route {want} waits for link {dev}")),
                 Some(link) if !link.up => {
                     Some(format!("route {want} waits for link {dev} to come up"))
@@ -499,7 +542,12 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
                 .all(|(x, y)| x.chain == y.chain && x.expr == y.expr)
     };
     // Unread (a CNI pass): unknown, so neither added nor removed.
-    if !observed.node.nft_unread {
+    if let (Some(dev), Some(_)) = (uplinks.first(), &desired.nft) {
+        plan.waiting.push(Waiting {
+            pod: None,
+            reason: format!("nft table inet headcni refused: {}", uplink_reason(dev)),
+        });
+    } else if !observed.node.nft_unread {
         match (&desired.nft, &observed.node.nft) {
             (Some(want), None) => {
                 node_draft.step(Action::Add, Object::Nft(want.clone()), None, "missing")

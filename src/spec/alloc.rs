@@ -8,8 +8,9 @@ use ipnetwork::Ipv4Network;
 
 /// Picks the next free address after `cursor`, wrapping once around the CIDR.
 /// Never the network, gateway or broadcast address, never one `in_use` says is
-/// taken, and never `last_freed` unless it is the only address left... which
-/// would be immediate reuse, so it is refused too.
+/// taken. `last_freed` is passed over while any other address is free (a
+/// stale packet for the old pod should not reach a new one), but handed out
+/// when it is the only one: every address [`capacity`] counts can be had.
 pub fn next_free(
     cidr: Ipv4Network,
     gateway: Ipv4Addr,
@@ -29,9 +30,18 @@ pub fn next_free(
         }
         _ => 0,
     };
-    (0..span)
+    let mut freed_is_free = false;
+    let found = (0..span)
         .map(|i| Ipv4Addr::from(first + (start + i) % span))
-        .find(|ip| *ip != gateway && Some(*ip) != last_freed && !in_use(*ip))
+        .filter(|ip| *ip != gateway)
+        .find(|ip| {
+            if Some(*ip) == last_freed {
+                freed_is_free = !in_use(*ip);
+                return false;
+            }
+            !in_use(*ip)
+        });
+    found.or(last_freed.filter(|_| freed_is_free))
 }
 
 /// Number of addresses pods can ever get from `cidr`.
@@ -66,21 +76,24 @@ mod tests {
     }
 
     #[test]
-    fn does_not_reuse_the_last_freed_address_at_once() {
+    fn the_last_freed_address_waits_unless_it_is_the_only_one() {
         let cidr = net("10.0.0.0/29");
         let gw = Ipv4Addr::new(10, 0, 0, 1);
-        // Everything but .6 is taken, .6 was just freed: refuse rather than reuse.
-        let taken = |ip: Ipv4Addr| ip.octets()[3] != 6;
-        assert_eq!(
-            next_free(
-                cidr,
-                gw,
-                Some(Ipv4Addr::new(10, 0, 0, 5)),
-                Some(Ipv4Addr::new(10, 0, 0, 6)),
-                taken
-            ),
-            None
+        let (cursor, freed) = (
+            Some(Ipv4Addr::new(10, 0, 0, 5)),
+            Some(Ipv4Addr::new(10, 0, 0, 6)),
         );
+        // .6 was just freed and .3 is free too: .3.
+        let taken = |ip: Ipv4Addr| ![3, 6].contains(&ip.octets()[3]);
+        assert_eq!(
+            next_free(cidr, gw, cursor, freed, taken),
+            Some(Ipv4Addr::new(10, 0, 0, 3))
+        );
+        // .6 is the only one left: every counted address can be had.
+        let taken = |ip: Ipv4Addr| ip.octets()[3] != 6;
+        assert_eq!(next_free(cidr, gw, cursor, freed, taken), freed);
+        // Nothing left at all.
+        assert_eq!(next_free(cidr, gw, cursor, freed, |_| true), None);
     }
 
     proptest! {
@@ -96,12 +109,18 @@ mod tests {
                 prop_assert!(cidr.contains(ip));
                 prop_assert!(ip != cidr.network() && ip != cidr.broadcast() && ip != gw);
                 prop_assert!(!in_use(ip));
-                prop_assert!(Some(ip) != freed);
+                if Some(ip) == freed {
+                    // Only when nothing else was free.
+                    for raw in (base + 1)..u32::from(cidr.broadcast()) {
+                        let other = Ipv4Addr::from(raw);
+                        prop_assert!(other == gw || other == ip || in_use(other));
+                    }
+                }
             } else {
-                // Exhausted: every candidate really is reserved, used or just freed.
+                // Exhausted: every candidate really is reserved or used.
                 for raw in (base + 1)..u32::from(cidr.broadcast()) {
                     let ip = Ipv4Addr::from(raw);
-                    prop_assert!(ip == gw || in_use(ip) || Some(ip) == freed);
+                    prop_assert!(ip == gw || in_use(ip));
                 }
             }
         }

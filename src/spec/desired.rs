@@ -25,6 +25,9 @@ pub struct Desired {
     pub node_sysctls: Vec<Sysctl>,
     /// Links node routes need that headcni does not make (the tailnet interface, ...).
     pub required_links: Vec<String>,
+    /// The node's tailnet interface, when it is in the node namespace (host mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailnet_link: Option<String>,
     pub pods: Vec<DesiredPod>,
     /// Intents that cannot be honoured under the current spec.
     pub problems: Vec<Problem>,
@@ -87,6 +90,7 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
             };
             desired.node_routes.push(to_tailnet(spec.tailnet.cidr));
             desired.required_links.push(spec.tailnet.interface.clone());
+            desired.tailnet_link = Some(spec.tailnet.interface.clone());
             desired
                 .node_sysctls
                 .push(rp_filter_loose(&spec.tailnet.interface));

@@ -20,7 +20,9 @@ pub use desired::{
 };
 pub use error::SpecError;
 pub use names::{host_link_name, validate_container_id, validate_ifname};
-pub use store::{PodIntent, PodStore, StoreError};
+pub use store::{
+    check_state_dir, create_state_dir, Intents, PodIntent, PodStore, StateDirCheck, StoreError,
+};
 
 /// Default location of the spec; `--spec` or `HEADCNI_SPEC` override it.
 pub const DEFAULT_SPEC_PATH: &str = "/etc/headcni/headcni.toml";
@@ -154,10 +156,47 @@ pub struct ExtraRoute {
     pub metric: u32,
 }
 
+/// A spec is never more than this; anything larger is not a spec.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// Reads a spec file: a regular file of bounded size. A FIFO would block
+/// the daemon until someone writes to it, `/dev/zero` would fill memory.
+fn read_spec_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // Opening a FIFO without a writer would wait; this only opens.
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_SPEC_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes; a spec is at most {MAX_SPEC_BYTES}", meta.len()),
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_SPEC_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("grew past {MAX_SPEC_BYTES} bytes while being read"),
+        ));
+    }
+    Ok(text)
+}
+
 impl Spec {
     /// Reads and validates the spec at `path`.
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Read {
+        let text = read_spec_file(path).map_err(|error| SpecError::Read {
             file: path.to_path_buf(),
             error,
         })?;
@@ -168,7 +207,7 @@ impl Spec {
     /// must reach a daemon that is reporting exactly that. Reads `state_dir`
     /// leniently, else the default.
     pub fn state_dir_of(path: &Path) -> PathBuf {
-        std::fs::read_to_string(path)
+        read_spec_file(path)
             .ok()
             .and_then(|text| text.parse::<toml::Table>().ok())
             .and_then(|t| {
@@ -178,6 +217,11 @@ impl Spec {
             })
             .filter(|p| p.is_absolute())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+
+    /// The node's one pod store: in `state_dir`, allocating from the pod CIDR.
+    pub fn pod_store(&self) -> PodStore {
+        PodStore::new(&self.state_dir, self.pod_network.cidr)
     }
 
     /// Parses and validates spec text; `path` only names the file in errors.

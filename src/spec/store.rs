@@ -28,6 +28,9 @@ const POD_PREFIX: &[u8] = b"pod\0";
 const IP_PREFIX: &[u8] = b"ip\0";
 const CURSOR_KEY: &[u8] = b"meta\0cursor";
 const LAST_FREED_KEY: &[u8] = b"meta\0last_freed";
+/// The pod CIDR the store allocates from: a store holding pods is never used
+/// with another (their addresses would be handed out twice or not routed).
+const CIDR_KEY: &[u8] = b"meta\0cidr";
 /// The store is tiny; a small page cache keeps short-lived CNI processes lean.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -67,6 +70,17 @@ pub enum StoreError {
     Exhausted { cidr: Ipv4Network, capacity: u32 },
     #[error("pod store entry {key:?} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("pod store {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("state_dir {} is not safe: {reason}", path.display())]
+    Unsafe { path: PathBuf, reason: String },
+    #[error("pod store {} allocates from {stored} and holds {pods} pods, but the spec's pod CIDR is {spec}; a store is never used with another CIDR: restore pod_network.cidr, or remove those pods first", path.display())]
+    CidrMismatch {
+        path: PathBuf,
+        stored: Ipv4Network,
+        spec: Ipv4Network,
+        pods: usize,
+    },
     #[error("host link name {name} of pod {new} collides with pod {existing}")]
     HostLinkCollision {
         name: String,
@@ -79,7 +93,27 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct PodStore {
     dir: PathBuf,
+    cidr: Ipv4Network,
     lock_timeout: Duration,
+}
+
+/// The pod intents a pass plans from, and whether a store stood behind them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Intents {
+    pub pods: Vec<PodIntent>,
+    /// Set when no store exists at this path (never created): nothing was
+    /// read, so the absence of a pod is no evidence that it is gone.
+    pub missing_store: Option<PathBuf>,
+}
+
+/// Intents given whole (a file, one CNI attachment): complete as they are.
+impl From<Vec<PodIntent>> for Intents {
+    fn from(pods: Vec<PodIntent>) -> Self {
+        Intents {
+            pods,
+            missing_store: None,
+        }
+    }
 }
 
 /// What `add` did.
@@ -91,9 +125,11 @@ pub struct Added {
 }
 
 impl PodStore {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    /// The store in `dir`, allocating from (and only ever used with) `cidr`.
+    pub fn new(dir: impl Into<PathBuf>, cidr: Ipv4Network) -> Self {
         PodStore {
             dir: dir.into(),
+            cidr,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
@@ -107,14 +143,25 @@ impl PodStore {
         &self.dir
     }
 
-    /// All pod intents, ordered by (container id, ifname).
+    /// All pod intents, ordered by (container id, ifname). A store that was
+    /// never created reads as empty; one that cannot be looked at, opened,
+    /// locked or read is an error, never "no pods".
     pub fn list(&self) -> Result<Vec<PodIntent>, StoreError> {
-        if !self.dir.join(DB_DIR).exists() {
+        self.read().map(|intents| intents.pods)
+    }
+
+    /// [`list`](Self::list), saying whether a store stood behind the answer.
+    pub fn read(&self) -> Result<Intents, StoreError> {
+        if !self.exists()? {
             // Nothing was ever stored: do not create a db just to read it.
-            return Ok(Vec::new());
+            return Ok(Intents {
+                pods: Vec::new(),
+                missing_store: Some(self.dir.join(DB_DIR)),
+            });
         }
         self.with_db(|db, path| {
-            db.scan_prefix(POD_PREFIX)
+            let pods = db
+                .scan_prefix(POD_PREFIX)
                 .map(|item| {
                     let (k, v) = item.map_err(|error| StoreError::Db {
                         path: path.into(),
@@ -122,19 +169,83 @@ impl PodStore {
                     })?;
                     decode_intent(&k, &v)
                 })
-                .collect()
+                .collect::<Result<Vec<_>, _>>()?;
+            self.check_cidr(db, path, pods.len())?;
+            Ok(pods.into())
         })
+    }
+
+    /// Creates the store (empty, recording its CIDR) unless it exists.
+    /// Returns whether it had to.
+    pub fn init(&self) -> Result<bool, StoreError> {
+        let existed = self.exists()?;
+        self.with_db(|db, path| {
+            let pods = db.scan_prefix(POD_PREFIX).count();
+            self.check_cidr(db, path, pods)?;
+            if pods == 0 {
+                db.insert(CIDR_KEY, self.cidr.to_string().as_bytes())
+                    .map_err(|error| StoreError::Db {
+                        path: path.into(),
+                        error,
+                    })?;
+            }
+            Ok(!existed)
+        })
+    }
+
+    /// Whether the store was ever created. Only "not found" means no; a
+    /// state_dir under a plain file, out of reach or with too long a name is
+    /// an error.
+    fn exists(&self) -> Result<bool, StoreError> {
+        for (path, is_store) in [(self.dir.clone(), false), (self.dir.join(DB_DIR), true)] {
+            match fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => {
+                    if is_store {
+                        return Ok(true);
+                    }
+                }
+                Ok(_) => return Err(StoreError::NotADirectory { path }),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(error) => return Err(StoreError::Io { path, error }),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Refuses a store that allocates from another CIDR while it holds pods;
+    /// an empty one may take the spec's (it is recorded on the next add).
+    fn check_cidr(&self, db: &sled::Db, path: &Path, pods: usize) -> Result<(), StoreError> {
+        let Some(raw) = db.get(CIDR_KEY).map_err(|error| StoreError::Db {
+            path: path.into(),
+            error,
+        })?
+        else {
+            return Ok(());
+        };
+        let stored: Ipv4Network = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(CIDR_KEY).into_owned(),
+                reason: "not an IPv4 network".into(),
+            })?;
+        if stored != self.cidr && pods > 0 {
+            return Err(StoreError::CidrMismatch {
+                path: path.into(),
+                stored,
+                spec: self.cidr,
+                pods,
+            });
+        }
+        Ok(())
     }
 
     /// Stores an intent for `key`, allocating its address. Idempotent: an
     /// existing attachment is returned as it is, with nothing new allocated.
-    pub fn add(
-        &self,
-        key: &PodKey,
-        netns: &Path,
-        cidr: Ipv4Network,
-        gateway: Ipv4Addr,
-    ) -> Result<Added, StoreError> {
+    pub fn add(&self, key: &PodKey, netns: &Path, gateway: Ipv4Addr) -> Result<Added, StoreError> {
+        let cidr = self.cidr;
+        // A state_dir that is a file or out of reach says so, not "File exists".
+        self.exists()?;
         self.with_db(|db, path| {
             let db_err = |error| StoreError::Db {
                 path: path.into(),
@@ -148,9 +259,11 @@ impl PodStore {
                 });
             }
             let host_link = host_link_name(&key.container_id, &key.ifname);
+            let mut pods = 0;
             for item in db.scan_prefix(POD_PREFIX) {
                 let (k, v) = item.map_err(db_err)?;
                 let other = decode_intent(&k, &v)?;
+                pods += 1;
                 if other.host_link == host_link {
                     return Err(StoreError::HostLinkCollision {
                         name: host_link,
@@ -159,6 +272,7 @@ impl PodStore {
                     });
                 }
             }
+            self.check_cidr(db, path, pods)?;
             let cursor = read_ip(db, CURSOR_KEY, path)?;
             let last_freed = read_ip(db, LAST_FREED_KEY, path)?;
             let mut lookup_error = None;
@@ -193,6 +307,7 @@ impl PodStore {
             batch.insert(pod_key, value);
             batch.insert(ip_db_key(ip), pod_key_bytes(key));
             batch.insert(CURSOR_KEY, ip.to_string().as_bytes());
+            batch.insert(CIDR_KEY, cidr.to_string().as_bytes());
             db.apply_batch(batch).map_err(db_err)?;
             self.mark_changed();
             Ok(Added {
@@ -203,8 +318,10 @@ impl PodStore {
     }
 
     /// Removes the intent for `key` and frees its address. Returns what was removed.
+    /// Removing never hands out an address, so it works whatever CIDR the
+    /// store records: pods of a changed spec can still be taken down.
     pub fn remove(&self, key: &PodKey) -> Result<Option<PodIntent>, StoreError> {
-        if !self.dir.join(DB_DIR).exists() {
+        if !self.exists()? {
             return Ok(None);
         }
         self.with_db(|db, path| {
@@ -291,11 +408,7 @@ impl PodStore {
             let path = path.to_path_buf();
             move |error| StoreError::Io { path, error }
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(io(&self.dir))?;
+        create_state_dir(&self.dir).map_err(io(&self.dir))?;
         let path = self.dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)
@@ -320,6 +433,106 @@ impl PodStore {
             pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
+}
+
+/// What `headcni validate` found at state_dir.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StateDirCheck {
+    /// It exists as a private directory.
+    Private,
+    /// It exists, and others may read it (older versions made it 0755).
+    ReadableByOthers { mode: u32 },
+    /// It does not exist yet; its nearest existing parent lets us create it.
+    WillBeCreated { parent: PathBuf },
+}
+
+/// Checks that `dir` can serve as state_dir: a directory owned by us that no
+/// one else can write, or a path we can create. Reads nothing inside it.
+pub fn check_state_dir(dir: &Path) -> Result<StateDirCheck, StoreError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let unsafe_dir = |reason: String| StoreError::Unsafe {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    match fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(StoreError::NotADirectory { path: dir.into() }),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(unsafe_dir(format!(
+                    "it is owned by uid {}, not by us",
+                    meta.uid()
+                )));
+            }
+            if mode & 0o022 != 0 {
+                return Err(unsafe_dir(format!(
+                    "others can write it (mode {mode:04o}); chmod 700 it"
+                )));
+            }
+            nix::unistd::access(
+                dir,
+                nix::unistd::AccessFlags::R_OK
+                    | nix::unistd::AccessFlags::W_OK
+                    | nix::unistd::AccessFlags::X_OK,
+            )
+            .map_err(|e| StoreError::Io {
+                path: dir.into(),
+                error: e.into(),
+            })?;
+            Ok(if mode & 0o077 != 0 {
+                StateDirCheck::ReadableByOthers { mode }
+            } else {
+                StateDirCheck::Private
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let parent = dir
+                .ancestors()
+                .skip(1)
+                .find(|p| p.exists())
+                .unwrap_or(Path::new("/"));
+            match fs::metadata(parent) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(StoreError::NotADirectory {
+                        path: parent.into(),
+                    })
+                }
+                Err(error) => {
+                    return Err(StoreError::Io {
+                        path: parent.into(),
+                        error,
+                    })
+                }
+            }
+            nix::unistd::access(
+                parent,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .map_err(|e| {
+                unsafe_dir(format!(
+                    "it does not exist and {} cannot be written: {e}",
+                    parent.display()
+                ))
+            })?;
+            Ok(StateDirCheck::WillBeCreated {
+                parent: parent.into(),
+            })
+        }
+        Err(error) => Err(StoreError::Io {
+            path: dir.into(),
+            error,
+        }),
+    }
+}
+
+/// Creates `state_dir` (and missing parents) readable by root alone: it holds
+/// the pod store, the last applied state and the daemon's sockets.
+pub fn create_state_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 fn pod_key_bytes(key: &PodKey) -> Vec<u8> {
@@ -381,22 +594,16 @@ mod tests {
     #[test]
     fn add_is_idempotent_and_remove_frees() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PodStore::new(dir.path());
         let cidr: Ipv4Network = "10.9.0.0/29".parse().unwrap();
+        let store = PodStore::new(dir.path(), cidr);
         let gw = Ipv4Addr::new(10, 9, 0, 1);
-        let a = store
-            .add(&key("a"), Path::new("/run/netns/a"), cidr, gw)
-            .unwrap();
+        let a = store.add(&key("a"), Path::new("/run/netns/a"), gw).unwrap();
         assert!(a.created);
         assert_eq!(a.intent.ip, Ipv4Addr::new(10, 9, 0, 2));
-        let again = store
-            .add(&key("a"), Path::new("/run/netns/a"), cidr, gw)
-            .unwrap();
+        let again = store.add(&key("a"), Path::new("/run/netns/a"), gw).unwrap();
         assert!(!again.created);
         assert_eq!(again.intent, a.intent);
-        let b = store
-            .add(&key("b"), Path::new("/run/netns/b"), cidr, gw)
-            .unwrap();
+        let b = store.add(&key("b"), Path::new("/run/netns/b"), gw).unwrap();
         assert_eq!(b.intent.ip, Ipv4Addr::new(10, 9, 0, 3));
         assert_eq!(store.remove(&key("a")).unwrap().unwrap().ip, a.intent.ip);
         assert_eq!(store.remove(&key("a")).unwrap(), None);
@@ -404,48 +611,127 @@ mod tests {
     }
 
     #[test]
-    fn exhaustion_is_a_clear_error_and_freed_address_waits() {
+    fn exhaustion_is_a_clear_error_and_every_counted_address_can_be_had() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PodStore::new(dir.path());
         let cidr: Ipv4Network = "10.9.0.0/29".parse().unwrap();
+        let store = PodStore::new(dir.path(), cidr);
         let gw = Ipv4Addr::new(10, 9, 0, 1);
-        for i in 0..5 {
+        for i in 0..alloc::capacity(cidr) {
             store
-                .add(&key(&format!("p{i}")), Path::new("/x"), cidr, gw)
+                .add(&key(&format!("p{i}")), Path::new("/x"), gw)
                 .unwrap();
         }
-        let e = store
-            .add(&key("p5"), Path::new("/x"), cidr, gw)
-            .unwrap_err();
+        let e = store.add(&key("p5"), Path::new("/x"), gw).unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
+        // The only free address is the one just freed: handed out all the same.
         let freed = store.remove(&key("p2")).unwrap().unwrap().ip;
-        // The only free address is the one just freed: not reused at once.
-        assert!(matches!(
-            store.add(&key("p5"), Path::new("/x"), cidr, gw),
-            Err(StoreError::Exhausted { .. })
-        ));
-        store.remove(&key("p3")).unwrap();
         let next = store
-            .add(&key("p5"), Path::new("/x"), cidr, gw)
+            .add(&key("p5"), Path::new("/x"), gw)
             .unwrap()
             .intent
             .ip;
-        assert_eq!(
-            next, freed,
-            "the older free address is fine once another was freed since"
-        );
+        assert_eq!(next, freed);
+        // With two free, the one freed last waits.
+        let older = store.remove(&key("p3")).unwrap().unwrap().ip;
+        let newer = store.remove(&key("p4")).unwrap().unwrap().ip;
+        let next = store
+            .add(&key("p6"), Path::new("/x"), gw)
+            .unwrap()
+            .intent
+            .ip;
+        assert_eq!(next, older);
+        assert_ne!(next, newer);
     }
 
     #[test]
     fn lock_timeout_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PodStore::new(dir.path()).with_lock_timeout(Duration::from_millis(50));
+        let store = PodStore::new(dir.path(), "10.9.0.0/29".parse().unwrap())
+            .with_lock_timeout(Duration::from_millis(50));
         let held = store.lock().unwrap();
         // A second open file description conflicts with the first, as another process would.
         let e = store.list_forcing_db().unwrap_err();
         assert!(matches!(e, StoreError::LockTimeout { .. }), "{e}");
         drop(held);
         assert!(store.list_forcing_db().is_ok());
+    }
+
+    #[test]
+    fn a_store_never_created_reads_empty_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PodStore::new(dir.path().join("state"), "10.9.0.0/29".parse().unwrap());
+        let read = store.read().unwrap();
+        assert!(read.pods.is_empty());
+        assert_eq!(
+            read.missing_store,
+            Some(dir.path().join("state").join(DB_DIR))
+        );
+        assert!(
+            !dir.path().join("state").exists(),
+            "reading creates nothing"
+        );
+        assert!(store.init().unwrap());
+        assert!(!store.init().unwrap());
+        assert_eq!(store.read().unwrap(), Intents::default());
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_looked_at_is_an_error_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        fs::write(&file, "x").unwrap();
+        let cidr = "10.9.0.0/29".parse().unwrap();
+        let long = dir.path().join("a".repeat(300));
+        for (state_dir, expect) in [
+            (file.join("state"), "Not a directory"),
+            (file.clone(), "is not a directory"),
+            (long.clone(), "File name too long"),
+        ] {
+            let store = PodStore::new(&state_dir, cidr);
+            for e in [
+                store.list().unwrap_err(),
+                store.remove(&key("a")).map(|_| ()).unwrap_err(),
+                store
+                    .add(&key("a"), Path::new("/x"), Ipv4Addr::new(10, 9, 0, 1))
+                    .map(|_| ())
+                    .unwrap_err(),
+            ] {
+                let text = e.to_string();
+                assert!(text.contains(expect), "{text}");
+                assert!(
+                    text.contains(&*state_dir.to_string_lossy())
+                        || text.contains(&*file.to_string_lossy()),
+                    "names the path: {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_store_holding_pods_refuses_another_cidr() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Ipv4Addr::new(10, 9, 0, 1);
+        let old = PodStore::new(dir.path(), "10.9.0.0/29".parse().unwrap());
+        old.add(&key("a"), Path::new("/x"), gw).unwrap();
+        let new = PodStore::new(dir.path(), "10.8.0.0/29".parse().unwrap());
+        let e = new.list().unwrap_err();
+        assert!(matches!(e, StoreError::CidrMismatch { pods: 1, .. }), "{e}");
+        assert!(
+            e.to_string().contains("10.9.0.0/29") && e.to_string().contains("10.8.0.0/29"),
+            "{e}"
+        );
+        assert!(matches!(
+            new.add(&key("b"), Path::new("/x"), Ipv4Addr::new(10, 8, 0, 1)),
+            Err(StoreError::CidrMismatch { .. })
+        ));
+        // Taking pods down still works, and an empty store takes the new CIDR.
+        new.remove(&key("a")).unwrap().unwrap();
+        assert_eq!(new.list().unwrap(), vec![]);
+        let b = new
+            .add(&key("b"), Path::new("/x"), Ipv4Addr::new(10, 8, 0, 1))
+            .unwrap();
+        assert_eq!(b.intent.ip, Ipv4Addr::new(10, 8, 0, 2));
+        assert!(matches!(old.list(), Err(StoreError::CidrMismatch { .. })));
     }
 
     impl PodStore {
