@@ -2,7 +2,7 @@
 # Installs what headcni's tests, quickstart and benchmarks need on a fresh
 # Debian machine (run as root). Safe to run again: it installs only what is missing.
 set -euo pipefail
-packages=(iproute2 iputils-ping containernetworking-plugins procps nftables util-linux)
+packages=(iproute2 iputils-ping containernetworking-plugins procps nftables util-linux python3 wireguard-go wireguard-tools)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -12,4 +12,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# `ip route` prints headcni's routes as `proto headcni` (apply also writes this).
+install -D -m 0644 "$(dirname "$0")/../deploy/rt_protos.d/headcni.conf" /etc/iproute2/rt_protos.d/headcni.conf
 command -v cargo >/dev/null || { echo "cargo is needed (rustup.rs)" >&2; exit 1; }
+# The fuzz smoke test (tests/fuzz_smoke.rs) runs libFuzzer through cargo-fuzz,
+# which needs a nightly toolchain.
+if ! rustup run nightly cargo fuzz --version >/dev/null 2>&1; then
+    rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+fi

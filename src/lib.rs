@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod diff;
 pub mod drift;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod netlink;
 pub mod nft;

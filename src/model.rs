@@ -29,10 +29,10 @@ pub struct PodKey {
     pub ifname: String,
 }
 
+/// The whole container id: a shortened one can name several pods.
 impl fmt::Display for PodKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let short: String = self.container_id.chars().take(12).collect();
-        write!(f, "{short}/{}", self.ifname)
+        write!(f, "{}/{}", self.container_id, self.ifname)
     }
 }
 

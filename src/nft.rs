@@ -130,6 +130,21 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
             format!("ip saddr {pods} oifname \"{egress}\" counter masquerade"),
         ));
     }
+    if spec.mode == crate::spec::Mode::Daemon {
+        // tailscaled's own traffic from the tailnet namespace leaves by the
+        // node's default route with the node's address.
+        let transfer = spec.daemon.transfer_cidr;
+        rules.push((
+            "postrouting".into(),
+            vec![
+                saddr_in(transfer),
+                oifname(Operator::NEQ, &egress),
+                counter(),
+                Statement::Masquerade(None),
+            ],
+            format!("ip saddr {transfer} oifname != \"{egress}\" counter masquerade"),
+        ));
+    }
     if spec.pod_network.mss_clamp {
         rules.push((
             "forward".into(),

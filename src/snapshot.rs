@@ -136,18 +136,22 @@ pub struct SavedPlan {
     pub scope: String,
     pub fingerprints: Fingerprints,
     pub plan: Plan,
+    /// The node as the plan saw it, so a stale plan can say what moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Observed>,
 }
 
 impl SavedPlan {
     pub const KIND: &'static str = "saved-plan";
 
-    pub fn new(scope: &str, fingerprints: Fingerprints, plan: Plan) -> Self {
+    pub fn new(scope: &str, fingerprints: Fingerprints, plan: Plan, observed: Observed) -> Self {
         SavedPlan {
             format_version: FORMAT_VERSION,
             kind: Self::KIND.into(),
             scope: scope.into(),
             fingerprints,
             plan,
+            observed: Some(observed),
         }
     }
 }
@@ -219,13 +223,22 @@ pub fn load<T: DeserializeOwned + Versioned>(
         file: file.into(),
         error,
     })?;
+    parse(&text, file, expected)
+}
+
+/// [`load`] of bytes already read; `file` only names them in errors.
+pub fn parse<T: DeserializeOwned + Versioned>(
+    text: &[u8],
+    file: &Path,
+    expected: &'static str,
+) -> Result<T, SnapshotError> {
     // Look at kind and version first, so a newer document gets a clear message.
     #[derive(Deserialize)]
     struct Head {
         format_version: Option<u32>,
         kind: Option<String>,
     }
-    let head: Head = serde_json::from_slice(&text).map_err(|e| SnapshotError::Decode {
+    let head: Head = serde_json::from_slice(text).map_err(|e| SnapshotError::Decode {
         file: file.into(),
         expected,
         error: e.to_string(),
@@ -243,7 +256,7 @@ pub fn load<T: DeserializeOwned + Versioned>(
             found,
         });
     }
-    let doc: T = serde_json::from_slice(&text).map_err(|e| SnapshotError::Decode {
+    let doc: T = serde_json::from_slice(text).map_err(|e| SnapshotError::Decode {
         file: file.into(),
         expected,
         error: e.to_string(),

@@ -61,7 +61,7 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
                 "--id",
                 &format!("fill{i}"),
                 "--netns",
-                "/run/netns/x",
+                &fresh_path,
             ])
             .env("HEADCNI_SPEC", &small)
             .output()

@@ -250,6 +250,12 @@ fn daemon_mode_supervises_tailscaled_and_survives_flaps() {
     );
 
     // `tailscale up` was run with the right flags; the key never reached a log.
+    let ts_state = n.lab.dir.path().join("state/tailscaled");
+    assert_eq!(
+        std::fs::metadata(&ts_state).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "tailscaled's state (its node key) is root's alone"
+    );
     let up = n.lab.dir.path().join("state/tailscaled.sock.up.args");
     wait_until(Duration::from_secs(5), "tailscale up ran", || up.exists());
     let args = std::fs::read_to_string(&up).unwrap();
@@ -339,7 +345,12 @@ fn a_key_file_others_can_read_is_refused() {
 /// One HTTP GET to the daemon's listener inside the node namespace; empty
 /// while nothing listens.
 fn http_get(n: &Node, path: &str) -> String {
-    let path = path.to_string();
+    http(n, "GET", path)
+}
+
+/// One HTTP request with `method` to the daemon's listener.
+fn http(n: &Node, method: &str, path: &str) -> String {
+    let (method, path) = (method.to_string(), path.to_string());
     common::in_ns(&n.node, move || {
         use std::io::{Read, Write};
         let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:9108") else {
@@ -348,7 +359,7 @@ fn http_get(n: &Node, path: &str) -> String {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
-        if write!(stream, "GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").is_err() {
+        if write!(stream, "{method} {path} HTTP/1.1\r\nHost: node\r\n\r\n").is_err() {
             return String::new();
         }
         let mut answer = String::new();
@@ -388,6 +399,14 @@ fn metrics_show_passes_and_the_firewall_is_listed_only_when_it_changed() {
         ) >= Some(1)
     });
     let before = listings().expect("the listing counter");
+    // GET and HEAD only; the query string selects nothing.
+    assert!(http(&n, "POST", "/metrics").starts_with("HTTP/1.1 405"));
+    assert!(http_get(&n, "/metrics?x=1").contains("headcni_passes_total"));
+    let head = http(&n, "HEAD", "/healthz");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && !head.ends_with("ok\n"),
+        "{head}"
+    );
 
     // Route drift: a pass that reads the firewall but finds its ruleset
     // version unchanged, so lists nothing.
@@ -456,6 +475,12 @@ fn listeners_survive_running_out_of_file_descriptors() {
     let n = Node::new();
     n.write_spec("\n[daemon]\nmetrics_listen = \"127.0.0.1:9108\"\n");
     let d = Daemon::start_under(&n, &["prlimit", "--nofile=40:40", "--"]);
+    let socket = n.lab.dir.path().join("state").join("daemon.sock");
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o077,
+        0,
+        "the status socket is root's alone"
+    );
     wait_until(Duration::from_secs(3), "/healthz answers", || {
         http_get(&n, "/healthz").starts_with("HTTP/1.1 200")
     });

@@ -173,6 +173,7 @@ fn private_state_and_checked_inputs() {
     };
     let state = n.lab.dir.path().join("state");
     assert_eq!(mode(&state), 0o700, "state_dir is root's alone");
+    assert_eq!(mode(&state.join("pods.lock")), 0o600);
 
     // validate refuses an auth key the daemon would refuse.
     let key = n.lab.dir.path().join("authkey");

@@ -38,6 +38,10 @@ fn saved_plan_is_applied_exactly_or_refused_when_stale() {
             && err.contains("nothing was applied"),
         "{err}"
     );
+    assert!(
+        err.contains("What moved") && err.contains("- node: route 100.64.0.0/10 dev tailscale0"),
+        "names what moved: {err}"
+    );
     assert_eq!(n.node_routes(), before, "nothing applied");
     assert_eq!(
         n.lab.ip(&pod2, &["-o", "link"]).lines().count(),

@@ -1,7 +1,32 @@
-//! The pod-intent store shared by many processes at once (no root needed).
+//! The pod-intent store shared by many processes at once.
 
 use std::collections::BTreeSet;
 use std::process::Command;
+
+/// A throwaway network namespace for `--netns` (pod add checks that it is
+/// one), removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("hcstore{}{tag}", std::process::id());
+        assert!(Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success());
+        Netns(name)
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
 
 fn spec(dir: &std::path::Path, cidr: &str) -> std::path::PathBuf {
     let path = dir.join("headcni.toml");
@@ -23,6 +48,7 @@ fn headcni(spec: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn parallel_processes_get_distinct_addresses_and_leave_nothing_behind() {
+    let ns = Netns::new("t1");
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), "10.250.0.0/24");
     for round in 0..3 {
@@ -35,7 +61,7 @@ fn parallel_processes_get_distinct_addresses_and_leave_nothing_behind() {
                         "--id",
                         &format!("r{round}p{i}"),
                         "--netns",
-                        "/run/netns/x",
+                        &ns.path(),
                     ])
                     .env("HEADCNI_SPEC", &spec)
                     .output()
@@ -76,6 +102,7 @@ fn parallel_processes_get_distinct_addresses_and_leave_nothing_behind() {
 
 #[test]
 fn exhausted_cidr_is_a_clear_error_and_keeps_existing_pods() {
+    let ns = Netns::new("t2");
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), "10.250.0.0/29");
     for i in 0..5 {
@@ -87,16 +114,13 @@ fn exhausted_cidr_is_a_clear_error_and_keeps_existing_pods() {
                 "--id",
                 &format!("p{i}"),
                 "--netns",
-                "/run/netns/x"
+                &ns.path()
             ]
         )
         .status
         .success());
     }
-    let out = headcni(
-        &spec,
-        &["pod", "add", "--id", "p5", "--netns", "/run/netns/x"],
-    );
+    let out = headcni(&spec, &["pod", "add", "--id", "p5", "--netns", &ns.path()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("10.250.0.0/29 is exhausted"), "{err}");
@@ -107,17 +131,18 @@ fn exhausted_cidr_is_a_clear_error_and_keeps_existing_pods() {
 
 #[test]
 fn bad_pod_arguments_are_refused() {
+    let ns = Netns::new("t3");
     let dir = tempfile::tempdir().unwrap();
     let spec = spec(dir.path(), "10.250.0.0/24");
     for args in [
-        vec!["pod", "add", "--id", "../etc", "--netns", "/run/netns/x"],
+        vec!["pod", "add", "--id", "../etc", "--netns", &ns.path()],
         vec![
             "pod",
             "add",
             "--id",
             "ok",
             "--netns",
-            "/run/netns/x",
+            &ns.path(),
             "--ifname",
             "eth0123456789abc",
         ],

@@ -27,6 +27,16 @@ pub struct Cli {
     /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log lines as text (colour only on a terminal, never with NO_COLOR) or
+    /// JSON objects, one a line (for log pipelines).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "HEADCNI_LOG_FORMAT",
+        default_value_t
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +61,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Print a shell completion script (e.g. `headcni completions bash >
+    /// /etc/bash_completion.d/headcni`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `headcni man > /usr/share/man/man8/headcni.8`.
+    Man,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -66,12 +91,8 @@ pub struct Exit(pub u8);
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     // A service logs what it does; a command only what went wrong.
-    let base = if matches!(cli.command, Command::Daemon) {
-        1
-    } else {
-        0
-    };
-    init_logging(cli.verbose + base);
+    let service = matches!(cli.command, Command::Daemon);
+    init_logging(cli.verbose, service, cli.log_format);
     let result = match &cli.command {
         Command::Validate => validate(&cli),
         Command::Observe(args) => observe::run(&cli, args),
@@ -80,6 +101,14 @@ pub fn run() -> ExitCode {
         Command::Pod(cmd) => pod::run(&cli, cmd),
         Command::Daemon => headcni::daemon::run(&cli.spec).map(|()| Exit(0)),
         Command::Status { format } => status(&cli, *format),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut command, "headcni", &mut out);
+            out!("{}", String::from_utf8_lossy(&out));
+            Ok(Exit(0))
+        }
+        Command::Man => man(),
     };
     match result {
         Ok(Exit(code)) => ExitCode::from(code),
@@ -90,21 +119,37 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, service: bool, format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "headcni=debug,info",
+    let default = match (verbose, service) {
+        (0, false) => "warn",
+        (0, true) => "info",
+        (1, _) => "headcni=debug,info",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // rtnetlink and netlink-proto log through `log`; bridge them into tracing.
-    let _ = tracing_log::LogTracer::init();
-    let _ = tracing_subscriber::fmt()
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+                eprintln!(
+                    "headcni: RUST_LOG={directives:?} is not a log filter ({e}); using {default:?}"
+                );
+                EnvFilter::new(default)
+            })
+        }
+        _ => EnvFilter::new(default),
+    };
+    // journald and log files store escape codes as they are: colour only
+    // for a person at a terminal who did not ask for none.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // (tracing-subscriber also takes over the `log` records of the netlink crates.)
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colour).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 impl Cli {
@@ -143,6 +188,17 @@ fn state_dir_report(spec: &Spec) -> anyhow::Result<String> {
     })
 }
 
+fn man() -> anyhow::Result<Exit> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command)
+        .section("8")
+        .render(&mut page)
+        .context("rendering the man page")?;
+    out!("{}", String::from_utf8_lossy(&page));
+    Ok(Exit(0))
+}
+
 fn status(cli: &Cli, format: Format) -> anyhow::Result<Exit> {
     let state_dir = match cli.load_spec() {
         Ok(spec) => spec.state_dir,
@@ -168,7 +224,7 @@ fn validate(cli: &Cli) -> anyhow::Result<Exit> {
         }
     }
     outln!("{}: valid", cli.spec.display());
-    outln!("  mode: {:?}", spec.mode);
+    outln!("  mode: {}", format!("{:?}", spec.mode).to_lowercase());
     outln!("  state_dir: {} ({state})", spec.state_dir.display());
     outln!(
         "  pod network: {} gateway {} mtu {}",

@@ -185,6 +185,7 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
             scope_name(&scope(args.host_only)),
             fingerprints,
             inputs.plan.clone(),
+            inputs.observed.clone(),
         );
         snapshot::save(out, &saved)?;
         eprintln!(
@@ -197,7 +198,8 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
         "{}",
         report::plan(&inputs.plan, &inputs.desired, args.format.into(), color)
     );
-    let pending = !inputs.plan.is_empty() || !inputs.plan.conflicts.is_empty();
+    // Waiting (a missing interface, a pod's namespace gone) is not converged.
+    let pending = !inputs.plan.is_settled();
     Ok(Exit(if args.detailed_exitcode && pending {
         2
     } else {
@@ -278,12 +280,24 @@ fn apply_saved(spec: &Spec, pods: engine::PodSource, file: &Path) -> anyhow::Res
     let fresh = engine::plan(spec, pods, &scope)?;
     let now = Fingerprints::of(&fresh.observed, spec, &fresh.pods);
     let changed = saved.fingerprints.changes_since(&now);
-    anyhow::ensure!(
-        changed.is_empty(),
-        "stale plan {}: {} changed since it was made; nothing was applied. Make a new plan with `headcni plan --out`.",
-        file.display(),
-        changed.join(" and ")
-    );
+    if !changed.is_empty() {
+        // Say what moved in the node, not only that something did.
+        let moved = match &saved.observed {
+            Some(then) if saved.fingerprints.observed != now.observed => {
+                let lines = report::unified::moved(then, &fresh.observed, 20);
+                format!(
+                    "\nWhat moved in the node since the plan was made:\n  {}",
+                    lines.join("\n  ")
+                )
+            }
+            _ => String::new(),
+        };
+        anyhow::bail!(
+            "stale plan {}: {} changed since it was made; nothing was applied. Make a new plan with `headcni plan --out`.{moved}",
+            file.display(),
+            changed.join(" and ")
+        );
+    }
     let started = std::time::Instant::now();
     let report = apply::apply(&saved.plan);
     let apply_took = started.elapsed();

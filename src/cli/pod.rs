@@ -55,11 +55,9 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
     match cmd {
         PodCommand::Add { id, netns, ifname } => {
             let key = key(id, ifname)?;
-            anyhow::ensure!(
-                netns.is_absolute(),
-                "--netns {} must be an absolute path",
-                netns.display()
-            );
+            // A namespace that is not there would only ever wait.
+            headcni::cni::validate_netns(netns)
+                .map_err(|reason| anyhow::anyhow!("--netns {}: {reason}", netns.display()))?;
             let added = store
                 .add(&key, netns, spec.pod_network.gateway)
                 .with_context(|| format!("adding pod {key}"))?;

@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use config::CniEnv;
-pub use config::{NetConf, SUPPORTED_VERSIONS};
+pub use config::{validate_netns, NetConf, SUPPORTED_VERSIONS};
 use error::CniError;
 
 use crate::engine::{self, PodScope};
@@ -337,7 +337,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 /// The addresses a prevResult lists; anything that is not a CNI result
 /// (not an object, `ips` not a list of objects with a string `address`) is
 /// refused rather than passed as "nothing to compare".
-fn prev_result_ips(prev: &Value) -> Result<Option<Vec<String>>, CniError> {
+pub(crate) fn prev_result_ips(prev: &Value) -> Result<Option<Vec<String>>, CniError> {
     let bad = |what: &str| {
         CniError::new(
             error::DECODE_FAILURE,

@@ -139,8 +139,15 @@ pub async fn serve(
                 }
             }
             let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let mut words = request.split_whitespace();
+            let method = words.next().unwrap_or("");
+            // The query string selects nothing here: /metrics?x=1 is /metrics.
+            let target = words.next().unwrap_or("/");
+            let path = target.split('?').next().unwrap_or(target);
             let (code, body, kind) = match path {
+                _ if method != "GET" && method != "HEAD" => {
+                    (405, "only GET and HEAD\n".to_string(), "text/plain")
+                }
                 "/healthz" => (200, "ok\n".to_string(), "text/plain"),
                 "/readyz" => {
                     let ready = status
@@ -166,12 +173,20 @@ pub async fn serve(
             };
             let reason = match code {
                 200 => "OK",
+                405 => "Method Not Allowed",
                 503 => "Service Unavailable",
                 _ => "Not Found",
             };
-            let head = format!("HTTP/1.1 {code} {reason}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+            let allow = if code == 405 {
+                "allow: GET, HEAD\r\n"
+            } else {
+                ""
+            };
+            let head = format!("HTTP/1.1 {code} {reason}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{allow}connection: close\r\n\r\n", body.len());
             let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
+            if method != "HEAD" {
+                let _ = conn.write_all(body.as_bytes()).await;
+            }
             let _ = conn.shutdown().await;
         });
     }

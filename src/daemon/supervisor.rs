@@ -25,6 +25,7 @@ pub fn ensure_netns(path: &Path) -> std::io::Result<()> {
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
+        make_shared_mount(dir)?;
     }
     std::fs::File::create(path)?;
     let target = path.to_path_buf();
@@ -41,6 +42,111 @@ pub fn ensure_netns(path: &Path) -> std::io::Result<()> {
     })
     .join()
     .map_err(|_| std::io::Error::other("namespace thread panicked"))?
+}
+
+/// Makes `dir` a shared mount point, as `ip netns add` does for /run/netns:
+/// a namespace bound there from a container (a DaemonSet's mount namespace)
+/// is then seen on the host, and tools that enter it by name find it.
+fn make_shared_mount(dir: &Path) -> std::io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let shared = || {
+        mount(
+            None::<&str>,
+            dir,
+            Some("none"),
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match shared() {
+        Ok(()) => Ok(()),
+        // Not a mount point yet: bind it onto itself first.
+        Err(nix::errno::Errno::EINVAL) => {
+            mount(
+                Some(dir),
+                dir,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+            Ok(shared()?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The resolv.conf tailscaled gets in its namespace. A node's loopback stub
+/// (systemd-resolved's 127.0.0.53) does not exist there: its upstream
+/// servers (`upstream`, /run/systemd/resolve/resolv.conf) stand in, else the
+/// node's other servers. Pure, for tests.
+pub fn namespace_resolv_conf(node: &str, upstream: Option<&str>) -> String {
+    let is_loopback = |line: &str| {
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|a| a.is_loopback())
+    };
+    let servers = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("nameserver") && !is_loopback(l))
+            .map(str::to_string)
+            .collect()
+    };
+    let stub = node
+        .lines()
+        .map(str::trim)
+        .any(|l| l.starts_with("nameserver") && is_loopback(l));
+    let mut chosen = servers(node);
+    if stub {
+        if let Some(up) = upstream {
+            chosen = servers(up);
+        }
+    }
+    let mut out = String::from(
+        "# Written by headcni for the tailnet namespace (loopback resolvers left out).\n",
+    );
+    for line in node.lines().map(str::trim) {
+        if line.starts_with("search") || line.starts_with("domain") || line.starts_with("options") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    for s in chosen {
+        out.push_str(&s);
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes /etc/netns/NAME/resolv.conf (the convention `ip netns exec`
+/// follows) for the tailnet namespace; returns its path.
+fn write_namespace_resolv_conf(netns_path: &Path) -> std::io::Result<PathBuf> {
+    let name = netns_path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("namespace path has no name"))?;
+    let dir = Path::new("/etc/netns").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let upstream = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+    let path = dir.join("resolv.conf");
+    let text = namespace_resolv_conf(&node, upstream.as_deref());
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(path)
+}
+
+/// Takes back the resolv.conf of the namespace's /etc/netns entry (the
+/// namespace itself and its routes stay, as everything does on a stop).
+fn remove_namespace_resolv_conf(netns_path: &Path) {
+    if let Some(name) = netns_path.file_name() {
+        let dir = Path::new("/etc/netns").join(name);
+        let _ = std::fs::remove_file(dir.join("resolv.conf"));
+        let _ = std::fs::remove_dir(&dir);
+    }
 }
 
 /// A key file others can read is refused: the key would be one `cat` away.
@@ -101,12 +207,24 @@ fn up_args(spec: &Spec, login_server: &str, key: &Path) -> Vec<String> {
         // chains to fight over (tailscale's ts-input).
         "--netfilter-mode=off".into(),
     ];
+    // Other nodes' pod CIDRs are their subnet routes: tailscaled on Linux
+    // drops traffic for subnet routes it was not told to accept.
+    if spec.pod_network.cluster_cidr.is_some() {
+        args.push("--accept-routes".into());
+    }
     args.extend(d.up_flags.iter().cloned());
     args
 }
 
-/// A command that runs inside the tailnet namespace.
-fn in_namespace(program: &Path, args: &[String], netns: &std::fs::File) -> tokio::process::Command {
+/// A command that runs inside the tailnet namespace; with `resolv`, in a
+/// mount namespace of its own where that file is /etc/resolv.conf (what
+/// `ip netns exec` does with /etc/netns/NAME/resolv.conf).
+fn in_namespace(
+    program: &Path,
+    args: &[String],
+    netns: &std::fs::File,
+    resolv: Option<&Path>,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -114,12 +232,39 @@ fn in_namespace(program: &Path, args: &[String], netns: &std::fs::File) -> tokio
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let fd = netns.as_raw_fd();
-    // SAFETY: pre_exec runs in the forked child before exec; setns is
-    // async-signal-safe and `fd` stays open in the parent until spawn returns.
+    // Made before the fork: the child may only make syscalls.
+    let resolv = resolv.and_then(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok());
+    // SAFETY: pre_exec runs in the forked child before exec; setns, unshare
+    // and mount are async-signal-safe, the strings were allocated before the
+    // fork, and `fd` stays open in the parent until spawn returns.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(file) = &resolv {
+                let check = |rc: libc::c_int| {
+                    if rc == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                };
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ))?;
+                check(libc::mount(
+                    file.as_ptr(),
+                    c"/etc/resolv.conf".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
             }
             Ok(())
         });
@@ -227,6 +372,7 @@ pub async fn run(
                         s.tailscaled.running = false;
                         s.tailscaled.pid = None;
                     }
+                    remove_namespace_resolv_conf(&netns_path);
                     return;
                 }
             }
@@ -267,7 +413,17 @@ async fn start(
         args.join(" "),
         netns_path.display()
     );
-    let mut child = in_namespace(&d.tailscaled, &args, &netns)
+    // Resolvers that work inside the namespace (a login server by name).
+    // (Only where the node has a resolv.conf to bind over.)
+    let resolv = Path::new("/etc/resolv.conf")
+        .exists()
+        .then(|| write_namespace_resolv_conf(netns_path))
+        .and_then(|written| {
+            written
+                .map_err(|e| tracing::warn!("resolv.conf for {}: {e}", netns_path.display()))
+                .ok()
+        });
+    let mut child = in_namespace(&d.tailscaled, &args, &netns, resolv.as_deref())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", d.tailscaled.display()))?;
     log_output("tailscaled", &mut child);
@@ -294,7 +450,7 @@ async fn log_in(spec: &Spec, netns_path: &Path, server: &str, key: &Path) {
     let args = up_args(spec, server, key);
     // The key itself never reaches a log: only its path is in the arguments.
     tracing::info!("{} {}", spec.daemon.tailscale.display(), args.join(" "));
-    match in_namespace(&spec.daemon.tailscale, &args, &netns).spawn() {
+    match in_namespace(&spec.daemon.tailscale, &args, &netns, None).spawn() {
         Ok(mut child) => {
             log_output("tailscale up", &mut child);
             match child.wait().await {
@@ -322,4 +478,37 @@ async fn stop(child: &mut tokio::process::Child) {
         }
     }
     let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::namespace_resolv_conf;
+
+    #[test]
+    fn a_loopback_stub_gives_way_to_its_upstream_servers() {
+        let node = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch example.test\n";
+        let upstream = "nameserver 192.0.2.53\nnameserver 198.51.100.53\n";
+        let got = namespace_resolv_conf(node, Some(upstream));
+        assert!(
+            got.contains("nameserver 192.0.2.53\nnameserver 198.51.100.53\n"),
+            "{got}"
+        );
+        assert!(!got.contains("127.0.0.53"), "{got}");
+        assert!(
+            got.contains("search example.test") && got.contains("options edns0"),
+            "{got}"
+        );
+        // Without an upstream file, the loopback server is left out all the same.
+        let got = namespace_resolv_conf("nameserver 127.0.0.53\nnameserver 203.0.113.53\n", None);
+        assert!(
+            got.contains("nameserver 203.0.113.53") && !got.contains("127.0.0.53"),
+            "{got}"
+        );
+        // A node with real servers keeps them.
+        let got = namespace_resolv_conf("nameserver 192.0.2.1\n", Some(upstream));
+        assert!(
+            got.contains("nameserver 192.0.2.1") && !got.contains("192.0.2.53"),
+            "{got}"
+        );
+    }
 }

@@ -696,12 +696,13 @@ fn diff_pod<'a>(
                     value: v.to_string(),
                 })
             });
-            host.step(
-                Action::Change,
-                Object::Sysctl(want.clone()),
-                before,
-                "differs",
-            );
+            // A sysctl of a veth about to be made is part of making it.
+            let (action, reason) = if needs_veth {
+                (Action::Add, "with its link")
+            } else {
+                (Action::Change, "differs")
+            };
+            host.step(action, Object::Sysctl(want.clone()), before, reason);
         }
     }
 

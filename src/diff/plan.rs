@@ -291,6 +291,14 @@ impl Plan {
         self.steps.is_empty()
     }
 
+    /// Nothing to do, nothing blocked, nothing waiting: the node is as specified.
+    pub fn is_settled(&self) -> bool {
+        self.steps.is_empty()
+            && self.conflicts.is_empty()
+            && self.waiting.is_empty()
+            && self.problems.is_empty()
+    }
+
     pub fn summary(&self) -> Summary {
         let count = |a| self.steps.iter().filter(|s| s.action == a).count();
         Summary {

@@ -157,6 +157,25 @@ pub fn parse_link_name(payload: &[u8]) -> Option<String> {
     parse::link(payload).map(|l| l.link.name)
 }
 
+/// Decodes one dump answer of any kind observe reads, for the fuzz targets:
+/// the decoders face what a pod's namespace answers.
+pub fn decode_any(kind: u16, payload: &[u8]) {
+    match kind {
+        RTM_NEWLINK => {
+            if let Some(l) = parse::link(payload) {
+                let _ = l.mac.map(parse::format_mac);
+            }
+        }
+        RTM_NEWADDR => drop(parse::address(payload)),
+        RTM_NEWROUTE => {
+            let _ = parse::route_table_hint(payload);
+            drop(parse::route(payload));
+        }
+        RTM_NEWRULE => drop(parse::rule(payload)),
+        _ => {}
+    }
+}
+
 /// The rule in an RTM_NEWRULE/RTM_DELRULE payload (for event filters).
 pub fn parse_rule(payload: &[u8]) -> Option<crate::model::Rule> {
     parse::rule(payload)

@@ -36,7 +36,15 @@ pub fn plan(plan: &Plan, color: bool) -> String {
         let _ = writeln!(out, "{}", paint(color, "36", &line));
     }
     if plan.steps.is_empty() {
-        let _ = writeln!(out, "No changes. The node matches the spec.");
+        // Waiting or blocked is not converged: never say "matches" then.
+        if plan.is_settled() {
+            let _ = writeln!(out, "No changes. The node matches the spec.");
+        } else {
+            let _ = writeln!(
+                out,
+                "Nothing headcni can do now; the node does not match the spec yet."
+            );
+        }
     }
     let _ = writeln!(out, "Plan: {}.", plan.summary());
     out

@@ -312,6 +312,17 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
                 Some(node_ip),
                 TAILNET_PEER_LINK,
             ),
+            // The way out for tailscaled itself (Headscale, DERP, STUN, its
+            // peers' UDP endpoints): through the node, which masquerades it
+            // (nft.rs) out of its own default route.
+            route(
+                TABLE_MAIN,
+                IpNetwork::V4(
+                    Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"),
+                ),
+                Some(node_ip),
+                TAILNET_PEER_LINK,
+            ),
             route(TABLE_MAIN, spec.tailnet.cidr, None, &spec.tailnet.interface),
         ]
         .into_iter()

@@ -55,7 +55,7 @@ struct RawPodNetwork {
     gateway: Option<Spanned<String>>,
     mtu: Option<Spanned<i64>>,
     cluster_cidr: Option<Spanned<String>>,
-    masquerade: Option<Masquerade>,
+    masquerade: Option<Spanned<Masquerade>>,
     mss_clamp: Option<bool>,
 }
 
@@ -102,17 +102,66 @@ impl Locator<'_> {
     }
 }
 
-pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
-    let at = Locator { text, file };
-    let raw: RawSpec = toml::from_str(text).map_err(|e| {
-        let (line, column) = at.line_col(e.span().map_or(0, |s| s.start));
+/// TOML into [`RawSpec`], with errors that name the field (the path
+/// serde_path_to_error tracked) and say what is expected in words, not in
+/// Rust types.
+fn deserialize(at: &Locator) -> Result<RawSpec, SpecError> {
+    let syntax = |e: toml::de::Error| {
+        let span = e.span().unwrap_or(0..0);
+        let (line, column) = at.line_col(span.start);
+        let mut message = e.message().trim().to_string();
+        if message == "duplicate key" {
+            let key = at.text.get(span).unwrap_or("").trim();
+            message = format!("duplicate key `{key}`: each table and key may appear only once");
+        }
         SpecError::Syntax {
-            file: file.to_path_buf(),
+            file: at.file.to_path_buf(),
             line,
             column,
-            message: e.message().trim().to_string(),
+            message,
         }
-    })?;
+    };
+    let de = toml::Deserializer::parse(at.text).map_err(syntax)?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // Spanned<T> wraps each value in private fields: not the user's path.
+        let field = e
+            .path()
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|s| !s.starts_with("$__") && s != "?")
+            .collect::<Vec<_>>()
+            .join(".")
+            .replace(".[", "[");
+        let inner = e.into_inner();
+        let span = inner.span().unwrap_or(0..0);
+        let reason = plain_types(inner.message().trim());
+        if field.is_empty() {
+            syntax(inner)
+        } else {
+            at.invalid(span, &field, reason)
+        }
+    })
+}
+
+/// serde's Rust type names as a person would say them.
+fn plain_types(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, words) in [
+        ("expected i64", "expected an integer"),
+        ("expected u32", "expected an integer"),
+        ("expected u16", "expected an integer"),
+        ("expected a boolean", "expected true or false"),
+        ("expected bool", "expected true or false"),
+        ("expected a string", "expected a string in quotes"),
+    ] {
+        out = out.replace(rust, words);
+    }
+    out
+}
+
+pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
+    let at = Locator { text, file };
+    let raw = deserialize(&at)?;
 
     if *raw.version.get_ref() != 1 {
         return Err(at.invalid(
@@ -141,8 +190,14 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
     if mode == Mode::Daemon && pod_network.masquerade == Masquerade::All {
         // The node's tailnet address lives in the tailnet namespace there;
         // SNAT on the node would use the transfer address instead.
+        let span = raw
+            .pod_network
+            .get_ref()
+            .masquerade
+            .as_ref()
+            .map_or(raw.mode.span(), |m| m.span());
         return Err(at.invalid(
-            raw.mode.span(),
+            span,
             "pod_network.masquerade",
             "\"all\" is not supported in daemon mode yet: the pod CIDR is advertised, so use \"internet\"",
         ));
@@ -290,7 +345,11 @@ fn validate_pod_network(at: &Locator, raw: &RawPodNetwork) -> Result<PodNetwork,
         gateway,
         mtu,
         cluster_cidr,
-        masquerade: raw.masquerade.unwrap_or_default(),
+        masquerade: raw
+            .masquerade
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .unwrap_or_default(),
         mss_clamp: raw.mss_clamp.unwrap_or(true),
     })
 }
@@ -478,7 +537,7 @@ fn validate_daemon(
             at.invalid(
                 v.span(),
                 "daemon.metrics_listen",
-                format!("not an address:port: {e}"),
+                format!("{e}: expected IP:PORT, an address and not a host name (e.g. 127.0.0.1:9108 or [::1]:9108)"),
             )
         })?);
     }
@@ -694,6 +753,61 @@ via = "203.0.113.1"
                 assert_eq!(got_field, Some(*field), "{to}: {msg}");
             }
         }
+    }
+
+    /// Every error names the field and says what is expected in words.
+    #[test]
+    fn errors_say_the_field_and_what_is_expected() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "mode = \"host\"",
+                "mode = \"hosted\"",
+                &[":3:8: mode:", "`host` or `daemon`"],
+            ),
+            (
+                "mtu = 1500",
+                "mtu = \"1500\"",
+                &["pod_network.mtu:", "expected an integer"],
+            ),
+            (
+                "mtu = 1500",
+                "mtu = 1500\nmasquerade = \"some\"",
+                &["pod_network.masquerade:", "`internet`, `all`, `none`"],
+            ),
+            (
+                "mtu = 1500",
+                "mtu = 1500\nmss_clamp = \"yes\"",
+                &["pod_network.mss_clamp:", "true or false"],
+            ),
+            (
+                "[tailnet]",
+                "[pod_network]\ncidr = \"10.244.0.0/24\"\n[tailnet]",
+                &["duplicate key `pod_network`"],
+            ),
+            (
+                "[tailnet]",
+                "[daemon]\nmetrics_listen = \"localhost:9108\"\n[tailnet]",
+                &["daemon.metrics_listen:", "IP:PORT", "not a host name"],
+            ),
+            ("mode = \"host\"", "mode = \"daemon\"", &[]),
+        ];
+        for (from, to, wants) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            let Err(e) = Spec::parse(&text, Path::new("/etc/headcni/headcni.toml")) else {
+                assert!(wants.is_empty(), "{to} must be refused");
+                continue;
+            };
+            let msg = e.to_string();
+            for want in *wants {
+                assert!(msg.contains(want), "{to}: {msg}");
+            }
+        }
+        // Daemon mode with masquerade = "all": the error points at that line.
+        let text = GOOD
+            .replace("mode = \"host\"", "mode = \"daemon\"")
+            .replace("mtu = 1500", "mtu = 1500\nmasquerade = \"all\"");
+        let msg = err(&text).to_string();
+        assert!(msg.contains(":9:14: pod_network.masquerade:"), "{msg}");
     }
 
     #[test]

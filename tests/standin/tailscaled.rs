@@ -8,6 +8,7 @@
 //!   with the process (it is not persistent).
 //! - as `tailscale --socket=PATH up ...`: records its arguments next to the
 //!   socket (`up.args`) and exits 0.
+//! - with `--wg-config=FILE`: a real WireGuard data plane (wireguard.rs).
 
 use std::os::fd::AsRawFd;
 use std::process::Command;
@@ -28,6 +29,8 @@ fn flag(args: &[String], name: &str) -> Option<String> {
         })
 }
 
+mod wireguard;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "up") {
@@ -37,6 +40,11 @@ fn main() {
     }
     let name = flag(&args, "tun").expect("--tun");
     let socket = flag(&args, "socket").expect("--socket");
+    if let Some(config) = flag(&args, "wg-config") {
+        let port = flag(&args, "port").unwrap_or_else(|| "41641".into());
+        let peer = args.iter().any(|a| a == "--peer");
+        wireguard::main(&name, &port, &config, &socket, peer);
+    }
     let tun = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
