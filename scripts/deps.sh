@@ -2,7 +2,7 @@
 # Installs what headcni's tests, quickstart and benchmarks need on a fresh
 # Debian machine (run as root). Safe to run again: it installs only what is missing.
 set -euo pipefail
-packages=(iproute2 iputils-ping containernetworking-plugins procps nftables util-linux python3 wireguard-go wireguard-tools)
+packages=(iproute2 iputils-ping containernetworking-plugins procps nftables util-linux python3 wireguard-go wireguard-tools conntrack)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

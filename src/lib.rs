@@ -15,6 +15,7 @@ pub mod drift;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hosttailnet;
 pub mod model;
 pub mod netlink;
 pub mod nft;

@@ -11,7 +11,7 @@ use nftables::expr::{
     Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, TcpOption,
 };
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
-use nftables::stmt::{Counter, Mangle, Match, Operator, Statement};
+use nftables::stmt::{Counter, Mangle, Match, NATFamily, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::model::{NftChain, NftRule, NftTable};
@@ -25,6 +25,16 @@ pub const TAILNET_MSS: u32 = 1240;
 pub enum NftError {
     #[error("nft: {0} (is the nftables package installed?)")]
     Run(String),
+}
+
+fn iifname(op: Operator, name: &str) -> Statement<'static> {
+    matches(
+        Expression::Named(NamedExpression::Meta(Meta {
+            key: MetaKey::Iifname,
+        })),
+        op,
+        Expression::String(Cow::Owned(name.to_string())),
+    )
 }
 
 fn meta_oifname() -> Expression<'static> {
@@ -145,6 +155,37 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
             format!("ip saddr {transfer} oifname != \"{egress}\" counter masquerade"),
         ));
     }
+    if spec.mode == crate::spec::Mode::Daemon && spec.daemon.forward_port {
+        // Peers reach tailscaled directly: its UDP port, arriving at the
+        // node from anywhere but its pods and the tailnet namespace, goes
+        // into the namespace.
+        let port = spec.daemon.port;
+        let ns_ip = std::net::Ipv4Addr::from(u32::from(spec.daemon.transfer_cidr.network()) + 2);
+        rules.push((
+            "prerouting".into(),
+            vec![
+                iifname(Operator::NEQ, "hc*"),
+                matches(
+                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                        PayloadField {
+                            protocol: Cow::Borrowed("udp"),
+                            field: Cow::Borrowed("dport"),
+                        },
+                    ))),
+                    Operator::EQ,
+                    Expression::Number(u32::from(port)),
+                ),
+                counter(),
+                Statement::DNAT(Some(NAT {
+                    addr: Some(Expression::String(Cow::Owned(ns_ip.to_string()))),
+                    family: Some(NATFamily::IP),
+                    port: None,
+                    flags: None,
+                })),
+            ],
+            format!("iifname != \"hc*\" udp dport {port} counter dnat ip to {ns_ip}"),
+        ));
+    }
     if spec.pod_network.mss_clamp {
         rules.push((
             "forward".into(),
@@ -168,7 +209,7 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
     if rules.is_empty() {
         return None;
     }
-    let chains = vec![
+    let mut chains = vec![
         NftChain {
             name: "forward".into(),
             kind: "filter".into(),
@@ -182,6 +223,14 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
             priority: 100,
         },
     ];
+    if rules.iter().any(|(chain, _, _)| chain == "prerouting") {
+        chains.push(NftChain {
+            name: "prerouting".into(),
+            kind: "nat".into(),
+            hook: "prerouting".into(),
+            priority: -100,
+        });
+    }
     let mut rules: Vec<NftRule> = rules
         .into_iter()
         .map(|(chain, stmts, text)| NftRule {
@@ -370,10 +419,10 @@ pub fn replace(table: Option<&NftTable>) -> Result<(), NftError> {
                 } else {
                     NfChainType::Filter
                 }),
-                hook: Some(if c.hook == "postrouting" {
-                    NfHook::Postrouting
-                } else {
-                    NfHook::Forward
+                hook: Some(match c.hook.as_str() {
+                    "postrouting" => NfHook::Postrouting,
+                    "prerouting" => NfHook::Prerouting,
+                    _ => NfHook::Forward,
                 }),
                 prio: Some(c.priority),
                 policy: Some(NfChainPolicy::Accept),
@@ -393,7 +442,51 @@ pub fn replace(table: Option<&NftTable>) -> Result<(), NftError> {
         }
     }
     let ruleset: Nftables = batch.to_nftables();
-    nftables::helper::apply_ruleset(&ruleset).map_err(|e| NftError::Run(e.to_string()))
+    nftables::helper::apply_ruleset(&ruleset).map_err(|e| NftError::Run(e.to_string()))?;
+    for port in table.map(forwarded_udp_ports).unwrap_or_default() {
+        forget_udp_flows(port);
+    }
+    Ok(())
+}
+
+/// The UDP ports the table forwards (`udp dport N ... dnat`).
+fn forwarded_udp_ports(table: &NftTable) -> Vec<u64> {
+    table
+        .rules
+        .iter()
+        .filter(|r| r.chain == "prerouting" && r.expr.contains("\"dnat\""))
+        .filter_map(|r| {
+            let stmts: serde_json::Value = serde_json::from_str(&r.expr).ok()?;
+            stmts.as_array()?.iter().find_map(|s| {
+                let m = s.get("match")?;
+                let field = m.get("left")?.get("payload")?;
+                (field.get("protocol")?.as_str()? == "udp"
+                    && field.get("field")?.as_str()? == "dport")
+                    .then(|| m.get("right")?.as_u64())
+                    .flatten()
+            })
+        })
+        .collect()
+}
+
+/// Forgets conntrack's flows to a UDP port that is now forwarded: a peer
+/// that sent there before the rule existed holds an entry for local
+/// delivery, which its keepalives refresh for ever, and NAT applies only to
+/// new flows (kube-proxy clears UDP flows for the same reason). Best
+/// effort: without the `conntrack` tool, such a peer waits for the entry to
+/// time out.
+fn forget_udp_flows(port: u64) {
+    let port = port.to_string();
+    match std::process::Command::new("conntrack")
+        .args(["-D", "-p", "udp", "--orig-port-dst", &port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        // 1: nothing to delete.
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot clear conntrack's UDP flows to port {port}: {e} (is the conntrack package installed?)"),
+    }
 }
 
 #[cfg(test)]

@@ -242,12 +242,13 @@ fn chaos_ends_converged_with_everything_accounted_for() {
             std::fs::read_to_string(n.lab.dir.path().join("chaos-daemon.log")).unwrap_or_default()
         );
     }
-    // The last edit may be invalid: put a valid spec back for the end.
-    std::fs::write(&n.spec, spec_text(&n, 0)).unwrap();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
     }
+    // The last edit may be invalid: a valid spec back for the end (after
+    // the editor stopped, or it might write another).
+    std::fs::write(&n.spec, spec_text(&n, 0)).unwrap();
     // Workers stopped mid-retry DEL their unknown pods now, with a valid spec.
     for ns in pods.iter().flatten() {
         if !live.lock().unwrap().get(ns).copied().unwrap_or(false) {

@@ -555,3 +555,47 @@ fn a_spec_that_is_not_a_regular_file_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
 }
+
+/// Host mode: what the host's tailscaled lacks (here: accepting routes with
+/// a cluster CIDR) is reported by `status` and `plan`, with the command.
+#[test]
+fn host_mode_reports_what_the_host_tailscaled_lacks() {
+    let n = Node::new();
+    let cli = n.lab.dir.path().join("tailscale");
+    std::fs::write(
+        &cli,
+        "#!/bin/sh\ncase \"$1\" in\n debug) echo '{\"RouteAll\": false, \"AdvertiseRoutes\": [\"10.244.0.0/24\"]}';;\n status) echo '{\"BackendState\": \"Running\", \"Self\": {\"HostName\": \"node-a\", \"PrimaryRoutes\": [\"10.244.0.0/24\"]}}';;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&n.spec).unwrap().replace(
+        "[pod_network]\n",
+        "[pod_network]\ncluster_cidr = \"10.244.0.0/16\"\n",
+    );
+    std::fs::write(
+        &n.spec,
+        format!("{text}\n[daemon]\ntailscale = \"{}\"\n", cli.display()),
+    )
+    .unwrap();
+    let out = n.headcni(&["plan"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not accept routes") && err.contains("tailscale set --accept-routes"),
+        "{err}"
+    );
+    let _d = Daemon::start(&n);
+    wait_until(
+        Duration::from_secs(5),
+        "status reports the host tailnet",
+        || {
+            status(&n).is_some_and(|s| {
+                s["host_tailnet"].as_array().is_some_and(|f| {
+                    f.iter()
+                        .any(|f| f.as_str().unwrap_or("").contains("--accept-routes"))
+                })
+            })
+        },
+    );
+    let text = n.headcni_ok(&["status"], 0);
+    assert!(text.contains("host tailnet:"), "{text}");
+}

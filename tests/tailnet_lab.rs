@@ -85,12 +85,13 @@ impl Drop for Procs {
 }
 
 struct TailnetLab {
+    /// First, so its processes stop before the namespaces go.
+    _procs: Procs,
     lab: Lab,
     node: String,
     peer: String,
     ts: String,
     spec: PathBuf,
-    procs: Procs,
 }
 
 fn veth(lab: &Lab, a: &str, a_if: &str, b: &str, b_if: &str) {
@@ -105,14 +106,14 @@ fn veth(lab: &Lab, a: &str, a_if: &str, b: &str, b_if: &str) {
 }
 
 impl TailnetLab {
-    /// `approve`: whether the peer approved the node's pod CIDR.
-    fn new(approve: bool, extra_spec: &str) -> TailnetLab {
+    /// `approve`: whether the peer approved the node's pod CIDR. The
+    /// node's daemon is started.
+    fn new(approve: bool) -> TailnetLab {
         let mut lab = Lab::new();
         let inet = lab.netns("inet");
         let node = lab.netns("node");
         let peer = lab.netns("peer");
         let ts = lab.netns("ts");
-        lab.ip(&inet, &["link", "set", "lo", "up"]);
         common::sh(&[
             "ip",
             "netns",
@@ -122,17 +123,8 @@ impl TailnetLab {
             "-qw",
             "net.ipv4.ip_forward=1",
         ]);
-        veth(&lab, &node, "eth0", &inet, "to-node");
-        lab.ip(&node, &["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
-        lab.ip(&inet, &["addr", "add", "203.0.113.1/24", "dev", "to-node"]);
-        lab.ip(&node, &["route", "add", "default", "via", "203.0.113.1"]);
-        veth(&lab, &peer, "eth0", &inet, "to-peer");
-        lab.ip(
-            &peer,
-            &["addr", "add", &format!("{PEER_UPLINK}/24"), "dev", "eth0"],
-        );
-        lab.ip(&inet, &["addr", "add", "198.51.100.1/24", "dev", "to-peer"]);
-        lab.ip(&peer, &["route", "add", "default", "via", "198.51.100.1"]);
+        uplink(&lab, &inet, &node, "203.0.113.2", "203.0.113.1");
+        uplink(&lab, &inet, &peer, PEER_UPLINK, "198.51.100.1");
 
         let dir = lab.dir.path().to_path_buf();
         let (node_key, node_pub) = keypair(&dir, "node");
@@ -163,7 +155,7 @@ impl TailnetLab {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let procs = Procs(vec![peer_proc]);
+        let mut procs = Procs(vec![peer_proc]);
         wait_until(Duration::from_secs(10), "the peer's wg0", || {
             Command::new("ip")
                 .args(["-n", &peer, "route", "show", "dev", "wg0"])
@@ -171,75 +163,27 @@ impl TailnetLab {
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(NODE_TAILNET))
         });
         // The node's tailscaled: the peer by its public endpoint.
-        let node_conf = dir.join("node.wg");
-        std::fs::write(
-            &node_conf,
-            format!(
-                "address {NODE_TAILNET}\nprivate-key-file {}\npeer {peer_pub} endpoint {PEER_UPLINK}:41641 allowed {PEER_TAILNET}/32\n",
-                node_key.display()
-            ),
-        )
-        .unwrap();
-        let authkey = dir.join("authkey");
-        std::fs::write(&authkey, "tskey-auth-lab").unwrap();
-        std::fs::set_permissions(&authkey, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let spec = dir.join("headcni.toml");
-        std::fs::write(
-            &spec,
-            format!(
-                "version = 1\nmode = \"daemon\"\nstate_dir = \"{state}\"\n\n[pod_network]\ncidr = \"{POD_CIDR}\"\n{extra_spec}\n\n[daemon]\ntailscaled = \"{s}\"\ntailscale = \"{s}\"\nlogin_server = \"https://headscale.example.test\"\nauth_key_file = \"{key}\"\nhostname = \"node-a\"\nnetns = \"{ts}\"\ntailscaled_flags = [\"--wg-config={conf}\"]\nresync_seconds = 30\n",
-                state = dir.join("state").display(),
-                s = standin().display(),
-                key = authkey.display(),
-                conf = node_conf.display(),
-            ),
-        )
-        .unwrap();
+        let wg = format!(
+            "address {NODE_TAILNET}\nprivate-key-file {}\npeer {peer_pub} endpoint {PEER_UPLINK}:41641 allowed {PEER_TAILNET}/32\n",
+            node_key.display()
+        );
+        let spec = daemon_node(&dir, &node, &ts, POD_CIDR, "", &wg, &mut procs);
         TailnetLab {
+            _procs: procs,
             lab,
             node,
             peer,
             ts,
             spec,
-            procs,
         }
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::File::create(self.lab.dir.path().join("daemon.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.node, common::headcni_bin(), "daemon"])
-            .env("HEADCNI_SPEC", &self.spec)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.procs.0.push(child);
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.lab.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
-    /// CNI ADD of a new pod namespace; returns (namespace, address).
     fn add_pod(&mut self, name: &str) -> (String, String) {
-        let ns = self.lab.netns(name);
-        let path = Lab::ns_path(&ns);
-        let call = CniCall {
-            command: "ADD",
-            container_id: Some(&ns),
-            netns: path.to_str(),
-            ifname: Some("eth0"),
-        };
-        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "headcni", "type": "headcni", "spec": self.spec});
-        let out = run_plugin(&self.node, common::headcni_bin(), &call, &conf.to_string());
-        assert_eq!(out.code, 0, "ADD {ns}: {}\n{}", out.stdout, out.stderr);
-        let ip = out.json["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches("/32")
-            .to_string();
-        (ns, ip)
+        cni_add(&mut self.lab, &self.node, &self.spec, name)
     }
 
     /// tailscaled's pid, as the daemon reports it.
@@ -323,8 +267,7 @@ fn bulk(
 
 #[test]
 fn daemon_mode_carries_pod_traffic_over_wireguard() {
-    let mut t = TailnetLab::new(true, "");
-    t.start_daemon();
+    let mut t = TailnetLab::new(true);
     let (pod, ip) = t.add_pod("pod1");
     // Only through the tailnet namespace's way out can the stand-in's
     // handshake with the peer behind "the internet" complete.
@@ -371,4 +314,390 @@ fn daemon_mode_carries_pod_traffic_over_wireguard() {
     );
     let seen = bulk(&pod, &t.peer, PEER_TAILNET, 7003, 1 << 20);
     assert_eq!(seen.ip().to_string(), ip);
+    assert_converged(&t.node, &t.spec);
+}
+
+/// The node converged: nothing to do, nothing waiting (no rule the kernel
+/// lists differently from how headcni wrote it, say).
+fn assert_converged(node: &str, spec: &Path) {
+    wait_until(Duration::from_secs(5), "the node to converge", || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                node,
+                common::headcni_bin(),
+                "plan",
+                "--detailed-exitcode",
+            ])
+            .env("HEADCNI_SPEC", spec)
+            .output()
+            .is_ok_and(|o| o.status.code() == Some(0))
+    });
+}
+
+/// Joins `ns` to the internet namespace with `ip`/24, its gateway `gw` there.
+fn uplink(lab: &Lab, inet: &str, ns: &str, ip: &str, gw: &str) {
+    let inside = format!("to-{}", &ns[ns.len().saturating_sub(4)..]);
+    veth(lab, ns, "eth0", inet, &inside);
+    lab.ip(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+    lab.ip(inet, &["addr", "add", &format!("{gw}/24"), "dev", &inside]);
+    lab.ip(ns, &["route", "add", "default", "via", gw]);
+}
+
+/// A daemon-mode node of the lab: writes its WireGuard file (`wg_conf`)
+/// and spec in `dir` (`pod_extra`: more `[pod_network]` lines), starts its
+/// daemon (kept in `procs`); returns the spec's path.
+fn daemon_node(
+    dir: &Path,
+    node: &str,
+    ts: &str,
+    pod_cidr: &str,
+    pod_extra: &str,
+    wg_conf: &str,
+    procs: &mut Procs,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let wg = dir.join("node.wg");
+    std::fs::write(&wg, wg_conf).unwrap();
+    let authkey = dir.join("authkey");
+    std::fs::write(&authkey, "tskey-auth-lab").unwrap();
+    std::fs::set_permissions(&authkey, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let spec = dir.join("headcni.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version = 1\nmode = \"daemon\"\nstate_dir = \"{state}\"\n\n[pod_network]\ncidr = \"{pod_cidr}\"\n{pod_extra}\n\n[daemon]\ntailscaled = \"{s}\"\ntailscale = \"{s}\"\nlogin_server = \"https://headscale.example.test\"\nauth_key_file = \"{key}\"\nnetns = \"{ts}\"\ntailscaled_flags = [\"--wg-config={wg}\"]\nresync_seconds = 30\n",
+            state = dir.join("state").display(),
+            s = standin().display(),
+            key = authkey.display(),
+            wg = wg.display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    procs.0.push(
+        Command::new("ip")
+            .args(["netns", "exec", node, common::headcni_bin(), "daemon"])
+            .env("HEADCNI_SPEC", &spec)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    spec
+}
+
+/// One daemon-mode node of the 10.244.0.0/16 cluster.
+#[allow(clippy::too_many_arguments)]
+fn cluster_node(
+    dir: &Path,
+    node: &str,
+    ts: &str,
+    pod_cidr: &str,
+    tailnet_ip: &str,
+    key: &Path,
+    peer_line: &str,
+    procs: &mut Procs,
+) -> PathBuf {
+    let wg = format!(
+        "address {tailnet_ip}\nprivate-key-file {}\n{peer_line}\n",
+        key.display()
+    );
+    daemon_node(
+        dir,
+        node,
+        ts,
+        pod_cidr,
+        "cluster_cidr = \"10.244.0.0/16\"",
+        &wg,
+        procs,
+    )
+}
+
+fn cni_add(lab: &mut Lab, node: &str, spec: &Path, name: &str) -> (String, String) {
+    let ns = lab.netns(name);
+    let path = Lab::ns_path(&ns);
+    let call = CniCall {
+        command: "ADD",
+        container_id: Some(&ns),
+        netns: path.to_str(),
+        ifname: Some("eth0"),
+    };
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "headcni", "type": "headcni", "spec": spec});
+    let out = run_plugin(node, common::headcni_bin(), &call, &conf.to_string());
+    assert_eq!(out.code, 0, "ADD {ns}: {}\n{}", out.stdout, out.stderr);
+    let ip = out.json["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_string();
+    (ns, ip)
+}
+
+/// Two daemon-mode nodes of one cluster, each behind its own NAT (the
+/// node's masquerade), each tailscaled reaching the other through "the
+/// internet": pods reach each other by their own addresses, which works
+/// only if each tailscaled accepts the other's pod CIDR (--accept-routes).
+#[test]
+fn two_daemon_mode_nodes_carry_pod_to_pod_traffic() {
+    let mut lab = Lab::new();
+    let inet = lab.netns("inet");
+    common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &inet,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let (a, b) = (lab.netns("nodea"), lab.netns("nodeb"));
+    let (ts_a, ts_b) = (lab.netns("tsa"), lab.netns("tsb"));
+    uplink(&lab, &inet, &a, "203.0.113.2", "203.0.113.1");
+    uplink(&lab, &inet, &b, "192.0.2.2", "192.0.2.1");
+    let dir = lab.dir.path().to_path_buf();
+    let (key_a, pub_a) = keypair(&dir, "a");
+    let (key_b, pub_b) = keypair(&dir, "b");
+    let mut procs = Procs(Vec::new());
+    // Each approved the other's tailnet address and pod CIDR; the daemon's
+    // tailscaled port is 41642 by default.
+    let spec_a = cluster_node(
+        &dir.join("a"),
+        &a,
+        &ts_a,
+        "10.244.0.0/24",
+        "100.64.0.1",
+        &key_a,
+        &format!(
+            "peer {pub_b} endpoint 192.0.2.2:41642 allowed 100.64.0.2/32 routes 10.244.1.0/24"
+        ),
+        &mut procs,
+    );
+    let spec_b = cluster_node(
+        &dir.join("b"),
+        &b,
+        &ts_b,
+        "10.244.1.0/24",
+        "100.64.0.2",
+        &key_b,
+        // B learns A's endpoint from A's handshake, which reaches B's
+        // tailscaled only through B's forwarded port (no simultaneous open).
+        &format!("peer {pub_a} allowed 100.64.0.1/32 routes 10.244.0.0/24"),
+        &mut procs,
+    );
+    let (pod_a, ip_a) = cni_add(&mut lab, &a, &spec_a, "poda");
+    let (pod_b, ip_b) = cni_add(&mut lab, &b, &spec_b, "podb");
+    wait_until(
+        Duration::from_secs(45),
+        "pod on A -> pod on B across the tailnet",
+        || lab.ping(&pod_a, &ip_b),
+    );
+    assert!(lab.ping(&pod_b, &ip_a), "and back");
+    let seen = bulk(&pod_a, &pod_b, &ip_b, 7101, 1 << 20);
+    assert_eq!(
+        seen.ip().to_string(),
+        ip_a,
+        "B's pod sees A's pod's own address"
+    );
+    let seen = bulk(&pod_b, &pod_a, &ip_a, 7102, 1 << 20);
+    assert_eq!(seen.ip().to_string(), ip_b);
+    let up = std::fs::read_to_string(dir.join("a/state/tailscaled.sock.up.args")).unwrap();
+    assert!(up.lines().any(|l| l == "--accept-routes"), "{up}");
+    // Peers connect directly: the node forwards tailscaled's port.
+    let rules = sh(&[
+        "ip", "netns", "exec", &b, "nft", "list", "table", "inet", "headcni",
+    ]);
+    assert!(
+        rules.contains("udp dport 41642") && rules.contains("dnat ip to 169.254.77.2"),
+        "{rules}"
+    );
+    assert_converged(&a, &spec_a);
+    assert_converged(&b, &spec_b);
+    drop(procs);
+}
+
+/// The host's own tailscaled (host mode): the stand-in on `tailscale0` in
+/// the node namespace, logged in at once, routes in the main table.
+fn host_tailscaled(dir: &Path, node: &str, wg_conf: &str, procs: &mut Procs) {
+    std::fs::create_dir_all(dir).unwrap();
+    let conf = dir.join("host.wg");
+    std::fs::write(&conf, wg_conf).unwrap();
+    procs.0.push(
+        Command::new("ip")
+            .args(["netns", "exec", node])
+            .arg(standin())
+            .args(["--tun=tailscale0", "--port=41641", "--peer"])
+            .arg(format!("--socket={}", dir.join("host-ts.sock").display()))
+            .arg(format!("--wg-config={}", conf.display()))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(10), "the host's tailscale0", || {
+        Command::new("ip")
+            .args(["-n", node, "route", "show", "dev", "tailscale0"])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    });
+}
+
+/// A host-mode spec in `dir`; `extra` goes under `[pod_network]`.
+fn host_spec(dir: &Path, pod_cidr: &str, extra: &str) -> PathBuf {
+    let spec = dir.join("headcni.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n\n[pod_network]\ncidr = \"{pod_cidr}\"\n{extra}\n\n[tailnet]\ninterface = \"tailscale0\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+/// Host mode over WireGuard: a pod reaches a peer that approved the pod
+/// CIDR by its own address; with `masquerade = "all"` it reaches a peer
+/// that did not (its packets leave with the node's tailnet address).
+#[test]
+fn host_mode_carries_pod_traffic_over_wireguard() {
+    for (approve, masquerade) in [(true, ""), (false, "masquerade = \"all\"")] {
+        let mut lab = Lab::new();
+        let inet = lab.netns("inet");
+        common::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &inet,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        let (node, peer) = (lab.netns("node"), lab.netns("peer"));
+        uplink(&lab, &inet, &node, "203.0.113.2", "203.0.113.1");
+        uplink(&lab, &inet, &peer, PEER_UPLINK, "198.51.100.1");
+        let dir = lab.dir.path().to_path_buf();
+        let (node_key, node_pub) = keypair(&dir, "node");
+        let (peer_key, peer_pub) = keypair(&dir, "peer");
+        let mut procs = Procs(Vec::new());
+        let routes = if approve {
+            format!(" routes {POD_CIDR}")
+        } else {
+            String::new()
+        };
+        host_tailscaled(
+            &dir.join("peer"),
+            &peer,
+            &format!("address {PEER_TAILNET}\nprivate-key-file {}\npeer {node_pub} allowed {NODE_TAILNET}/32{routes}\n", peer_key.display()),
+            &mut procs,
+        );
+        host_tailscaled(
+            &dir.join("node"),
+            &node,
+            &format!("address {NODE_TAILNET}\nprivate-key-file {}\npeer {peer_pub} endpoint {PEER_UPLINK}:41641 allowed {PEER_TAILNET}/32\n", node_key.display()),
+            &mut procs,
+        );
+        let spec = host_spec(&dir, POD_CIDR, masquerade);
+        let (pod, ip) = cni_add(&mut lab, &node, &spec, "pod");
+        let out = Command::new("ip")
+            .args(["netns", "exec", &node, common::headcni_bin(), "apply"])
+            .env("HEADCNI_SPEC", &spec)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until(
+            Duration::from_secs(20),
+            "pod -> peer over WireGuard (host mode)",
+            || lab.ping(&pod, PEER_TAILNET),
+        );
+        let seen = bulk(&pod, &peer, PEER_TAILNET, 7201, 4 << 20);
+        if approve {
+            assert_eq!(
+                seen.ip().to_string(),
+                ip,
+                "the peer sees the pod's own address"
+            );
+            let seen = bulk(&peer, &pod, &ip, 7202, 4 << 20);
+            assert_eq!(seen.ip().to_string(), PEER_TAILNET);
+        } else {
+            assert_eq!(
+                seen.ip().to_string(),
+                NODE_TAILNET,
+                "masqueraded to the node's tailnet address"
+            );
+            assert!(
+                !lab.ping(&peer, &ip),
+                "the peer never approved the pod CIDR"
+            );
+        }
+        assert_converged(&node, &spec);
+        drop(procs);
+    }
+}
+
+/// Two host-mode nodes of one cluster over WireGuard: pods reach each other
+/// by their own addresses.
+#[test]
+fn two_host_mode_nodes_carry_pod_to_pod_traffic() {
+    let mut lab = Lab::new();
+    let inet = lab.netns("inet");
+    common::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &inet,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let (a, b) = (lab.netns("nodea"), lab.netns("nodeb"));
+    uplink(&lab, &inet, &a, "203.0.113.2", "203.0.113.1");
+    uplink(&lab, &inet, &b, "192.0.2.2", "192.0.2.1");
+    let dir = lab.dir.path().to_path_buf();
+    let (key_a, pub_a) = keypair(&dir, "a");
+    let (key_b, pub_b) = keypair(&dir, "b");
+    let mut procs = Procs(Vec::new());
+    host_tailscaled(
+        &dir.join("a"),
+        &a,
+        &format!("address 100.64.0.1\nprivate-key-file {}\npeer {pub_b} endpoint 192.0.2.2:41641 allowed 100.64.0.2/32 routes 10.244.1.0/24\n", key_a.display()),
+        &mut procs,
+    );
+    host_tailscaled(
+        &dir.join("b"),
+        &b,
+        &format!("address 100.64.0.2\nprivate-key-file {}\npeer {pub_a} endpoint 203.0.113.2:41641 allowed 100.64.0.1/32 routes 10.244.0.0/24\n", key_b.display()),
+        &mut procs,
+    );
+    let cluster = "cluster_cidr = \"10.244.0.0/16\"";
+    let spec_a = host_spec(&dir.join("a"), "10.244.0.0/24", cluster);
+    let spec_b = host_spec(&dir.join("b"), "10.244.1.0/24", cluster);
+    let (pod_a, ip_a) = cni_add(&mut lab, &a, &spec_a, "poda");
+    let (pod_b, ip_b) = cni_add(&mut lab, &b, &spec_b, "podb");
+    for (node, spec) in [(&a, &spec_a), (&b, &spec_b)] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", node, common::headcni_bin(), "apply"])
+            .env("HEADCNI_SPEC", spec)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "pod on A -> pod on B (host mode)",
+        || lab.ping(&pod_a, &ip_b),
+    );
+    let seen = bulk(&pod_a, &pod_b, &ip_b, 7301, 1 << 20);
+    assert_eq!(seen.ip().to_string(), ip_a);
+    let seen = bulk(&pod_b, &pod_a, &ip_a, 7302, 1 << 20);
+    assert_eq!(seen.ip().to_string(), ip_b);
+    drop(procs);
 }

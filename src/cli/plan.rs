@@ -162,6 +162,18 @@ fn gather(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Inputs> {
 
 pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
     let inputs = gather(cli, args)?;
+    if inputs.spec.mode == headcni::spec::Mode::Host && args.observed.is_none() {
+        // What the host's tailscaled lacks is not headcni's to change: said
+        // beside the plan, with the commands that fix it.
+        for finding in headcni::hosttailnet::check(
+            &inputs.spec.daemon.tailscale,
+            inputs.spec.pod_network.cidr,
+            inputs.spec.pod_network.cluster_cidr.is_some(),
+        ) {
+            // Through the log, so it keeps the chosen log format.
+            tracing::warn!("host tailnet: {finding}");
+        }
+    }
     let color = report::want_color();
     if args.drift {
         let last = inputs.last.as_ref().map(|l| (&l.desired, l.applied_at));

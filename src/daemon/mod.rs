@@ -227,6 +227,22 @@ async fn pass(
         .join("+");
     let started = Instant::now();
     let owned = spec.clone();
+    // Host mode leans on the host's tailscaled: ask it now and then (not on
+    // every kernel event: it costs two processes).
+    let ask_host = spec.mode == Mode::Host
+        && triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Start | Trigger::Resync | Trigger::Spec));
+    let host_spec = spec.clone();
+    let host_tailnet = ask_host.then(|| {
+        tokio::task::spawn_blocking(move || {
+            crate::hosttailnet::check(
+                &host_spec.daemon.tailscale,
+                host_spec.pod_network.cidr,
+                host_spec.pod_network.cluster_cidr.is_some(),
+            )
+        })
+    });
     let result = tokio::task::spawn_blocking(move || {
         let store = owned.pod_store();
         engine::apply(&owned, &|| store.read(), &scope).map(|applied| {
@@ -248,9 +264,19 @@ async fn pass(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     );
+    let host_tailnet = match host_tailnet {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
     let Ok(mut s) = status.lock() else {
         return false;
     };
+    if let Some(findings) = host_tailnet {
+        for f in &findings {
+            tracing::warn!("host tailnet: {f}");
+        }
+        s.host_tailnet = findings;
+    }
     match result {
         Ok(Ok((applied, interface))) => {
             // Waiting (the tailnet interface is away) is not a failure: the
@@ -365,6 +391,9 @@ fn interface_status(spec: &Spec, observed: &crate::observe::Observed) -> Interfa
 /// Prints a status for people.
 pub fn print_status(s: &Status) {
     outln!("mode: {} (spec {})", s.mode, s.spec);
+    for finding in &s.host_tailnet {
+        outln!("host tailnet: {finding}");
+    }
     let i = &s.tailnet_interface;
     let state = if !i.present {
         "absent"

@@ -25,6 +25,10 @@ pub struct Status {
     /// Set while the spec file is invalid: the daemon runs on the last good one.
     pub spec_error: Option<String>,
     pub pods: usize,
+    /// Host mode: what the host's tailscaled lacks for this node's pods
+    /// (headcni's to report, the operator's to fix); empty when all is well.
+    #[serde(default)]
+    pub host_tailnet: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

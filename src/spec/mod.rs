@@ -78,6 +78,10 @@ pub struct DaemonConfig {
     pub netns: String,
     /// tailscaled's WireGuard UDP port (a host tailscaled uses 41641).
     pub port: u16,
+    /// Forward that port from the node's own addresses into the tailnet
+    /// namespace, so peers can open direct connections (behind the node's
+    /// masquerade they could not).
+    pub forward_port: bool,
     /// Route table for pod traffic to the tailnet.
     pub route_table: u32,
     /// Priority of the rule sending pod traffic to that table (before a host
@@ -102,6 +106,7 @@ impl Default for DaemonConfig {
             up_flags: Vec::new(),
             netns: "headcni-ts".into(),
             port: 41642,
+            forward_port: true,
             route_table: 1042,
             rule_priority: 5200,
             transfer_cidr: "169.254.77.0/30".parse().expect("valid default"),

@@ -36,6 +36,13 @@ pub fn validate_container_id(id: &str) -> Result<(), String> {
     if id.starts_with('.') || id.contains("..") {
         return Err(format!("{id:?} looks like a relative path"));
     }
+    // The tailnet namespace is attached under this id (daemon mode): a pod
+    // holding it would be taken for that namespace.
+    if id == super::TAILNET_NS_KEY {
+        return Err(format!(
+            "{id:?} is reserved for headcni's tailnet namespace"
+        ));
+    }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
@@ -75,6 +82,13 @@ mod tests {
         assert_ne!(name, host_link_name("abc", "eth1"));
         // The separator keeps ("ab","ceth0") and ("abc","eth0") apart.
         assert_ne!(host_link_name("ab", "ceth0"), host_link_name("abc", "eth0"));
+    }
+
+    #[test]
+    fn the_tailnet_namespace_id_is_reserved() {
+        let e = validate_container_id(crate::spec::TAILNET_NS_KEY).unwrap_err();
+        assert!(e.contains("reserved"), "{e}");
+        assert!(validate_container_id("headcni-tailnet2").is_ok());
     }
 
     #[test]

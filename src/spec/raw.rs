@@ -42,6 +42,7 @@ struct RawDaemon {
     up_flags: Vec<String>,
     netns: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
+    forward_port: Option<bool>,
     route_table: Option<Spanned<i64>>,
     rule_priority: Option<Spanned<i64>>,
     transfer_cidr: Option<Spanned<String>>,
@@ -489,6 +490,9 @@ fn validate_daemon(
             ));
         }
         d.netns = name.clone();
+    }
+    if let Some(v) = raw.forward_port {
+        d.forward_port = v;
     }
     if let Some(v) = &raw.port {
         d.port = int(v, "daemon.port", 1..=65535)? as u16;

@@ -129,9 +129,13 @@ fn private_wireguard_dir() {
 fn start_wireguard_go(name: &str) -> Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("wireguard-go");
+    // Its stderr carries only a banner about the kernel's WireGuard (not
+    // the point here: wireguard-go is what tailscaled embeds); a failure to
+    // start shows as the missing socket below.
     cmd.args(["-f", name])
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: prctl in the forked child: the engine dies with the stand-in,
     // as tailscaled's does with tailscaled.
     unsafe {
