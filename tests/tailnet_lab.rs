@@ -435,13 +435,19 @@ fn cni_add(lab: &mut Lab, node: &str, spec: &Path, name: &str) -> (String, Strin
     (ns, ip)
 }
 
-/// Two daemon-mode nodes of one cluster, each behind its own NAT (the
-/// node's masquerade), each tailscaled reaching the other through "the
-/// internet": pods reach each other by their own addresses, which works
-/// only if each tailscaled accepts the other's pod CIDR (--accept-routes).
-#[test]
-fn two_daemon_mode_nodes_carry_pod_to_pod_traffic() {
-    let mut lab = Lab::new();
+/// Two nodes on "the internet", A at 203.0.113.2 and B at 192.0.2.2, with
+/// WireGuard key pairs (private key file, public key) for each.
+struct TwoNodes {
+    a: String,
+    b: String,
+    dir: PathBuf,
+    key_a: PathBuf,
+    pub_a: String,
+    key_b: PathBuf,
+    pub_b: String,
+}
+
+fn two_nodes(lab: &mut Lab) -> TwoNodes {
     let inet = lab.netns("inet");
     common::sh(&[
         "ip",
@@ -453,12 +459,39 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic() {
         "net.ipv4.ip_forward=1",
     ]);
     let (a, b) = (lab.netns("nodea"), lab.netns("nodeb"));
-    let (ts_a, ts_b) = (lab.netns("tsa"), lab.netns("tsb"));
-    uplink(&lab, &inet, &a, "203.0.113.2", "203.0.113.1");
-    uplink(&lab, &inet, &b, "192.0.2.2", "192.0.2.1");
+    uplink(lab, &inet, &a, "203.0.113.2", "203.0.113.1");
+    uplink(lab, &inet, &b, "192.0.2.2", "192.0.2.1");
     let dir = lab.dir.path().to_path_buf();
     let (key_a, pub_a) = keypair(&dir, "a");
     let (key_b, pub_b) = keypair(&dir, "b");
+    TwoNodes {
+        a,
+        b,
+        dir,
+        key_a,
+        pub_a,
+        key_b,
+        pub_b,
+    }
+}
+
+/// Two daemon-mode nodes of one cluster, each behind its own NAT (the
+/// node's masquerade), each tailscaled reaching the other through "the
+/// internet": pods reach each other by their own addresses, which works
+/// only if each tailscaled accepts the other's pod CIDR (--accept-routes).
+#[test]
+fn two_daemon_mode_nodes_carry_pod_to_pod_traffic() {
+    let mut lab = Lab::new();
+    let TwoNodes {
+        a,
+        b,
+        dir,
+        key_a,
+        pub_a,
+        key_b,
+        pub_b,
+    } = two_nodes(&mut lab);
+    let (ts_a, ts_b) = (lab.netns("tsa"), lab.netns("tsb"));
     let mut procs = Procs(Vec::new());
     // Each approved the other's tailnet address and pod CIDR; the daemon's
     // tailscaled port is 41642 by default.
@@ -644,22 +677,15 @@ fn host_mode_carries_pod_traffic_over_wireguard() {
 #[test]
 fn two_host_mode_nodes_carry_pod_to_pod_traffic() {
     let mut lab = Lab::new();
-    let inet = lab.netns("inet");
-    common::sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &inet,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]);
-    let (a, b) = (lab.netns("nodea"), lab.netns("nodeb"));
-    uplink(&lab, &inet, &a, "203.0.113.2", "203.0.113.1");
-    uplink(&lab, &inet, &b, "192.0.2.2", "192.0.2.1");
-    let dir = lab.dir.path().to_path_buf();
-    let (key_a, pub_a) = keypair(&dir, "a");
-    let (key_b, pub_b) = keypair(&dir, "b");
+    let TwoNodes {
+        a,
+        b,
+        dir,
+        key_a,
+        pub_a,
+        key_b,
+        pub_b,
+    } = two_nodes(&mut lab);
     let mut procs = Procs(Vec::new());
     host_tailscaled(
         &dir.join("a"),
