@@ -72,7 +72,8 @@ impl Drop for Procs {
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         }
         for c in &mut self.0 {
-            for _ in 0..300 {
+            // A daemon stops its tailscaled for up to 5 s.
+            for _ in 0..800 {
                 if matches!(c.try_wait(), Ok(Some(_))) {
                     break;
                 }

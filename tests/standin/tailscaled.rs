@@ -40,6 +40,10 @@ fn main() {
     }
     let name = flag(&args, "tun").expect("--tun");
     let socket = flag(&args, "socket").expect("--socket");
+    // A test that fails may kill the daemon outright: the stand-in goes with
+    // it, or its mount namespace would keep the test's namespaces pinned.
+    // SAFETY: prctl on this process only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if let Some(config) = flag(&args, "wg-config") {
         let port = flag(&args, "port").unwrap_or_else(|| "41641".into());
         let peer = args.iter().any(|a| a == "--peer");
