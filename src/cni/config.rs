@@ -145,6 +145,14 @@ impl CniEnv {
     }
 }
 
+/// Whether two namespace paths name one namespace (same nsfs inode).
+pub fn same_namespace(a: &Path, b: &Path) -> bool {
+    match (nix::sys::stat::stat(a), nix::sys::stat::stat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => a == b,
+    }
+}
+
 pub fn validate_netns(path: &Path) -> Result<(), String> {
     if !path.is_absolute() {
         return Err("not an absolute path".into());
@@ -155,13 +163,7 @@ pub fn validate_netns(path: &Path) -> Result<(), String> {
     }
     // Wiring a "pod" in the node's own namespace would add an address and a
     // default route to the node itself: refused before anything is made.
-    let same = |a: &nix::sys::stat::FileStat, b: &nix::sys::stat::FileStat| {
-        a.st_dev == b.st_dev && a.st_ino == b.st_ino
-    };
-    let target = nix::sys::stat::stat(path).map_err(|e| format!("cannot be opened: {e}"))?;
-    let own = nix::sys::stat::stat("/proc/self/ns/net")
-        .map_err(|e| format!("cannot compare with this namespace: {e}"))?;
-    if same(&target, &own) {
+    if same_namespace(path, Path::new("/proc/self/ns/net")) {
         return Err("is the node's own network namespace, not a pod's".into());
     }
     Ok(())

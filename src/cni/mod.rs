@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use config::same_namespace;
 use config::CniEnv;
 pub use config::{validate_netns, NetConf, SUPPORTED_VERSIONS};
 use error::CniError;
@@ -359,14 +360,6 @@ pub(crate) fn prev_result_ips(prev: &Value) -> Result<Option<Vec<String>>, CniEr
         })
         .collect::<Result<_, _>>()
         .map(Some)
-}
-
-/// Whether two namespace paths name one namespace (same nsfs inode).
-fn same_namespace(a: &Path, b: &Path) -> bool {
-    match (nix::sys::stat::stat(a), nix::sys::stat::stat(b)) {
-        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-        _ => a == b,
-    }
 }
 
 fn gc(conf: &NetConf) -> Result<(), CniError> {
