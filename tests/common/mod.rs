@@ -114,6 +114,10 @@ impl Drop for Lab {
         // Pods first, node last: deleting a namespace takes its links with it.
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            // A daemon-mode daemon writes /etc/netns/NS/resolv.conf for its
+            // tailnet namespace and removes it when it stops; a daemon that
+            // was killed instead cannot.
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
         }
     }
 }
