@@ -175,18 +175,21 @@ fn kill_9_anywhere_leaves_a_node_that_converges() {
             .trim_end_matches("/32")
             .to_string();
         n.lab.ip(&n.node, &["route", "del", &format!("{ip}/32")]);
-        let path = Lab::ns_path(&victim);
-        n.headcni_ok(
-            &[
-                "pod",
-                "add",
-                "--id",
-                &victim,
-                "--netns",
-                path.to_str().unwrap(),
-            ],
-            0,
-        );
+        let add_victim_intent = || {
+            let path = Lab::ns_path(&victim);
+            n.headcni_ok(
+                &[
+                    "pod",
+                    "add",
+                    "--id",
+                    &victim,
+                    "--netns",
+                    path.to_str().unwrap(),
+                ],
+                0,
+            )
+        };
+        add_victim_intent();
         killed += usize::from(kill_after(spawn_headcni(&n, &["apply"]), rng.below(60)));
         kills += 1;
         assert_consistent(&n, &format!("round {round}: killed apply"));
@@ -198,17 +201,7 @@ fn kill_9_anywhere_leaves_a_node_that_converges() {
 
         // The daemon killed at a random moment of its life; a restart converges.
         if round % 5 == 0 {
-            n.headcni_ok(
-                &[
-                    "pod",
-                    "add",
-                    "--id",
-                    &victim,
-                    "--netns",
-                    path.to_str().unwrap(),
-                ],
-                0,
-            );
+            add_victim_intent();
             killed += usize::from(kill_after(spawn_headcni(&n, &["daemon"]), rng.below(150)));
             kills += 1;
             let daemon = spawn_headcni(&n, &["daemon"]);

@@ -21,22 +21,6 @@ const NODE_TAILNET: &str = "100.64.0.1";
 const PEER_TAILNET: &str = "100.64.0.5";
 const PEER_UPLINK: &str = "198.51.100.2";
 
-fn standin() -> PathBuf {
-    let path = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/standin-tailscaled");
-    assert!(
-        path.exists(),
-        "cargo test builds the stand-in ({})",
-        path.display()
-    );
-    path
-}
-
 /// A WireGuard key pair: (private key file, public key).
 fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     let private = sh(&["wg", "genkey"]);
@@ -147,7 +131,7 @@ impl TailnetLab {
         .unwrap();
         let peer_proc = Command::new("ip")
             .args(["netns", "exec", &peer])
-            .arg(standin())
+            .arg(common::standin_bin())
             .arg("--tun=wg0")
             .arg("--port=41641")
             .arg(format!("--socket={}", dir.join("peer.sock").display()))
@@ -370,7 +354,7 @@ fn daemon_node(
         format!(
             "version = 1\nmode = \"daemon\"\nstate_dir = \"{state}\"\n\n[pod_network]\ncidr = \"{pod_cidr}\"\n{pod_extra}\n\n[daemon]\ntailscaled = \"{s}\"\ntailscale = \"{s}\"\nlogin_server = \"https://headscale.example.test\"\nauth_key_file = \"{key}\"\nnetns = \"{ts}\"\ntailscaled_flags = [\"--wg-config={wg}\"]\nresync_seconds = 30\n",
             state = dir.join("state").display(),
-            s = standin().display(),
+            s = common::standin_bin().display(),
             key = authkey.display(),
             wg = wg.display(),
         ),
@@ -560,7 +544,7 @@ fn host_tailscaled(dir: &Path, node: &str, wg_conf: &str, procs: &mut Procs) {
     procs.0.push(
         Command::new("ip")
             .args(["netns", "exec", node])
-            .arg(standin())
+            .arg(common::standin_bin())
             .args(["--tun=tailscale0", "--port=41641", "--peer"])
             .arg(format!("--socket={}", dir.join("host-ts.sock").display()))
             .arg(format!("--wg-config={}", conf.display()))

@@ -15,6 +15,22 @@ pub fn headcni_bin() -> &'static str {
     env!("CARGO_BIN_EXE_headcni")
 }
 
+/// The stand-in tailscaled (an example `cargo test` builds).
+pub fn standin_bin() -> PathBuf {
+    let path = std::env::current_exe()
+        .expect("test binary")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("examples/standin-tailscaled");
+    assert!(
+        path.exists(),
+        "cargo test builds the stand-in ({})",
+        path.display()
+    );
+    path
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
