@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::{self, ApplyReport};
 use crate::diff::{diff, Action, Early, Object, Plan};
-use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
+use crate::model::{Attachment, Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
 use crate::observe::{self, Firewall, ObserveError, Observed};
 use crate::spec::{compile, Desired, Intents, PodIntent, Spec, StoreError};
 
@@ -89,7 +89,9 @@ fn plan_knowing(
     if removes_node_objects(&plan) {
         let fresh = pods()?;
         if fresh != intents {
+            let files = std::mem::take(&mut desired.files);
             desired = compile(spec, &fresh.pods);
+            desired.files = files;
             plan = diff(&desired, &observed);
             intents = fresh;
         }
@@ -132,9 +134,16 @@ fn observe_and_diff(
         let mut links = observe::start_link_dump(threads);
         let intents = pods()?;
         let to_observe = namespaces_to_observe(spec, scope, &intents.pods);
-        let partial = observe::observe_partial(&to_observe, firewall)?;
+        let mut partial = observe::observe_partial(&to_observe, firewall)?;
         links.take_ready();
-        let desired = compile(spec, &intents.pods);
+        let mut desired = compile(spec, &intents.pods);
+        // The files headcni keeps are node-wide objects: looked at (and so
+        // written or removed) only by node-wide passes.
+        if matches!(scope, PodScope::All | PodScope::HostOnly) {
+            partial.observed.node.files = crate::files::read_existing(&owned_file_paths(spec));
+            let resolvers = crate::files::node_resolvers(&spec.daemon.dns_upstream);
+            desired.files = crate::spec::compile_files(spec, &resolvers);
+        }
         links.take_ready();
         let early = Early::new(&desired, &partial.observed);
         let links = links.finish().map_err(ObserveError::Node)?;
@@ -180,7 +189,7 @@ fn namespaces_to_observe(
     spec: &Spec,
     scope: &PodScope,
     intents: &[PodIntent],
-) -> Vec<(PodKey, PathBuf)> {
+) -> Vec<(Attachment, PathBuf)> {
     intents
         .iter()
         .filter(|p| match scope {
@@ -188,21 +197,23 @@ fn namespaces_to_observe(
             PodScope::HostOnly | PodScope::Released(_) | PodScope::Prune => false,
             PodScope::One(key) => p.container_id == key.container_id && p.ifname == key.ifname,
         })
-        .map(|p| (p.key(), p.netns.clone()))
+        .map(|p| (Attachment::Pod(p.key()), p.netns.clone()))
         .chain(system_namespaces(spec, scope))
         .collect()
 }
 
+/// Every path where headcni may have written a file under `spec`, whatever
+/// the mode (so one written in daemon mode is removed after a switch).
+fn owned_file_paths(spec: &Spec) -> Vec<PathBuf> {
+    vec![spec.daemon.resolv_conf_path()]
+}
+
 /// Namespaces that are part of the node's own plumbing (daemon mode: the
 /// tailnet namespace), observed in every node-wide pass.
-fn system_namespaces(spec: &Spec, scope: &PodScope) -> Vec<(PodKey, PathBuf)> {
+fn system_namespaces(spec: &Spec, scope: &PodScope) -> Vec<(Attachment, PathBuf)> {
     let node_wide = matches!(scope, PodScope::All | PodScope::HostOnly);
     if spec.mode == crate::spec::Mode::Daemon && node_wide {
-        let key = PodKey {
-            container_id: crate::spec::TAILNET_NS_KEY.into(),
-            ifname: crate::spec::TAILNET_PEER_LINK.into(),
-        };
-        vec![(key, spec.daemon.netns_path())]
+        vec![(Attachment::TailnetNamespace, spec.daemon.netns_path())]
     } else {
         Vec::new()
     }
@@ -239,7 +250,7 @@ fn refuse_removals_without_store(plan: &Plan, intents: &Intents) -> Result<(), E
 fn removes_node_objects(plan: &Plan) -> bool {
     plan.steps
         .iter()
-        .any(|s| s.action == Action::Remove && s.pod.is_none())
+        .any(|s| s.action == Action::Remove && s.attachment.is_none())
 }
 
 /// Keeps what `scope` may touch.
@@ -253,10 +264,10 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
             mine.steps.extend(
                 plan.steps
                     .into_iter()
-                    .filter(|s| s.pod.is_none() && s.action != Action::Remove),
+                    .filter(|s| s.attachment.is_none() && s.action != Action::Remove),
             );
             mine.waiting
-                .extend(plan.waiting.into_iter().filter(|w| w.pod.is_none()));
+                .extend(plan.waiting.into_iter().filter(|w| w.attachment.is_none()));
             crate::diff::order(&mut mine);
             mine
         }
@@ -264,7 +275,9 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
             steps: plan
                 .steps
                 .into_iter()
-                .filter(|s| s.action == Action::Remove && s.pod.is_none() && s.netns == Netns::Node)
+                .filter(|s| {
+                    s.action == Action::Remove && s.attachment.is_none() && s.netns == Netns::Node
+                })
                 .collect(),
             ..Plan::default()
         },
@@ -280,7 +293,10 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
                             Object::Link(l) => on_link(&l.name),
                             Object::Address(a) => on_link(&a.dev),
                             Object::Route(r) => r.dev.as_deref().is_some_and(on_link),
-                            Object::Sysctl(_) | Object::Rule(_) | Object::Nft(_) => false,
+                            Object::Sysctl(_)
+                            | Object::Rule(_)
+                            | Object::Nft(_)
+                            | Object::File(_) => false,
                         }
                 })
                 .collect();
@@ -345,6 +361,17 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
         observed_after,
         apply_took,
     })
+}
+
+/// Everything headcni made on the node, planned away and removed: the diff
+/// of an empty desired state against the node (owned routes, rules, links,
+/// the nftables table, files). What is anyone else's is never in such a plan.
+pub fn purge(spec: &Spec) -> Result<(Plan, crate::apply::ApplyReport), EngineError> {
+    let mut observed = observe::observe(&[], Firewall::Read)?;
+    observed.node.files = crate::files::read_existing(&owned_file_paths(spec));
+    let plan = diff(&Desired::default(), &observed);
+    let report = crate::apply::apply(&plan);
+    Ok((plan, report))
 }
 
 /// Registers headcni's route protocol name so `ip route` prints `proto headcni`.

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod diff;
 pub mod drift;
 pub mod engine;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hosttailnet;

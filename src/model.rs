@@ -36,21 +36,57 @@ impl fmt::Display for PodKey {
     }
 }
 
+/// What sits at the far end of a host veth headcni makes: a pod, or (daemon
+/// mode) the namespace tailscaled runs in, which is node plumbing and no
+/// workload: it is not counted, stored or released as a pod.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attachment {
+    Pod(PodKey),
+    TailnetNamespace,
+}
+
+impl Attachment {
+    /// The pod, when this is one.
+    pub fn pod(&self) -> Option<&PodKey> {
+        match self {
+            Attachment::Pod(key) => Some(key),
+            Attachment::TailnetNamespace => None,
+        }
+    }
+}
+
+impl From<PodKey> for Attachment {
+    fn from(key: PodKey) -> Self {
+        Attachment::Pod(key)
+    }
+}
+
+impl fmt::Display for Attachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attachment::Pod(key) => write!(f, "pod {key}"),
+            Attachment::TailnetNamespace => write!(f, "tailnet namespace"),
+        }
+    }
+}
+
 /// Which network namespace an object lives in.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Netns {
     /// The namespace headcni runs in (the node's).
     Node,
-    /// A pod's namespace, with the path that opens it (so a plan is self-contained).
-    Pod { pod: PodKey, path: PathBuf },
+    /// The namespace behind an attachment, with the path that opens it (so a
+    /// plan is self-contained).
+    Attached { to: Attachment, path: PathBuf },
 }
 
 impl fmt::Display for Netns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Netns::Node => write!(f, "node"),
-            Netns::Pod { pod, .. } => write!(f, "pod {pod}"),
+            Netns::Attached { to, .. } => write!(f, "{to}"),
         }
     }
 }
@@ -320,6 +356,34 @@ pub struct NetnsState {
     pub nft_unread: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysctls: Vec<Sysctl>,
+    /// Files at the paths headcni writes (node namespace only), whoever wrote them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ManagedFile>,
+}
+
+/// First line of every file headcni writes: a file without it is someone
+/// else's and is never overwritten or removed.
+pub const FILE_MARK: &str = "# Written by headcni";
+
+/// A file headcni writes and keeps (the tailnet namespace's resolv.conf).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ManagedFile {
+    pub path: PathBuf,
+    pub content: String,
+}
+
+impl ManagedFile {
+    pub fn is_owned(&self) -> bool {
+        self.content.starts_with(FILE_MARK)
+    }
+
+    /// The lines that say something (no comments, no blanks).
+    pub fn meaningful_lines(&self) -> impl Iterator<Item = &str> {
+        self.content
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    }
 }
 
 pub fn is_owned_link_name(name: &str) -> bool {

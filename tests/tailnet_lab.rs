@@ -94,6 +94,15 @@ impl TailnetLab {
     /// `approve`: whether the peer approved the node's pod CIDR. The
     /// node's daemon is started.
     fn new(approve: bool) -> TailnetLab {
+        Self::prepared(approve, |_, _, _, _| String::new())
+    }
+
+    /// As `new`, with `prepare(lab, inet, node, dir)` run before the node's
+    /// daemon starts; it returns more `[daemon]` lines for the spec.
+    fn prepared(
+        approve: bool,
+        prepare: impl FnOnce(&Lab, &str, &str, &Path) -> String,
+    ) -> TailnetLab {
         let mut lab = Lab::new();
         let inet = lab.netns("inet");
         let node = lab.netns("node");
@@ -152,7 +161,16 @@ impl TailnetLab {
             "address {NODE_TAILNET}\nprivate-key-file {}\npeer {peer_pub} endpoint {PEER_UPLINK}:41641 allowed {PEER_TAILNET}/32\n",
             node_key.display()
         );
-        let spec = daemon_node(&dir, &node, &ts, POD_CIDR, "", &wg, &mut procs);
+        let daemon_extra = prepare(&lab, &inet, &node, &dir);
+        let spec = daemon_node(
+            &dir,
+            &node,
+            &ts,
+            (POD_CIDR, ""),
+            &daemon_extra,
+            &wg,
+            &mut procs,
+        );
         TailnetLab {
             _procs: procs,
             lab,
@@ -302,6 +320,124 @@ fn daemon_mode_carries_pod_traffic_over_wireguard() {
     assert_converged(&t.node, &t.spec);
 }
 
+/// A stand-in DNS server: answers every A question with 192.0.2.80.
+const DNS_STANDIN: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+while True:
+    q, peer = s.recvfrom(512)
+    end = q.index(b"\0", 12) + 5
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\xc0\x00\x02\x50"
+    s.sendto(q[:2] + b"\x81\x80" + q[4:6] + b"\x00\x01\x00\x00\x00\x00" + q[12:end] + answer, peer)
+"#;
+
+/// Asks each nameserver of a resolv.conf for one name; prints what answered.
+const DNS_ASK: &str = r#"
+import socket, sys
+servers = [l.split()[1] for l in open(sys.argv[1]) if l.startswith("nameserver")]
+assert servers, "no nameserver"
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x09headscale\x07example\x04test\x00" + b"\x00\x01\x00\x01"
+for server in servers:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.sendto(q, (server, 53))
+    r = s.recv(512)
+    assert r[:2] == b"\x12\x34" and r[-4:] == b"\xc0\x00\x02\x50", r
+    print("answered", server)
+"#;
+
+#[test]
+fn the_tailnet_namespace_resolves_through_the_stub_s_upstream_servers() {
+    const UPSTREAM: &str = "198.51.100.53";
+    let mut dns: Option<Child> = None;
+    let t = TailnetLab::prepared(true, |lab, inet, node, dir| {
+        // The node's resolv.conf names systemd-resolved's loopback stub
+        // (`ip netns exec` binds /etc/netns/NODE/resolv.conf over it); the
+        // stub's upstream server is "on the internet".
+        let node_etc = Path::new("/etc/netns").join(node);
+        std::fs::create_dir_all(&node_etc).unwrap();
+        std::fs::write(
+            node_etc.join("resolv.conf"),
+            "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lab.test\n",
+        )
+        .unwrap();
+        let upstream = dir.join("upstream-resolv.conf");
+        std::fs::write(&upstream, format!("nameserver {UPSTREAM}\n")).unwrap();
+        lab.ip(
+            inet,
+            &["addr", "add", &format!("{UPSTREAM}/32"), "dev", "lo"],
+        );
+        lab.ip(inet, &["link", "set", "lo", "up"]);
+        dns = Some(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    inet,
+                    "python3",
+                    "-c",
+                    DNS_STANDIN,
+                    UPSTREAM,
+                ])
+                .spawn()
+                .unwrap(),
+        );
+        format!("dns_upstream = \"{}\"\n", upstream.display())
+    });
+    let _dns = Procs(dns.into_iter().collect());
+    let written = Path::new("/etc/netns").join(&t.ts).join("resolv.conf");
+    wait_until(
+        Duration::from_secs(10),
+        "the namespace's resolv.conf",
+        || std::fs::read_to_string(&written).is_ok_and(|s| s.contains(UPSTREAM)),
+    );
+    let text = std::fs::read_to_string(&written).unwrap();
+    assert!(!text.contains("127.0.0.53"), "{text}");
+    assert!(text.contains("search lab.test"), "{text}");
+    // The servers it names answer from inside the namespace (through its
+    // way out: the default route to the node and the node's masquerade).
+    let asked = Command::new("ip")
+        .args(["netns", "exec", &t.ts, "python3", "-c", DNS_ASK])
+        .arg(&written)
+        .output()
+        .unwrap();
+    assert!(
+        asked.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&asked.stdout),
+        String::from_utf8_lossy(&asked.stderr),
+        t.log()
+    );
+    // `plan` shows the file as headcni's and in place.
+    assert_converged(&t.node, &t.spec);
+    let plan = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &t.node, common::headcni_bin(), "plan"])
+            .env("HEADCNI_SPEC", &t.spec)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Drift in headcni's file is named line by line.
+    let marked = text.replace(UPSTREAM, "203.0.113.99");
+    std::fs::write(&written, &marked).unwrap();
+    let drift = plan();
+    assert!(
+        drift.contains("~ file /etc/netns/")
+            && drift.contains("- nameserver 203.0.113.99")
+            && drift.contains(&format!("+ nameserver {UPSTREAM}")),
+        "{drift}"
+    );
+    // A file without headcni's mark is someone else's: reported, not overwritten.
+    std::fs::write(&written, "nameserver 203.0.113.99\n").unwrap();
+    let foreign = plan();
+    assert!(
+        foreign.contains("! conflict: file /etc/netns/") && !foreign.contains("~ file"),
+        "{foreign}"
+    );
+}
+
 /// The node converged: nothing to do, nothing waiting (no rule the kernel
 /// lists differently from how headcni wrote it, say).
 fn assert_converged(node: &str, spec: &Path) {
@@ -337,8 +473,8 @@ fn daemon_node(
     dir: &Path,
     node: &str,
     ts: &str,
-    pod_cidr: &str,
-    pod_extra: &str,
+    (pod_cidr, pod_extra): (&str, &str),
+    daemon_extra: &str,
     wg_conf: &str,
     procs: &mut Procs,
 ) -> PathBuf {
@@ -352,7 +488,7 @@ fn daemon_node(
     std::fs::write(
         &spec,
         format!(
-            "version = 1\nmode = \"daemon\"\nstate_dir = \"{state}\"\n\n[pod_network]\ncidr = \"{pod_cidr}\"\n{pod_extra}\n\n[daemon]\ntailscaled = \"{s}\"\ntailscale = \"{s}\"\nlogin_server = \"https://headscale.example.test\"\nauth_key_file = \"{key}\"\nnetns = \"{ts}\"\ntailscaled_flags = [\"--wg-config={wg}\"]\nresync_seconds = 30\n",
+            "version = 1\nmode = \"daemon\"\nstate_dir = \"{state}\"\n\n[pod_network]\ncidr = \"{pod_cidr}\"\n{pod_extra}\n\n[daemon]\ntailscaled = \"{s}\"\ntailscale = \"{s}\"\nlogin_server = \"https://headscale.example.test\"\nauth_key_file = \"{key}\"\nnetns = \"{ts}\"\ntailscaled_flags = [\"--wg-config={wg}\"]\nresync_seconds = 30\n{daemon_extra}",
             state = dir.join("state").display(),
             s = common::standin_bin().display(),
             key = authkey.display(),
@@ -393,8 +529,8 @@ fn cluster_node(
         dir,
         node,
         ts,
-        pod_cidr,
-        "cluster_cidr = \"10.244.0.0/16\"",
+        (pod_cidr, "cluster_cidr = \"10.244.0.0/16\""),
+        "",
         &wg,
         procs,
     )

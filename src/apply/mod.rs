@@ -19,7 +19,7 @@ use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 
 use crate::diff::{Action, Object, Plan, Step};
-use crate::model::{Netns, PodKey, Sysctl};
+use crate::model::{Attachment, Netns, Sysctl};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::observe::{link_indexes, netns_state};
 
@@ -65,7 +65,7 @@ impl NsConn {
 struct Executor {
     conns: HashMap<Option<PathBuf>, NsConn>,
     report: ApplyReport,
-    failed_pods: Vec<PodKey>,
+    failed_pods: Vec<Attachment>,
 }
 
 pub fn apply(plan: &Plan) -> ApplyReport {
@@ -106,19 +106,19 @@ fn is_batchable(step: &Step) -> bool {
 fn netns_path(netns: &Netns) -> Option<PathBuf> {
     match netns {
         Netns::Node => None,
-        Netns::Pod { path, .. } => Some(path.clone()),
+        Netns::Attached { path, .. } => Some(path.clone()),
     }
 }
 
 impl Executor {
     fn blocked(&self, step: &Step) -> bool {
-        step.pod
+        step.attachment
             .as_ref()
             .is_some_and(|p| self.failed_pods.contains(p))
     }
 
     fn fail(&mut self, step: &Step, error: String) {
-        if let Some(pod) = &step.pod {
+        if let Some(pod) = &step.attachment {
             if !self.failed_pods.contains(pod) {
                 self.failed_pods.push(pod.clone());
             }
@@ -130,7 +130,11 @@ impl Executor {
     }
 
     fn conn(&mut self, netns: &Netns) -> Result<&mut NsConn, String> {
-        let key = netns_path(netns);
+        self.conn_at(netns_path(netns))
+    }
+
+    /// The connection into the namespace at `key` (None: the node's).
+    fn conn_at(&mut self, key: Option<PathBuf>) -> Result<&mut NsConn, String> {
         if !self.conns.contains_key(&key) {
             let nl = match &key {
                 None => Netlink::open_current(),
@@ -152,7 +156,7 @@ impl Executor {
         let result = match &step.object {
             Object::Sysctl(s) => match &step.netns {
                 Netns::Node => write_sysctl(s),
-                Netns::Pod { path, .. } => crate::netlink::in_netns(path, || write_sysctl(s))
+                Netns::Attached { path, .. } => crate::netlink::in_netns(path, || write_sysctl(s))
                     .map_err(|e| e.to_string())
                     .and_then(|r| r),
             },
@@ -162,6 +166,11 @@ impl Executor {
                 _ => crate::nft::replace(Some(table)),
             }
             .map_err(|e| e.to_string()),
+            Object::File(file) => match step.action {
+                Action::Remove => crate::files::remove(&file.path),
+                _ => crate::files::write_in_place(&file.path, &file.content),
+            }
+            .map_err(|e| format!("{}: {e}", file.path.display())),
             _ => unreachable!("batchable steps go through run_batch"),
         };
         match result {
@@ -193,14 +202,7 @@ impl Executor {
                 accept(result, libc::EEXIST)?;
                 // The kernel refuses IFF_UP for a peer created in another
                 // namespace (ENOTCONN), so the pod end is raised from inside.
-                let pod_ns = Netns::Pod {
-                    pod: step.pod.clone().unwrap_or_else(|| PodKey {
-                        container_id: String::new(),
-                        ifname: peer.ifname.clone(),
-                    }),
-                    path: peer.netns_path.clone(),
-                };
-                let pod_conn = self.conn(&pod_ns)?;
+                let pod_conn = self.conn_at(Some(peer.netns_path.clone()))?;
                 pod_conn.forget_links();
                 let up = messages::set_link_by_name(&peer.ifname, link.up);
                 return accept(pod_conn.nl.request(RouteNetlinkMessage::SetLink(up), 0), 0);
@@ -244,7 +246,11 @@ impl Executor {
         };
         let mut early: Vec<(&Step, Result<(), String>)> = Vec::new();
         for step in steps {
-            if step.pod.as_ref().is_some_and(|p| failed_pods.contains(p)) {
+            if step
+                .attachment
+                .as_ref()
+                .is_some_and(|p| failed_pods.contains(p))
+            {
                 early.push((step, Err(String::new())));
                 continue;
             }

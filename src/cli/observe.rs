@@ -41,7 +41,7 @@ pub fn run(cli: &Cli, args: &ObserveArgs) -> anyhow::Result<Exit> {
             outln!("node:");
             print_state(&observed.node);
             for pod in &observed.pods {
-                outln!("pod {} ({}):", pod.key, pod.netns_path.display());
+                outln!("{} ({}):", pod.key, pod.netns_path.display());
                 match &pod.state {
                     Some(state) => print_state(state),
                     None => outln!("  netns cannot be opened"),

@@ -22,7 +22,7 @@ pub use config::{validate_netns, NetConf, SUPPORTED_VERSIONS};
 use error::CniError;
 
 use crate::engine::{self, PodScope};
-use crate::model::PodKey;
+use crate::model::{Attachment, PodKey};
 use crate::observe;
 use crate::report;
 use crate::spec::{alloc, host_link_name, Mode, PodIntent, PodStore, Spec};
@@ -193,7 +193,7 @@ fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
         .report
         .failed
         .iter()
-        .partition(|f| f.step.pod.as_ref() == Some(&key));
+        .partition(|f| f.step.attachment.as_ref().and_then(Attachment::pod) == Some(&key));
     for f in node_wide {
         tracing::warn!(
             "node-wide step failed during ADD of {key}: {}: {}",
@@ -216,7 +216,7 @@ fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
         .remaining
         .waiting
         .iter()
-        .find(|w| w.pod.as_ref() == Some(&key))
+        .find(|w| w.attachment.as_ref().and_then(Attachment::pod) == Some(&key))
     {
         return Err(CniError::new(
             error::APPLY_FAILED,
@@ -313,7 +313,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .plan
         .waiting
         .iter()
-        .find(|w| w.pod.as_ref() == Some(&key))
+        .find(|w| w.attachment.as_ref().and_then(Attachment::pod) == Some(&key))
     {
         return Err(mismatch(w.reason.clone()));
     }

@@ -365,7 +365,7 @@ fn interface_status(spec: &Spec, observed: &crate::observe::Observed) -> Interfa
         Mode::Daemon => observed
             .pods
             .iter()
-            .find(|p| p.key.container_id == crate::spec::TAILNET_NS_KEY)
+            .find(|p| p.key == crate::model::Attachment::TailnetNamespace)
             .and_then(|p| p.state.as_ref()),
     };
     let Some(state) = state else {

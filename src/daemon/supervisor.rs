@@ -44,6 +44,18 @@ pub fn ensure_netns(path: &Path) -> std::io::Result<()> {
     .map_err(|_| std::io::Error::other("namespace thread panicked"))?
 }
 
+/// Unbinds and removes /run/netns/NAME (what `ip netns del` does); false
+/// when there was no namespace there. Whatever still runs inside keeps it
+/// alive until it exits.
+pub fn remove_netns(path: &Path) -> std::io::Result<bool> {
+    if !crate::netlink::is_netns_file(path) {
+        return Ok(false);
+    }
+    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)?;
+    std::fs::remove_file(path)?;
+    Ok(true)
+}
+
 /// Makes `dir` a shared mount point, as `ip netns add` does for /run/netns:
 /// a namespace bound there from a container (a DaemonSet's mount namespace)
 /// is then seen on the host, and tools that enter it by name find it.
@@ -72,80 +84,6 @@ fn make_shared_mount(dir: &Path) -> std::io::Result<()> {
             Ok(shared()?)
         }
         Err(e) => Err(e.into()),
-    }
-}
-
-/// The resolv.conf tailscaled gets in its namespace. A node's loopback stub
-/// (systemd-resolved's 127.0.0.53) does not exist there: its upstream
-/// servers (`upstream`, /run/systemd/resolve/resolv.conf) stand in, else the
-/// node's other servers. Pure, for tests.
-pub fn namespace_resolv_conf(node: &str, upstream: Option<&str>) -> String {
-    let is_loopback = |line: &str| {
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-            .is_some_and(|a| a.is_loopback())
-    };
-    let servers = |text: &str| -> Vec<String> {
-        text.lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("nameserver") && !is_loopback(l))
-            .map(str::to_string)
-            .collect()
-    };
-    let stub = node
-        .lines()
-        .map(str::trim)
-        .any(|l| l.starts_with("nameserver") && is_loopback(l));
-    let mut chosen = servers(node);
-    if stub {
-        if let Some(up) = upstream {
-            chosen = servers(up);
-        }
-    }
-    let mut out = String::from(
-        "# Written by headcni for the tailnet namespace (loopback resolvers left out).\n",
-    );
-    for line in node.lines().map(str::trim) {
-        if line.starts_with("search") || line.starts_with("domain") || line.starts_with("options") {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    for s in chosen {
-        out.push_str(&s);
-        out.push('\n');
-    }
-    out
-}
-
-/// Writes /etc/netns/NAME/resolv.conf (the convention `ip netns exec`
-/// follows) for the tailnet namespace; returns its path.
-fn write_namespace_resolv_conf(netns_path: &Path) -> std::io::Result<PathBuf> {
-    let name = netns_path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("namespace path has no name"))?;
-    let dir = Path::new("/etc/netns").join(name);
-    std::fs::create_dir_all(&dir)?;
-    let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let upstream = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
-    let path = dir.join("resolv.conf");
-    let text = namespace_resolv_conf(&node, upstream.as_deref());
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(path)
-}
-
-/// Takes back the resolv.conf of the namespace's /etc/netns entry (the
-/// namespace itself and its routes stay, as everything does on a stop).
-fn remove_namespace_resolv_conf(netns_path: &Path) {
-    if let Some(name) = netns_path.file_name() {
-        let dir = Path::new("/etc/netns").join(name);
-        let _ = std::fs::remove_file(dir.join("resolv.conf"));
-        let _ = std::fs::remove_dir(&dir);
     }
 }
 
@@ -372,7 +310,6 @@ pub async fn run(
                         s.tailscaled.running = false;
                         s.tailscaled.pid = None;
                     }
-                    remove_namespace_resolv_conf(&netns_path);
                     return;
                 }
             }
@@ -413,14 +350,16 @@ async fn start(
         args.join(" "),
         netns_path.display()
     );
-    // Resolvers that work inside the namespace (a login server by name).
-    // (Only where the node has a resolv.conf to bind over.)
+    // Resolvers that work inside the namespace (a login server by name):
+    // the reconcile loop keeps /etc/netns/NAME/resolv.conf, written in place
+    // so this bind follows its changes. Before its first pass there is none
+    // yet: a marked placeholder holds the place. (Only where the node has a
+    // resolv.conf to bind over.)
     let resolv = Path::new("/etc/resolv.conf")
         .exists()
-        .then(|| write_namespace_resolv_conf(netns_path))
-        .and_then(|written| {
-            written
-                .map_err(|e| tracing::warn!("resolv.conf for {}: {e}", netns_path.display()))
+        .then(|| namespace_resolv_conf_placeholder(&d.resolv_conf_path()))
+        .and_then(|made| {
+            made.map_err(|e| tracing::warn!("resolv.conf for {}: {e}", netns_path.display()))
                 .ok()
         });
     let mut child = in_namespace(&d.tailscaled, &args, &netns, resolv.as_deref())
@@ -480,35 +419,15 @@ async fn stop(child: &mut tokio::process::Child) {
     let _ = child.kill().await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::namespace_resolv_conf;
-
-    #[test]
-    fn a_loopback_stub_gives_way_to_its_upstream_servers() {
-        let node = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch example.test\n";
-        let upstream = "nameserver 192.0.2.53\nnameserver 198.51.100.53\n";
-        let got = namespace_resolv_conf(node, Some(upstream));
-        assert!(
-            got.contains("nameserver 192.0.2.53\nnameserver 198.51.100.53\n"),
-            "{got}"
+/// The namespace's resolv.conf path, made (empty but for headcni's mark)
+/// when the reconcile loop has not written it yet.
+fn namespace_resolv_conf_placeholder(path: &Path) -> std::io::Result<PathBuf> {
+    if !path.exists() {
+        let text = format!(
+            "{} (filled in by the reconcile loop)\n",
+            crate::model::FILE_MARK
         );
-        assert!(!got.contains("127.0.0.53"), "{got}");
-        assert!(
-            got.contains("search example.test") && got.contains("options edns0"),
-            "{got}"
-        );
-        // Without an upstream file, the loopback server is left out all the same.
-        let got = namespace_resolv_conf("nameserver 127.0.0.53\nnameserver 203.0.113.53\n", None);
-        assert!(
-            got.contains("nameserver 203.0.113.53") && !got.contains("127.0.0.53"),
-            "{got}"
-        );
-        // A node with real servers keeps them.
-        let got = namespace_resolv_conf("nameserver 192.0.2.1\n", Some(upstream));
-        assert!(
-            got.contains("nameserver 192.0.2.1") && !got.contains("192.0.2.53"),
-            "{got}"
-        );
+        crate::files::write_in_place(path, &text)?;
     }
+    Ok(path.to_path_buf())
 }

@@ -23,6 +23,7 @@ pub fn expected(desired: &Desired) -> Observed {
     node.routes.extend(desired.node_routes.iter().cloned());
     node.rules.extend(desired.node_rules.iter().cloned());
     node.nft = desired.nft.clone();
+    node.files = desired.files.clone();
     let mut pods = Vec::with_capacity(desired.pods.len());
     for pod in &desired.pods {
         node.links.push(Link {
@@ -40,6 +41,7 @@ pub fn expected(desired: &Desired) -> Observed {
             nft: None,
             nft_unread: false,
             sysctls: pod.sysctls.clone(),
+            files: Vec::new(),
         };
         let mut state = state;
         state.links.extend(pod.extra_links.iter().cloned());

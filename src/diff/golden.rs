@@ -1,5 +1,7 @@
 //! Golden files: tests/golden/<case>/{spec.toml, pods.json, observed.json}
-//! in, {plan.txt, plan.json} out. Adding a case is adding a folder.
+//! (and, optionally, the node's resolvers: node-resolv.conf,
+//! upstream-resolv.conf) in, {plan.txt, plan.json, plan.diff,
+//! plan.junit.xml} out. Adding a case is adding a folder.
 //! `UPDATE_GOLDEN=1 cargo test golden` rewrites the expected outputs;
 //! `cargo test -- --ignored write_golden_inputs` recreates the scenario inputs.
 
@@ -26,7 +28,16 @@ fn load(case: &Path) -> (Desired, Observed) {
         serde_json::from_str(&fs::read_to_string(case.join("pods.json")).unwrap()).unwrap();
     let observed: Observed =
         serde_json::from_str(&fs::read_to_string(case.join("observed.json")).unwrap()).unwrap();
-    (compile(&spec, &pods), observed)
+    let mut desired = compile(&spec, &pods);
+    // A case that gives the node's resolvers gets the files compiled from them.
+    if let Ok(resolv_conf) = fs::read_to_string(case.join("node-resolv.conf")) {
+        let resolvers = crate::spec::NodeResolvers {
+            resolv_conf,
+            upstream: fs::read_to_string(case.join("upstream-resolv.conf")).ok(),
+        };
+        desired.files = crate::spec::compile_files(&spec, &resolvers);
+    }
+    (desired, observed)
 }
 
 #[test]
@@ -107,7 +118,7 @@ fn foreign(dst: &str) -> Route {
 fn empty_pods(observed: &mut Observed, pods: &[PodIntent]) {
     for p in pods {
         observed.pods.push(crate::observe::ObservedPod {
-            key: p.key(),
+            key: p.attachment(),
             netns_path: p.netns.clone(),
             state: Some(NetnsState::default()),
         });
@@ -176,7 +187,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
     ));
 
     let mut o = converged(&compile(&spec(), &three));
-    o.pods.retain(|p| p.key != three[2].key());
+    o.pods.retain(|p| p.key != three[2].attachment());
     o.node.routes.push(foreign("192.0.2.0/24"));
     out.push((
         "06-pod-deleted-owned-objects-removed",
@@ -273,7 +284,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
         .find(|l| l.name == three[1].host_link)
         .unwrap()
         .up = false;
-    o.pods.retain(|p| p.key != three[1].key());
+    o.pods.retain(|p| p.key != three[1].attachment());
     let mut pods = vec![three[0].clone(), three[2].clone()];
     pods.push(intent(5));
     empty_pods(&mut o, &pods[1..]);

@@ -17,7 +17,7 @@ pub use expected::expected;
 pub use plan::{Action, Conflict, FieldChange, Object, Plan, Step, Summary, Waiting};
 
 use crate::model::{
-    is_kernel_link_local, is_owned_link_name, Address, Link, Netns, NetnsState, PodKey, Route,
+    is_kernel_link_local, is_owned_link_name, Address, Attachment, Link, Netns, NetnsState, Route,
     RouteKey, Rule, Sysctl,
 };
 use crate::observe::{Observed, ObservedPod};
@@ -91,16 +91,16 @@ impl<'a> Index<'a> {
 /// Steps for one owner, collected before they are known to be conflict-free.
 struct Draft<'a> {
     netns: Netns,
-    pod: Option<&'a PodKey>,
+    attachment: Option<&'a Attachment>,
     steps: Vec<Step>,
     conflicts: Vec<Conflict>,
 }
 
 impl<'a> Draft<'a> {
-    fn new(netns: Netns, pod: Option<&'a PodKey>) -> Self {
+    fn new(netns: Netns, attachment: Option<&'a Attachment>) -> Self {
         Draft {
             netns,
-            pod,
+            attachment,
             steps: Vec::new(),
             conflicts: Vec::new(),
         }
@@ -118,7 +118,7 @@ impl<'a> Draft<'a> {
             netns: self.netns.clone(),
             object,
             before,
-            pod: self.pod.cloned(),
+            attachment: self.attachment.cloned(),
             reason: reason.into(),
         });
     }
@@ -126,7 +126,7 @@ impl<'a> Draft<'a> {
     fn conflict(&mut self, desired: Object, found: Object, reason: impl Into<String>) {
         self.conflicts.push(Conflict {
             netns: self.netns.clone(),
-            pod: self.pod.cloned(),
+            attachment: self.attachment.cloned(),
             desired,
             found,
             reason: reason.into(),
@@ -205,7 +205,7 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
 pub struct Early<'a> {
     desired: &'a Desired,
     observed: &'a Observed,
-    observed_pods: FxHashMap<&'a PodKey, &'a ObservedPod>,
+    observed_pods: FxHashMap<&'a Attachment, &'a ObservedPod>,
     node: Index<'a>,
     kept: Kept<'a>,
     /// One per desired pod, in order (None in it: nothing to do for that
@@ -409,7 +409,7 @@ impl<'a> Early<'a> {
             .problems
             .iter()
             .map(|p| Waiting {
-                pod: Some(p.pod.clone()),
+                attachment: Some(Attachment::Pod(p.pod.clone())),
                 reason: p.reason.clone(),
             })
             .collect();
@@ -471,7 +471,7 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
     for want in &desired.node_sysctls {
         if let Some(dev) = want.interface().filter(|d| uplinks.contains(d)) {
             plan.waiting.push(Waiting {
-                pod: None,
+                attachment: None,
                 reason: format!(
                     "sysctl {} refused: {}",
                     want.key.replace('/', "."),
@@ -483,7 +483,7 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
         if let Some(dev) = want.interface() {
             if !node.links.contains_key(dev) {
                 plan.waiting.push(Waiting {
-                    pod: None,
+                    attachment: None,
                     reason: format!("sysctl {} waits for link {dev}", want.key.replace('/', ".")),
                 });
                 continue;
@@ -522,7 +522,10 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
                 Some(_) => None,
             };
             if let Some(reason) = reason {
-                plan.waiting.push(Waiting { pod: None, reason });
+                plan.waiting.push(Waiting {
+                    attachment: None,
+                    reason,
+                });
                 continue;
             }
         }
@@ -544,7 +547,7 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
     // Unread (a CNI pass): unknown, so neither added nor removed.
     if let (Some(dev), Some(_)) = (uplinks.first(), &desired.nft) {
         plan.waiting.push(Waiting {
-            pod: None,
+            attachment: None,
             reason: format!("nft table inet headcni refused: {}", uplink_reason(dev)),
         });
     } else if !observed.node.nft_unread {
@@ -567,6 +570,7 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
             _ => {}
         }
     }
+    diff_files(desired, observed, &mut node_draft, plan);
     let owned_rules: FxHashSet<&Rule> = observed
         .node
         .rules
@@ -579,6 +583,42 @@ fn node_wide(desired: &Desired, observed: &Observed, node: &Index, plan: &mut Pl
         }
     }
     node_draft.add_to(plan);
+}
+
+/// Files headcni keeps whole: written when missing or different, removed
+/// when no longer desired. One without headcni's mark is someone else's: a
+/// conflict, never overwritten.
+fn diff_files(desired: &Desired, observed: &Observed, draft: &mut Draft, plan: &mut Plan) {
+    let held = |path: &std::path::Path| observed.node.files.iter().find(|f| f.path == path);
+    for want in &desired.files {
+        match held(&want.path) {
+            None => draft.step(Action::Add, Object::File(want.clone()), None, "missing"),
+            Some(have) if !have.is_owned() => plan.conflicts.push(Conflict {
+                netns: Netns::Node,
+                attachment: None,
+                desired: Object::File(want.clone()),
+                found: Object::File(have.clone()),
+                reason: "a file headcni did not write is at that path".into(),
+            }),
+            Some(have) if have.content != want.content => draft.step(
+                Action::Change,
+                Object::File(want.clone()),
+                Some(Object::File(have.clone())),
+                "differs",
+            ),
+            Some(_) => {}
+        }
+    }
+    for have in &observed.node.files {
+        if have.is_owned() && !desired.files.iter().any(|w| w.path == have.path) {
+            draft.step(
+                Action::Remove,
+                Object::File(have.clone()),
+                None,
+                "not desired",
+            );
+        }
+    }
 }
 
 /// A link as the kernel holds it: no peer (that is only desired state). A
@@ -596,7 +636,7 @@ fn as_held(have: &Link) -> Link {
 fn diff_pod<'a>(
     pod: &'a DesiredPod,
     node: &Index,
-    observed_pods: &FxHashMap<&PodKey, &'a ObservedPod>,
+    observed_pods: &FxHashMap<&Attachment, &'a ObservedPod>,
 ) -> PodOutcome<'a> {
     let mut waiting = Vec::new();
     let observed_pod = observed_pods.get(&pod.key);
@@ -605,7 +645,7 @@ fn diff_pod<'a>(
             Some(state) => Some(state),
             None => {
                 waiting.push(Waiting {
-                    pod: Some(pod.key.clone()),
+                    attachment: Some(pod.key.clone()),
                     reason: format!("netns {} cannot be opened", pod.netns_path.display()),
                 });
                 return PodOutcome {
@@ -620,8 +660,8 @@ fn diff_pod<'a>(
 
     let mut host = Draft::new(Netns::Node, Some(&pod.key));
     // Only a pod whose namespace was observed gets steps inside it.
-    let pod_netns = || Netns::Pod {
-        pod: pod.key.clone(),
+    let pod_netns = || Netns::Attached {
+        to: pod.key.clone(),
         path: pod.netns_path.clone(),
     };
     let mut inside = Draft::new(
@@ -726,7 +766,7 @@ fn diff_pod<'a>(
         for want in &pod.pod_routes {
             if let Some(dev) = want.dev.as_deref().filter(|d| absent.contains(d)) {
                 waiting.push(Waiting {
-                    pod: Some(pod.key.clone()),
+                    attachment: Some(pod.key.clone()),
                     reason: format!("route {want} waits for link {dev}"),
                 });
                 continue;
@@ -736,7 +776,7 @@ fn diff_pod<'a>(
         for want in &pod.sysctls {
             if let Some(dev) = want.interface().filter(|d| absent.contains(d)) {
                 waiting.push(Waiting {
-                    pod: Some(pod.key.clone()),
+                    attachment: Some(pod.key.clone()),
                     reason: format!("sysctl {} waits for link {dev}", want.key.replace('/', ".")),
                 });
                 continue;
@@ -828,10 +868,12 @@ pub fn order(plan: &mut Plan) {
     plan.conflicts
         .sort_by(|a, b| (&a.netns, &a.desired).cmp(&(&b.netns, &b.desired)));
     let mut seen = BTreeMap::new();
+    plan.waiting.retain(|w| {
+        seen.insert((w.attachment.clone(), w.reason.clone()), ())
+            .is_none()
+    });
     plan.waiting
-        .retain(|w| seen.insert((w.pod.clone(), w.reason.clone()), ()).is_none());
-    plan.waiting
-        .sort_by(|a, b| (&a.pod, &a.reason).cmp(&(&b.pod, &b.reason)));
+        .sort_by(|a, b| (&a.attachment, &a.reason).cmp(&(&b.attachment, &b.reason)));
 }
 
 #[cfg(test)]

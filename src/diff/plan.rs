@@ -6,7 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Address, Link, Netns, PodKey, Route, Scope, Sysctl, RTPROT_HEADCNI, RTPROT_NAME, TABLE_MAIN,
+    Address, Attachment, Link, Netns, PodKey, Route, Scope, Sysctl, RTPROT_HEADCNI, RTPROT_NAME,
+    TABLE_MAIN,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -38,6 +39,8 @@ pub enum Object {
     Rule(Rule),
     /// The whole `inet headcni` table: replaced atomically, shown rule by rule.
     Nft(crate::model::NftTable),
+    /// A file headcni keeps whole (the tailnet namespace's resolv.conf).
+    File(crate::model::ManagedFile),
 }
 
 impl Object {
@@ -52,6 +55,7 @@ impl Object {
             Object::Route(_) => 3,
             Object::Rule(_) => 4,
             Object::Nft(_) => 5,
+            Object::File(_) => 5,
         }
     }
 
@@ -63,6 +67,7 @@ impl Object {
             Object::Route(_) => "route",
             Object::Rule(_) => "rule",
             Object::Nft(_) => "nft",
+            Object::File(_) => "file",
         }
     }
 }
@@ -85,6 +90,7 @@ impl Object {
             Object::Route(r) => format!("route {} table {} metric {}", r.dst, r.table, r.metric),
             Object::Rule(r) => format!("rule {} table {}", r.priority, r.table),
             Object::Nft(_) => format!("nft table inet {}", crate::nft::TABLE),
+            Object::File(file) => format!("file {}", file.path.display()),
         }
     }
 
@@ -110,9 +116,9 @@ pub struct Step {
     /// For Change: the object as observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<Object>,
-    /// The pod attachment this step serves, if any.
+    /// The attachment (pod or tailnet namespace) this step serves, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodKey>,
+    pub attachment: Option<Attachment>,
     pub reason: String,
 }
 
@@ -122,7 +128,7 @@ pub struct Step {
 pub struct Conflict {
     pub netns: Netns,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodKey>,
+    pub attachment: Option<Attachment>,
     pub desired: Object,
     pub found: Object,
     pub reason: String,
@@ -133,7 +139,7 @@ pub struct Conflict {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodKey>,
+    pub attachment: Option<Attachment>,
     pub reason: String,
 }
 
@@ -228,6 +234,12 @@ impl Step {
             (Action::Change, None, Object::Sysctl(new)) => {
                 vec![change("value", new.value.clone(), "unreadable".into())]
             }
+            (Action::Change, Some(Object::File(old)), Object::File(new)) => {
+                let lines = |f: &crate::model::ManagedFile| {
+                    f.meaningful_lines().collect::<Vec<_>>().join("; ")
+                };
+                vec![change("content", lines(new), lines(old))]
+            }
             (Action::Change, _, object) => {
                 vec![change("state", object.state_line(), "differs".into())]
             }
@@ -312,30 +324,30 @@ impl Plan {
 
     /// Only what concerns one pod attachment (plus nothing node-wide): the CNI's view.
     pub fn for_pod(&self, pod: &PodKey) -> Plan {
-        let mine = |p: &Option<PodKey>| p.as_ref() == Some(pod);
+        let mine = |a: &Option<Attachment>| a.as_ref().and_then(Attachment::pod) == Some(pod);
         Plan {
             steps: self
                 .steps
                 .iter()
-                .filter(|s| mine(&s.pod))
+                .filter(|s| mine(&s.attachment))
                 .cloned()
                 .collect(),
             conflicts: self
                 .conflicts
                 .iter()
-                .filter(|c| mine(&c.pod))
+                .filter(|c| mine(&c.attachment))
                 .cloned()
                 .collect(),
             waiting: self
                 .waiting
                 .iter()
-                .filter(|w| mine(&w.pod))
+                .filter(|w| mine(&w.attachment))
                 .cloned()
                 .collect(),
             problems: self
                 .problems
                 .iter()
-                .filter(|w| mine(&w.pod))
+                .filter(|w| mine(&w.attachment))
                 .cloned()
                 .collect(),
         }
@@ -462,6 +474,7 @@ impl fmt::Display for Object {
                 t.chains.len(),
                 t.rules.len()
             ),
+            Object::File(file) => write!(f, "file {}", file.path.display()),
         }
     }
 }
@@ -504,6 +517,20 @@ impl fmt::Display for Step {
                     }
                 }
             }
+            (Action::Add | Action::Change, before, Object::File(new)) => {
+                write!(f, "{sigil} file {}", new.path.display())?;
+                let old: Vec<&str> = match before {
+                    Some(Object::File(old)) => old.meaningful_lines().collect(),
+                    _ => Vec::new(),
+                };
+                let new_lines: Vec<&str> = new.meaningful_lines().collect();
+                for line in old.iter().filter(|l| !new_lines.contains(l)) {
+                    write!(f, "\n    - {line}")?;
+                }
+                for line in new_lines.iter().filter(|l| !old.contains(l)) {
+                    write!(f, "\n    + {line}")?;
+                }
+            }
             (Action::Add, _, Object::Nft(new)) => {
                 write!(f, "{sigil} nft table inet {}", crate::nft::TABLE)?;
                 for r in &new.rules {
@@ -512,8 +539,8 @@ impl fmt::Display for Step {
             }
             _ => write!(f, "{sigil} {}", self.object)?,
         }
-        if let Netns::Pod { pod, .. } = &self.netns {
-            write!(f, " [in pod {pod}]")?;
+        if let Netns::Attached { to, .. } = &self.netns {
+            write!(f, " [in {to}]")?;
         }
         Ok(())
     }

@@ -100,16 +100,24 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
     Observed { node, pods }
 }
 
+/// The interface name at the far end of an attachment's veth.
+fn inner_ifname(a: &Attachment) -> &str {
+    match a {
+        Attachment::Pod(key) => &key.ifname,
+        Attachment::TailnetNamespace => crate::spec::TAILNET_PEER_LINK,
+    }
+}
+
 /// What the kernel would hold after a plan: a model of apply.
 pub(crate) fn simulate(observed: &Observed, plan: &Plan) -> Observed {
     let mut out = observed.clone();
     for step in &plan.steps {
         let state = match &step.netns {
             Netns::Node => &mut out.node,
-            Netns::Pod { pod, .. } => &mut out
+            Netns::Attached { to, .. } => &mut out
                 .pods
                 .iter_mut()
-                .find(|p| &p.key == pod)
+                .find(|p| &p.key == to)
                 .expect("pod observed")
                 .state
                 .as_mut()
@@ -121,7 +129,7 @@ pub(crate) fn simulate(observed: &Observed, plan: &Plan) -> Observed {
                     peer: None,
                     ..l.clone()
                 });
-                if let (Some(peer), Some(key)) = (&l.peer, &step.pod) {
+                if let (Some(peer), Some(key)) = (&l.peer, &step.attachment) {
                     if let Some(p) = out.pods.iter_mut().find(|p| &p.key == key) {
                         let inside = p.state.as_mut().expect("netns");
                         inside.links.push(Link {
@@ -146,14 +154,13 @@ pub(crate) fn simulate(observed: &Observed, plan: &Plan) -> Observed {
                 state.addresses.retain(|a| a.dev != l.name);
                 state.routes.retain(|r| r.dev.as_deref() != Some(&l.name));
                 // A veth takes its pod end with it.
-                if let Some(key) = &step.pod {
+                if let Some(key) = &step.attachment {
                     if let Some(p) = out.pods.iter_mut().find(|p| &p.key == key) {
                         let inside = p.state.as_mut().expect("netns");
-                        inside.links.retain(|x| x.name != key.ifname);
-                        inside.addresses.retain(|a| a.dev != key.ifname);
-                        inside
-                            .routes
-                            .retain(|r| r.dev.as_deref() != Some(&key.ifname));
+                        let ifname = inner_ifname(key);
+                        inside.links.retain(|x| x.name != ifname);
+                        inside.addresses.retain(|a| a.dev != ifname);
+                        inside.routes.retain(|r| r.dev.as_deref() != Some(ifname));
                     }
                 }
             }
@@ -222,7 +229,7 @@ fn empty_node_plans_everything_in_order() {
     observed.node.routes.clear();
     observed.node.sysctls[0].value = "0".into();
     observed.pods.push(ObservedPod {
-        key: pod(1).key(),
+        key: pod(1).attachment(),
         netns_path: pod(1).netns.clone(),
         state: Some(NetnsState::default()),
     });
@@ -249,7 +256,7 @@ fn empty_node_plans_everything_in_order() {
     let inside: Vec<String> = plan
         .steps
         .iter()
-        .filter(|s| matches!(s.netns, Netns::Pod { .. }) && s.object.rank() == 3)
+        .filter(|s| matches!(s.netns, Netns::Attached { .. }) && s.object.rank() == 3)
         .map(|s| s.object.to_string())
         .collect();
     assert!(
@@ -291,7 +298,7 @@ fn foreign_route_in_the_way_is_a_conflict_and_skips_only_that_pod() {
     let mut observed = converged(&compile(&spec(), &[]));
     for p in [pod(1), pod(2)] {
         observed.pods.push(ObservedPod {
-            key: p.key(),
+            key: p.attachment(),
             netns_path: p.netns.clone(),
             state: Some(NetnsState::default()),
         });
@@ -300,13 +307,17 @@ fn foreign_route_in_the_way_is_a_conflict_and_skips_only_that_pod() {
     observed.node.routes.push(foreign.clone());
     let plan = diff(&desired, &observed);
     assert_eq!(plan.conflicts.len(), 1);
-    assert_eq!(plan.conflicts[0].pod, Some(pod(1).key()));
+    assert_eq!(plan.conflicts[0].attachment, Some(pod(1).attachment()));
     assert!(
-        plan.steps.iter().all(|s| s.pod != Some(pod(1).key())),
+        plan.steps
+            .iter()
+            .all(|s| s.attachment != Some(pod(1).attachment())),
         "pod 1 is skipped"
     );
     assert!(
-        plan.steps.iter().any(|s| s.pod == Some(pod(2).key())),
+        plan.steps
+            .iter()
+            .any(|s| s.attachment == Some(pod(2).attachment())),
         "pod 2 goes ahead"
     );
     assert!(
@@ -321,7 +332,7 @@ fn foreign_route_in_the_way_is_a_conflict_and_skips_only_that_pod() {
 fn stale_owned_objects_are_removed_but_foreign_ones_stay() {
     let desired = compile(&spec(), &[pod(1)]);
     let mut observed = converged(&compile(&spec(), &[pod(1), pod(2)]));
-    observed.pods.retain(|p| p.key == pod(1).key());
+    observed.pods.retain(|p| p.key == pod(1).attachment());
     let foreign = route_on_eth0("192.0.2.0/24", 4);
     observed.node.routes.push(foreign);
     let plan = diff(&desired, &observed);
@@ -502,7 +513,7 @@ fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
                     .find(|o| o.key == p.key)
                     .and_then(|o| o.state.as_mut())
                 {
-                    s.links.retain(|l| l.name != p.key.ifname);
+                    s.links.retain(|l| l.name != inner_ifname(&p.key));
                     s.addresses.clear();
                     s.routes.clear();
                 }
@@ -510,7 +521,7 @@ fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
         }
         Perturb::DropPodEnd(i) => {
             if let Some(s) = observed.pods.get_mut(i % n).and_then(|p| p.state.as_mut()) {
-                let ifname = desired.pods[i % n].key.ifname.clone();
+                let ifname = inner_ifname(&desired.pods[i % n].key).to_string();
                 s.links.retain(|l| l.name != ifname);
                 s.addresses.clear();
                 s.routes.clear();
@@ -685,7 +696,7 @@ fn daemon_mode_plans_rule_table_and_tailnet_namespace() {
     let ts = observed
         .pods
         .iter_mut()
-        .find(|p| p.key.container_id == crate::spec::TAILNET_NS_KEY)
+        .find(|p| p.key == Attachment::TailnetNamespace)
         .unwrap();
     let inside = ts.state.as_mut().unwrap();
     inside.links.retain(|l| l.name != "headcni01");

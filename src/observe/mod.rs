@@ -15,7 +15,7 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 pub use node::{start_link_dump, LinkCollector, NodeLinks, Partial, SortOrder};
 pub use state::{Observed, ObservedPod};
 
-use crate::model::{Address, Link, NetnsState, NftTable, PodKey, Route, Sysctl, TABLE_LOCAL};
+use crate::model::{Address, Attachment, Link, NetnsState, NftTable, Route, Sysctl, TABLE_LOCAL};
 use crate::netlink::{Netlink, NetlinkError};
 
 /// The namespace-wide sysctl observed everywhere (the node and the tailnet
@@ -30,9 +30,9 @@ const RTM_NEWRULE: u16 = 32;
 pub enum ObserveError {
     #[error("observing the node namespace")]
     Node(#[source] NetlinkError),
-    #[error("observing pod {pod} in {}", path.display())]
-    Pod {
-        pod: PodKey,
+    #[error("observing {attachment} in {}", path.display())]
+    Attached {
+        attachment: Attachment,
         path: PathBuf,
         #[source]
         error: NetlinkError,
@@ -53,7 +53,10 @@ pub enum Firewall {
 }
 
 /// Reads the node namespace (the caller's) and the namespaces of `pods`.
-pub fn observe(pods: &[(PodKey, PathBuf)], firewall: Firewall) -> Result<Observed, ObserveError> {
+pub fn observe(
+    pods: &[(Attachment, PathBuf)],
+    firewall: Firewall,
+) -> Result<Observed, ObserveError> {
     std::thread::scope(|threads| {
         let links = start_link_dump(threads);
         let partial = observe_partial(pods, firewall)?;
@@ -64,7 +67,7 @@ pub fn observe(pods: &[(PodKey, PathBuf)], firewall: Firewall) -> Result<Observe
 
 /// Everything but the node's links (see [`node`]).
 pub fn observe_partial(
-    pods: &[(PodKey, PathBuf)],
+    pods: &[(Attachment, PathBuf)],
     firewall: Firewall,
 ) -> Result<Partial, ObserveError> {
     // An `nft` listing, when one is needed, runs while we dump.
@@ -101,7 +104,7 @@ pub fn observe_partial(
 /// The pods' namespaces, in order. Each costs a namespace switch and three
 /// small dumps (about 0.1 ms, mostly kernel time), so at scale they are
 /// spread over the cores.
-fn observe_pods(pods: &[(PodKey, PathBuf)]) -> Result<Vec<ObservedPod>, ObserveError> {
+fn observe_pods(pods: &[(Attachment, PathBuf)]) -> Result<Vec<ObservedPod>, ObserveError> {
     const PER_THREAD_AT_LEAST: usize = 16;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let threads = (pods.len() / PER_THREAD_AT_LEAST).clamp(1, cores);
@@ -116,8 +119,8 @@ fn observe_pods(pods: &[(PodKey, PathBuf)]) -> Result<Vec<ObservedPod>, ObserveE
                 Err(NetlinkError::OpenNetns { .. } | NetlinkError::EnterNetns { .. }) => Ok(None),
                 Err(error) => Err(error),
             }
-            .map_err(|error| ObserveError::Pod {
-                pod: key.clone(),
+            .map_err(|error| ObserveError::Attached {
+                attachment: key.clone(),
                 path: path.clone(),
                 error,
             })?;

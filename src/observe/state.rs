@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{NetnsState, PodKey};
+use crate::model::{Attachment, NetnsState};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observed {
@@ -16,14 +16,14 @@ pub struct Observed {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedPod {
-    pub key: PodKey,
+    pub key: Attachment,
     pub netns_path: PathBuf,
     /// None when the namespace could not be opened (gone, or never there).
     pub state: Option<NetnsState>,
 }
 
 impl Observed {
-    pub fn pod(&self, key: &PodKey) -> Option<&ObservedPod> {
+    pub fn attached(&self, key: &Attachment) -> Option<&ObservedPod> {
         self.pods.iter().find(|p| &p.key == key)
     }
 }

@@ -4,9 +4,9 @@
 use serde::Serialize;
 
 use crate::diff::{Conflict, FieldChange, Object, Plan, Step, Summary, Waiting};
-use crate::model::PodKey;
+use crate::model::{Attachment, PodKey};
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Serialize)]
 pub struct JsonStep<'a> {
@@ -41,7 +41,7 @@ impl<'a> JsonStep<'a> {
             kind: step.object.kind_name(),
             key: step.key(),
             netns: step.netns.to_string(),
-            pod: step.pod.as_ref(),
+            pod: step.attachment.as_ref().and_then(Attachment::pod),
             before,
             after,
             changes: step.changes(),

@@ -39,8 +39,8 @@ pub fn suite(name: &str, plan: &Plan) -> TestSuite {
     for w in plan.waiting.iter().chain(&plan.problems) {
         let mut status = TestCaseStatus::skipped();
         status.set_message(w.reason.clone());
-        let name = match &w.pod {
-            Some(pod) => format!("pod {pod}: waiting"),
+        let name = match &w.attachment {
+            Some(to) => format!("{to}: waiting"),
             None => format!("waiting: {}", w.reason),
         };
         let mut case = TestCase::new(name, status);

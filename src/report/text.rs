@@ -29,8 +29,8 @@ pub fn plan(plan: &Plan, color: bool) -> String {
         let _ = writeln!(out, "{}", paint(color, "35", line));
     }
     for w in plan.waiting.iter().chain(&plan.problems) {
-        let line = match &w.pod {
-            Some(pod) => format!("? pod {pod}: {}", w.reason),
+        let line = match &w.attachment {
+            Some(to) => format!("? {to}: {}", w.reason),
             None => format!("? {}", w.reason),
         };
         let _ = writeln!(out, "{}", paint(color, "36", &line));
@@ -55,8 +55,8 @@ pub fn conflicts(plan: &Plan) -> String {
     let mut out = String::new();
     for c in &plan.conflicts {
         let _ = write!(out, "! conflict: {} blocked by {}", c.desired, c.found);
-        if let Some(pod) = &c.pod {
-            let _ = write!(out, " (pod {pod} skipped)");
+        if let Some(to) = &c.attachment {
+            let _ = write!(out, " ({to} skipped)");
         }
         let _ = writeln!(out, ": {}", c.reason);
     }

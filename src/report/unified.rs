@@ -12,6 +12,10 @@ use crate::spec::Desired;
 fn object_lines(netns: &str, object: &crate::diff::Object) -> Vec<String> {
     use crate::diff::Object;
     match object {
+        Object::File(file) => file
+            .meaningful_lines()
+            .map(|line| format!("{netns}: file {}: {line}", file.path.display()))
+            .collect(),
         Object::Nft(table) => {
             let name = crate::nft::TABLE;
             table
@@ -49,12 +53,19 @@ pub fn observed_lines(observed: &crate::observe::Observed) -> Vec<String> {
             .chain(s.routes.iter().cloned().map(Object::Route))
             .chain(s.rules.iter().cloned().map(Object::Rule))
             .chain(s.sysctls.iter().cloned().map(Object::Sysctl))
-            .chain(s.nft.iter().cloned().map(Object::Nft));
+            .chain(s.nft.iter().cloned().map(Object::Nft))
+            .chain(
+                s.files
+                    .iter()
+                    .filter(|f| f.is_owned())
+                    .cloned()
+                    .map(Object::File),
+            );
         objects.flat_map(|o| object_lines(netns, &o)).collect()
     };
     let mut lines = state("node", &observed.node);
     for pod in &observed.pods {
-        let netns = format!("pod {}", pod.key);
+        let netns = pod.key.to_string();
         match &pod.state {
             Some(s) => lines.extend(state(&netns, s)),
             None => lines.push(format!(
@@ -118,6 +129,7 @@ pub fn desired_lines(desired: &Desired) -> Vec<String> {
             .map(|r| node(Object::Rule(r))),
     );
     objects.extend(desired.nft.iter().cloned().map(|t| node(Object::Nft(t))));
+    objects.extend(desired.files.iter().cloned().map(|f| node(Object::File(f))));
     for pod in &desired.pods {
         objects.push(node(Object::Link(pod.host_link.clone())));
         objects.extend(
@@ -138,7 +150,7 @@ pub fn desired_lines(desired: &Desired) -> Vec<String> {
                 .cloned()
                 .map(|s| node(Object::Sysctl(s))),
         );
-        let inside = format!("pod {}", pod.key);
+        let inside = pod.key.to_string();
         let pod_objects = std::iter::once(Object::Link(pod.pod_link.clone()))
             .chain(pod.extra_links.iter().cloned().map(Object::Link))
             .chain(pod.pod_addresses.iter().cloned().map(Object::Address))
@@ -200,8 +212,8 @@ pub fn diff(plan: &Plan, desired: &Desired) -> String {
     // What waits is neither observed nor about to be made: said apart, so
     // it never reads as unchanged.
     for w in plan.waiting.iter().chain(&plan.problems) {
-        match &w.pod {
-            Some(pod) => text.push_str(&format!("# waiting: pod {pod}: {}\n", w.reason)),
+        match &w.attachment {
+            Some(to) => text.push_str(&format!("# waiting: {to}: {}\n", w.reason)),
             None => text.push_str(&format!("# waiting: {}\n", w.reason)),
         }
     }

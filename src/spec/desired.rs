@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Mode, PodIntent, Spec};
 use crate::model::{
-    Address, Link, PodKey, Route, RouteType, Rule, Scope, Sysctl, VethPeer, RTPROT_HEADCNI,
-    TABLE_MAIN,
+    Address, Attachment, Link, PodKey, Route, RouteType, Rule, Scope, Sysctl, VethPeer,
+    RTPROT_HEADCNI, TABLE_MAIN,
 };
 
 /// What the node's pod network must be.
@@ -29,6 +29,11 @@ pub struct Desired {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tailnet_link: Option<String>,
     pub pods: Vec<DesiredPod>,
+    /// Files headcni keeps (daemon mode: the tailnet namespace's resolv.conf).
+    /// Compiled apart from the rest, from what the node's resolvers are
+    /// (`compile_files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::model::ManagedFile>,
     /// Intents that cannot be honoured under the current spec.
     pub problems: Vec<Problem>,
 }
@@ -36,7 +41,7 @@ pub struct Desired {
 /// Everything one pod attachment needs, on both sides of its veth.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredPod {
-    pub key: PodKey,
+    pub key: Attachment,
     pub netns_path: std::path::PathBuf,
     /// Host end, carrying the peer's name and namespace.
     pub host_link: Link,
@@ -165,7 +170,7 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
     let default_v4: IpNetwork =
         IpNetwork::V4(Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"));
     DesiredPod {
-        key: intent.key(),
+        key: Attachment::Pod(intent.key()),
         netns_path: intent.netns.clone(),
         host_link: Link {
             name: intent.host_link.clone(),
@@ -210,8 +215,6 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
     }
 }
 
-/// The key of the daemon's own tailnet namespace among the pods.
-pub const TAILNET_NS_KEY: &str = "headcni-tailnet";
 /// Node end of the veth to the tailnet namespace (an owned `hc` link).
 pub const TAILNET_HOST_LINK: &str = "hcts0";
 /// Its end inside the tailnet namespace.
@@ -271,10 +274,7 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
     }
     let netns_path = d.netns_path();
     desired.pods.push(DesiredPod {
-        key: PodKey {
-            container_id: TAILNET_NS_KEY.into(),
-            ifname: TAILNET_PEER_LINK.into(),
-        },
+        key: Attachment::TailnetNamespace,
         netns_path: netns_path.clone(),
         host_link: Link {
             name: TAILNET_HOST_LINK.into(),

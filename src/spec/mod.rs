@@ -6,6 +6,7 @@ mod desired;
 mod error;
 mod names;
 mod raw;
+mod resolv;
 pub mod store;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,11 +16,11 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
 pub use desired::{
-    compile, Desired, DesiredPod, Problem, TAILNET_HOST_LINK, TAILNET_MTU, TAILNET_NS_KEY,
-    TAILNET_PEER_LINK,
+    compile, Desired, DesiredPod, Problem, TAILNET_HOST_LINK, TAILNET_MTU, TAILNET_PEER_LINK,
 };
 pub use error::SpecError;
 pub use names::{host_link_name, validate_container_id, validate_ifname};
+pub use resolv::{compile_files, namespace_resolv_conf, NodeResolvers};
 pub use store::{
     check_state_dir, create_state_dir, Intents, PodIntent, PodStore, StateDirCheck, StoreError,
 };
@@ -91,6 +92,10 @@ pub struct DaemonConfig {
     pub transfer_cidr: Ipv4Network,
     /// Optional HTTP listener for /healthz, /readyz and /metrics.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where a node whose /etc/resolv.conf names a loopback stub keeps the
+    /// stub's upstream servers (systemd-resolved's file by default): those
+    /// are what the tailnet namespace is given.
+    pub dns_upstream: PathBuf,
 }
 
 impl Default for DaemonConfig {
@@ -111,6 +116,7 @@ impl Default for DaemonConfig {
             rule_priority: 5200,
             transfer_cidr: "169.254.77.0/30".parse().expect("valid default"),
             metrics_listen: None,
+            dns_upstream: PathBuf::from("/run/systemd/resolve/resolv.conf"),
         }
     }
 }
@@ -118,6 +124,13 @@ impl Default for DaemonConfig {
 impl DaemonConfig {
     pub fn netns_path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.netns)
+    }
+
+    /// The tailnet namespace's resolv.conf, where `ip netns exec` looks too.
+    pub fn resolv_conf_path(&self) -> PathBuf {
+        Path::new("/etc/netns")
+            .join(&self.netns)
+            .join("resolv.conf")
     }
 }
 

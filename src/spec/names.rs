@@ -36,13 +36,6 @@ pub fn validate_container_id(id: &str) -> Result<(), String> {
     if id.starts_with('.') || id.contains("..") {
         return Err(format!("{id:?} looks like a relative path"));
     }
-    // The tailnet namespace is attached under this id (daemon mode): a pod
-    // holding it would be taken for that namespace.
-    if id == super::TAILNET_NS_KEY {
-        return Err(format!(
-            "{id:?} is reserved for headcni's tailnet namespace"
-        ));
-    }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
@@ -85,10 +78,9 @@ mod tests {
     }
 
     #[test]
-    fn the_tailnet_namespace_id_is_reserved() {
-        let e = validate_container_id(crate::spec::TAILNET_NS_KEY).unwrap_err();
-        assert!(e.contains("reserved"), "{e}");
-        assert!(validate_container_id("headcni-tailnet2").is_ok());
+    fn no_container_id_is_reserved() {
+        // The tailnet namespace is its own kind of attachment, not a pod id.
+        assert!(validate_container_id("headcni-tailnet").is_ok());
     }
 
     #[test]

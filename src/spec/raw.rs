@@ -31,6 +31,7 @@ struct RawSpec {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     tailscaled: Option<Spanned<String>>,
+    dns_upstream: Option<Spanned<String>>,
     tailscale: Option<Spanned<String>>,
     login_server: Option<Spanned<String>>,
     auth_key_file: Option<Spanned<String>>,
@@ -438,6 +439,9 @@ fn validate_daemon(
             ))
         }
     };
+    if let Some(v) = &raw.dns_upstream {
+        d.dns_upstream = abs(v, "daemon.dns_upstream")?;
+    }
     if let Some(v) = &raw.tailscaled {
         d.tailscaled = abs(v, "daemon.tailscaled")?;
     }

@@ -53,6 +53,10 @@ impl PodIntent {
             ifname: self.ifname.clone(),
         }
     }
+
+    pub fn attachment(&self) -> crate::model::Attachment {
+        crate::model::Attachment::Pod(self.key())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
