@@ -17,6 +17,7 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hosttailnet;
+pub mod install;
 pub mod model;
 pub mod netlink;
 pub mod nft;

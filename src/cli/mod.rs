@@ -1,6 +1,7 @@
 //! The `headcni` command line. Each subcommand lives in its own file; errors
 //! become messages and exit codes here and nowhere else.
 
+mod install;
 mod observe;
 mod plan;
 mod pod;
@@ -55,7 +56,12 @@ enum Command {
     #[command(subcommand)]
     Pod(pod::PodCommand),
     /// Reconcile continuously (and, in daemon mode, run the node's own tailnet interface).
-    Daemon,
+    Daemon(DaemonArgs),
+    /// Put headcni on this node: the CNI binary and network configuration,
+    /// the spec when there is none, the protocol name. Idempotent.
+    Install(install::InstallArgs),
+    /// Remove what install wrote (and, with --purge, what headcni made).
+    Uninstall(install::UninstallArgs),
     /// What the running daemon reports (from its socket in state_dir).
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -69,6 +75,12 @@ enum Command {
     },
     /// Print the man page (roff): `headcni man > /usr/share/man/man8/headcni.8`.
     Man,
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    #[command(flatten)]
+    render: install::RenderArgs,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -91,7 +103,7 @@ pub struct Exit(pub u8);
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     // A service logs what it does; a command only what went wrong.
-    let service = matches!(cli.command, Command::Daemon);
+    let service = matches!(cli.command, Command::Daemon(_));
     init_logging(cli.verbose, service, cli.log_format);
     let result = match &cli.command {
         Command::Validate => validate(&cli),
@@ -99,7 +111,13 @@ pub fn run() -> ExitCode {
         Command::Plan(args) => plan::run_plan(&cli, args),
         Command::Apply(args) => plan::run_apply(&cli, args),
         Command::Pod(cmd) => pod::run(&cli, cmd),
-        Command::Daemon => headcni::daemon::run(&cli.spec).map(|()| Exit(0)),
+        Command::Daemon(args) => args
+            .render
+            .render_before_start(&cli.spec)
+            .and_then(|()| headcni::daemon::run(&cli.spec))
+            .map(|()| Exit(0)),
+        Command::Install(args) => install::run_install(&cli, args),
+        Command::Uninstall(args) => install::run_uninstall(&cli, args),
         Command::Status { format } => status(&cli, *format),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -1,0 +1,175 @@
+//! `headcni install` / `uninstall`, and the spec rendered from the cluster
+//! (also for `headcni daemon --from-kubernetes`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use headcni::install::{self, kube, Removal, SpecContent, Written};
+use headcni::outln;
+
+use super::{Cli, Exit};
+
+/// The example spec written when a node has none and no template is given.
+const EXAMPLE_SPEC: &str = include_str!("../../examples/headcni.toml");
+
+#[derive(clap::Args)]
+pub struct InstallArgs {
+    /// Where the CNI plugin binary goes (as `headcni`).
+    #[arg(long, default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// Where the network configuration list goes.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    #[arg(long, default_value = "10-headcni.conflist")]
+    conflist_name: String,
+    /// Where iproute2 looks for protocol names (`proto headcni`).
+    #[arg(long, default_value = "/etc/iproute2/rt_protos.d")]
+    protocols_dir: PathBuf,
+    /// The record of what install wrote (for uninstall).
+    #[arg(long, default_value = "/var/lib/headcni/install.json")]
+    record: PathBuf,
+    /// The binary to install; default: this one.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    #[command(flatten)]
+    render: RenderArgs,
+}
+
+/// The spec from a template and the cluster.
+#[derive(clap::Args)]
+pub struct RenderArgs {
+    /// A spec template (a ConfigMap's headcni.toml): written as the spec when
+    /// the node has none; with --from-kubernetes, rendered with the node's
+    /// pod CIDR and kept equal to that.
+    #[arg(long)]
+    spec_template: Option<PathBuf>,
+    /// Take the node's pod CIDR from its Node object (spec.podCIDRs) on the
+    /// API server, with the pod's service account.
+    #[arg(long, requires = "spec_template")]
+    from_kubernetes: bool,
+    /// This node's name (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// The API server (https://HOST:PORT); default: the in-cluster one.
+    #[arg(long)]
+    kube_api: Option<String>,
+    /// The service account's token and ca.crt.
+    #[arg(long, default_value = kube::SERVICE_ACCOUNT_DIR)]
+    kube_sa_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct UninstallArgs {
+    /// The record install wrote.
+    #[arg(long, default_value = "/var/lib/headcni/install.json")]
+    record: PathBuf,
+    /// Also tear down what headcni made on the node: its links, routes,
+    /// rules, nftables table, files and the tailnet namespace (stop the
+    /// daemon first). Nothing of anyone else's.
+    #[arg(long)]
+    purge: bool,
+}
+
+impl RenderArgs {
+    /// The spec install writes, or None when --from-kubernetes is off and
+    /// there is no template.
+    fn spec_content(&self, spec_path: &Path) -> anyhow::Result<Option<SpecContent>> {
+        let Some(template_path) = &self.spec_template else {
+            return Ok(None);
+        };
+        let template = std::fs::read_to_string(template_path)
+            .with_context(|| format!("spec template {}", template_path.display()))?;
+        if !self.from_kubernetes {
+            return Ok(Some(SpecContent::IfMissing(template)));
+        }
+        let node = self
+            .node_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .context("--from-kubernetes needs the node's name: --node-name or NODE_NAME")?;
+        let api = kube::ApiServer::in_cluster(self.kube_api.as_deref(), &self.kube_sa_dir)?;
+        let cidrs = api.node_pod_cidrs(node, &self.kube_sa_dir.join("ca.crt"))?;
+        let text = install::render::render_spec(&template, template_path, node, &cidrs, spec_path)?;
+        Ok(Some(SpecContent::Rendered(text)))
+    }
+
+    /// For the daemon: the spec rendered and written (when it changed)
+    /// before anything reads it.
+    pub fn render_before_start(&self, spec_path: &Path) -> anyhow::Result<()> {
+        if !self.from_kubernetes {
+            return Ok(());
+        }
+        if let Some(SpecContent::Rendered(text)) = self.spec_content(spec_path)? {
+            let written = install::atomic::write(spec_path, text.as_bytes(), 0o644)
+                .with_context(|| format!("writing {}", spec_path.display()))?;
+            tracing::info!(
+                ?written,
+                "spec {} rendered from the cluster",
+                spec_path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn run_install(cli: &Cli, args: &InstallArgs) -> anyhow::Result<Exit> {
+    let binary = match &args.binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("finding this binary")?,
+    };
+    let paths = install::Paths {
+        binary,
+        cni_bin_dir: args.cni_bin_dir.clone(),
+        cni_conf_dir: args.cni_conf_dir.clone(),
+        conflist_name: args.conflist_name.clone(),
+        spec: cli.spec.clone(),
+        protocols_dir: args.protocols_dir.clone(),
+        record: args.record.clone(),
+    };
+    let spec = args
+        .render
+        .spec_content(&cli.spec)?
+        .unwrap_or_else(|| SpecContent::IfMissing(EXAMPLE_SPEC.to_string()));
+    for done in install::install(&paths, &spec)? {
+        let what = match done.written {
+            Written::Created => "created",
+            Written::Replaced => "replaced",
+            Written::Unchanged => "unchanged",
+        };
+        outln!("{what:>9} {}", done.path.display());
+    }
+    Ok(Exit(0))
+}
+
+pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
+    let mut code = 0;
+    if args.purge {
+        let spec = cli.load_spec()?;
+        let (plan, report) = headcni::engine::purge(&spec)?;
+        for step in &plan.steps {
+            outln!("{step}");
+        }
+        for failure in &report.failed {
+            eprintln!("headcni: {}: {}", failure.step, failure.error);
+            code = 1;
+        }
+        let netns = spec.daemon.netns_path();
+        match headcni::daemon::supervisor::remove_netns(&netns) {
+            Ok(true) => outln!("- netns {}", netns.display()),
+            Ok(false) => {}
+            Err(e) => {
+                eprintln!("headcni: {}: {e}", netns.display());
+                code = 1;
+            }
+        }
+    }
+    for (path, removal) in install::uninstall(&args.record)? {
+        let what = match removal {
+            Removal::Removed => "removed",
+            Removal::AlreadyGone => "gone",
+            Removal::KeptChanged => "kept (changed since install)",
+        };
+        outln!("{what:>9} {}", path.display());
+    }
+    Ok(Exit(code))
+}

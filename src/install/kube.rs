@@ -1,0 +1,196 @@
+//! This node's pod CIDRs from the Kubernetes API server: one authenticated
+//! GET of the Node object with the pod's service account (what flannel's
+//! kube subnet manager and Cilium's `ipam: kubernetes` read).
+//!
+//! One GET does not earn a full Kubernetes client (kube-rs and k8s-openapi
+//! are a hundred crates and minutes of build); ureq with rustls does it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the kubelet mounts a pod's service account.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{0} is not set: not running in a Kubernetes pod (or give --kube-api)")]
+    NotInCluster(&'static str),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: no certificate in it", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("the API server refused to show node {node} (403): the service account needs `get` on nodes (deploy/kubernetes/rbac.yaml)")]
+    Forbidden { node: String },
+    #[error("the API server has no node {node} (404): NODE_NAME should be the node's name (spec.nodeName)")]
+    NoSuchNode { node: String },
+    #[error("the API server answered {status} for node {node}: {body}")]
+    Status {
+        node: String,
+        status: u16,
+        body: String,
+    },
+    #[error("node {node} has no spec.podCIDR yet: the controller manager assigns one when run with --allocate-node-cidrs; try again once it has")]
+    NoPodCidr { node: String },
+    #[error("asking {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("node {node}: the answer is not a Node object: {reason}")]
+    Decode { node: String, reason: String },
+}
+
+/// An API server and the credentials to ask it.
+#[derive(Clone, Debug)]
+pub struct ApiServer {
+    /// https://HOST:PORT
+    pub url: String,
+    pub token: String,
+    pub ca_pem: Vec<u8>,
+}
+
+impl ApiServer {
+    /// The in-cluster API server (`KUBERNETES_SERVICE_HOST`/`_PORT`), or
+    /// `url` when given, with the token and CA of the service account in `sa_dir`.
+    pub fn in_cluster(url: Option<&str>, sa_dir: &Path) -> Result<ApiServer, KubeError> {
+        let url = match url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST")
+                    .map_err(|_| KubeError::NotInCluster("KUBERNETES_SERVICE_HOST"))?;
+                let port = std::env::var("KUBERNETES_SERVICE_PORT")
+                    .map_err(|_| KubeError::NotInCluster("KUBERNETES_SERVICE_PORT"))?;
+                if host.contains(':') {
+                    format!("https://[{host}]:{port}")
+                } else {
+                    format!("https://{host}:{port}")
+                }
+            }
+        };
+        let read = |name: &str| {
+            let path = sa_dir.join(name);
+            std::fs::read(&path).map_err(|source| KubeError::Read { path, source })
+        };
+        let token = String::from_utf8_lossy(&read("token")?).trim().to_string();
+        Ok(ApiServer {
+            url,
+            token,
+            ca_pem: read("ca.crt")?,
+        })
+    }
+
+    fn agent(&self, ca_path: &Path) -> Result<ureq::Agent, KubeError> {
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&self.ca_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(KubeError::NoCertificate(ca_path.to_path_buf()));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)))
+            .build();
+        Ok(ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .http_status_as_error(false)
+            .build()
+            .into())
+    }
+
+    /// The node's pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`); an
+    /// error when it has none yet.
+    pub fn node_pod_cidrs(&self, node: &str, ca_path: &Path) -> Result<Vec<String>, KubeError> {
+        let url = format!("{}/api/v1/nodes/{node}", self.url);
+        let transport = |reason: String| KubeError::Transport {
+            url: url.clone(),
+            reason,
+        };
+        let mut answer = self
+            .agent(ca_path)?
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Accept", "application/json")
+            .call()
+            .map_err(|e| transport(e.to_string()))?;
+        let status = answer.status().as_u16();
+        let body = answer
+            .body_mut()
+            .with_config()
+            .limit(4 << 20)
+            .read_to_string()
+            .map_err(|e| transport(e.to_string()))?;
+        let node_name = node.to_string();
+        match status {
+            200 => {}
+            403 => return Err(KubeError::Forbidden { node: node_name }),
+            404 => return Err(KubeError::NoSuchNode { node: node_name }),
+            _ => {
+                return Err(KubeError::Status {
+                    node: node_name,
+                    status,
+                    body: body.chars().take(300).collect(),
+                })
+            }
+        }
+        pod_cidrs_of(node, &body)
+    }
+}
+
+#[derive(Deserialize)]
+struct Node {
+    #[serde(default)]
+    spec: NodeSpec,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeSpec {
+    #[serde(rename = "podCIDR")]
+    pod_cidr: Option<String>,
+    #[serde(rename = "podCIDRs", default)]
+    pod_cidrs: Vec<String>,
+}
+
+/// The pod CIDRs in a Node object's JSON.
+pub fn pod_cidrs_of(node: &str, json: &str) -> Result<Vec<String>, KubeError> {
+    let parsed: Node = serde_json::from_str(json).map_err(|e| KubeError::Decode {
+        node: node.to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut cidrs = parsed.spec.pod_cidrs;
+    if cidrs.is_empty() {
+        cidrs.extend(parsed.spec.pod_cidr.filter(|c| !c.is_empty()));
+    }
+    if cidrs.is_empty() {
+        return Err(KubeError::NoPodCidr {
+            node: node.to_string(),
+        });
+    }
+    Ok(cidrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cidrs_from_either_field() {
+        let both =
+            r#"{"spec":{"podCIDR":"10.244.1.0/24","podCIDRs":["10.244.1.0/24","fd00::/64"]}}"#;
+        assert_eq!(pod_cidrs_of("n", both).unwrap().len(), 2);
+        let old = r#"{"spec":{"podCIDR":"10.244.2.0/24"}}"#;
+        assert_eq!(pod_cidrs_of("n", old).unwrap(), vec!["10.244.2.0/24"]);
+        let none = r#"{"metadata":{"name":"n"},"spec":{}}"#;
+        assert!(matches!(
+            pod_cidrs_of("n", none),
+            Err(KubeError::NoPodCidr { .. })
+        ));
+    }
+}

@@ -1,0 +1,225 @@
+//! The Kubernetes manifests in deploy/kubernetes: valid against the
+//! Kubernetes schemas (offline, kubernetes-validate), and the DaemonSet
+//! mounts every path the ConfigMap's spec and the install step name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
+}
+
+/// kubernetes-validate: on PATH, or in the venv scripts/deps.sh makes.
+fn validator() -> Option<PathBuf> {
+    let venv = PathBuf::from("/opt/headcni-ci/venv/bin/kubernetes-validate");
+    if venv.exists() {
+        return Some(venv);
+    }
+    Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| PathBuf::from("kubernetes-validate"))
+}
+
+#[test]
+fn the_manifests_pass_offline_schema_validation() {
+    let Some(tool) = validator() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is missing (scripts/deps.sh installs it)"
+        );
+        eprintln!("skipped: kubernetes-validate not installed (bash scripts/deps.sh)");
+        return;
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        // kustomization.yaml is kustomize's, not an API object.
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    let out = Command::new(&tool)
+        .args(["--strict", "--kubernetes-version", "1.30"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The kustomization names every manifest.
+    let kustomization = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).unwrap();
+    for f in &files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert!(
+            kustomization.contains(name),
+            "kustomization.yaml lacks {name}"
+        );
+    }
+}
+
+#[derive(Deserialize)]
+struct DaemonSet {
+    spec: DaemonSetSpec,
+}
+#[derive(Deserialize)]
+struct DaemonSetSpec {
+    template: PodTemplate,
+}
+#[derive(Deserialize)]
+struct PodTemplate {
+    spec: PodSpec,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    #[serde(default)]
+    init_containers: Vec<Container>,
+    containers: Vec<Container>,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Container {
+    name: String,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    volume_mounts: Vec<VolumeMount>,
+    #[serde(default)]
+    security_context: Option<SecurityContext>,
+}
+#[derive(Deserialize)]
+struct SecurityContext {
+    #[serde(default)]
+    privileged: bool,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VolumeMount {
+    mount_path: String,
+    #[serde(default)]
+    mount_propagation: Option<String>,
+}
+#[derive(Deserialize)]
+struct ConfigMap {
+    data: std::collections::BTreeMap<String, String>,
+}
+
+impl Container {
+    /// The mount a path lives under (the longest mount path that holds it).
+    fn mount_of(&self, path: &Path) -> Option<&VolumeMount> {
+        self.volume_mounts
+            .iter()
+            .filter(|m| path.starts_with(&m.mount_path))
+            .max_by_key(|m| m.mount_path.len())
+    }
+
+    fn flag(&self, name: &str) -> Option<PathBuf> {
+        let prefix = format!("--{name}=");
+        self.command
+            .iter()
+            .find_map(|a| a.strip_prefix(&prefix))
+            .map(PathBuf::from)
+    }
+}
+
+#[test]
+fn the_daemonset_mounts_every_path_the_config_names() {
+    let read = |name: &str| std::fs::read_to_string(deploy_dir().join(name)).unwrap();
+    let ds: DaemonSet = serde_saphyr::from_str(&read("daemonset.yaml")).unwrap();
+    let cm: ConfigMap = serde_saphyr::from_str(&read("configmap.yaml")).unwrap();
+    let pod = &ds.spec.template.spec;
+    let daemon = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "headcni")
+        .expect("headcni container");
+    let install = pod
+        .init_containers
+        .iter()
+        .find(|c| c.name == "install")
+        .expect("install init container");
+
+    // The template, rendered with a pod CIDR, is a spec headcni accepts.
+    let template = &cm.data["headcni.toml"];
+    let rendered = headcni_render(template);
+    let spec = headcni::spec::Spec::parse(&rendered, Path::new("headcni.toml")).unwrap();
+    let d = &spec.daemon;
+    let mut daemon_paths: Vec<PathBuf> = vec![
+        spec.state_dir.clone(),
+        d.tailscaled.clone(),
+        d.tailscale.clone(),
+        d.netns_path(),
+        d.resolv_conf_path(),
+        d.dns_upstream.clone(),
+        PathBuf::from("/dev/net/tun"),
+    ];
+    daemon_paths.extend(d.auth_key_file.clone());
+    for c in [daemon, install] {
+        let spec_flag = c.flag("spec").expect("--spec");
+        let template_flag = c.flag("spec-template").expect("--spec-template");
+        assert!(
+            c.mount_of(&spec_flag).is_some(),
+            "{}: {}",
+            c.name,
+            spec_flag.display()
+        );
+        assert!(
+            c.mount_of(&template_flag).is_some(),
+            "{}: {}",
+            c.name,
+            template_flag.display()
+        );
+    }
+    for path in &daemon_paths {
+        assert!(
+            daemon.mount_of(path).is_some(),
+            "the daemon container does not mount {}",
+            path.display()
+        );
+    }
+    // The namespace bound under /run/netns must reach the host.
+    let netns = daemon.mount_of(&d.netns_path()).unwrap();
+    assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
+    // Kubernetes allows Bidirectional propagation to privileged containers only.
+    assert!(
+        daemon
+            .security_context
+            .as_ref()
+            .is_some_and(|s| s.privileged),
+        "a Bidirectional mount needs a privileged container"
+    );
+    // What install writes, at its defaults.
+    for path in [
+        "/opt/cni/bin/headcni",
+        "/etc/cni/net.d/x.conflist",
+        "/etc/iproute2/rt_protos.d/headcni.conf",
+        "/var/lib/headcni/install.json",
+    ] {
+        assert!(
+            install.mount_of(Path::new(path)).is_some(),
+            "install does not mount {path}"
+        );
+    }
+}
+
+/// The template with a pod CIDR, as install renders it.
+fn headcni_render(template: &str) -> String {
+    headcni::install::render::render_spec(
+        template,
+        Path::new("configmap.yaml"),
+        "node-1",
+        &["10.244.1.0/24".to_string()],
+        Path::new("headcni.toml"),
+    )
+    .unwrap()
+}

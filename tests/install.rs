@@ -1,0 +1,397 @@
+//! `headcni install` / `uninstall` into temporary directories, the conflist
+//! it writes driving a real ADD, `--purge` in a throwaway node namespace,
+//! and the node's pod CIDR from a stand-in API server (TLS, on the loopback
+//! of a namespace of its own).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{headcni_bin, run_plugin, sh, wait_until, CniCall, Lab, Node};
+
+/// Every path install writes, under one directory.
+struct Target {
+    root: PathBuf,
+}
+
+impl Target {
+    fn new(root: &Path) -> Target {
+        Target {
+            root: root.to_path_buf(),
+        }
+    }
+    fn bin(&self) -> PathBuf {
+        self.root.join("opt/cni/bin")
+    }
+    fn conf(&self) -> PathBuf {
+        self.root.join("etc/cni/net.d")
+    }
+    fn spec(&self) -> PathBuf {
+        self.root.join("etc/headcni/headcni.toml")
+    }
+    fn protocols(&self) -> PathBuf {
+        self.root.join("etc/iproute2/rt_protos.d")
+    }
+    fn record(&self) -> PathBuf {
+        self.root.join("var/lib/headcni/install.json")
+    }
+    fn conflist(&self) -> PathBuf {
+        self.conf().join("10-headcni.conflist")
+    }
+    fn install_args(&self) -> Vec<String> {
+        vec![
+            format!("--spec={}", self.spec().display()),
+            "install".into(),
+            format!("--cni-bin-dir={}", self.bin().display()),
+            format!("--cni-conf-dir={}", self.conf().display()),
+            format!("--protocols-dir={}", self.protocols().display()),
+            format!("--record={}", self.record().display()),
+        ]
+    }
+    fn uninstall_args(&self) -> Vec<String> {
+        vec![
+            format!("--spec={}", self.spec().display()),
+            "uninstall".into(),
+            format!("--record={}", self.record().display()),
+        ]
+    }
+}
+
+fn headcni(args: &[String]) -> Output {
+    Command::new(headcni_bin())
+        .args(args)
+        .env_remove("HEADCNI_SPEC")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn install_is_idempotent_and_uninstall_removes_only_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Target::new(dir.path());
+    // Someone else's files beside ours.
+    std::fs::create_dir_all(t.conf()).unwrap();
+    std::fs::write(t.conf().join("05-other.conflist"), "{}").unwrap();
+    std::fs::create_dir_all(t.bin()).unwrap();
+    std::fs::write(t.bin().join("portmap"), "#!/bin/sh\n").unwrap();
+
+    let first = ok(headcni(&t.install_args()));
+    assert_eq!(first.matches("created").count(), 4, "{first}");
+    let again = ok(headcni(&t.install_args()));
+    assert_eq!(again.matches("unchanged").count(), 4, "{again}");
+
+    let conflist: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.conflist()).unwrap()).unwrap();
+    assert_eq!(conflist["cniVersion"], "1.0.0");
+    assert_eq!(conflist["cniVersions"][1], "1.1.0");
+    assert_eq!(
+        conflist["plugins"][1]["type"], "portmap",
+        "portmap is there: chained"
+    );
+    assert_eq!(
+        std::fs::read(t.bin().join("headcni")).unwrap(),
+        std::fs::read(headcni_bin()).unwrap()
+    );
+    assert!(std::fs::read_to_string(t.protocols().join("headcni.conf"))
+        .unwrap()
+        .contains("104\theadcni"));
+    assert!(t.spec().exists(), "a spec when there was none");
+
+    // The spec an operator edits afterwards is theirs: uninstall keeps it.
+    std::fs::write(t.spec(), "version = 1 # edited\n").unwrap();
+    let out = ok(headcni(&t.uninstall_args()));
+    assert!(out.contains("kept (changed since install)"), "{out}");
+    assert!(!t.conflist().exists() && !t.bin().join("headcni").exists());
+    assert!(!t.protocols().join("headcni.conf").exists());
+    assert!(!t.record().exists());
+    assert!(t.spec().exists());
+    assert!(t.conf().join("05-other.conflist").exists());
+    assert!(t.bin().join("portmap").exists());
+}
+
+#[test]
+fn a_reader_never_sees_a_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = Target::new(dir.path());
+    // Two binaries of different sizes, installed in turn.
+    let a = std::fs::read(headcni_bin()).unwrap();
+    let mut b = a.clone();
+    b.extend_from_slice(&[0u8; 4096]);
+    let b_path = dir.path().join("headcni-b");
+    std::fs::write(&b_path, &b).unwrap();
+    ok(headcni(&t.install_args()));
+    let target = t.bin().join("headcni");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, target, a, b) = (stop.clone(), target.clone(), a.clone(), b.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let seen = std::fs::read(&target).expect("the target is always there");
+                assert!(seen == a || seen == b, "partial file: {} bytes", seen.len());
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..20 {
+        let mut args = t.install_args();
+        let binary = if i % 2 == 0 {
+            b_path.clone()
+        } else {
+            PathBuf::from(headcni_bin())
+        };
+        args.push(format!("--binary={}", binary.display()));
+        ok(headcni(&args));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("reader saw only whole files");
+    assert!(reads > 0);
+}
+
+#[test]
+fn the_installed_conflist_drives_an_add() {
+    let mut n = Node::new();
+    let t = Target::new(&n.lab.dir.path().join("root"));
+    // The node's own spec; install keeps an existing one.
+    let mut args = t.install_args();
+    args[0] = format!("--spec={}", n.spec.display());
+    ok(headcni(&args));
+    let conflist: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t.conflist()).unwrap()).unwrap();
+    // What a runtime hands the first plugin of a list.
+    let mut conf = conflist["plugins"][0].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+    conf["name"] = conflist["name"].clone();
+    let pod = n.lab.netns("pod");
+    let path = Lab::ns_path(&pod);
+    let call = CniCall {
+        command: "ADD",
+        container_id: Some(&pod),
+        netns: path.to_str(),
+        ifname: Some("eth0"),
+    };
+    let plugin = t.bin().join("headcni");
+    let out = run_plugin(&n.node, plugin.to_str().unwrap(), &call, &conf.to_string());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.json["cniVersion"], "1.0.0");
+    let ip = out.json["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(n.lab.ping(&n.node, &ip), "the pod answers on {ip}");
+}
+
+#[test]
+fn purge_removes_every_owned_object_and_nothing_else() {
+    let mut n = Node::new();
+    let ts = n.lab.netns("ts");
+    // Host mode; the tailnet namespace it names is purged all the same.
+    n.write_spec(&format!("\n[daemon]\nnetns = \"{ts}\"\n"));
+    let (_pod, _ip) = n.add_pod("pod1");
+    n.headcni_ok(&["apply"], 0);
+    // Foreign objects beside ours.
+    n.in_node(&[
+        "ip",
+        "route",
+        "add",
+        "192.0.2.0/24",
+        "via",
+        "203.0.113.1",
+        "proto",
+        "static",
+    ]);
+    n.in_node(&[
+        "ip", "link", "add", "fx0", "type", "veth", "peer", "name", "fx1",
+    ]);
+    n.in_node(&["nft", "add", "table", "inet", "someone"]);
+    assert!(!n.owned_links().is_empty() && !n.owned_routes().is_empty());
+
+    let record = n.lab.dir.path().join("install.json");
+    let out = n.headcni(&[
+        "uninstall",
+        "--purge",
+        &format!("--record={}", record.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(n.owned_links().is_empty(), "{:?}", n.owned_links());
+    assert!(n.owned_routes().is_empty(), "{:?}", n.owned_routes());
+    let tables = n.in_node(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("headcni") && tables.contains("someone"),
+        "{tables}"
+    );
+    assert!(n.node_routes().contains("192.0.2.0/24 via 203.0.113.1"));
+    assert!(n.lab.ip(&n.node, &["link", "show", "fx0"]).contains("fx0"));
+    assert!(!Lab::ns_path(&ts).exists(), "the tailnet namespace is gone");
+    // Again: nothing left to do.
+    let out = n.headcni(&[
+        "uninstall",
+        "--purge",
+        &format!("--record={}", record.display()),
+    ]);
+    assert!(out.status.success());
+}
+
+/// A stand-in API server: GET /api/v1/nodes/NAME with the right token.
+const API_STANDIN: &str = r#"
+import http.server, json, ssl, sys
+nodes = {
+    "ready": {"spec": {"podCIDR": "10.244.7.0/24", "podCIDRs": ["10.244.7.0/24", "fd00:10:244:7::/64"]}},
+    "young": {"spec": {}},
+}
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        name = self.path.rsplit("/", 1)[-1]
+        if self.headers.get("Authorization") != "Bearer lab-token" or name == "secret":
+            self.send_response(403); self.end_headers(); self.wfile.write(b'{"kind":"Status","code":403}'); return
+        if name not in nodes:
+            self.send_response(404); self.end_headers(); self.wfile.write(b'{"kind":"Status","code":404}'); return
+        body = json.dumps(dict(nodes[name], kind="Node", metadata={"name": name})).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv = http.server.HTTPServer(("127.0.0.1", 6443), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn the_pod_cidr_comes_from_the_node_object() {
+    common::require_root();
+    let mut lab = Lab::new();
+    let ns = lab.netns("api");
+    lab.ip(&ns, &["link", "set", "lo", "up"]);
+    let dir = lab.dir.path().to_path_buf();
+    let sa = dir.join("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    // A cluster CA, and the API server's certificate signed by it.
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let ca_crt = sa.join("ca.crt").to_str().unwrap().to_string();
+    let openssl = |args: &str| {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let mut full = vec!["openssl"];
+        full.extend(args);
+        sh(&full)
+    };
+    openssl(&format!(
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=lab-ca -keyout {} -out {ca_crt}",
+        p("ca.key")
+    ));
+    openssl(&format!(
+        "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {} -out {}",
+        p("key.pem"),
+        p("server.csr")
+    ));
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&format!(
+        "x509 -req -in {} -CA {ca_crt} -CAkey {} -CAcreateserial -days 1 -extfile {} -out {}",
+        p("server.csr"),
+        p("ca.key"),
+        p("san.ext"),
+        p("server.crt")
+    ));
+    std::fs::write(sa.join("token"), "lab-token\n").unwrap();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-c", API_STANDIN])
+        .arg(dir.join("server.crt"))
+        .arg(dir.join("key.pem"))
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(&mut server);
+    wait_until(Duration::from_secs(10), "the stand-in API server", || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "python3",
+                "-c",
+                "import socket; socket.create_connection(('127.0.0.1', 6443), 1)",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let template = dir.join("template.toml");
+    std::fs::write(
+        &template,
+        format!(
+            "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n\n[pod_network]\ncluster_cidr = \"10.244.0.0/16\"\n",
+            dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    let install = |node: &str| {
+        let t = Target::new(&dir.join(node));
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            ns.clone(),
+            headcni_bin().into(),
+        ];
+        args.extend(t.install_args());
+        args.extend([
+            "--from-kubernetes".to_string(),
+            format!("--spec-template={}", template.display()),
+            format!("--node-name={node}"),
+            "--kube-api=https://127.0.0.1:6443".into(),
+            format!("--kube-sa-dir={}", sa.display()),
+        ]);
+        let out = Command::new("ip")
+            .args(&args)
+            .env_remove("HEADCNI_SPEC")
+            .output()
+            .unwrap();
+        (t, out)
+    };
+
+    let (t, out) = install("ready");
+    ok(out);
+    let spec = std::fs::read_to_string(t.spec()).unwrap();
+    assert!(spec.contains("cidr = \"10.244.7.0/24\""), "{spec}");
+    assert!(spec.contains("cluster_cidr = \"10.244.0.0/16\""), "{spec}");
+
+    for (node, says) in [
+        ("young", "has no spec.podCIDR yet"),
+        ("gone", "has no node gone (404)"),
+        ("secret", "needs `get` on nodes"),
+    ] {
+        let (t, out) = install(node);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{node}: {err}");
+        assert!(
+            !t.conflist().exists() && !t.spec().exists(),
+            "{node}: nothing written"
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The release artefacts: a static x86_64-unknown-linux-musl binary and the
+//! image built from it with podman (FROM scratch: nothing pulled). Prints
+//! their sizes; in CI a missing toolchain or podman is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn available(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn require(what: &str, present: bool) -> bool {
+    if !present {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{what} is missing (scripts/deps.sh installs it)"
+        );
+        eprintln!("skipped: {what} not installed (bash scripts/deps.sh)");
+    }
+    present
+}
+
+/// A static executable has no program interpreter (PT_INTERP).
+fn is_static(binary: &Path) -> bool {
+    let out = Command::new("readelf")
+        .args(["-l"])
+        .arg(binary)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && !text.contains("INTERP")
+}
+
+#[test]
+fn static_musl_binary_and_its_image() {
+    let musl = available("rustup", &["target", "list", "--installed"])
+        && String::from_utf8_lossy(
+            &Command::new("rustup")
+                .args(["target", "list", "--installed"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .contains("x86_64-unknown-linux-musl");
+    if !require("the x86_64-unknown-linux-musl target", musl) {
+        return;
+    }
+    // Its own target dir: the test run's is locked by the running cargo.
+    let target_dir = root().join("target/release-musl");
+    let build = Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "x86_64-unknown-linux-musl",
+            "--bin",
+            "headcni",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let binary = target_dir.join("x86_64-unknown-linux-musl/release/headcni");
+    assert!(is_static(&binary), "{} is not static", binary.display());
+    let version = Command::new(&binary).arg("--version").output().unwrap();
+    assert!(version.status.success());
+    let size = std::fs::metadata(&binary).unwrap().len();
+    eprintln!(
+        "static musl binary: {} bytes ({:.1} MiB), stripped",
+        size,
+        size as f64 / 1048576.0
+    );
+
+    if !require("podman", available("podman", &["--version"])) {
+        return;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    let status = Command::new("bash")
+        .arg(root().join("scripts/image-context.sh"))
+        .arg(&binary)
+        .arg(ctx.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tag = format!("localhost/headcni-test:{}", std::process::id());
+    let podman = |args: &[&str]| {
+        Command::new("podman")
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let built = podman(&[
+        "build",
+        "-q",
+        "-f",
+        "Containerfile",
+        "-t",
+        &tag,
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    struct Remove<'a>(&'a str);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("podman")
+                .args(["--storage-driver", "vfs", "rmi", "-f", self.0])
+                .output();
+        }
+    }
+    let _image = Remove(&tag);
+    let inspect = podman(&["image", "inspect", "--format", "{{.Size}}", &tag]);
+    let image_size: u64 = String::from_utf8_lossy(&inspect.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "image {tag}: {} bytes ({:.1} MiB)",
+        image_size,
+        image_size as f64 / 1048576.0
+    );
+    // What is in it: the binary and the programs it runs, each able to start.
+    let saved = podman(&[
+        "image",
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        ctx.path().join("image.tar").to_str().unwrap(),
+        &tag,
+    ]);
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    let root_fs = ctx.path().join("rootfs");
+    for (prog, arg) in [
+        ("headcni", "--version"),
+        ("usr/sbin/nft", "--version"),
+        ("usr/sbin/conntrack", "--version"),
+    ] {
+        // Run inside the image's tree, with only its own libraries.
+        let out = Command::new("chroot")
+            .arg(&root_fs)
+            .arg(format!("/{prog}"))
+            .arg(arg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{prog}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
