@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::diff::{diff, expected, Plan};
-use crate::observe::Observed;
+use crate::model::Observed;
 use crate::spec::Desired;
 
 /// Exit codes of `headcni plan --drift` (documented in docs/ci.md).

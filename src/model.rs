@@ -397,3 +397,35 @@ pub fn is_kernel_link_local(addr: &IpNetwork) -> bool {
         IpAddr::V4(_) => false,
     }
 }
+
+/// The name of headcni's nftables table (`inet headcni`).
+pub const NFT_TABLE: &str = "headcni";
+
+/// The sysctl key of an interface's rp_filter.
+pub fn rp_filter_key(ifname: &str) -> String {
+    format!("net/ipv4/conf/{ifname}/rp_filter")
+}
+
+/// `Observed`: what the kernel holds, as plain serializable data (read by
+/// `observe`, compared by the pure parts).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub node: NetnsState,
+    /// Pods whose namespaces were looked into. A pod missing here was not
+    /// observed (a host-side-only plan), which is not the same as absent.
+    pub pods: Vec<ObservedPod>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedPod {
+    pub key: Attachment,
+    pub netns_path: PathBuf,
+    /// None when the namespace could not be opened (gone, or never there).
+    pub state: Option<NetnsState>,
+}
+
+impl Observed {
+    pub fn attached(&self, key: &Attachment) -> Option<&ObservedPod> {
+        self.pods.iter().find(|p| &p.key == key)
+    }
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::diff::Plan;
-use crate::observe::Observed;
+use crate::model::Observed;
 use crate::spec::{Desired, PodIntent, Spec};
 
 /// Bumped on incompatible changes to any of these documents.

@@ -224,3 +224,31 @@ fn private_state_and_checked_inputs() {
         out.stderr
     );
 }
+
+#[test]
+fn a_pod_s_huge_interface_index_costs_the_node_nothing() {
+    // A pod with CAP_NET_ADMIN picks its links' indexes; observing its
+    // namespace once sized a vector by the largest (2^31-1: 32 GiB).
+    let mut n = Node::new();
+    let (pod, _ip) = n.add_pod("big");
+    n.headcni_ok(&["apply"], 0);
+    n.lab.ip(
+        &pod,
+        &[
+            "link",
+            "add",
+            "name",
+            "big0",
+            "index",
+            "2147483647",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "big1",
+        ],
+    );
+    let out = n.headcni_ok(&["observe", "--format", "json"], 0);
+    assert!(out.contains("big0"), "{out}");
+    n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
+}

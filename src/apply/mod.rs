@@ -21,7 +21,7 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use crate::diff::{Action, Object, Plan, Step};
 use crate::model::{Attachment, Netns, Sysctl};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::observe::{link_indexes, netns_state};
+use crate::observe::link_indexes;
 
 /// One failed step and why.
 #[derive(Debug)]
@@ -356,10 +356,4 @@ fn write_sysctl(s: &Sysctl) -> Result<(), String> {
     let path = Path::new("/proc/sys").join(&s.key);
     std::fs::write(&path, format!("{}\n", s.value))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// Reads the node namespace again after applying (for tests and tools).
-pub fn reobserve_node() -> Result<crate::model::NetnsState, NetlinkError> {
-    let mut nl = Netlink::open_current()?;
-    netns_state(&mut nl)
 }

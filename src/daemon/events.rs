@@ -55,27 +55,7 @@ pub fn event_socket(netns: Option<&Path>) -> Result<Socket, crate::netlink::Netl
             RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE,
         ))?;
         socket.add_membership(RTNLGRP_IPV4_NETCONF)?;
-        use std::os::fd::AsRawFd;
-        let size = EVENT_BUFFER_BYTES;
-        // SAFETY: a valid fd and a live c_int of the size passed.
-        unsafe {
-            if libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                4,
-            ) != 0
-            {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    (&size as *const libc::c_int).cast(),
-                    4,
-                );
-            }
-        }
+        crate::netlink::force_receive_buffer(&socket, EVENT_BUFFER_BYTES);
         Ok(socket)
     };
     match netns {

@@ -67,15 +67,14 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Serves the status to every connection, then closes it. The socket is
-/// created under umask 077 (root only).
+/// made root-only; it lives in state_dir, which is 0700 already, so the
+/// moment between bind and chmod exposes nothing (and no process-wide umask
+/// flip races the daemon's other threads' file creation).
 pub async fn serve(path: PathBuf, status: Shared) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(&path);
-    // SAFETY: umask only changes this process's file-creation mask.
-    let old = unsafe { libc::umask(0o077) };
-    let listener = tokio::net::UnixListener::bind(&path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    let listener = listener?;
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let limit = super::listen::Limit::new();
     loop {
         let slot = limit.slot().await;

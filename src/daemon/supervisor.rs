@@ -253,7 +253,7 @@ impl Backoff {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         // Up to +25% jitter so many nodes do not retry in step.
-        let jitter = base.mul_f64(rand::random::<f64>() * 0.25);
+        let jitter = base.mul_f64(jitter_fraction() * 0.25);
         base + jitter
     }
 }
@@ -430,4 +430,14 @@ fn namespace_resolv_conf_placeholder(path: &Path) -> std::io::Result<PathBuf> {
         crate::files::write_in_place(path, &text)?;
     }
     Ok(path.to_path_buf())
+}
+
+/// A number in [0, 1) for backoff jitter, from std's per-process random
+/// hash keys (a random-number crate for one number is not worth it).
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }

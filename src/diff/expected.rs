@@ -2,7 +2,7 @@
 //! `Observed`. Drift reports compare against it ("what did we last apply?").
 
 use crate::model::{Link, NetnsState};
-use crate::observe::{Observed, ObservedPod};
+use crate::model::{Observed, ObservedPod};
 use crate::spec::Desired;
 
 pub fn expected(desired: &Desired) -> Observed {

@@ -20,7 +20,7 @@ use crate::model::{
     is_kernel_link_local, is_owned_link_name, Address, Attachment, Link, Netns, NetnsState, Route,
     RouteKey, Rule, Sysctl,
 };
-use crate::observe::{Observed, ObservedPod};
+use crate::model::{Observed, ObservedPod};
 use crate::spec::{Desired, DesiredPod};
 
 /// Kernel state of one namespace, indexed for lookups.

@@ -89,7 +89,7 @@ impl Object {
             Object::Address(a) => format!("address {} dev {}", a.addr, a.dev),
             Object::Route(r) => format!("route {} table {} metric {}", r.dst, r.table, r.metric),
             Object::Rule(r) => format!("rule {} table {}", r.priority, r.table),
-            Object::Nft(_) => format!("nft table inet {}", crate::nft::TABLE),
+            Object::Nft(_) => format!("nft table inet {}", crate::model::NFT_TABLE),
             Object::File(file) => format!("file {}", file.path.display()),
         }
     }
@@ -470,7 +470,7 @@ impl fmt::Display for Object {
             Object::Nft(t) => write!(
                 f,
                 "nft table inet {} ({} chains, {} rules)",
-                crate::nft::TABLE,
+                crate::model::NFT_TABLE,
                 t.chains.len(),
                 t.rules.len()
             ),
@@ -506,7 +506,7 @@ impl fmt::Display for Step {
                 write!(f, "{sigil} route {new} (was {old})")?;
             }
             (Action::Change, Some(Object::Nft(old)), Object::Nft(new)) => {
-                write!(f, "{sigil} nft table inet {}", crate::nft::TABLE)?;
+                write!(f, "{sigil} nft table inet {}", crate::model::NFT_TABLE)?;
                 for c in nft_changes(old, new) {
                     if c.observed == "absent" {
                         write!(f, "\n    + {}: {}", c.field, c.desired)?;
@@ -532,7 +532,7 @@ impl fmt::Display for Step {
                 }
             }
             (Action::Add, _, Object::Nft(new)) => {
-                write!(f, "{sigil} nft table inet {}", crate::nft::TABLE)?;
+                write!(f, "{sigil} nft table inet {}", crate::model::NFT_TABLE)?;
                 for r in &new.rules {
                     write!(f, "\n    + rule in {}: {}", r.chain, r.text)?;
                 }

@@ -89,7 +89,7 @@ impl Netlink {
             .map_err(NetlinkError::Socket)?;
         // Acks without a copy of the request: smaller, so batches fit better.
         socket.set_cap_ack(true).map_err(NetlinkError::Socket)?;
-        let buffer = force_receive_buffer(&socket);
+        let buffer = force_receive_buffer(&socket, RECV_BUFFER_BYTES);
         let batch = (buffer / ACK_TRUESIZE).clamp(1, MAX_BATCH);
         Ok(Netlink {
             socket,
@@ -481,11 +481,10 @@ fn encode(out: &mut Vec<u8>, payload: RouteNetlinkMessage, flags: u16, seq: u32)
     msg.serialize(&mut out[start..]);
 }
 
-/// Many acks wait in the receive buffer during a batch; make room, past
-/// rmem_max when we may (root), else as much as the system allows.
-/// Returns the buffer size in effect.
-fn force_receive_buffer(socket: &Socket) -> usize {
-    let size = RECV_BUFFER_BYTES;
+/// Makes room in a socket's receive buffer (many acks wait there during a
+/// batch; bursts of events in a listener's): past rmem_max when we may
+/// (root), else as much as the system allows. Returns the size in effect.
+pub(crate) fn force_receive_buffer(socket: &Socket, size: libc::c_int) -> usize {
     for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
         // SAFETY: a valid fd and a pointer to a live c_int of the size passed.
         let rc = unsafe {

@@ -2,7 +2,6 @@
 
 pub mod node;
 mod parse;
-mod state;
 
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +11,8 @@ use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
+pub use crate::model::{rp_filter_key, Observed, ObservedPod};
 pub use node::{start_link_dump, LinkCollector, NodeLinks, Partial, SortOrder};
-pub use state::{Observed, ObservedPod};
 
 use crate::model::{Address, Attachment, Link, NetnsState, NftTable, Route, Sysctl, TABLE_LOCAL};
 use crate::netlink::{Netlink, NetlinkError};
@@ -272,11 +271,6 @@ fn dump_links(nl: &mut Netlink) -> Result<Vec<(u32, Link, Option<u32>)>, Netlink
     Ok(links)
 }
 
-/// The sysctl key of an interface's rp_filter.
-pub fn rp_filter_key(ifname: &str) -> String {
-    format!("net/ipv4/conf/{ifname}/rp_filter")
-}
-
 fn dump_addresses_and_routes(nl: &mut Netlink) -> Result<(RawAddresses, RawRoutes), NetlinkError> {
     let mut addresses = Vec::new();
     let mut addr_req = AddressMessage::default();
@@ -304,19 +298,47 @@ fn dump_addresses_and_routes(nl: &mut Netlink) -> Result<(RawAddresses, RawRoute
     Ok((addresses, routes))
 }
 
+/// Link names by ifindex. Indexes are usually small and dense, where a
+/// vector beats a hash map; but whoever owns a namespace (a pod with
+/// CAP_NET_ADMIN) can give a link any index up to 2^31-1, and a vector that
+/// long would have the node reserve gigabytes. Sparse indexes get a map.
+enum IndexNames<'a> {
+    Dense(Vec<Option<&'a str>>),
+    Sparse(rustc_hash::FxHashMap<u32, &'a str>),
+}
+
+impl<'a> IndexNames<'a> {
+    fn new(links: impl Iterator<Item = (u32, &'a str)> + Clone) -> Self {
+        let (count, max) = links.clone().fold((0usize, 0usize), |(n, m), (i, _)| {
+            (n + 1, m.max(i as usize))
+        });
+        if max <= 4 * count + 1024 {
+            let mut names = vec![None; max + 1];
+            for (i, name) in links {
+                names[i as usize] = Some(name);
+            }
+            IndexNames::Dense(names)
+        } else {
+            IndexNames::Sparse(links.collect())
+        }
+    }
+
+    fn get(&self, index: u32) -> Option<&'a str> {
+        match self {
+            IndexNames::Dense(names) => names.get(index as usize).copied().flatten(),
+            IndexNames::Sparse(names) => names.get(&index).copied(),
+        }
+    }
+}
+
 /// Puts link names on addresses and routes, and sorts everything.
 fn assemble(
     links: Vec<(u32, Link, Option<u32>)>,
     addresses: RawAddresses,
     routes: RawRoutes,
 ) -> NetnsState {
-    // ifindexes are small and dense: a vector beats a hash map here.
-    let max = links.iter().map(|(i, _, _)| *i as usize).max().unwrap_or(0);
-    let mut names: Vec<Option<&str>> = vec![None; max + 1];
-    for (i, l, _) in &links {
-        names[*i as usize] = Some(l.name.as_str());
-    }
-    let name = |i: u32| names.get(i as usize).copied().flatten().map(str::to_string);
+    let names = IndexNames::new(links.iter().map(|(i, l, _)| (*i, l.name.as_str())));
+    let name = |i: u32| names.get(i).map(str::to_string);
     let mut state = NetnsState {
         addresses: addresses
             .into_iter()
@@ -354,4 +376,22 @@ fn assemble(
     state.addresses.sort_unstable();
     state.routes.sort_unstable();
     state
+}
+
+#[cfg(test)]
+mod index_names_tests {
+    use super::IndexNames;
+
+    #[test]
+    fn sparse_indexes_take_a_map() {
+        let links = [(1u32, "lo"), (2, "eth0"), (2_147_483_647, "big0")];
+        let names = IndexNames::new(links.iter().copied());
+        assert!(matches!(names, IndexNames::Sparse(_)));
+        assert_eq!(names.get(2_147_483_647), Some("big0"));
+        assert_eq!(names.get(2), Some("eth0"));
+        assert_eq!(names.get(3), None);
+        let dense = IndexNames::new(links[..2].iter().copied());
+        assert!(matches!(dense, IndexNames::Dense(_)));
+        assert_eq!(dense.get(1), Some("lo"));
+    }
 }

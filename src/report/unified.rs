@@ -17,7 +17,7 @@ fn object_lines(netns: &str, object: &crate::diff::Object) -> Vec<String> {
             .map(|line| format!("{netns}: file {}: {line}", file.path.display()))
             .collect(),
         Object::Nft(table) => {
-            let name = crate::nft::TABLE;
+            let name = crate::model::NFT_TABLE;
             table
                 .chains
                 .iter()
@@ -41,7 +41,7 @@ fn object_lines(netns: &str, object: &crate::diff::Object) -> Vec<String> {
 
 /// Every object of an observation as state lines, prefixed by its namespace
 /// (for saying what moved between two observations).
-pub fn observed_lines(observed: &crate::observe::Observed) -> Vec<String> {
+pub fn observed_lines(observed: &crate::model::Observed) -> Vec<String> {
     use crate::diff::Object;
     let state = |netns: &str, s: &crate::model::NetnsState| -> Vec<String> {
         let objects = s
@@ -80,8 +80,8 @@ pub fn observed_lines(observed: &crate::observe::Observed) -> Vec<String> {
 
 /// What moved from `then` to `now`, as `- ` and `+ ` lines (at most `max`).
 pub fn moved(
-    then: &crate::observe::Observed,
-    now: &crate::observe::Observed,
+    then: &crate::model::Observed,
+    now: &crate::model::Observed,
     max: usize,
 ) -> Vec<String> {
     let (a, b) = (observed_lines(then), observed_lines(now));

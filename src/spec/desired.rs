@@ -66,7 +66,7 @@ pub struct DesiredPod {
 /// (tailscale #3310), and strict mode drops it.
 pub fn rp_filter_loose(ifname: &str) -> Sysctl {
     Sysctl {
-        key: crate::observe::rp_filter_key(ifname),
+        key: crate::model::rp_filter_key(ifname),
         value: "2".into(),
     }
 }
@@ -134,7 +134,7 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
         }
     }
 
-    desired.nft = crate::nft::desired(spec);
+    desired.nft = super::firewall::desired(spec);
     let mut pods: Vec<&PodIntent> = pods.iter().collect();
     pods.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
     for intent in pods {

@@ -4,6 +4,7 @@
 pub mod alloc;
 mod desired;
 mod error;
+pub mod firewall;
 mod names;
 mod raw;
 mod resolv;

@@ -1,0 +1,280 @@
+//! headcni's nftables table as desired: built from the spec with the
+//! `nftables` crate's typed schema, and the canonical form rules are
+//! compared in. Pure; `nft.rs` reads and writes the kernel's.
+
+use std::borrow::Cow;
+
+use nftables::expr::{
+    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, TcpOption,
+};
+use nftables::stmt::{Counter, Mangle, Match, NATFamily, Operator, Statement, NAT};
+
+use super::{Masquerade, Spec};
+use crate::model::{NftChain, NftRule, NftTable};
+
+/// The tailnet's MTU is 1280: a TCP segment fits in 1280 - 40 bytes of headers.
+pub const TAILNET_MSS: u32 = 1240;
+
+fn iifname(op: Operator, name: &str) -> Statement<'static> {
+    matches(
+        Expression::Named(NamedExpression::Meta(Meta {
+            key: MetaKey::Iifname,
+        })),
+        op,
+        Expression::String(Cow::Owned(name.to_string())),
+    )
+}
+
+fn meta_oifname() -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta {
+        key: MetaKey::Oifname,
+    }))
+}
+
+fn matches(
+    left: Expression<'static>,
+    op: Operator,
+    right: Expression<'static>,
+) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn saddr_in(cidr: ipnetwork::Ipv4Network) -> Statement<'static> {
+    matches(
+        Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+            PayloadField {
+                protocol: Cow::Borrowed("ip"),
+                field: Cow::Borrowed("saddr"),
+            },
+        ))),
+        Operator::EQ,
+        Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(Expression::String(Cow::Owned(cidr.network().to_string()))),
+            len: u32::from(cidr.prefix()),
+        })),
+    )
+}
+
+fn oifname(op: Operator, name: &str) -> Statement<'static> {
+    matches(
+        meta_oifname(),
+        op,
+        Expression::String(Cow::Owned(name.to_string())),
+    )
+}
+
+/// The operator nft spells ">". nftables 0.6.3 swaps the names (its `GT`
+/// serializes as "<"), so pick by serialization, robust to a fix upstream.
+fn greater_than() -> Operator {
+    [Operator::GT, Operator::LT]
+        .into_iter()
+        .find(|op| {
+            serde_json::to_value(op)
+                .ok()
+                .and_then(|v| v.as_str().map(|s| s == ">"))
+                .unwrap_or(false)
+        })
+        .unwrap_or(Operator::GT)
+}
+
+fn counter() -> Statement<'static> {
+    Statement::Counter(Counter::Anonymous(None))
+}
+
+fn mss() -> Expression<'static> {
+    Expression::Named(NamedExpression::TcpOption(TcpOption {
+        name: Cow::Borrowed("maxseg"),
+        field: Some(Cow::Borrowed("size")),
+    }))
+}
+
+/// The interface pod traffic for the tailnet leaves the node by.
+fn tailnet_egress(spec: &Spec) -> String {
+    match spec.mode {
+        crate::spec::Mode::Host => spec.tailnet.interface.clone(),
+        crate::spec::Mode::Daemon => crate::spec::TAILNET_HOST_LINK.to_string(),
+    }
+}
+
+/// The table the spec asks for; None when it asks for no masquerade and no clamp.
+pub fn desired(spec: &Spec) -> Option<NftTable> {
+    let pods = spec.pod_network.cidr;
+    let egress = tailnet_egress(spec);
+    let mut rules: Vec<(String, Vec<Statement<'static>>, String)> = Vec::new();
+    if spec.pod_network.masquerade != Masquerade::None {
+        rules.push((
+            "postrouting".into(),
+            vec![
+                saddr_in(pods),
+                oifname(Operator::NEQ, &egress),
+                oifname(Operator::NEQ, "hc*"),
+                counter(),
+                Statement::Masquerade(None),
+            ],
+            format!(
+                "ip saddr {pods} oifname != \"{egress}\" oifname != \"hc*\" counter masquerade"
+            ),
+        ));
+    }
+    if spec.pod_network.masquerade == Masquerade::All {
+        rules.push((
+            "postrouting".into(),
+            vec![
+                saddr_in(pods),
+                oifname(Operator::EQ, &egress),
+                counter(),
+                Statement::Masquerade(None),
+            ],
+            format!("ip saddr {pods} oifname \"{egress}\" counter masquerade"),
+        ));
+    }
+    if spec.mode == crate::spec::Mode::Daemon {
+        // tailscaled's own traffic from the tailnet namespace leaves by the
+        // node's default route with the node's address.
+        let transfer = spec.daemon.transfer_cidr;
+        rules.push((
+            "postrouting".into(),
+            vec![
+                saddr_in(transfer),
+                oifname(Operator::NEQ, &egress),
+                counter(),
+                Statement::Masquerade(None),
+            ],
+            format!("ip saddr {transfer} oifname != \"{egress}\" counter masquerade"),
+        ));
+    }
+    if spec.mode == crate::spec::Mode::Daemon && spec.daemon.forward_port {
+        // Peers reach tailscaled directly: its UDP port, arriving at the
+        // node from anywhere but its pods and the tailnet namespace, goes
+        // into the namespace.
+        let port = spec.daemon.port;
+        let ns_ip = std::net::Ipv4Addr::from(u32::from(spec.daemon.transfer_cidr.network()) + 2);
+        rules.push((
+            "prerouting".into(),
+            vec![
+                iifname(Operator::NEQ, "hc*"),
+                matches(
+                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                        PayloadField {
+                            protocol: Cow::Borrowed("udp"),
+                            field: Cow::Borrowed("dport"),
+                        },
+                    ))),
+                    Operator::EQ,
+                    Expression::Number(u32::from(port)),
+                ),
+                counter(),
+                Statement::DNAT(Some(NAT {
+                    addr: Some(Expression::String(Cow::Owned(ns_ip.to_string()))),
+                    family: Some(NATFamily::IP),
+                    port: None,
+                    flags: None,
+                })),
+            ],
+            format!("iifname != \"hc*\" udp dport {port} counter dnat ip to {ns_ip}"),
+        ));
+    }
+    if spec.pod_network.mss_clamp {
+        rules.push((
+            "forward".into(),
+            vec![
+                oifname(Operator::EQ, &egress),
+                matches(
+                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
+                        protocol: Cow::Borrowed("tcp"),
+                        field: Cow::Borrowed("flags"),
+                    }))),
+                    Operator::IN,
+                    Expression::String(Cow::Borrowed("syn")),
+                ),
+                matches(mss(), greater_than(), Expression::Number(TAILNET_MSS)),
+                counter(),
+                Statement::Mangle(Mangle { key: mss(), value: Expression::Number(TAILNET_MSS) }),
+            ],
+            format!("oifname \"{egress}\" tcp flags syn tcp option maxseg size > {TAILNET_MSS} counter tcp option maxseg size set {TAILNET_MSS}"),
+        ));
+    }
+    if rules.is_empty() {
+        return None;
+    }
+    let mut chains = vec![
+        NftChain {
+            name: "forward".into(),
+            kind: "filter".into(),
+            hook: "forward".into(),
+            priority: -150,
+        },
+        NftChain {
+            name: "postrouting".into(),
+            kind: "nat".into(),
+            hook: "postrouting".into(),
+            priority: 100,
+        },
+    ];
+    if rules.iter().any(|(chain, _, _)| chain == "prerouting") {
+        chains.push(NftChain {
+            name: "prerouting".into(),
+            kind: "nat".into(),
+            hook: "prerouting".into(),
+            priority: -100,
+        });
+    }
+    let mut rules: Vec<NftRule> = rules
+        .into_iter()
+        .map(|(chain, stmts, text)| NftRule {
+            chain,
+            expr: canonical(&serde_json::to_value(&stmts).unwrap_or_default()),
+            text,
+        })
+        .collect();
+    // Order matters within a chain only; nft lists chain by chain.
+    rules.sort_by(|a, b| a.chain.cmp(&b.chain));
+    Some(NftTable { chains, rules })
+}
+
+/// Compact JSON with counters zeroed: the form both sides are compared in.
+pub fn canonical(expr: &serde_json::Value) -> String {
+    fn zero(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(c) = map.get_mut("counter") {
+                    *c = serde_json::Value::Null;
+                }
+                map.values_mut().for_each(zero);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(zero),
+            _ => {}
+        }
+    }
+    let mut v = expr.clone();
+    zero(&mut v);
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clamp_compares_with_greater_than() {
+        assert_eq!(
+            serde_json::to_value(greater_than()).unwrap(),
+            serde_json::json!(">")
+        );
+        let spec = Spec::parse(
+            "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/24\"\n",
+            std::path::Path::new("x"),
+        )
+        .unwrap();
+        let table = desired(&spec).unwrap();
+        let clamp = table.rules.iter().find(|r| r.chain == "forward").unwrap();
+        assert!(clamp.expr.contains(r#""op":">""#), "{}", clamp.expr);
+    }
+
+    #[test]
+    fn nothing_asked_means_no_table() {
+        let text = "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/24\"\nmasquerade = \"none\"\nmss_clamp = false\n";
+        let spec = Spec::parse(text, std::path::Path::new("x")).unwrap();
+        assert!(desired(&spec).is_none());
+    }
+}
