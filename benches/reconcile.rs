@@ -27,8 +27,10 @@ fn intent(i: u32, pods_ns: &Path) -> PodIntent {
     let id = format!("bench-{i:06}");
     PodIntent {
         host_link: host_link_name(&id, "eth0"),
-        container_id: id,
-        ifname: "eth0".into(),
+        key: headcni::model::PodKey {
+            container_id: id,
+            ifname: "eth0".into(),
+        },
         netns: pods_ns.to_path_buf(),
         ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 2)) + i),
     }

@@ -195,7 +195,7 @@ fn namespaces_to_observe(
         .filter(|p| match scope {
             PodScope::All => true,
             PodScope::HostOnly | PodScope::Released(_) | PodScope::Prune => false,
-            PodScope::One(key) => p.container_id == key.container_id && p.ifname == key.ifname,
+            PodScope::One(key) => &p.key == key,
         })
         .map(|p| (Attachment::Pod(p.key()), p.netns.clone()))
         .chain(system_namespaces(spec, scope))

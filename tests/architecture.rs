@@ -94,13 +94,18 @@ fn only_the_kernel_layer_touches_the_kernel() {
         "Command::new(\"nft\")",
         "\"/proc/sys\"",
     ];
-    /// (file, call, why it is not in netlink/ yet)
+    /// (file, call, why it is not in netlink/)
     const EXCEPTIONS: &[(&str, &str, &str)] = &[
-        ("daemon/events.rs", "Socket::new(", "the daemon's multicast listeners (issue 13: to move into netlink/)"),
-        ("daemon/supervisor.rs", "unshare(", "the tailnet namespace is made where tailscaled's life cycle is (issue 13: to move into netlink/)"),
-        ("daemon/supervisor.rs", "setns(", "tailscaled is started inside the tailnet namespace (issue 13: to move into netlink/)"),
-        ("nft.rs", "Command::new(\"nft\")", "the nft process: nft.rs is the firewall's kernel layer"),
-        ("apply/mod.rs", "\"/proc/sys\"", "apply writes the sysctls a plan names"),
+        (
+            "nft.rs",
+            "Command::new(\"nft\")",
+            "the nft process: nft.rs is the firewall's kernel layer",
+        ),
+        (
+            "apply/mod.rs",
+            "\"/proc/sys\"",
+            "apply writes the sysctls a plan names",
+        ),
     ];
     let mut files = Vec::new();
     rust_files(&src(), &mut files);

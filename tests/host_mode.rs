@@ -253,8 +253,10 @@ fn a_pod_pass_leaves_the_unread_firewall_alone() {
     );
     let intent = headcni::spec::PodIntent {
         host_link: headcni::spec::host_link_name(&pod, "eth0"),
-        container_id: pod.clone(),
-        ifname: "eth0".into(),
+        key: headcni::model::PodKey {
+            container_id: pod.clone(),
+            ifname: "eth0".into(),
+        },
         netns: common::Lab::ns_path(&pod),
         ip: ip.parse().expect("ip"),
     };

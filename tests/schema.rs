@@ -50,8 +50,10 @@ fn drift_json_validates() {
     )
     .unwrap();
     let pod = PodIntent {
-        container_id: "c1".into(),
-        ifname: "eth0".into(),
+        key: headcni::model::PodKey {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        },
         netns: "/run/netns/c1".into(),
         ip: "10.244.0.9".parse().unwrap(),
         host_link: host_link_name("c1", "eth0"),

@@ -154,7 +154,7 @@ pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
             code = 1;
         }
         let netns = spec.daemon.netns_path();
-        match headcni::daemon::supervisor::remove_netns(&netns) {
+        match headcni::netlink::netns::remove_netns(&netns) {
             Ok(true) => outln!("- netns {}", netns.display()),
             Ok(false) => {}
             Err(e) => {

@@ -97,11 +97,11 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
                         "HOST-LINK"
                     );
                     for p in pods {
-                        let short: String = p.container_id.chars().take(24).collect();
+                        let short: String = p.key.container_id.chars().take(24).collect();
                         outln!(
                             "{:<24} {:<8} {:<15} {:<14} {}",
                             short,
-                            p.ifname,
+                            p.key.ifname,
                             p.ip,
                             p.host_link,
                             p.netns.display()

@@ -163,7 +163,7 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         intent: &intent,
         spec: &spec,
         host_mac: observe::link_mac(None, &intent.host_link).ok().flatten(),
-        pod_mac: observe::link_mac(Some(&intent.netns), &intent.ifname)
+        pod_mac: observe::link_mac(Some(&intent.netns), &intent.key.ifname)
             .ok()
             .flatten(),
     };
@@ -289,15 +289,12 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     };
     let spec = load_spec(conf)?;
     let intents = store(&spec, conf).list()?;
-    let intent = intents
-        .into_iter()
-        .find(|i| i.container_id == key.container_id && i.ifname == key.ifname)
-        .ok_or_else(|| {
-            CniError::new(
-                error::UNKNOWN_CONTAINER,
-                format!("no attachment {key} is known"),
-            )
-        })?;
+    let intent = intents.into_iter().find(|i| i.key == key).ok_or_else(|| {
+        CniError::new(
+            error::UNKNOWN_CONTAINER,
+            format!("no attachment {key} is known"),
+        )
+    })?;
     let mismatch =
         |what: String| CniError::new(error::CHECK_MISMATCH, format!("pod {key}: {what}"));
     if !same_namespace(&netns, &intent.netns) {
@@ -372,7 +369,7 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     for intent in store.list()? {
         let keep = valid
             .iter()
-            .any(|a| a.container_id == intent.container_id && a.ifname == intent.ifname);
+            .any(|a| a.container_id == intent.key.container_id && a.ifname == intent.key.ifname);
         if !keep {
             if let Err(e) = store.remove(&intent.key()) {
                 errors.push(format!("{}: {e}", intent.key()));

@@ -16,7 +16,7 @@ pub fn add_result(cni_version: &str, wired: &Wired, dns: Option<&Value>) -> Valu
     let with_mtu = cni_version == "1.1.0";
     let gateway = wired.spec.pod_network.gateway.to_string();
     let mut host = json!({ "name": wired.intent.host_link });
-    let mut pod = json!({ "name": wired.intent.ifname, "sandbox": wired.intent.netns });
+    let mut pod = json!({ "name": wired.intent.key.ifname, "sandbox": wired.intent.netns });
     if let Some(mac) = &wired.host_mac {
         host["mac"] = json!(mac);
     }

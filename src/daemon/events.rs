@@ -3,12 +3,11 @@
 //! pod-intent store (inotify via `notify`). Events only say "look again";
 //! every pass reads the whole state (level-triggered).
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use notify::{RecursiveMode, Watcher};
 use rtnetlink::packet_core::NetlinkBuffer;
-use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use rtnetlink::sys::Socket;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::model::{LINK_PREFIX, RTPROT_HEADCNI};
@@ -32,39 +31,8 @@ pub enum Trigger {
     Retry,
 }
 
-const RTMGRP_LINK: u32 = 0x1;
-const RTMGRP_IPV4_IFADDR: u32 = 0x10;
-const RTMGRP_IPV4_ROUTE: u32 = 0x40;
-const RTMGRP_IPV4_RULE: u32 = 0x80;
-const EVENT_BUFFER_BYTES: libc::c_int = 4 * 1024 * 1024;
 /// Forwarding and rp_filter changes (RTM_NEWNETCONF).
-const RTNLGRP_IPV4_NETCONF: u32 = 24;
 const RTM_NEWNETCONF: u16 = 80;
-/// nftables ruleset changes, on the netfilter netlink family.
-const NETLINK_NETFILTER: isize = 12;
-const NFNLGRP_NFTABLES: u32 = 7;
-
-/// A multicast socket for link, address, route and rule events, made in the
-/// namespace at `netns` (None: the caller's). Its receive buffer is raised so
-/// bursts (a pod churn, a flap) fit; an overrun still means a full resync.
-pub fn event_socket(netns: Option<&Path>) -> Result<Socket, crate::netlink::NetlinkError> {
-    let make = || -> io::Result<Socket> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind(&SocketAddr::new(
-            0,
-            RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE,
-        ))?;
-        socket.add_membership(RTNLGRP_IPV4_NETCONF)?;
-        crate::netlink::force_receive_buffer(&socket, EVENT_BUFFER_BYTES);
-        Ok(socket)
-    };
-    match netns {
-        None => make().map_err(crate::netlink::NetlinkError::Socket),
-        Some(path) => {
-            crate::netlink::in_netns(path, make)?.map_err(crate::netlink::NetlinkError::Socket)
-        }
-    }
-}
 
 /// Reads events forever on a thread of its own, sending a trigger for each
 /// datagram that touches something relevant. `interfaces`: links that matter
@@ -128,15 +96,6 @@ fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
         offset += (len + 3) & !3;
     }
     false
-}
-
-/// A socket for nftables change events in the caller's namespace: someone
-/// flushing headcni's table is drift like a deleted route.
-pub fn nftables_socket() -> io::Result<Socket> {
-    let mut socket = Socket::new(NETLINK_NETFILTER)?;
-    socket.bind_auto()?;
-    socket.add_membership(NFNLGRP_NFTABLES)?;
-    Ok(socket)
 }
 
 /// Any ruleset change is a reason to look (nft's own answers to headcni's

@@ -75,22 +75,22 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
         .map_err(|e| tracing::error!("cannot watch the spec and store: {e}"))
         .ok();
     let interfaces = vec![spec.tailnet.interface.clone()];
-    match events::event_socket(None) {
+    match crate::netlink::events::event_socket(None) {
         Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),
         Err(e) => tracing::error!("kernel events: {e}"),
     }
-    match events::nftables_socket() {
+    match crate::netlink::events::nftables_socket() {
         Ok(sock) => events::listen_nftables(sock, tx.clone()),
         Err(e) => tracing::warn!("nftables events (changes will wait for the resync): {e}"),
     }
     let supervisor = if spec.mode == Mode::Daemon {
-        if let Err(e) = supervisor::ensure_netns(&spec.daemon.netns_path()) {
+        if let Err(e) = crate::netlink::netns::ensure_netns(&spec.daemon.netns_path()) {
             tracing::error!(
                 "tailnet namespace {}: {e}",
                 spec.daemon.netns_path().display()
             );
         }
-        match events::event_socket(Some(&spec.daemon.netns_path())) {
+        match crate::netlink::events::event_socket(Some(&spec.daemon.netns_path())) {
             Ok(sock) => events::listen(sock, interfaces, tx.clone()),
             Err(e) => tracing::error!("kernel events in the tailnet namespace: {e}"),
         }

@@ -3,7 +3,6 @@
 //! namespace of its own"), restarted with exponential backoff, its output
 //! in headcni's log. The auth key is handed over as `file:PATH` and never read.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,75 +16,6 @@ use super::events::Trigger;
 use super::metrics::Metrics;
 use super::status::Shared;
 use crate::spec::Spec;
-
-/// Makes /run/netns/NAME a network namespace unless it is one already.
-pub fn ensure_netns(path: &Path) -> std::io::Result<()> {
-    if crate::netlink::is_netns_file(path) {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-        make_shared_mount(dir)?;
-    }
-    std::fs::File::create(path)?;
-    let target = path.to_path_buf();
-    std::thread::spawn(move || -> std::io::Result<()> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-        nix::mount::mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )?;
-        Ok(())
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("namespace thread panicked"))?
-}
-
-/// Unbinds and removes /run/netns/NAME (what `ip netns del` does); false
-/// when there was no namespace there. Whatever still runs inside keeps it
-/// alive until it exits.
-pub fn remove_netns(path: &Path) -> std::io::Result<bool> {
-    if !crate::netlink::is_netns_file(path) {
-        return Ok(false);
-    }
-    nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)?;
-    std::fs::remove_file(path)?;
-    Ok(true)
-}
-
-/// Makes `dir` a shared mount point, as `ip netns add` does for /run/netns:
-/// a namespace bound there from a container (a DaemonSet's mount namespace)
-/// is then seen on the host, and tools that enter it by name find it.
-fn make_shared_mount(dir: &Path) -> std::io::Result<()> {
-    use nix::mount::{mount, MsFlags};
-    let shared = || {
-        mount(
-            None::<&str>,
-            dir,
-            Some("none"),
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
-    match shared() {
-        Ok(()) => Ok(()),
-        // Not a mount point yet: bind it onto itself first.
-        Err(nix::errno::Errno::EINVAL) => {
-            mount(
-                Some(dir),
-                dir,
-                Some("none"),
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )?;
-            Ok(shared()?)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
 
 /// A key file others can read is refused: the key would be one `cat` away.
 pub fn check_key_file(path: &Path) -> Result<(), String> {
@@ -169,44 +99,7 @@ fn in_namespace(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let fd = netns.as_raw_fd();
-    // Made before the fork: the child may only make syscalls.
-    let resolv = resolv.and_then(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok());
-    // SAFETY: pre_exec runs in the forked child before exec; setns, unshare
-    // and mount are async-signal-safe, the strings were allocated before the
-    // fork, and `fd` stays open in the parent until spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(file) = &resolv {
-                let check = |rc: libc::c_int| {
-                    if rc == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                };
-                check(libc::unshare(libc::CLONE_NEWNS))?;
-                check(libc::mount(
-                    c"none".as_ptr(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                ))?;
-                check(libc::mount(
-                    file.as_ptr(),
-                    c"/etc/resolv.conf".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
-            }
-            Ok(())
-        });
-    }
+    crate::netlink::netns::enter_before_exec(&mut cmd, netns, resolv);
     cmd
 }
 
@@ -334,7 +227,7 @@ async fn start(
     netns_path: &Path,
     d: &crate::spec::DaemonConfig,
 ) -> Result<tokio::process::Child, String> {
-    ensure_netns(netns_path)
+    crate::netlink::netns::ensure_netns(netns_path)
         .map_err(|e| format!("cannot create namespace {}: {e}", netns_path.display()))?;
     if let Some(key) = &d.auth_key_file {
         check_key_file(key)?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::tests::{converged, route_on_eth0};
 use super::*;
-use crate::model::Sysctl;
+use crate::model::{PodKey, Sysctl};
 use crate::spec::{compile, host_link_name, PodIntent, Spec};
 
 fn golden_dir() -> PathBuf {
@@ -100,8 +100,10 @@ fn intent(i: u8) -> PodIntent {
     let id = format!("{i:02}c0ffee{i:02}");
     PodIntent {
         host_link: host_link_name(&id, "eth0"),
-        container_id: id.clone(),
-        ifname: "eth0".into(),
+        key: PodKey {
+            container_id: id.clone(),
+            ifname: "eth0".into(),
+        },
         netns: PathBuf::from(format!("/run/netns/pod{i}")),
         ip: std::net::Ipv4Addr::new(10, 244, 0, 10 + i),
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Netns, Scope, Sysctl, VethPeer, TABLE_MAIN};
+use crate::model::{Netns, PodKey, Scope, Sysctl, VethPeer, TABLE_MAIN};
 use crate::observe::ObservedPod;
 use crate::spec::{compile, host_link_name, PodIntent, Spec};
 
@@ -28,8 +28,10 @@ fn pod(i: u8) -> PodIntent {
     let id = format!("pod{i}");
     PodIntent {
         host_link: host_link_name(&id, "eth0"),
-        container_id: id.clone(),
-        ifname: "eth0".into(),
+        key: PodKey {
+            container_id: id.clone(),
+            ifname: "eth0".into(),
+        },
         netns: PathBuf::from(format!("/run/netns/{id}")),
         ip: Ipv4Addr::new(10, 244, 0, 10 + i),
     }

@@ -12,6 +12,8 @@
 //! short-lived thread: a netlink socket stays bound to the namespace it was
 //! created in, so that thread creates it there and hands it back.
 
+pub mod events;
+pub mod netns;
 pub mod nfnetlink;
 
 use std::fs::File;

@@ -136,7 +136,7 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
 
     desired.nft = super::firewall::desired(spec);
     let mut pods: Vec<&PodIntent> = pods.iter().collect();
-    pods.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+    pods.sort_by(|a, b| a.key.cmp(&b.key));
     for intent in pods {
         if !spec.pod_network.cidr.contains(intent.ip) || intent.ip == spec.pod_network.gateway {
             desired.problems.push(Problem {
@@ -178,7 +178,7 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
             up: true,
             kind: Some("veth".into()),
             peer: Some(VethPeer {
-                ifname: intent.ifname.clone(),
+                ifname: intent.key.ifname.clone(),
                 netns_path: intent.netns.clone(),
             }),
         },
@@ -190,22 +190,22 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
         }],
         host_routes: vec![route(pod_ip, None, &intent.host_link, Scope::Link)],
         pod_link: Link {
-            name: intent.ifname.clone(),
+            name: intent.key.ifname.clone(),
             mtu: net.mtu,
             up: true,
             kind: Some("veth".into()),
             peer: None,
         },
         pod_addresses: vec![Address {
-            dev: intent.ifname.clone(),
+            dev: intent.key.ifname.clone(),
             addr: pod_ip,
         }],
         pod_routes: vec![
-            route(gateway, None, &intent.ifname, Scope::Link),
+            route(gateway, None, &intent.key.ifname, Scope::Link),
             route(
                 default_v4,
                 Some(IpAddr::V4(net.gateway)),
-                &intent.ifname,
+                &intent.key.ifname,
                 Scope::Global,
             ),
         ],

@@ -39,8 +39,9 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// One pod attachment as stored: what `Desired` is compiled from.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PodIntent {
-    pub container_id: String,
-    pub ifname: String,
+    /// Stored flat (`container_id`, `ifname`), as before the key had a type.
+    #[serde(flatten)]
+    pub key: PodKey,
     pub netns: PathBuf,
     pub ip: Ipv4Addr,
     pub host_link: String,
@@ -48,10 +49,7 @@ pub struct PodIntent {
 
 impl PodIntent {
     pub fn key(&self) -> PodKey {
-        PodKey {
-            container_id: self.container_id.clone(),
-            ifname: self.ifname.clone(),
-        }
+        self.key.clone()
     }
 
     pub fn attachment(&self) -> crate::model::Attachment {
@@ -297,8 +295,7 @@ impl PodStore {
                 capacity: alloc::capacity(cidr),
             })?;
             let intent = PodIntent {
-                container_id: key.container_id.clone(),
-                ifname: key.ifname.clone(),
+                key: key.clone(),
                 netns: netns.to_path_buf(),
                 ip,
                 host_link,

@@ -1,0 +1,44 @@
+//! The daemon's event subscriptions: multicast sockets for rtnetlink
+//! (links, addresses, routes, rules, netconf) and nftables changes. Made
+//! here, at the kernel boundary; read and judged in daemon/events.rs.
+
+use std::io;
+use std::path::Path;
+
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use super::NetlinkError;
+
+const EVENT_BUFFER_BYTES: libc::c_int = 4 * 1024 * 1024;
+/// Links, addresses, routes and rules (the legacy group bits bind takes).
+const GROUPS: u32 = (libc::RTMGRP_LINK
+    | libc::RTMGRP_IPV4_IFADDR
+    | libc::RTMGRP_IPV4_ROUTE
+    | libc::RTMGRP_IPV4_RULE) as u32;
+
+/// A multicast socket for link, address, route and rule events, made in the
+/// namespace at `netns` (None: the caller's). Its receive buffer is raised so
+/// bursts (a pod churn, a flap) fit; an overrun still means a full resync.
+pub fn event_socket(netns: Option<&Path>) -> Result<Socket, NetlinkError> {
+    let make = || -> io::Result<Socket> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind(&SocketAddr::new(0, GROUPS))?;
+        // Forwarding and rp_filter changes (RTM_NEWNETCONF).
+        socket.add_membership(libc::RTNLGRP_IPV4_NETCONF)?;
+        super::force_receive_buffer(&socket, EVENT_BUFFER_BYTES);
+        Ok(socket)
+    };
+    match netns {
+        None => make().map_err(NetlinkError::Socket),
+        Some(path) => super::in_netns(path, make)?.map_err(NetlinkError::Socket),
+    }
+}
+
+/// A socket for nftables change events in the caller's namespace: someone
+/// flushing headcni's table is drift like a deleted route.
+pub fn nftables_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(libc::NETLINK_NETFILTER as isize)?;
+    socket.bind_auto()?;
+    socket.add_membership(libc::NFNLGRP_NFTABLES as u32)?;
+    Ok(socket)
+}
