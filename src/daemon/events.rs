@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use notify::{RecursiveMode, Watcher};
-use rtnetlink::packet_core::NetlinkBuffer;
 use rtnetlink::sys::Socket;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -30,9 +29,6 @@ pub enum Trigger {
     /// A failed pass is retried.
     Retry,
 }
-
-/// Forwarding and rp_filter changes (RTM_NEWNETCONF).
-const RTM_NEWNETCONF: u16 = 80;
 
 /// Reads events forever on a thread of its own, sending a trigger for each
 /// datagram that touches something relevant. `interfaces`: links that matter
@@ -67,35 +63,25 @@ pub fn listen(socket: Socket, interfaces: Vec<String>, tx: UnboundedSender<Trigg
         .unwrap_or_else(|e| tracing::error!("cannot start the event thread: {e}"));
 }
 
-/// Does a datagram of events touch headcni's objects or the interfaces it needs?
+/// Does a datagram of events touch headcni's objects or the interfaces it
+/// needs? One that does not decode is a reason to look, not to ignore.
 fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
-    let mut offset = 0;
-    while offset < datagram.len() {
-        let Ok(msg) = NetlinkBuffer::new_checked(&datagram[offset..]) else {
-            return true;
-        };
-        let len = (msg.length() as usize).max(16);
-        let payload = msg.payload();
-        let hit = match msg.message_type() {
-            // RTM_NEWLINK, RTM_DELLINK: ours, or one we depend on.
-            16 | 17 => crate::observe::parse_link_name(payload)
-                .is_none_or(|name| name.starts_with(LINK_PREFIX) || interfaces.contains(&name)),
-            // Addresses: rare, and the index alone does not say whose.
-            20 | 21 => true,
-            // RTM_NEWROUTE, RTM_DELROUTE: rtmsg.rtm_protocol at byte 5.
-            24 | 25 => payload.get(5) == Some(&RTPROT_HEADCNI),
-            // RTM_NEWRULE, RTM_DELRULE: rules carry their protocol as an attribute.
-            32 | 33 => crate::observe::parse_rule(payload).is_none_or(|r| r.is_owned()),
-            // Forwarding or rp_filter flipped somewhere.
-            RTM_NEWNETCONF => true,
-            _ => false,
-        };
-        if hit {
-            return true;
+    let touches = |kind: u16, payload: &[u8]| match kind {
+        libc::RTM_NEWLINK | libc::RTM_DELLINK => crate::observe::parse_link_name(payload)
+            .is_none_or(|name| name.starts_with(LINK_PREFIX) || interfaces.contains(&name)),
+        // Addresses: rare, and the index alone does not say whose.
+        libc::RTM_NEWADDR | libc::RTM_DELADDR => true,
+        // rtmsg.rtm_protocol is byte 5.
+        libc::RTM_NEWROUTE | libc::RTM_DELROUTE => payload.get(5) == Some(&RTPROT_HEADCNI),
+        // Rules carry their protocol as an attribute.
+        libc::RTM_NEWRULE | libc::RTM_DELRULE => {
+            crate::observe::parse_rule(payload).is_none_or(|r| r.is_owned())
         }
-        offset += (len + 3) & !3;
-    }
-    false
+        // Forwarding or rp_filter flipped somewhere.
+        libc::RTM_NEWNETCONF => true,
+        _ => false,
+    };
+    crate::netlink::walk(datagram, |kind, _, payload| Ok(touches(kind, payload))).unwrap_or(true)
 }
 
 /// Any ruleset change is a reason to look (nft's own answers to headcni's
