@@ -244,14 +244,14 @@ impl Executor {
                 return;
             }
         };
-        let mut early: Vec<(&Step, Result<(), String>)> = Vec::new();
+        let mut early: Vec<(&Step, Settled)> = Vec::new();
         for step in steps {
             if step
                 .attachment
                 .as_ref()
                 .is_some_and(|p| failed_pods.contains(p))
             {
-                early.push((step, Err(String::new())));
+                early.push((step, Settled::Skipped));
                 continue;
             }
             match request_for(conn, step) {
@@ -259,16 +259,16 @@ impl Executor {
                     requests.push((msg, flags));
                     sent.push((step, ok_errno));
                 }
-                Ok(None) => early.push((step, Ok(()))),
-                Err(e) => early.push((step, Err(e))),
+                Ok(None) => early.push((step, Settled::AlreadySo)),
+                Err(e) => early.push((step, Settled::Failed(e))),
             }
         }
         let results = conn.nl.batch(requests);
-        for (step, result) in early {
-            match result {
-                Err(e) if e.is_empty() => self.report.skipped += 1,
-                Err(e) => self.fail(step, e),
-                Ok(()) => self.report.applied += 1,
+        for (step, settled) in early {
+            match settled {
+                Settled::Skipped => self.report.skipped += 1,
+                Settled::Failed(e) => self.fail(step, e),
+                Settled::AlreadySo => self.report.applied += 1,
             }
         }
         for ((step, ok_errno), result) in sent.into_iter().zip(results) {
@@ -281,6 +281,16 @@ impl Executor {
 }
 
 type Request = (RouteNetlinkMessage, u16, i32);
+
+/// A batched step settled before the batch is sent.
+enum Settled {
+    /// The kernel already holds what the step asks (its device is gone
+    /// with what it removes).
+    AlreadySo,
+    /// An earlier step of the same attachment failed.
+    Skipped,
+    Failed(String),
+}
 
 /// The request for an address or route step, with the errno that means
 /// "already so"; None when the kernel has nothing left to do.
