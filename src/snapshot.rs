@@ -13,7 +13,8 @@ use crate::model::Observed;
 use crate::spec::{Desired, PodIntent, Spec};
 
 /// Bumped on incompatible changes to any of these documents.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: attachments are `{"pod": {...}}` or `"tailnet_namespace"`; files.
+pub const FORMAT_VERSION: u32 = 2;
 pub const LAST_APPLIED_FILE: &str = "last-applied.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -188,13 +189,22 @@ impl LastApplied {
         state_dir.join(LAST_APPLIED_FILE)
     }
 
-    /// The record in `state_dir`, if one was ever written.
+    /// The record in `state_dir`, if one was ever written. One an older
+    /// headcni wrote (another format_version) is only a record: it counts as
+    /// none, and the next converged `apply` or daemon pass writes it anew.
     pub fn load_from(state_dir: &Path) -> Result<Option<LastApplied>, SnapshotError> {
         let path = Self::path(state_dir);
         if !path.exists() {
             return Ok(None);
         }
-        load(&path, Self::KIND).map(Some)
+        match load(&path, Self::KIND) {
+            Ok(record) => Ok(Some(record)),
+            Err(e @ SnapshotError::Version { .. }) => {
+                tracing::warn!("{e}; ignored until the next converged pass rewrites it");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
