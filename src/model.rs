@@ -101,9 +101,6 @@ pub struct Link {
     /// Serialized as `type`, as `ip link ... type veth` says it.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    /// Where the other end of a veth headcni creates goes; only on desired host links.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<VethPeer>,
 }
 
 /// The pod end of a host veth: created inside the pod's namespace under the pod's ifname.

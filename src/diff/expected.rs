@@ -17,7 +17,6 @@ pub fn expected(desired: &Desired) -> Observed {
             mtu: 0,
             up: true,
             kind: None,
-            peer: None,
         });
     }
     node.routes.extend(desired.node_routes.iter().cloned());
@@ -27,7 +26,6 @@ pub fn expected(desired: &Desired) -> Observed {
     let mut pods = Vec::with_capacity(desired.pods.len());
     for pod in &desired.pods {
         node.links.push(Link {
-            peer: None,
             ..pod.host_link.clone()
         });
         node.addresses.extend(pod.host_addresses.iter().cloned());

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use super::tests::{converged, route_on_eth0};
 use super::*;
-use crate::model::{PodKey, Sysctl};
+use crate::model::{Link, NetnsState, Observed, PodKey, Route, Sysctl};
+use crate::spec::Desired;
 use crate::spec::{compile, host_link_name, PodIntent, Spec};
 
 fn golden_dir() -> PathBuf {
@@ -28,16 +29,16 @@ fn load(case: &Path) -> (Desired, Observed) {
         serde_json::from_str(&fs::read_to_string(case.join("pods.json")).unwrap()).unwrap();
     let observed: Observed =
         serde_json::from_str(&fs::read_to_string(case.join("observed.json")).unwrap()).unwrap();
-    let mut desired = compile(&spec, &pods);
     // A case that gives the node's resolvers gets the files compiled from them.
-    if let Ok(resolv_conf) = fs::read_to_string(case.join("node-resolv.conf")) {
-        let resolvers = crate::spec::NodeResolvers {
-            resolv_conf,
-            upstream: fs::read_to_string(case.join("upstream-resolv.conf")).ok(),
-        };
-        desired.files = crate::spec::compile_files(&spec, &resolvers);
-    }
-    (desired, observed)
+    let facts = crate::spec::NodeFacts {
+        resolvers: fs::read_to_string(case.join("node-resolv.conf"))
+            .ok()
+            .map(|resolv_conf| crate::spec::NodeResolvers {
+                resolv_conf,
+                upstream: fs::read_to_string(case.join("upstream-resolv.conf")).ok(),
+            }),
+    };
+    (crate::spec::compile_on(&spec, &pods, &facts), observed)
 }
 
 #[test]
@@ -262,7 +263,6 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
         mtu: 1500,
         up: true,
         kind: Some("veth".into()),
-        peer: None,
     });
     out.push((
         "12-stale-owned-route-and-link",
@@ -312,7 +312,6 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
         mtu: 1500,
         up: true,
         kind: Some("macvlan".into()),
-        peer: None,
     });
     out.push((
         "16-conflict-pod-interface-name-taken",

@@ -6,8 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Address, Attachment, Link, Netns, PodKey, Route, Scope, Sysctl, RTPROT_HEADCNI, RTPROT_NAME,
-    TABLE_MAIN,
+    Address, Attachment, Link, Netns, PodKey, Route, Scope, Sysctl, VethPeer, RTPROT_HEADCNI,
+    RTPROT_NAME, TABLE_MAIN,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -28,12 +28,45 @@ impl Action {
     }
 }
 
+/// A link as a step acts on it: its state, and for a veth headcni creates,
+/// where the pod end goes. That is creation data: never observed, never
+/// compared, so it lives here and not in [`Link`].
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PlannedLink {
+    #[serde(flatten)]
+    pub link: Link,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<VethPeer>,
+}
+
+impl PlannedLink {
+    /// A link as it is or must be, nothing to create.
+    pub fn state(link: Link) -> Self {
+        PlannedLink { link, peer: None }
+    }
+
+    /// A veth to create, its pod end going to `peer`.
+    pub fn veth(link: Link, peer: VethPeer) -> Self {
+        PlannedLink {
+            link,
+            peer: Some(peer),
+        }
+    }
+}
+
+impl std::ops::Deref for PlannedLink {
+    type Target = Link;
+    fn deref(&self) -> &Link {
+        &self.link
+    }
+}
+
 /// A kernel object a step acts on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Object {
     Sysctl(Sysctl),
-    Link(Link),
+    Link(PlannedLink),
     Address(Address),
     Route(Route),
     Rule(Rule),
@@ -44,6 +77,11 @@ pub enum Object {
 }
 
 impl Object {
+    /// A link's state as an object (nothing to create).
+    pub fn link(link: Link) -> Object {
+        Object::Link(PlannedLink::state(link))
+    }
+
     /// Links before addresses before routes; sysctls first of all.
     pub fn rank(&self) -> u8 {
         match self {
@@ -97,11 +135,7 @@ impl Object {
     /// The object as a line of state, without creation-only details (a veth's peer).
     pub fn state_line(&self) -> String {
         match self {
-            Object::Link(l) => Object::Link(Link {
-                peer: None,
-                ..l.clone()
-            })
-            .to_string(),
+            Object::Link(l) => format!("link {}", l.link),
             other => other.to_string(),
         }
     }
@@ -438,25 +472,36 @@ impl fmt::Display for Rule {
 
 impl fmt::Display for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.name)?;
-        if let Some(kind) = &self.kind {
-            write!(f, " type {kind}")?;
-        }
-        if let Some(peer) = &self.peer {
-            write!(
-                f,
-                " peer {} netns {}",
-                peer.ifname,
-                peer.netns_path.display()
-            )?;
-        }
+        write_link(f, self, None)
+    }
+}
+
+impl fmt::Display for PlannedLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_link(f, &self.link, self.peer.as_ref())
+    }
+}
+
+/// `ip link`'s words: name, type, the pod end of a veth to create, MTU, state.
+fn write_link(f: &mut fmt::Formatter<'_>, link: &Link, peer: Option<&VethPeer>) -> fmt::Result {
+    write!(f, "{}", link.name)?;
+    if let Some(kind) = &link.kind {
+        write!(f, " type {kind}")?;
+    }
+    if let Some(peer) = peer {
         write!(
             f,
-            " mtu {} {}",
-            self.mtu,
-            if self.up { "up" } else { "down" }
-        )
+            " peer {} netns {}",
+            peer.ifname,
+            peer.netns_path.display()
+        )?;
     }
+    write!(
+        f,
+        " mtu {} {}",
+        link.mtu,
+        if link.up { "up" } else { "down" }
+    )
 }
 
 impl fmt::Display for Object {

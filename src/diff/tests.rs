@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Netns, PodKey, Scope, Sysctl, VethPeer, TABLE_MAIN};
+use crate::model::{
+    Address, Attachment, Link, Netns, NetnsState, Observed, PodKey, Route, Scope, Sysctl, VethPeer,
+    TABLE_MAIN,
+};
 use crate::observe::ObservedPod;
+use crate::spec::Desired;
 use crate::spec::{compile, host_link_name, PodIntent, Spec};
 
 const SPEC: &str = r#"
@@ -55,14 +59,12 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
         mtu: 1500,
         up: true,
         kind: None,
-        peer: None,
     });
     node.links.push(Link {
         name: "tailscale0".into(),
         mtu: 1280,
         up: true,
         kind: Some("tun".into()),
-        peer: None,
     });
     node.sysctls = desired.node_sysctls.clone();
     node.nft = desired.nft.clone();
@@ -76,7 +78,6 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
     let mut pods = Vec::new();
     for p in &desired.pods {
         node.links.push(Link {
-            peer: None,
             ..p.host_link.clone()
         });
         node.addresses.extend(p.host_addresses.iter().cloned());
@@ -88,7 +89,6 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
             mtu: 65536,
             up: true,
             kind: None,
-            peer: None,
         });
         state.links.push(p.pod_link.clone());
         state.addresses.extend(p.pod_addresses.iter().cloned());
@@ -127,17 +127,13 @@ pub(crate) fn simulate(observed: &Observed, plan: &Plan) -> Observed {
         };
         match (step.action, &step.object) {
             (Action::Add, Object::Link(l)) => {
-                state.links.push(Link {
-                    peer: None,
-                    ..l.clone()
-                });
+                state.links.push(l.link.clone());
                 if let (Some(peer), Some(key)) = (&l.peer, &step.attachment) {
                     if let Some(p) = out.pods.iter_mut().find(|p| &p.key == key) {
                         let inside = p.state.as_mut().expect("netns");
                         inside.links.push(Link {
                             name: peer.ifname.clone(),
-                            peer: None,
-                            ..l.clone()
+                            ..l.link.clone()
                         });
                     }
                 }
@@ -545,7 +541,6 @@ fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
                     mtu: 1500,
                     up: true,
                     kind: Some("veth".into()),
-                    peer: None,
                 });
             }
         }
@@ -670,15 +665,35 @@ proptest! {
 }
 
 #[test]
-fn veth_peer_is_carried_by_the_host_link() {
+fn only_a_veth_to_create_carries_its_pod_end() {
     let desired = compile(&spec(), &[pod(1)]);
+    let plan = diff(&desired, &Observed::default());
+    let created: Vec<&PlannedLink> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.object {
+            Object::Link(l) if s.action == Action::Add => Some(l),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1);
     assert_eq!(
-        desired.pods[0].host_link.peer,
+        created[0].peer,
         Some(VethPeer {
             ifname: "eth0".into(),
             netns_path: PathBuf::from("/run/netns/pod1")
         })
     );
+    // The same link with another MTU: a change of state, no creation data.
+    let mut observed = super::expected(&desired);
+    observed.node.links[0].mtu = 1400;
+    let plan = diff(&desired, &observed);
+    assert!(plan.steps.iter().all(|s| match (&s.object, &s.before) {
+        (Object::Link(l), Some(Object::Link(before))) => l.peer.is_none() && before.peer.is_none(),
+        (Object::Link(l), None) => l.peer.is_none(),
+        _ => true,
+    }));
+    assert_eq!(plan.steps.len(), 1, "{plan:?}");
 }
 
 #[test]

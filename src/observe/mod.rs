@@ -12,7 +12,8 @@ use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
 pub use crate::model::{rp_filter_key, Observed, ObservedPod};
-pub use node::{start_link_dump, LinkCollector, NodeLinks, Partial, SortOrder};
+pub(crate) use node::start_link_dump;
+pub use node::{LinkCollector, NodeLinks, Partial, SortOrder};
 
 use crate::model::{Address, Attachment, Link, NetnsState, NftTable, Route, Sysctl, TABLE_LOCAL};
 use crate::netlink::{Netlink, NetlinkError};
@@ -65,7 +66,7 @@ pub fn observe(
 }
 
 /// Everything but the node's links (see [`node`]).
-pub fn observe_partial(
+pub(crate) fn observe_partial(
     pods: &[(Attachment, PathBuf)],
     firewall: Firewall,
 ) -> Result<Partial, ObserveError> {

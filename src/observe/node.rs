@@ -46,7 +46,7 @@ impl NodeLinks {
 
     /// The sorted order, computed from a shared borrow so that it can run
     /// on a thread of its own while the links are being read.
-    pub fn sort_order(&self) -> SortOrder {
+    pub(crate) fn sort_order(&self) -> SortOrder {
         // Link names fit 16 bytes (IFNAMSIZ): compared as one integer,
         // zero-padded, they sort as the strings do.
         let packed = |name: &str| {
@@ -87,7 +87,7 @@ fn permute<T>(items: Vec<T>, order: &[usize]) -> Vec<T> {
 /// caller's namespace). Its answers are decoded by the caller, through the
 /// returned collector, whenever it has a moment: the dump thread does
 /// nothing but keep the kernel dumping.
-pub fn start_link_dump<'scope>(
+pub(crate) fn start_link_dump<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
 ) -> LinkCollector<'scope> {
     let (datagrams_tx, datagrams) = mpsc::channel::<Vec<u8>>();
@@ -125,7 +125,7 @@ pub struct LinkCollector<'scope> {
 
 impl LinkCollector<'_> {
     /// Decodes what has arrived so far; never waits.
-    pub fn take_ready(&mut self) {
+    pub(crate) fn take_ready(&mut self) {
         while let Ok(datagram) = self.datagrams.try_recv() {
             self.decode(datagram);
         }
@@ -246,7 +246,7 @@ impl Partial {
 
     /// Does every provisional name match the link dump? Then whatever was
     /// computed from them stands.
-    pub fn names_agree(&self, links: &NodeLinks) -> bool {
+    pub(crate) fn names_agree(&self, links: &NodeLinks) -> bool {
         let node = &self.observed.node;
         node.addresses
             .iter()
@@ -269,7 +269,12 @@ impl Partial {
     /// [`Partial::complete`] with what the caller has already worked out:
     /// the sorted order (computed beside something else) and whether the
     /// provisional names agree with the dump.
-    pub fn complete_with(self, links: NodeLinks, order: SortOrder, names_agree: bool) -> Observed {
+    pub(crate) fn complete_with(
+        self,
+        links: NodeLinks,
+        order: SortOrder,
+        names_agree: bool,
+    ) -> Observed {
         let Partial {
             mut observed,
             address_links,
@@ -339,7 +344,6 @@ mod tests {
             mtu: 1500,
             up: true,
             kind: Some("veth".into()),
-            peer: None,
         }
     }
 

@@ -98,7 +98,6 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
             mtu,
             up: flags & IFF_UP != 0,
             kind,
-            peer: None,
         },
         mac,
         rp_filter,

@@ -48,7 +48,7 @@ pub fn observed_lines(observed: &crate::model::Observed) -> Vec<String> {
             .links
             .iter()
             .cloned()
-            .map(Object::Link)
+            .map(Object::link)
             .chain(s.addresses.iter().cloned().map(Object::Address))
             .chain(s.routes.iter().cloned().map(Object::Route))
             .chain(s.rules.iter().cloned().map(Object::Rule))
@@ -131,7 +131,7 @@ pub fn desired_lines(desired: &Desired) -> Vec<String> {
     objects.extend(desired.nft.iter().cloned().map(|t| node(Object::Nft(t))));
     objects.extend(desired.files.iter().cloned().map(|f| node(Object::File(f))));
     for pod in &desired.pods {
-        objects.push(node(Object::Link(pod.host_link.clone())));
+        objects.push(node(Object::link(pod.host_link.clone())));
         objects.extend(
             pod.host_addresses
                 .iter()
@@ -151,8 +151,8 @@ pub fn desired_lines(desired: &Desired) -> Vec<String> {
                 .map(|s| node(Object::Sysctl(s))),
         );
         let inside = pod.key.to_string();
-        let pod_objects = std::iter::once(Object::Link(pod.pod_link.clone()))
-            .chain(pod.extra_links.iter().cloned().map(Object::Link))
+        let pod_objects = std::iter::once(Object::link(pod.pod_link.clone()))
+            .chain(pod.extra_links.iter().cloned().map(Object::link))
             .chain(pod.pod_addresses.iter().cloned().map(Object::Address))
             .chain(pod.pod_routes.iter().cloned().map(Object::Route))
             .chain(pod.sysctls.iter().cloned().map(Object::Sysctl));

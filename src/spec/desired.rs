@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Mode, PodIntent, Spec};
 use crate::model::{
-    Address, Attachment, Link, PodKey, Route, RouteType, Rule, Scope, Sysctl, VethPeer,
-    RTPROT_HEADCNI, TABLE_MAIN,
+    Address, Attachment, Link, PodKey, Route, RouteType, Rule, Scope, Sysctl, RTPROT_HEADCNI,
+    TABLE_MAIN,
 };
 
 /// What the node's pod network must be.
@@ -29,9 +29,8 @@ pub struct Desired {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tailnet_link: Option<String>,
     pub pods: Vec<DesiredPod>,
-    /// Files headcni keeps (daemon mode: the tailnet namespace's resolv.conf).
-    /// Compiled apart from the rest, from what the node's resolvers are
-    /// (`compile_files`).
+    /// Files headcni keeps (daemon mode: the tailnet namespace's resolv.conf,
+    /// from the node's resolvers in [`NodeFacts`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<crate::model::ManagedFile>,
     /// Intents that cannot be honoured under the current spec.
@@ -77,8 +76,28 @@ pub struct Problem {
     pub reason: String,
 }
 
+/// What the desired state depends on beyond the spec and the pod intents,
+/// read at the edge so that compiling stays pure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The node's resolvers; None when not read (pod-scoped passes, host
+    /// mode), so no file that depends on them is planned.
+    pub resolvers: Option<super::NodeResolvers>,
+}
+
+/// The desired state without node facts: no files planned.
 pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
+    compile_on(spec, pods, &NodeFacts::default())
+}
+
+/// The whole desired state of a node: `spec` and `pods` on a node with `facts`.
+pub fn compile_on(spec: &Spec, pods: &[PodIntent], facts: &NodeFacts) -> Desired {
     let mut desired = Desired {
+        files: facts
+            .resolvers
+            .as_ref()
+            .map(|r| super::resolv::compile_files(spec, r))
+            .unwrap_or_default(),
         node_sysctls: vec![Sysctl {
             key: "net/ipv4/ip_forward".into(),
             value: "1".into(),
@@ -177,10 +196,6 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
             mtu: net.mtu,
             up: true,
             kind: Some("veth".into()),
-            peer: Some(VethPeer {
-                ifname: intent.key.ifname.clone(),
-                netns_path: intent.netns.clone(),
-            }),
         },
         // ptp-style: every host veth carries the gateway as a /32, so each pod
         // ARPs for the gateway on its own point-to-point link.
@@ -194,7 +209,6 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
             mtu: net.mtu,
             up: true,
             kind: Some("veth".into()),
-            peer: None,
         },
         pod_addresses: vec![Address {
             dev: intent.key.ifname.clone(),
@@ -281,10 +295,6 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
             mtu: spec.pod_network.mtu,
             up: true,
             kind: Some("veth".into()),
-            peer: Some(VethPeer {
-                ifname: TAILNET_PEER_LINK.into(),
-                netns_path,
-            }),
         },
         host_addresses: vec![Address {
             dev: TAILNET_HOST_LINK.into(),
@@ -299,7 +309,6 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
             mtu: spec.pod_network.mtu,
             up: true,
             kind: Some("veth".into()),
-            peer: None,
         },
         pod_addresses: vec![Address {
             dev: TAILNET_PEER_LINK.into(),
@@ -334,14 +343,12 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
                 mtu: 65536,
                 up: true,
                 kind: None,
-                peer: None,
             },
             Link {
                 name: spec.tailnet.interface.clone(),
                 mtu: TAILNET_MTU,
                 up: true,
                 kind: None,
-                peer: None,
             },
         ],
         sysctls: vec![

@@ -17,11 +17,12 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
 pub use desired::{
-    compile, Desired, DesiredPod, Problem, TAILNET_HOST_LINK, TAILNET_MTU, TAILNET_PEER_LINK,
+    compile, compile_on, Desired, DesiredPod, NodeFacts, Problem, TAILNET_HOST_LINK, TAILNET_MTU,
+    TAILNET_PEER_LINK,
 };
 pub use error::SpecError;
 pub use names::{host_link_name, validate_container_id, validate_ifname};
-pub use resolv::{compile_files, namespace_resolv_conf, NodeResolvers};
+pub use resolv::{namespace_resolv_conf, NodeResolvers};
 pub use store::{
     check_state_dir, create_state_dir, Intents, PodIntent, PodStore, StateDirCheck, StoreError,
 };

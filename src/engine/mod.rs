@@ -12,10 +12,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::apply::{self, ApplyReport};
-use crate::diff::{diff, Action, Early, Object, Plan};
-use crate::model::{Attachment, Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
+use crate::diff::{diff, Action, Object, Plan};
+use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
 use crate::observe::{self, Firewall, ObserveError, Observed};
-use crate::spec::{compile, Desired, Intents, PodIntent, Spec, StoreError};
+use crate::spec::{compile_on, Desired, Intents, PodIntent, Spec, StoreError};
+
+mod staged;
 
 /// Which part of the node a pass looks at and may change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,15 +85,18 @@ fn plan_knowing(
     known_firewall: Option<Option<crate::model::NftTable>>,
 ) -> Result<Planned, EngineError> {
     let started = Instant::now();
-    let (mut intents, mut desired, observed, mut plan) =
-        observe_and_diff(spec, pods, scope, known_firewall)?;
+    let staged::Pass {
+        mut intents,
+        facts,
+        mut desired,
+        observed,
+        mut plan,
+    } = staged::observe_and_diff(spec, pods, scope, known_firewall)?;
     tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, "planned");
     if removes_node_objects(&plan) {
         let fresh = pods()?;
         if fresh != intents {
-            let files = std::mem::take(&mut desired.files);
-            desired = compile(spec, &fresh.pods);
-            desired.files = files;
+            desired = compile_on(spec, &fresh.pods, &facts);
             plan = diff(&desired, &observed);
             intents = fresh;
         }
@@ -106,117 +111,6 @@ fn plan_knowing(
         plan,
         took: started.elapsed(),
     })
-}
-
-/// Reads the intents, observes, compiles and diffs, with the node's link
-/// dump beside all of it.
-///
-/// At scale the link dump is most of a pass (about a kilobyte and several
-/// microseconds of kernel time a link, on one core), so it starts first, on
-/// a thread of its own that only keeps the kernel dumping; this thread
-/// decodes its answers whenever it has a moment and meanwhile observes the
-/// rest, compiles, and diffs every pod assuming its host link is as
-/// desired ([`Early`]). Only the links' part of the diff waits for the dump.
-fn observe_and_diff(
-    spec: &Spec,
-    pods: PodSource,
-    scope: &PodScope,
-    known_firewall: Option<Option<crate::model::NftTable>>,
-) -> Result<(Intents, Desired, Observed, Plan), EngineError> {
-    let firewall = match known_firewall {
-        Some(table) => Firewall::Known(table),
-        None if matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune) => {
-            Firewall::Read
-        }
-        None => Firewall::Skip,
-    };
-    std::thread::scope(|threads| {
-        let mut links = observe::start_link_dump(threads);
-        let intents = pods()?;
-        let to_observe = namespaces_to_observe(spec, scope, &intents.pods);
-        let mut partial = observe::observe_partial(&to_observe, firewall)?;
-        links.take_ready();
-        let mut desired = compile(spec, &intents.pods);
-        // The files headcni keeps are node-wide objects: looked at (and so
-        // written or removed) only by node-wide passes.
-        if matches!(scope, PodScope::All | PodScope::HostOnly) {
-            partial.observed.node.files = crate::files::read_existing(&owned_file_paths(spec));
-            let resolvers = crate::files::node_resolvers(&spec.daemon.dns_upstream);
-            desired.files = crate::spec::compile_files(spec, &resolvers);
-        }
-        links.take_ready();
-        let early = Early::new(&desired, &partial.observed);
-        let links = links.finish().map_err(ObserveError::Node)?;
-        let agree = partial.names_agree(&links);
-        if !agree {
-            tracing::debug!(
-                "a link's name changed during the pass: planning from the link dump's names"
-            );
-        }
-        // The diff's second stage; unless names disagree (a link renamed
-        // meanwhile: the first stage read wrong ones; plan from the dump's
-        // names below).
-        let second_stage = || {
-            agree.then(|| {
-                let node_sysctls = partial.observed.node.sysctls.iter();
-                early.finish(&links.links, node_sysctls.chain(&links.sysctls))
-            })
-        };
-        // Beside it, at scale, the sorting of the links for the observation
-        // (both only read them); on a small node a thread costs more than
-        // the sort it would hide.
-        const SORT_BESIDE_FROM: usize = 4096;
-        let (plan, order) = if links.links.len() < SORT_BESIDE_FROM {
-            (second_stage(), links.sort_order())
-        } else {
-            std::thread::scope(|tail| {
-                let order = tail.spawn(|| links.sort_order());
-                let plan = second_stage();
-                let order = order
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (plan, order)
-            })
-        };
-        let observed = partial.complete_with(links, order, agree);
-        let plan = plan.unwrap_or_else(|| diff(&desired, &observed));
-        Ok((intents, desired, observed, plan))
-    })
-}
-
-/// The pods' namespaces `scope` looks into, and the node's own.
-fn namespaces_to_observe(
-    spec: &Spec,
-    scope: &PodScope,
-    intents: &[PodIntent],
-) -> Vec<(Attachment, PathBuf)> {
-    intents
-        .iter()
-        .filter(|p| match scope {
-            PodScope::All => true,
-            PodScope::HostOnly | PodScope::Released(_) | PodScope::Prune => false,
-            PodScope::One(key) => &p.key == key,
-        })
-        .map(|p| (Attachment::Pod(p.key()), p.netns.clone()))
-        .chain(system_namespaces(spec, scope))
-        .collect()
-}
-
-/// Every path where headcni may have written a file under `spec`, whatever
-/// the mode (so one written in daemon mode is removed after a switch).
-fn owned_file_paths(spec: &Spec) -> Vec<PathBuf> {
-    vec![spec.daemon.resolv_conf_path()]
-}
-
-/// Namespaces that are part of the node's own plumbing (daemon mode: the
-/// tailnet namespace), observed in every node-wide pass.
-fn system_namespaces(spec: &Spec, scope: &PodScope) -> Vec<(Attachment, PathBuf)> {
-    let node_wide = matches!(scope, PodScope::All | PodScope::HostOnly);
-    if spec.mode == crate::spec::Mode::Daemon && node_wide {
-        vec![(Attachment::TailnetNamespace, spec.daemon.netns_path())]
-    } else {
-        Vec::new()
-    }
 }
 
 /// Removals of pod links are planned only from a store that was read.
@@ -368,7 +262,7 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
 /// the nftables table, files). What is anyone else's is never in such a plan.
 pub fn purge(spec: &Spec) -> Result<(Plan, crate::apply::ApplyReport), EngineError> {
     let mut observed = observe::observe(&[], Firewall::Read)?;
-    observed.node.files = crate::files::read_existing(&owned_file_paths(spec));
+    observed.node.files = crate::files::read_existing(&staged::owned_file_paths(spec));
     let plan = diff(&Desired::default(), &observed);
     let report = crate::apply::apply(&plan);
     Ok((plan, report))
