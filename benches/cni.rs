@@ -5,36 +5,17 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ms, percentile, require_root, sh, Netns};
+use common::{ms, percentile, require_root, sh, start_plugin, Netns};
 
 const ROUNDS: usize = 150;
 
 /// Runs one plugin invocation the way a runtime does; returns its wall time.
 fn invoke(plugin: &Path, command: &str, id: &str, netns: &str, conf: &str) -> Duration {
     let started = Instant::now();
-    let mut child = Command::new(plugin)
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn plugin");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("stdin");
+    let child = start_plugin(plugin, command, id, netns, conf);
     let out = child.wait_with_output().expect("plugin");
     let took = started.elapsed();
     assert!(

@@ -26,14 +26,20 @@ pub mod report;
 pub mod snapshot;
 pub mod spec;
 
-/// "cause: cause of cause: ..." of an error's sources, for messages that
-/// cross a boundary where `{:#}` is not available (CNI JSON, daemon status).
-pub fn error_sources(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
+/// An error with its causes, "what failed: why: why that", as headcni shows
+/// every error that leaves the library (CLI, CNI JSON, daemon status and
+/// logs). Library errors name what failed and keep the cause as their
+/// `source`, never in their own message, so it is said once.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
     }
-    parts.join(": ")
 }

@@ -15,6 +15,10 @@ pub const RTPROT_HEADCNI: u8 = 104;
 pub const RTPROT_NAME: &str = "headcni";
 /// Every host-side link headcni creates starts with this prefix.
 pub const LINK_PREFIX: &str = "hc";
+/// headcni's link group ("hcni"): owned links planned for removal are moved
+/// into it and deleted with one request. No other link is ever put there;
+/// apply deletes by group only when the group holds nothing else.
+pub const LINK_GROUP: u32 = 0x6863_6e69;
 /// The kernel's main routing table.
 pub const TABLE_MAIN: u32 = 254;
 /// The kernel's local table (local and broadcast addresses): never ours.

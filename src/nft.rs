@@ -19,8 +19,20 @@ pub use crate::spec::firewall::{desired, TAILNET_MSS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("nft: {0} (is the nftables package installed?)")]
-    Run(String),
+    #[error("cannot run nft (is the nftables package installed?)")]
+    Spawn(#[source] std::io::Error),
+    #[error("nft refused: {0}")]
+    Refused(String),
+    #[error("cannot read nft's listing of table inet {TABLE}")]
+    Listing(#[source] serde_json::Error),
+    #[error("rule {rule} is not nftables JSON")]
+    Rule {
+        rule: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot replace table inet {TABLE}")]
+    Replace(#[source] nftables::helper::NftablesError),
 }
 
 /// The last table listed, by the ruleset version it was listed at: while
@@ -86,7 +98,7 @@ pub fn start_observe() -> Reading {
         .spawn();
     Reading(match listing {
         Ok(nft) => ReadingState::Listing { nft, version },
-        Err(e) => ReadingState::Answered(Err(NftError::Run(e.to_string()))),
+        Err(e) => ReadingState::Answered(Err(NftError::Spawn(e))),
     })
 }
 
@@ -102,15 +114,44 @@ impl Reading {
             ReadingState::Answered(answer) => return answer,
             ReadingState::Listing { nft, version } => (nft, version),
         };
-        let out = nft
-            .wait_with_output()
-            .map_err(|e| NftError::Run(e.to_string()))?;
+        let out = nft.wait_with_output().map_err(NftError::Spawn)?;
         let table = parse_listing(&out)?;
         if let (Some(version), Ok(mut last)) = (version, LAST_LISTED.lock()) {
             *last = Some((version, table.clone()));
         }
         Ok(table)
     }
+}
+
+/// `nft -j list table`'s document: a list of one-key objects, of which
+/// chains and rules matter (the table and nft's metainfo do not). A rule's
+/// statements stay JSON: they are compared, never interpreted, and a rule
+/// someone added by hand may hold statements the nftables crate's schema
+/// does not have; it must still be seen, to be replaced.
+#[derive(serde::Deserialize)]
+struct Listing {
+    nftables: Vec<Listed>,
+}
+
+#[derive(serde::Deserialize)]
+struct Listed {
+    chain: Option<ListedChain>,
+    rule: Option<ListedRule>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedChain {
+    name: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    hook: Option<String>,
+    prio: Option<i32>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedRule {
+    chain: String,
+    expr: serde_json::Value,
 }
 
 /// What `nft -j list table` printed.
@@ -120,27 +161,26 @@ fn parse_listing(out: &std::process::Output) -> Result<Option<NftTable>, NftErro
         if err.contains("No such file or directory") {
             return Ok(None);
         }
-        return Err(NftError::Run(err.trim().to_string()));
+        return Err(NftError::Refused(err.trim().to_string()));
     }
-    let doc: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| NftError::Run(e.to_string()))?;
+    let listing: Listing = serde_json::from_slice(&out.stdout).map_err(NftError::Listing)?;
     let mut table = NftTable {
         chains: Vec::new(),
         rules: Vec::new(),
     };
-    for item in doc["nftables"].as_array().into_iter().flatten() {
-        if let Some(c) = item.get("chain") {
+    for item in listing.nftables {
+        if let Some(c) = item.chain {
             table.chains.push(NftChain {
-                name: c["name"].as_str().unwrap_or_default().into(),
-                kind: c["type"].as_str().unwrap_or_default().into(),
-                hook: c["hook"].as_str().unwrap_or_default().into(),
-                priority: c["prio"].as_i64().unwrap_or_default() as i32,
+                name: c.name,
+                kind: c.kind.unwrap_or_default(),
+                hook: c.hook.unwrap_or_default(),
+                priority: c.prio.unwrap_or_default(),
             });
         }
-        if let Some(r) = item.get("rule") {
-            let expr = canonical(&r["expr"]);
+        if let Some(r) = item.rule {
+            let expr = canonical(&r.expr);
             table.rules.push(NftRule {
-                chain: r["chain"].as_str().unwrap_or_default().into(),
+                chain: r.chain,
                 // A rule read back is shown as nft's JSON: nothing here
                 // renders arbitrary statements (desired rules carry the
                 // text they were written from).
@@ -188,8 +228,11 @@ pub fn replace(table: Option<&NftTable>) -> Result<(), NftError> {
             }));
         }
         for r in &table.rules {
-            let stmts: Vec<Statement<'static>> = serde_json::from_str(&r.expr)
-                .map_err(|e| NftError::Run(format!("rule {}: {e}", r.text)))?;
+            let stmts: Vec<Statement<'static>> =
+                serde_json::from_str(&r.expr).map_err(|source| NftError::Rule {
+                    rule: r.text.clone(),
+                    source,
+                })?;
             batch.add(NfListObject::Rule(Rule {
                 family: NfFamily::INet,
                 table: Cow::Borrowed(TABLE),
@@ -200,7 +243,7 @@ pub fn replace(table: Option<&NftTable>) -> Result<(), NftError> {
         }
     }
     let ruleset: Nftables = batch.to_nftables();
-    nftables::helper::apply_ruleset(&ruleset).map_err(|e| NftError::Run(e.to_string()))?;
+    nftables::helper::apply_ruleset(&ruleset).map_err(NftError::Replace)?;
     for port in table.map(forwarded_udp_ports).unwrap_or_default() {
         forget_udp_flows(port);
     }

@@ -19,14 +19,16 @@ pub const LAST_APPLIED_FILE: &str = "last-applied.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("cannot read {}: {error}", file.display())]
+    #[error("cannot read {}", file.display())]
     Read {
         file: PathBuf,
+        #[source]
         error: std::io::Error,
     },
-    #[error("cannot write {}: {error}", file.display())]
+    #[error("cannot write {}", file.display())]
     Write {
         file: PathBuf,
+        #[source]
         error: std::io::Error,
     },
     #[error("{} is not a headcni {expected} document: {error}", file.display())]

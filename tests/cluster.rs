@@ -73,12 +73,7 @@ impl Cluster {
         let ns = self.lab.netns(name);
         let path = Lab::ns_path(&ns);
         let conf = json!({ "cniVersion": "1.1.0", "name": "headcni", "type": "headcni", "spec": self.specs[i] });
-        let call = CniCall {
-            command: "ADD",
-            container_id: Some(&ns),
-            netns: path.to_str(),
-            ifname: Some("eth0"),
-        };
+        let call = CniCall::add(&ns, &path);
         let out = common::run_plugin(
             &self.nodes[i],
             common::headcni_bin(),

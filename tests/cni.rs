@@ -176,15 +176,7 @@ fn version_and_results_for_every_supported_version() {
     {
         let ns = n.lab.netns(&format!("v{i}"));
         let path = Lab::ns_path(&ns);
-        let out = n.cni(
-            &CniCall {
-                command: "ADD",
-                container_id: Some(&ns),
-                netns: path.to_str(),
-                ifname: Some("eth0"),
-            },
-            &n.cni_conf(version),
-        );
+        let out = n.cni(&CniCall::add(&ns, &path), &n.cni_conf(version));
         assert_eq!(out.code, 0, "{}", out.stdout);
         assert_eq!(out.json["cniVersion"], *version);
         assert_eq!(

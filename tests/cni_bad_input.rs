@@ -470,26 +470,10 @@ fn lock_held_too_long_means_try_again_later() {
     let path = Lab::ns_path(&other);
     let mut conf = n.cni_conf("1.1.0");
     conf["lockTimeoutMs"] = json!(100);
-    let out = n.cni(
-        &CniCall {
-            command: "ADD",
-            container_id: Some(&other),
-            netns: path.to_str(),
-            ifname: Some("eth0"),
-        },
-        &conf,
-    );
+    let out = n.cni(&CniCall::add(&other, &path), &conf);
     assert_eq!(out.json["code"], 11, "{}", out.stdout);
     drop(lock);
-    let out = n.cni(
-        &CniCall {
-            command: "ADD",
-            container_id: Some(&other),
-            netns: path.to_str(),
-            ifname: Some("eth0"),
-        },
-        &conf,
-    );
+    let out = n.cni(&CniCall::add(&other, &path), &conf);
     assert_eq!(out.code, 0, "after the lock is released: {}", out.stdout);
 }
 
@@ -505,12 +489,7 @@ fn failed_add_is_undone_so_a_retry_starts_clean() {
         ],
     );
     let path = Lab::ns_path(&pod);
-    let call = CniCall {
-        command: "ADD",
-        container_id: Some(&pod),
-        netns: path.to_str(),
-        ifname: Some("eth0"),
-    };
+    let call = CniCall::add(&pod, &path);
     let out = n.cni(&call, &n.cni_conf("1.1.0"));
     assert_eq!(out.code, 1);
     assert!(

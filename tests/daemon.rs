@@ -4,81 +4,9 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_until, Node};
-
-/// The running daemon; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(n: &Node) -> Daemon {
-        Daemon::start_under(n, &[])
-    }
-
-    /// The daemon run by `wrapper` (e.g. prlimit and its arguments).
-    fn start_under(n: &Node, wrapper: &[&str]) -> Daemon {
-        let log = n.lab.dir.path().join("daemon.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &n.node])
-            .args(wrapper)
-            .args([common::headcni_bin(), "daemon"])
-            .env("HEADCNI_SPEC", &n.spec)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child: Some(child),
-            log,
-        };
-        wait_until(Duration::from_secs(5), "the daemon's first pass", || {
-            status(n).is_some_and(|s| !s["last_pass"].is_null())
-        });
-        d
-    }
-
-    /// SIGTERM; returns the exit code.
-    fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        for _ in 0..500 {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn status(n: &Node) -> Option<serde_json::Value> {
-    let out = n.headcni(&["status", "--format", "json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
+use common::{status, wait_until, Daemon, Node};
 
 #[test]
 fn host_mode_repairs_drift_follows_spec_and_pods_and_stops_cleanly() {

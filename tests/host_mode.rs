@@ -266,7 +266,7 @@ fn a_pod_pass_leaves_the_unread_firewall_alone() {
         headcni::engine::apply(
             &spec,
             &|| Ok(intents.clone().into()),
-            &headcni::engine::PodScope::One(key),
+            &headcni::engine::PodScope::one(key),
         )
         .expect("pass")
         .remaining

@@ -207,15 +207,7 @@ fn private_state_and_checked_inputs() {
     conf["logLevel"] = json!("debug");
     let b = n.lab.netns("b");
     let path = Lab::ns_path(&b);
-    let out = n.cni(
-        &CniCall {
-            command: "ADD",
-            container_id: Some(&b),
-            netns: path.to_str(),
-            ifname: Some("eth0"),
-        },
-        &conf,
-    );
+    let out = n.cni(&CniCall::add(&b, &path), &conf);
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     assert!(

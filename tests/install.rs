@@ -179,12 +179,7 @@ fn the_installed_conflist_drives_an_add() {
     conf["name"] = conflist["name"].clone();
     let pod = n.lab.netns("pod");
     let path = Lab::ns_path(&pod);
-    let call = CniCall {
-        command: "ADD",
-        container_id: Some(&pod),
-        netns: path.to_str(),
-        ifname: Some("eth0"),
-    };
+    let call = CniCall::add(&pod, &path);
     let plugin = t.bin().join("headcni");
     let out = run_plugin(&n.node, plugin.to_str().unwrap(), &call, &conf.to_string());
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
@@ -315,20 +310,13 @@ fn the_pod_cidr_comes_from_the_node_object() {
         p("server.crt")
     ));
     std::fs::write(sa.join("token"), "lab-token\n").unwrap();
-    let mut server = Command::new("ip")
+    let server = Command::new("ip")
         .args(["netns", "exec", &ns, "python3", "-c", API_STANDIN])
         .arg(dir.join("server.crt"))
         .arg(dir.join("key.pem"))
         .spawn()
         .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = Kill(&mut server);
+    let _server = common::Procs(vec![server]);
     wait_until(Duration::from_secs(10), "the stand-in API server", || {
         Command::new("ip")
             .args([

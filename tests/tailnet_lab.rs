@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{run_plugin, sh, wait_until, CniCall, Lab};
+use common::{run_plugin, sh, wait_until, CniCall, Lab, Procs};
 
 const POD_CIDR: &str = "10.244.0.0/24";
 const NODE_TAILNET: &str = "100.64.0.1";
@@ -44,29 +44,6 @@ fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
         file,
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
     )
-}
-
-/// Processes the test starts, killed when it ends (also on failure).
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            // SAFETY: signalling our own children.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        }
-        for c in &mut self.0 {
-            // A daemon stops its tailscaled for up to 5 s.
-            for _ in 0..800 {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 struct TailnetLab {
@@ -539,12 +516,7 @@ fn cluster_node(
 fn cni_add(lab: &mut Lab, node: &str, spec: &Path, name: &str) -> (String, String) {
     let ns = lab.netns(name);
     let path = Lab::ns_path(&ns);
-    let call = CniCall {
-        command: "ADD",
-        container_id: Some(&ns),
-        netns: path.to_str(),
-        ifname: Some("eth0"),
-    };
+    let call = CniCall::add(&ns, &path);
     let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "headcni", "type": "headcni", "spec": spec});
     let out = run_plugin(node, common::headcni_bin(), &call, &conf.to_string());
     assert_eq!(out.code, 0, "ADD {ns}: {}\n{}", out.stdout, out.stderr);

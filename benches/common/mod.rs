@@ -78,3 +78,35 @@ pub fn wait_for_idle(limit: Duration) {
     }
     eprintln!("(the machine did not settle within {limit:?}; figures may be noisy)");
 }
+
+/// Starts one CNI plugin invocation the way a runtime does: its environment
+/// only, the network configuration on stdin.
+pub fn start_plugin(
+    plugin: &std::path::Path,
+    command: &str,
+    id: &str,
+    netns: &str,
+    conf: &str,
+) -> std::process::Child {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.as_bytes())
+        .expect("stdin");
+    child
+}

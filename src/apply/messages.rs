@@ -60,6 +60,16 @@ pub fn del_link(index: u32) -> LinkMessage {
     LinkUnspec::new_with_index(index).build()
 }
 
+pub fn set_link_group(index: u32, group: u32) -> LinkMessage {
+    LinkUnspec::new_with_index(index).link_group(group).build()
+}
+
+/// Deletes every link in `group` (`ip link delete group N`): the kernel
+/// unregisters them together, one RCU grace period for all of them.
+pub fn del_link_group(group: u32) -> LinkMessage {
+    LinkUnspec::new_with_index(0).link_group(group).build()
+}
+
 pub fn address(index: u32, addr: &Address) -> AddressMessage {
     let mut msg = AddressMessage::default();
     msg.header.family = family(addr.addr.ip());

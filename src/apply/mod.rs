@@ -8,6 +8,7 @@
 
 mod messages;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
@@ -19,15 +20,48 @@ use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 
 use crate::diff::{Action, Object, Plan, Step};
+use crate::model::LINK_GROUP;
 use crate::model::{Attachment, Netns, Sysctl};
 use crate::netlink::{Netlink, NetlinkError};
-use crate::observe::link_indexes;
+use crate::observe::{link_indexes, LinkIndex};
 
 /// One failed step and why.
 #[derive(Debug)]
 pub struct StepFailure {
     pub step: Step,
-    pub error: String,
+    pub error: StepError,
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, crate::Chain(&self.error))
+    }
+}
+
+/// Why a step failed. Each names what it could not do; the cause (the
+/// kernel's errno, an I/O error) is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("cannot connect to rtnetlink there")]
+    Connect(#[source] NetlinkError),
+    #[error("cannot list the links there")]
+    ListLinks(#[source] NetlinkError),
+    #[error("link {0} not found")]
+    NoSuchLink(String),
+    #[error("a veth to add needs its pod end")]
+    NoPeer,
+    #[error("cannot open pod netns {}", .0.display())]
+    OpenPodNetns(PathBuf, #[source] std::io::Error),
+    #[error("rtnetlink request failed")]
+    Kernel(#[source] NetlinkError),
+    #[error("cannot write {}", .0.display())]
+    Sysctl(PathBuf, #[source] std::io::Error),
+    #[error("cannot enter the namespace to write a sysctl")]
+    EnterForSysctl(#[source] NetlinkError),
+    #[error("nftables")]
+    Nft(#[source] crate::nft::NftError),
+    #[error("file {}", .0.display())]
+    File(PathBuf, #[source] std::io::Error),
 }
 
 #[derive(Debug, Default)]
@@ -41,19 +75,27 @@ pub struct ApplyReport {
 /// A namespace's connection plus its link-name index, filled on first use.
 struct NsConn {
     nl: Netlink,
-    links: Option<FxHashMap<String, u32>>,
+    links: Option<FxHashMap<String, LinkIndex>>,
 }
 
 impl NsConn {
-    fn index_of(&mut self, name: &str) -> Result<u32, String> {
+    fn index_of(&mut self, name: &str) -> Result<u32, StepError> {
+        Ok(self.link(name)?.index)
+    }
+
+    fn link(&mut self, name: &str) -> Result<LinkIndex, StepError> {
+        self.links()?
+            .get(name)
+            .copied()
+            .ok_or_else(|| StepError::NoSuchLink(name.to_string()))
+    }
+
+    fn links(&mut self) -> Result<&FxHashMap<String, LinkIndex>, StepError> {
         if self.links.is_none() {
-            let state = link_indexes(&mut self.nl).map_err(|e| e.to_string())?;
+            let state = link_indexes(&mut self.nl).map_err(StepError::ListLinks)?;
             self.links = Some(state);
         }
-        self.links
-            .as_ref()
-            .and_then(|l| l.get(name).copied())
-            .ok_or_else(|| format!("link {name} not found"))
+        Ok(self.links.get_or_insert_default())
     }
 
     /// Links changed: names must be looked up again.
@@ -88,12 +130,26 @@ pub fn apply(plan: &Plan) -> ApplyReport {
             }
             exec.run_batch(&plan.steps[i..j]);
             i = j;
+        } else if is_link_removal(step) {
+            let mut j = i + 1;
+            while j < plan.steps.len()
+                && is_link_removal(&plan.steps[j])
+                && plan.steps[j].netns == step.netns
+            {
+                j += 1;
+            }
+            exec.remove_links(&plan.steps[i..j]);
+            i = j;
         } else {
             exec.run_single(step);
             i += 1;
         }
     }
     exec.report
+}
+
+fn is_link_removal(step: &Step) -> bool {
+    step.action == Action::Remove && matches!(step.object, Object::Link(_))
 }
 
 fn is_batchable(step: &Step) -> bool {
@@ -117,7 +173,7 @@ impl Executor {
             .is_some_and(|p| self.failed_pods.contains(p))
     }
 
-    fn fail(&mut self, step: &Step, error: String) {
+    fn fail(&mut self, step: &Step, error: StepError) {
         if let Some(pod) = &step.attachment {
             if !self.failed_pods.contains(pod) {
                 self.failed_pods.push(pod.clone());
@@ -129,23 +185,23 @@ impl Executor {
         });
     }
 
-    fn conn(&mut self, netns: &Netns) -> Result<&mut NsConn, String> {
+    fn conn(&mut self, netns: &Netns) -> Result<&mut NsConn, StepError> {
         self.conn_at(netns_path(netns))
     }
 
     /// The connection into the namespace at `key` (None: the node's).
-    fn conn_at(&mut self, key: Option<PathBuf>) -> Result<&mut NsConn, String> {
-        if !self.conns.contains_key(&key) {
-            let nl = match &key {
-                None => Netlink::open_current(),
-                Some(path) => Netlink::open_in(path),
+    fn conn_at(&mut self, key: Option<PathBuf>) -> Result<&mut NsConn, StepError> {
+        match self.conns.entry(key) {
+            Entry::Occupied(conn) => Ok(conn.into_mut()),
+            Entry::Vacant(slot) => {
+                let nl = match slot.key() {
+                    None => Netlink::open_current(),
+                    Some(path) => Netlink::open_in(path),
+                }
+                .map_err(StepError::Connect)?;
+                Ok(slot.insert(NsConn { nl, links: None }))
             }
-            .map_err(|e| e.to_string())?;
-            self.conns.insert(key.clone(), NsConn { nl, links: None });
         }
-        self.conns
-            .get_mut(&key)
-            .ok_or_else(|| "connection vanished".to_string())
     }
 
     fn run_single(&mut self, step: &Step) {
@@ -157,7 +213,7 @@ impl Executor {
             Object::Sysctl(s) => match &step.netns {
                 Netns::Node => write_sysctl(s),
                 Netns::Attached { path, .. } => crate::netlink::in_netns(path, || write_sysctl(s))
-                    .map_err(|e| e.to_string())
+                    .map_err(StepError::EnterForSysctl)
                     .and_then(|r| r),
             },
             Object::Link(_) => self.link_step(step),
@@ -165,12 +221,12 @@ impl Executor {
                 Action::Remove => crate::nft::replace(None),
                 _ => crate::nft::replace(Some(table)),
             }
-            .map_err(|e| e.to_string()),
+            .map_err(StepError::Nft),
             Object::File(file) => match step.action {
                 Action::Remove => crate::files::remove(&file.path),
                 _ => crate::files::write_in_place(&file.path, &file.content),
             }
-            .map_err(|e| format!("{}: {e}", file.path.display())),
+            .map_err(|e| StepError::File(file.path.clone(), e)),
             _ => unreachable!("batchable steps go through run_batch"),
         };
         match result {
@@ -179,20 +235,16 @@ impl Executor {
         }
     }
 
-    fn link_step(&mut self, step: &Step) -> Result<(), String> {
+    fn link_step(&mut self, step: &Step) -> Result<(), StepError> {
         let Object::Link(link) = &step.object else {
-            return Err("not a link".into());
+            unreachable!("run_single sends only link steps here");
         };
         let conn = self.conn(&step.netns)?;
         let (msg, flags, ok_errno) = match step.action {
             Action::Add => {
-                let peer = link
-                    .peer
-                    .as_ref()
-                    .ok_or("a link to add needs its pod end")?;
-                let netns = File::open(&peer.netns_path).map_err(|e| {
-                    format!("cannot open pod netns {}: {e}", peer.netns_path.display())
-                })?;
+                let peer = link.peer.as_ref().ok_or(StepError::NoPeer)?;
+                let netns = File::open(&peer.netns_path)
+                    .map_err(|e| StepError::OpenPodNetns(peer.netns_path.clone(), e))?;
                 let msg = messages::new_veth(link, &peer.ifname, netns.as_raw_fd());
                 let result = conn
                     .nl
@@ -231,6 +283,81 @@ impl Executor {
         accept(conn.nl.request(msg, flags), ok_errno)
     }
 
+    /// Link removals in one namespace. Deleting a veth waits for an RCU
+    /// grace period, and one at a time those waits add up (about 10 ms a
+    /// link); moved into headcni's group and deleted by group, many links
+    /// share one. Fewer than two, or a group that holds anything else, and
+    /// they go one at a time.
+    fn remove_links(&mut self, steps: &[Step]) {
+        let mut present: Vec<(&Step, u32)> = Vec::new();
+        for step in steps {
+            if self.blocked(step) {
+                self.report.skipped += 1;
+                continue;
+            }
+            let Object::Link(link) = &step.object else {
+                unreachable!("only link removals come here");
+            };
+            let found = self.conn(&step.netns).and_then(|c| c.link(&link.name));
+            match found {
+                Ok(l) => present.push((step, l.index)),
+                Err(StepError::NoSuchLink(_)) => self.report.applied += 1, // already gone
+                Err(e) => self.fail(step, e),
+            }
+        }
+        let by_group = present.len() >= 2
+            && self.conn(&steps[0].netns).is_ok_and(|conn| {
+                conn.links.as_ref().is_some_and(|links| {
+                    links.values().all(|l| {
+                        l.group != LINK_GROUP || present.iter().any(|(_, i)| *i == l.index)
+                    })
+                })
+            });
+        if !by_group {
+            for (step, _) in present {
+                self.run_single(step);
+            }
+            return;
+        }
+        let Ok(conn) = self.conn(&steps[0].netns) else {
+            return;
+        };
+        let moves = present
+            .iter()
+            .map(|(_, index)| {
+                let msg = messages::set_link_group(*index, LINK_GROUP);
+                (RouteNetlinkMessage::SetLink(msg), 0)
+            })
+            .collect();
+        let moved = conn.nl.batch(moves);
+        conn.forget_links();
+        let mut grouped = Vec::new();
+        let mut one_by_one = Vec::new();
+        for ((step, index), result) in present.into_iter().zip(moved) {
+            match accept(result, libc::ENODEV) {
+                Ok(()) => grouped.push((step, index)),
+                Err(_) => one_by_one.push(step),
+            }
+        }
+        let deleted = conn.nl.request(
+            RouteNetlinkMessage::DelLink(messages::del_link_group(LINK_GROUP)),
+            0,
+        );
+        match accept(deleted, libc::ENODEV) {
+            Ok(()) => self.report.applied += grouped.len(),
+            Err(e) => {
+                tracing::debug!(
+                    "deleting links by group: {}; one at a time",
+                    crate::Chain(&e)
+                );
+                one_by_one.extend(grouped.into_iter().map(|(step, _)| step));
+            }
+        }
+        for step in one_by_one {
+            self.run_single(step);
+        }
+    }
+
     fn run_batch(&mut self, steps: &[Step]) {
         let mut requests = Vec::with_capacity(steps.len());
         let mut sent: Vec<(&Step, i32)> = Vec::with_capacity(steps.len());
@@ -238,8 +365,13 @@ impl Executor {
         let conn = match self.conn(&steps[0].netns) {
             Ok(c) => c,
             Err(e) => {
+                // The first step carries the cause; the rest could not be tried.
+                let mut cause = Some(e);
                 for step in steps {
-                    self.fail(step, e.clone());
+                    match cause.take() {
+                        Some(e) => self.fail(step, e),
+                        None => self.fail(step, StepError::Kernel(NetlinkError::Unanswered)),
+                    }
                 }
                 return;
             }
@@ -289,12 +421,12 @@ enum Settled {
     AlreadySo,
     /// An earlier step of the same attachment failed.
     Skipped,
-    Failed(String),
+    Failed(StepError),
 }
 
 /// The request for an address or route step, with the errno that means
 /// "already so"; None when the kernel has nothing left to do.
-fn request_for(conn: &mut NsConn, step: &Step) -> Result<Option<Request>, String> {
+fn request_for(conn: &mut NsConn, step: &Step) -> Result<Option<Request>, StepError> {
     match (&step.object, step.action) {
         (Object::Address(a), action) => {
             let index = match (conn.index_of(&a.dev), action) {
@@ -348,22 +480,21 @@ fn request_for(conn: &mut NsConn, step: &Step) -> Result<Option<Request>, String
                 ),
             }))
         }
-        _ => Err("not an address, route or rule step".into()),
+        _ => unreachable!("only address, route and rule steps are batched"),
     }
 }
 
-fn accept(result: Result<(), NetlinkError>, ok_errno: i32) -> Result<(), String> {
+fn accept(result: Result<(), NetlinkError>, ok_errno: i32) -> Result<(), StepError> {
     match result {
         Ok(()) => Ok(()),
         Err(e) if ok_errno != 0 && e.errno() == Some(ok_errno) => Ok(()),
         // ENOENT also means "already gone" for deletes on some kernels.
         Err(e) if ok_errno == libc::ESRCH && e.errno() == Some(libc::ENOENT) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(StepError::Kernel(e)),
     }
 }
 
-fn write_sysctl(s: &Sysctl) -> Result<(), String> {
+fn write_sysctl(s: &Sysctl) -> Result<(), StepError> {
     let path = Path::new("/proc/sys").join(&s.key);
-    std::fs::write(&path, format!("{}\n", s.value))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    std::fs::write(&path, format!("{}\n", s.value)).map_err(|e| StepError::Sysctl(path, e))
 }

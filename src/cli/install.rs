@@ -150,7 +150,7 @@ pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
             outln!("{step}");
         }
         for failure in &report.failed {
-            eprintln!("headcni: {}: {}", failure.step, failure.error);
+            eprintln!("headcni: {failure}");
             code = 1;
         }
         let netns = spec.daemon.netns_path();

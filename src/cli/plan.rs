@@ -248,7 +248,7 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
         ),
     }
     for failure in &applied.report.failed {
-        eprintln!("headcni: step failed: {}: {}", failure.step, failure.error);
+        eprintln!("headcni: step failed: {failure}");
     }
     if applied.report.skipped > 0 {
         eprintln!(
@@ -276,6 +276,10 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
             })
         {
             tracing::warn!("cannot record the applied state for drift reports: {e:#}");
+        }
+        // Addresses of removed pods whose links are now gone are free again.
+        if let Err(e) = engine::release_gone(&spec.pod_store(), &applied.observed_after) {
+            tracing::warn!("cannot free released addresses: {}", headcni::Chain(&e));
         }
     }
     Ok(Exit(if applied.converged() { 0 } else { 1 }))

@@ -72,27 +72,39 @@ impl std::fmt::Display for CniError {
     }
 }
 
-impl From<crate::spec::StoreError> for CniError {
-    fn from(e: crate::spec::StoreError) -> Self {
+impl CniError {
+    /// A store failure: try again later while another process holds the
+    /// lock, the pool's own code when it is exhausted.
+    pub fn from_store(e: &crate::spec::StoreError) -> CniError {
         use crate::spec::StoreError;
-        let code = match &e {
+        let code = match e {
             StoreError::LockTimeout { .. } => TRY_AGAIN_LATER,
             StoreError::Exhausted { .. } => POOL_EXHAUSTED,
             _ => STORE_FAILURE,
         };
-        CniError::new(code, e.to_string())
+        CniError::new(code, crate::Chain(e).to_string())
+    }
+
+    pub fn from_engine(e: &crate::engine::EngineError) -> CniError {
+        use crate::engine::EngineError;
+        match e {
+            EngineError::Store(s) => CniError::from_store(s),
+            EngineError::NoStore { .. } => {
+                CniError::new(STORE_FAILURE, crate::Chain(e).to_string())
+            }
+            EngineError::Observe(o) => CniError::new(OBSERVE_FAILED, crate::Chain(o).to_string()),
+        }
+    }
+}
+
+impl From<crate::spec::StoreError> for CniError {
+    fn from(e: crate::spec::StoreError) -> Self {
+        CniError::from_store(&e)
     }
 }
 
 impl From<crate::engine::EngineError> for CniError {
     fn from(e: crate::engine::EngineError) -> Self {
-        use crate::engine::EngineError;
-        match e {
-            EngineError::Store(s) => s.into(),
-            e @ EngineError::NoStore { .. } => CniError::new(STORE_FAILURE, e.to_string()),
-            EngineError::Observe(o) => {
-                CniError::new(OBSERVE_FAILED, format!("{o}: {}", crate::error_sources(&o)))
-            }
-        }
+        CniError::from_engine(&e)
     }
 }

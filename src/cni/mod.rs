@@ -7,7 +7,9 @@
 
 mod config;
 pub mod error;
+pub mod handoff;
 mod result;
+pub mod verdict;
 
 use std::io::Read;
 use std::path::Path;
@@ -24,7 +26,6 @@ use error::CniError;
 use crate::engine::{self, PodScope};
 use crate::model::{Attachment, PodKey};
 use crate::observe;
-use crate::report;
 use crate::spec::{alloc, host_link_name, Mode, PodIntent, PodStore, Spec};
 
 /// The newest version, for answers when the request's version is unknown.
@@ -103,7 +104,7 @@ fn dispatch(
 
 fn load_spec(conf: &NetConf) -> Result<Spec, CniError> {
     let spec = Spec::load(&conf.spec_path())
-        .map_err(|e| CniError::new(error::INVALID_CONFIG, e.to_string()))?;
+        .map_err(|e| CniError::new(error::INVALID_CONFIG, crate::Chain(&e).to_string()))?;
     if let Some(dir) = &conf.state_dir {
         // One node pod network, one store: a second store would hand out
         // addresses the first already gave to running pods.
@@ -140,144 +141,137 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     let key = env.pod_key()?;
     let netns = env.netns()?;
     let spec = load_spec(conf)?;
-    let store = store(&spec, conf);
-    let added = store.add(&key, &netns, spec.pod_network.gateway)?;
+    let request = handoff::Request::Add {
+        key: key.clone(),
+        netns: netns.clone(),
+    };
+    let wired = match handoff::ask(&spec.state_dir, &request, handoff::ANSWER_WITHIN) {
+        handoff::Handoff::Answered(verdict) => verdict?.ok_or_else(|| {
+            CniError::new(
+                error::APPLY_FAILED,
+                format!("the daemon wired {key} but did not say how"),
+            )
+        })?,
+        handoff::Handoff::NoDaemon => add_here(&spec, conf, &key, &netns)?,
+        handoff::Handoff::Lost(why) => {
+            tracing::warn!("{why}; wiring pod {key} here");
+            add_here(&spec, conf, &key, &netns)?
+        }
+    };
+    let result = result::Wired {
+        intent: &wired.intent,
+        spec: &spec,
+        host_mac: wired.host_mac,
+        pod_mac: wired.pod_mac,
+    };
+    Ok(result::add_result(
+        &conf.cni_version,
+        &result,
+        conf.dns.as_ref(),
+    ))
+}
+
+/// ADD without the daemon: store the intent, wire the pod, read its MACs.
+fn add_here(
+    spec: &Spec,
+    conf: &NetConf,
+    key: &PodKey,
+    netns: &Path,
+) -> Result<handoff::Wired, CniError> {
+    let store = store(spec, conf);
+    let added = store.add(key, netns, spec.pod_network.gateway)?;
     let intent = added.intent;
-    if intent.netns != netns {
-        return Err(CniError::new(
-            error::INVALID_ENV,
-            format!(
-                "CNI_NETNS: {key} is already attached in {}, not {}",
-                intent.netns.display(),
-                netns.display()
-            ),
-        ));
-    }
-    if let Err(e) = wire(&spec, &intent) {
+    check_netns(&intent, netns)?;
+    if let Err(e) = wire(spec, &intent) {
         if added.created {
-            undo(&spec, &store, &key, &intent.host_link);
+            undo(spec, &store, key, &intent.host_link);
         }
         return Err(e);
     }
-    let wired = result::Wired {
-        intent: &intent,
-        spec: &spec,
+    Ok(wired_links(intent))
+}
+
+/// An attachment stored earlier in another namespace is not moved.
+pub(crate) fn check_netns(intent: &PodIntent, netns: &Path) -> Result<(), CniError> {
+    if intent.netns == netns {
+        return Ok(());
+    }
+    Err(CniError::new(
+        error::INVALID_ENV,
+        format!(
+            "CNI_NETNS: {} is already attached in {}, not {}",
+            intent.key(),
+            intent.netns.display(),
+            netns.display()
+        ),
+    ))
+}
+
+/// A wired attachment with its links' hardware addresses (for the result).
+pub(crate) fn wired_links(intent: PodIntent) -> handoff::Wired {
+    handoff::Wired {
         host_mac: observe::link_mac(None, &intent.host_link).ok().flatten(),
         pod_mac: observe::link_mac(Some(&intent.netns), &intent.key.ifname)
             .ok()
             .flatten(),
-    };
-    Ok(result::add_result(
-        &conf.cni_version,
-        &wired,
-        conf.dns.as_ref(),
-    ))
+        intent,
+    }
 }
 
 /// Plans and applies this pod (and node-wide additions), then verifies.
 fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
     let key = intent.key();
     let only_this = || Ok(vec![intent.clone()].into());
-    let applied = engine::apply(spec, &only_this, &PodScope::One(key.clone()))?;
-    if !applied.remaining.conflicts.is_empty() {
-        let text = report::text::conflicts(&applied.remaining);
-        return Err(CniError::new(
-            error::CONFLICT,
-            format!("objects headcni does not own are in the way of pod {key}"),
-        )
-        .with_details(text));
-    }
-    // Node-wide steps (the tailnet route, forwarding) are everyone's; their
-    // failure is logged, and only this pod's own steps decide this ADD.
-    let (own, node_wide): (Vec<_>, Vec<_>) = applied
-        .report
-        .failed
-        .iter()
-        .partition(|f| f.step.attachment.as_ref().and_then(Attachment::pod) == Some(&key));
-    for f in node_wide {
-        tracing::warn!(
-            "node-wide step failed during ADD of {key}: {}: {}",
-            f.step,
-            f.error
-        );
-    }
-    if !own.is_empty() {
-        let details: Vec<String> = own
-            .iter()
-            .map(|f| format!("{}: {}", f.step, f.error))
-            .collect();
-        return Err(
-            CniError::new(error::APPLY_FAILED, format!("wiring pod {key} failed"))
-                .with_details(details.join("; ")),
-        );
-    }
-    let remaining = applied.remaining.for_pod(&key);
-    if let Some(w) = applied
-        .remaining
-        .waiting
-        .iter()
-        .find(|w| w.attachment.as_ref().and_then(Attachment::pod) == Some(&key))
-    {
-        return Err(CniError::new(
-            error::APPLY_FAILED,
-            format!("pod {key}: {}", w.reason),
-        ));
-    }
-    if !remaining.is_empty() {
-        return Err(
-            CniError::new(error::APPLY_FAILED, format!("pod {key} did not converge"))
-                .with_details(crate::report::text::plan(&remaining, false)),
-        );
-    }
-    Ok(())
+    let applied = engine::apply(spec, &only_this, &PodScope::one(key.clone()))?;
+    verdict::wired(&applied, &key)
 }
 
 /// Takes back what a failed ADD made, so that a retry starts clean.
-fn undo(spec: &Spec, store: &PodStore, key: &PodKey, host_link: &str) {
+pub(crate) fn undo(spec: &Spec, store: &PodStore, key: &PodKey, host_link: &str) {
     if let Err(e) = store.remove(key) {
-        tracing::warn!("undo of {key}: removing its intent: {e}");
+        tracing::warn!("undo of {key}: removing its intent: {}", crate::Chain(&e));
     }
-    match engine::apply(
+    if let Err(e) = release(spec, store, key, host_link) {
+        tracing::warn!("undo of {key}: {e}");
+    }
+}
+
+/// Removes a released attachment's host link here, and frees its address
+/// once the link is gone.
+fn release(spec: &Spec, store: &PodStore, key: &PodKey, host_link: &str) -> Result<(), CniError> {
+    // With the netns gone the veth went with it and this plan is empty.
+    let applied = engine::apply(
         spec,
         &|| Ok(Vec::new().into()),
-        &PodScope::Released(vec![host_link.to_string()]),
-    ) {
-        Ok(applied) if applied.report.failed.is_empty() => {}
-        Ok(applied) => tracing::warn!(
-            "undo of {key}: {} steps failed",
-            applied.report.failed.len()
-        ),
-        Err(e) => tracing::warn!("undo of {key}: {e}"),
-    }
+        &PodScope::released(vec![host_link.to_string()]),
+    )?;
+    verdict::released(&applied, key, host_link)?;
+    store.release(&[host_link.to_string()])?;
+    Ok(())
 }
 
 fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let key = env.pod_key()?;
     let spec = load_spec(conf)?;
-    let store = store(&spec, conf);
-    let removed = store.remove(&key)?;
+    let request = handoff::Request::Del { key: key.clone() };
+    match handoff::ask(&spec.state_dir, &request, handoff::ANSWER_WITHIN) {
+        handoff::Handoff::Answered(verdict) => verdict.map(|_| ()),
+        handoff::Handoff::NoDaemon => del_here(&spec, conf, &key),
+        handoff::Handoff::Lost(why) => {
+            tracing::warn!("{why}; removing pod {key} here");
+            del_here(&spec, conf, &key)
+        }
+    }
+}
+
+/// DEL without the daemon: remove the intent, then the link, then free the address.
+fn del_here(spec: &Spec, conf: &NetConf, key: &PodKey) -> Result<(), CniError> {
+    let store = store(spec, conf);
+    let removed = store.remove(key)?;
     let host_link = removed
         .map(|intent| intent.host_link)
         .unwrap_or_else(|| host_link_name(&key.container_id, &key.ifname));
-    // With the netns gone the veth went with it and this plan is empty.
-    let applied = engine::apply(
-        &spec,
-        &|| Ok(Vec::new().into()),
-        &PodScope::Released(vec![host_link]),
-    )?;
-    if !applied.report.failed.is_empty() {
-        let details: Vec<String> = applied
-            .report
-            .failed
-            .iter()
-            .map(|f| format!("{}: {}", f.step, f.error))
-            .collect();
-        return Err(
-            CniError::new(error::APPLY_FAILED, format!("removing pod {key}"))
-                .with_details(details.join("; ")),
-        );
-    }
-    Ok(())
+    release(spec, &store, key, &host_link)
 }
 
 fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
@@ -305,7 +299,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         )));
     }
     let only_this = || Ok(vec![intent.clone()].into());
-    let planned = engine::plan(&spec, &only_this, &PodScope::One(key.clone()))?;
+    let planned = engine::plan(&spec, &only_this, &PodScope::one(key.clone()))?;
     if let Some(w) = planned
         .plan
         .waiting
@@ -372,20 +366,19 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
             .any(|a| a.container_id == intent.key.container_id && a.ifname == intent.key.ifname);
         if !keep {
             if let Err(e) = store.remove(&intent.key()) {
-                errors.push(format!("{}: {e}", intent.key()));
+                errors.push(format!("{}: {}", intent.key(), crate::Chain(&e)));
             }
         }
     }
     // Then every owned link, route and address that no remaining intent wants.
     match engine::apply(&spec, &|| store.read(), &PodScope::Prune) {
-        Ok(applied) => errors.extend(
-            applied
-                .report
-                .failed
-                .iter()
-                .map(|f| format!("{}: {}", f.step, f.error)),
-        ),
-        Err(e) => errors.push(e.to_string()),
+        Ok(applied) => {
+            errors.extend(applied.report.failed.iter().map(|f| f.to_string()));
+            if let Err(e) = engine::release_gone(&store, &applied.observed_after) {
+                errors.push(crate::Chain(&e).to_string());
+            }
+        }
+        Err(e) => errors.push(crate::Chain(&e).to_string()),
     }
     if errors.is_empty() {
         Ok(())
@@ -403,7 +396,7 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
     let spec = load_spec(conf).map_err(|e| unavailable(e.msg))?;
     let intents = store(&spec, conf)
         .list()
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| unavailable(crate::Chain(&e).to_string()))?;
     let capacity = alloc::capacity(spec.pod_network.cidr) as usize;
     if intents.len() >= capacity {
         return Err(unavailable(format!(
@@ -419,10 +412,11 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         let names = crate::netlink::in_netns(&netns, observe::link_names)
             .map_err(|e| {
                 unavailable(format!(
-                    "tailnet interface {iface}: {e} (is `headcni daemon` running?)"
+                    "tailnet interface {iface}: {} (is `headcni daemon` running?)",
+                    crate::Chain(&e)
                 ))
             })?
-            .map_err(|e| unavailable(format!("tailnet interface {iface}: {e}")))?;
+            .map_err(|e| unavailable(format!("tailnet interface {iface}: {}", crate::Chain(&e))))?;
         if !names.contains(&spec.tailnet.interface) {
             return Err(unavailable(format!(
                 "tailnet interface {} is not present",

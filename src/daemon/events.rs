@@ -28,6 +28,8 @@ pub enum Trigger {
     Tailscaled,
     /// A failed pass is retried.
     Retry,
+    /// CNI calls handed over wait to be wired or released.
+    Cni,
 }
 
 /// Reads events forever on a thread of its own, sending a trigger for each

@@ -19,7 +19,12 @@ pub struct Limit(Arc<Semaphore>);
 
 impl Limit {
     pub fn new() -> Limit {
-        Limit(Arc::new(Semaphore::new(MAX_CONNECTIONS)))
+        Limit::with(MAX_CONNECTIONS)
+    }
+
+    /// At most `connections` served at once.
+    pub fn with(connections: usize) -> Limit {
+        Limit(Arc::new(Semaphore::new(connections)))
     }
 
     /// Waits for a free connection slot; the slot is held as long as the permit.

@@ -6,6 +6,7 @@
 //! a bad spec edit changes nothing: the last good spec stays in force.
 
 pub mod events;
+mod handoff;
 mod listen;
 pub mod metrics;
 pub mod status;
@@ -29,6 +30,9 @@ use supervisor::Backoff;
 /// come in bursts (one `ip` command can send several), file edits in longer ones.
 const KERNEL_SETTLE: Duration = Duration::from_millis(3);
 const FILE_SETTLE: Duration = Duration::from_millis(50);
+/// CNI calls wait for company only briefly: a runtime is waiting on each,
+/// and those arriving during a pass form the next batch anyway.
+const CNI_SETTLE: Duration = Duration::from_millis(1);
 
 pub fn run(spec_path: &Path) -> anyhow::Result<()> {
     let spec = Spec::load(spec_path)?;
@@ -63,6 +67,16 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
             }
         }
     });
+    let queue = handoff::Queue::default();
+    let handoff_socket = crate::cni::handoff::socket_path(&spec.state_dir);
+    tokio::spawn({
+        let (path, queue, tx) = (handoff_socket.clone(), queue.clone(), tx.clone());
+        async move {
+            if let Err(e) = handoff::serve(path, queue, tx).await {
+                tracing::error!("CNI handoff socket (CNI calls wire pods themselves): {e}");
+            }
+        }
+    });
     if let Some(addr) = spec.daemon.metrics_listen {
         let (metrics, status) = (metrics.clone(), status.clone());
         tokio::spawn(async move {
@@ -77,7 +91,7 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
     let interfaces = vec![spec.tailnet.interface.clone()];
     match crate::netlink::events::event_socket(None) {
         Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),
-        Err(e) => tracing::error!("kernel events: {e}"),
+        Err(e) => tracing::error!("kernel events: {}", crate::Chain(&e)),
     }
     match crate::netlink::events::nftables_socket() {
         Ok(sock) => events::listen_nftables(sock, tx.clone()),
@@ -92,7 +106,10 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
         }
         match crate::netlink::events::event_socket(Some(&spec.daemon.netns_path())) {
             Ok(sock) => events::listen(sock, interfaces, tx.clone()),
-            Err(e) => tracing::error!("kernel events in the tailnet namespace: {e}"),
+            Err(e) => tracing::error!(
+                "kernel events in the tailnet namespace: {}",
+                crate::Chain(&e)
+            ),
         }
         Some(tokio::spawn(supervisor::run(
             spec.clone(),
@@ -138,7 +155,9 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
             _ = async { tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)).await }, if retry_at.is_some() => Trigger::Retry,
         };
         let mut triggers = BTreeSet::from([first]);
-        let settle = if triggers
+        let settle = if triggers.contains(&Trigger::Cni) {
+            CNI_SETTLE
+        } else if triggers
             .iter()
             .any(|t| matches!(t, Trigger::Spec | Trigger::Pods))
         {
@@ -162,10 +181,11 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
                     spec = new;
                 }
                 Err(e) => {
+                    let e = crate::Chain(&e).to_string();
                     tracing::error!("spec edit refused, keeping the last good spec: {e}");
                     if let Ok(mut s) = status.lock() {
-                        s.spec_error = Some(e.to_string());
-                        s.last_error = Some(e.to_string());
+                        s.spec_error = Some(e.clone());
+                        s.last_error = Some(e);
                     }
                     // A bad edit changes nothing: no pass for it alone.
                     triggers.remove(&Trigger::Spec);
@@ -173,6 +193,30 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
                         continue;
                     }
                 }
+            }
+        }
+        if triggers.remove(&Trigger::Cni) {
+            let batch = queue.take();
+            if !batch.is_empty() {
+                let owned = spec.clone();
+                let size = batch.len();
+                let started = Instant::now();
+                let done = tokio::task::spawn_blocking(move || handoff::run_batch(&owned, batch));
+                if let Err(e) = done.await {
+                    tracing::error!("CNI batch panicked: {e}");
+                }
+                tracing::debug!(
+                    calls = size,
+                    took_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "CNI batch"
+                );
+                if let Ok(mut s) = status.lock() {
+                    s.cni_calls += size as u64;
+                    s.cni_batches += 1;
+                }
+            }
+            if triggers.is_empty() {
+                continue;
             }
         }
         retry_at = None;
@@ -190,6 +234,7 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
         let _ = handle.await;
     }
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&handoff_socket);
     Ok(())
 }
 
@@ -243,14 +288,29 @@ async fn pass(
             )
         })
     });
+    // Now and then, addresses held by DELs that never finished are freed.
+    let sweep = triggers
+        .iter()
+        .any(|t| matches!(t, Trigger::Start | Trigger::Resync | Trigger::Pods));
     let result = tokio::task::spawn_blocking(move || {
         let store = owned.pod_store();
         engine::apply(&owned, &|| store.read(), &scope).map(|applied| {
+            if sweep {
+                match engine::release_gone(&store, &applied.observed_after) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!("freed {n} addresses of attachments whose links are gone")
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot free released addresses: {}", crate::Chain(&e))
+                    }
+                }
+            }
             let interface = interface_status(&owned, &applied.observed_after);
             if applied.converged() {
                 let record = LastApplied::new(&owned, &applied.pods, applied.desired.clone());
                 if let Err(e) = snapshot::save(&LastApplied::path(&owned.state_dir), &record) {
-                    tracing::warn!("cannot record the applied state: {e}");
+                    tracing::warn!("cannot record the applied state: {}", crate::Chain(&e));
                 }
             }
             (applied, interface)
@@ -290,7 +350,7 @@ async fn pass(
                 );
             }
             for f in &applied.report.failed {
-                tracing::warn!("step failed: {}: {}", f.step, f.error);
+                tracing::warn!("step failed: {f}");
             }
             if repair && steps > 0 {
                 s.drift_repairs += steps as u64;
@@ -331,13 +391,13 @@ async fn pass(
                     .report
                     .failed
                     .first()
-                    .map(|f| format!("{}: {}", f.step, f.error))
+                    .map(|f| f.to_string())
                     .or(Some("did not converge".into()));
             }
             ok
         }
         Ok(Err(e)) => {
-            let text = format!("{e}: {}", crate::error_sources(&e));
+            let text = crate::Chain(&e).to_string();
             tracing::error!("pass ({label}) failed: {text}");
             s.passes_failed += 1;
             s.last_error = Some(text);
@@ -440,6 +500,13 @@ pub fn print_status(s: &Status) {
         );
     }
     outln!("pods: {}", s.pods);
+    if s.cni_calls > 0 {
+        outln!(
+            "CNI calls handed over: {} in {} batches",
+            s.cni_calls,
+            s.cni_batches
+        );
+    }
     if let Some(e) = &s.spec_error {
         outln!("spec error (running on the last good spec): {e}");
     }

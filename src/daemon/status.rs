@@ -25,6 +25,11 @@ pub struct Status {
     /// Set while the spec file is invalid: the daemon runs on the last good one.
     pub spec_error: Option<String>,
     pub pods: usize,
+    /// CNI calls handed to the daemon, and the passes that served them.
+    #[serde(default)]
+    pub cni_calls: u64,
+    #[serde(default)]
+    pub cni_batches: u64,
     /// Host mode: what the host's tailscaled lacks for this node's pods
     /// (headcni's to report, the operator's to fix); empty when all is well.
     #[serde(default)]

@@ -358,7 +358,16 @@ impl Plan {
 
     /// Only what concerns one pod attachment (plus nothing node-wide): the CNI's view.
     pub fn for_pod(&self, pod: &PodKey) -> Plan {
-        let mine = |a: &Option<Attachment>| a.as_ref().and_then(Attachment::pod) == Some(pod);
+        self.for_pods(std::slice::from_ref(pod))
+    }
+
+    /// The part of the plan that belongs to any of `pods`.
+    pub fn for_pods(&self, pods: &[PodKey]) -> Plan {
+        let mine = |a: &Option<Attachment>| {
+            a.as_ref()
+                .and_then(Attachment::pod)
+                .is_some_and(|p| pods.contains(p))
+        };
         Plan {
             steps: self
                 .steps

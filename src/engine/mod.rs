@@ -26,14 +26,34 @@ pub enum PodScope {
     All,
     /// The node namespace only: the host side of every pod (cheap at scale).
     HostOnly,
-    /// The node plus one pod's namespace (the CNI ADD/CHECK view): that pod's
-    /// steps and node-wide additions, never node-wide removals.
-    One(PodKey),
-    /// Host links of attachments whose intents were just removed (CNI DEL):
-    /// only the removal of those links and what hangs off them.
-    Released(Vec<String>),
+    /// CNI calls, one or a batch of them: the node plus the namespaces of the
+    /// pods to `wire` (their steps and node-wide additions, never node-wide
+    /// removals), and the removal of the host links of attachments whose
+    /// intents were just removed (`release`) with what hangs off them.
+    Pods {
+        wire: Vec<PodKey>,
+        release: Vec<String>,
+    },
     /// Node-level removals only: owned objects no intent wants (CNI GC).
     Prune,
+}
+
+impl PodScope {
+    /// One pod's ADD or CHECK.
+    pub fn one(key: PodKey) -> PodScope {
+        PodScope::Pods {
+            wire: vec![key],
+            release: Vec::new(),
+        }
+    }
+
+    /// DELs: the removal of these host links.
+    pub fn released(links: Vec<String>) -> PodScope {
+        PodScope::Pods {
+            wire: Vec::new(),
+            release: links,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,17 +171,40 @@ fn removes_node_objects(plan: &Plan) -> bool {
 fn restrict(plan: Plan, scope: &PodScope) -> Plan {
     match scope {
         PodScope::All | PodScope::HostOnly => plan,
-        PodScope::One(key) => {
-            let mut mine = plan.for_pod(key);
-            // Node-wide additions (the firewall is not among them: this
-            // scope does not read it, so the diff plans nothing for it).
+        PodScope::Pods { wire, release } => {
+            let mut mine = if wire.is_empty() {
+                Plan::default()
+            } else {
+                plan.for_pods(wire)
+            };
+            let on_link = |dev: &str| release.iter().any(|l| l == dev);
+            let released = |s: &crate::diff::Step| {
+                s.action == Action::Remove
+                    && s.netns == Netns::Node
+                    && match &s.object {
+                        Object::Link(l) => on_link(&l.name),
+                        Object::Address(a) => on_link(&a.dev),
+                        Object::Route(r) => r.dev.as_deref().is_some_and(on_link),
+                        Object::Sysctl(_) | Object::Rule(_) | Object::Nft(_) | Object::File(_) => {
+                            false
+                        }
+                    }
+            };
+            // Node-wide additions when wiring (the firewall is not among
+            // them: this scope does not read it, so the diff plans nothing
+            // for it).
+            let node_wide = |s: &crate::diff::Step| {
+                !wire.is_empty() && s.attachment.is_none() && s.action != Action::Remove
+            };
             mine.steps.extend(
                 plan.steps
                     .into_iter()
-                    .filter(|s| s.attachment.is_none() && s.action != Action::Remove),
+                    .filter(|s| node_wide(s) || released(s)),
             );
-            mine.waiting
-                .extend(plan.waiting.into_iter().filter(|w| w.attachment.is_none()));
+            if !wire.is_empty() {
+                mine.waiting
+                    .extend(plan.waiting.into_iter().filter(|w| w.attachment.is_none()));
+            }
             crate::diff::order(&mut mine);
             mine
         }
@@ -175,30 +218,6 @@ fn restrict(plan: Plan, scope: &PodScope) -> Plan {
                 .collect(),
             ..Plan::default()
         },
-        PodScope::Released(links) => {
-            let on_link = |dev: &str| links.iter().any(|l| l == dev);
-            let steps = plan
-                .steps
-                .into_iter()
-                .filter(|s| {
-                    s.action == Action::Remove
-                        && s.netns == Netns::Node
-                        && match &s.object {
-                            Object::Link(l) => on_link(&l.name),
-                            Object::Address(a) => on_link(&a.dev),
-                            Object::Route(r) => r.dev.as_deref().is_some_and(on_link),
-                            Object::Sysctl(_)
-                            | Object::Rule(_)
-                            | Object::Nft(_)
-                            | Object::File(_) => false,
-                        }
-                })
-                .collect();
-            Plan {
-                steps,
-                ..Plan::default()
-            }
-        }
     }
 }
 
@@ -266,6 +285,21 @@ pub fn purge(spec: &Spec) -> Result<(Plan, crate::apply::ApplyReport), EngineErr
     let plan = diff(&Desired::default(), &observed);
     let report = crate::apply::apply(&plan);
     Ok((plan, report))
+}
+
+/// Frees the addresses still held by removed attachments whose host links
+/// `observed` shows gone (a DEL whose process died before it could say so).
+/// A link still there keeps its address: its DEL is under way.
+pub fn release_gone(
+    store: &crate::spec::PodStore,
+    observed: &Observed,
+) -> Result<usize, StoreError> {
+    let held = store.releasing()?;
+    let gone: Vec<String> = held
+        .into_iter()
+        .filter(|link| !observed.node.links.iter().any(|l| &l.name == link))
+        .collect();
+    store.release(&gone)
 }
 
 /// Registers headcni's route protocol name so `ip route` prints `proto headcni`.

@@ -117,8 +117,8 @@ fn namespaces_to_observe(
         .iter()
         .filter(|p| match scope {
             PodScope::All => true,
-            PodScope::HostOnly | PodScope::Released(_) | PodScope::Prune => false,
-            PodScope::One(key) => &p.key == key,
+            PodScope::HostOnly | PodScope::Prune => false,
+            PodScope::Pods { wire, .. } => wire.contains(&p.key),
         })
         .map(|p| (Attachment::Pod(p.key()), p.netns.clone()))
         .chain(system_namespaces(spec, scope))

@@ -18,7 +18,7 @@ pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceacc
 pub enum KubeError {
     #[error("{0} is not set: not running in a Kubernetes pod (or give --kube-api)")]
     NotInCluster(&'static str),
-    #[error("{}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
         #[source]

@@ -25,7 +25,7 @@ pub const CONFLIST_CNI_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     File {
         path: PathBuf,
         #[source]

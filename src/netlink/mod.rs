@@ -39,16 +39,32 @@ const DATAGRAM_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("cannot open network namespace {}: {error}", path.display())]
-    OpenNetns { path: PathBuf, error: io::Error },
-    #[error("cannot enter network namespace {}: {error}", path.display())]
-    EnterNetns { path: PathBuf, error: io::Error },
-    #[error("netlink socket: {0}")]
-    Socket(io::Error),
+    #[error("cannot open network namespace {}", path.display())]
+    OpenNetns {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot enter network namespace {}", path.display())]
+    EnterNetns {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("netlink socket")]
+    Socket(#[source] io::Error),
     #[error("malformed netlink answer: {0}")]
     Decode(String),
-    #[error("kernel said: {0}")]
-    Kernel(io::Error),
+    #[error("the kernel refused the request")]
+    Kernel(#[source] io::Error),
+    #[error("the kernel did not acknowledge the request")]
+    NoAck,
+    /// A batch failed before this request's answer was read; the request
+    /// that met the failure carries its cause.
+    #[error("not answered: an earlier request of its batch failed")]
+    Unanswered,
+    #[error("the thread working in a network namespace panicked")]
+    NamespaceThreadPanicked,
 }
 
 impl NetlinkError {
@@ -272,7 +288,7 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         self.batch(vec![(request, flags)])
             .pop()
-            .unwrap_or_else(|| Err(NetlinkError::Decode("no answer".into())))
+            .unwrap_or(Err(NetlinkError::NoAck))
     }
 
     /// Sends requests packed many to a datagram; returns one result per request, in order.
@@ -298,29 +314,22 @@ impl Netlink {
             }
             let mut answers: Vec<Option<Result<(), NetlinkError>>> =
                 (0..count).map(|_| None).collect();
-            if let Err(e) = self.socket.send(&self.tx, 0) {
-                results.extend((0..count).map(|_| {
-                    Err(NetlinkError::Socket(io::Error::new(
-                        e.kind(),
-                        e.to_string(),
-                    )))
-                }));
-                continue;
-            }
-            if let Err(e) = self.collect_acks(first, &mut answers) {
-                let text = e.to_string();
-                results.extend(
-                    answers
-                        .into_iter()
-                        .map(|a| a.unwrap_or_else(|| Err(NetlinkError::Decode(text.clone())))),
-                );
-                continue;
-            }
-            results.extend(
-                answers
-                    .into_iter()
-                    .map(|a| a.unwrap_or_else(|| Err(NetlinkError::Decode("no ack".into())))),
-            );
+            let failure = match self.socket.send(&self.tx, 0) {
+                Err(e) => Some(NetlinkError::Socket(e)),
+                Ok(_) => self.collect_acks(first, &mut answers).err(),
+            };
+            // The first unanswered request carries the failure; the rest
+            // of its batch say they were not answered.
+            let batch_failed = failure.is_some();
+            let mut failure = failure;
+            results.extend(answers.into_iter().map(|answer| match answer {
+                Some(result) => result,
+                None => Err(match failure.take() {
+                    Some(cause) => cause,
+                    None if batch_failed => NetlinkError::Unanswered,
+                    None => NetlinkError::NoAck,
+                }),
+            }));
         }
         results
     }
@@ -422,21 +431,21 @@ pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T,
                 Ok(f())
             })
             .join()
-            .map_err(|_| NetlinkError::Socket(io::Error::other("namespace thread panicked")))?
+            .map_err(|_| NetlinkError::NamespaceThreadPanicked)?
     })
 }
 
 /// Moves the calling thread into the network namespace at `path`. Only the
 /// threads of [`in_netns`] and [`in_each_netns`], which end with their work.
 fn enter_netns(path: &Path) -> Result<(), NetlinkError> {
-    let netns = File::open(path).map_err(|error| NetlinkError::OpenNetns {
+    let netns = File::open(path).map_err(|source| NetlinkError::OpenNetns {
         path: path.into(),
-        error,
+        source,
     })?;
     nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
         NetlinkError::EnterNetns {
             path: path.to_path_buf(),
-            error: io::Error::from(errno),
+            source: io::Error::from(errno),
         }
     })
 }

@@ -93,7 +93,10 @@ pub(crate) fn observe_partial(
     (node.nft, node.nft_unread) = match firewall_reading.map(crate::nft::Reading::finish) {
         Some(Ok(table)) => (table, false),
         Some(Err(e)) => {
-            tracing::warn!("cannot read the nftables table, leaving it as it is: {e}");
+            tracing::warn!(
+                "cannot read the nftables table, leaving it as it is: {}",
+                crate::Chain(&e)
+            );
             (None, true)
         }
         None => (None, true),
@@ -213,13 +216,24 @@ pub fn link_names() -> Result<Vec<String>, NetlinkError> {
         .collect())
 }
 
-/// Link indexes by name, from a link dump.
-pub fn link_indexes(nl: &mut Netlink) -> Result<FxHashMap<String, u32>, NetlinkError> {
+/// A link's kernel index and group, for apply's requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkIndex {
+    pub index: u32,
+    pub group: u32,
+}
+
+/// Link indexes (and groups) by name, from a link dump.
+pub fn link_indexes(nl: &mut Netlink) -> Result<FxHashMap<String, LinkIndex>, NetlinkError> {
     let mut out = FxHashMap::default();
     nl.dump(link_request(), |kind, payload| {
         if kind == RTM_NEWLINK {
             if let Some(l) = parse::link(payload) {
-                out.insert(l.link.name, l.index);
+                let index = LinkIndex {
+                    index: l.index,
+                    group: l.group,
+                };
+                out.insert(l.link.name, index);
             }
         }
     })?;

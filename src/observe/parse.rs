@@ -13,27 +13,18 @@ const IFINFOMSG_LEN: usize = 16;
 const IFADDRMSG_LEN: usize = 8;
 const RTMSG_LEN: usize = 12;
 
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const IFF_UP: u32 = 1;
-const IFLA_AF_SPEC: u16 = 26;
-const AF_INET: u16 = 2;
+use libc::{
+    IFA_ADDRESS, IFA_LABEL, IFA_LOCAL, IFLA_ADDRESS, IFLA_AF_SPEC, IFLA_GROUP, IFLA_IFNAME,
+    IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PRIORITY,
+    RTA_TABLE,
+};
+
+const IFF_UP: u32 = libc::IFF_UP as u32;
+const AF_INET: u16 = libc::AF_INET as u16;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
+// Not in libc: include/uapi/linux/if_link.h and ip_conf's devconf ids.
 const IFLA_INET_CONF: u16 = 1;
 const IPV4_DEVCONF_RP_FILTER: usize = 8;
-
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_LABEL: u16 = 3;
-
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PRIORITY: u16 = 6;
-const RTA_TABLE: u16 = 15;
-const AF_INET6: u8 = 10;
 
 /// A link plus its kernel index (the index never leaves observe).
 pub struct IndexedLink<'a> {
@@ -41,6 +32,8 @@ pub struct IndexedLink<'a> {
     pub link: Link,
     /// net.ipv4.conf.<link>.rp_filter, from the link's IPv4 devconf.
     pub rp_filter: Option<u32>,
+    /// The link's group (IFLA_GROUP): apply deletes many links at once by group.
+    pub group: u32,
     /// Hardware address, for CNI results (not part of the model: never
     /// diffed), raw: formatting it for every link of a dump costs.
     pub mac: Option<&'a [u8]>,
@@ -75,11 +68,13 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
     let index = u32_at(payload, 4)?;
     let flags = u32_at(payload, 8)?;
     let (mut name, mut mtu, mut kind, mut mac, mut rp_filter) = (None, 0, None, None, None);
+    let mut group = 0;
     for (attr, value) in attributes(payload.get(IFINFOMSG_LEN..)?) {
         match attr {
             IFLA_IFNAME => name = Some(c_string(value)),
             IFLA_ADDRESS => mac = Some(value),
             IFLA_MTU => mtu = u32_at(value, 0)?,
+            IFLA_GROUP => group = u32_at(value, 0)?,
             IFLA_AF_SPEC => rp_filter = inet_devconf(value, IPV4_DEVCONF_RP_FILTER),
             IFLA_LINKINFO => {
                 for (info_attr, info_value) in attributes(value) {
@@ -99,6 +94,7 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
             up: flags & IFF_UP != 0,
             kind,
         },
+        group,
         mac,
         rp_filter,
     })

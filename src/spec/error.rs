@@ -5,9 +5,10 @@ use std::path::PathBuf;
 /// also name the line, column and field so the operator can go straight to it.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read spec {}: {error}", file.display())]
+    #[error("cannot read spec {}", file.display())]
     Read {
         file: PathBuf,
+        #[source]
         error: std::io::Error,
     },
     #[error("{}", Located { file, line: *line, column: *column, field: None, reason: message })]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::alloc;
@@ -26,6 +27,10 @@ const LOCK_FILE: &str = "pods.lock";
 pub const CHANGED_FILE: &str = "pods.changed";
 const POD_PREFIX: &[u8] = b"pod\0";
 const IP_PREFIX: &[u8] = b"ip\0";
+/// Host links of removed attachments whose address stays allocated until
+/// the link is known gone (`release`): no address is handed out again while
+/// a kernel object may still use it.
+const RELEASING_PREFIX: &[u8] = b"releasing\0";
 const CURSOR_KEY: &[u8] = b"meta\0cursor";
 const LAST_FREED_KEY: &[u8] = b"meta\0last_freed";
 /// The pod CIDR the store allocates from: a store holding pods is never used
@@ -61,13 +66,18 @@ impl PodIntent {
 pub enum StoreError {
     #[error("timed out after {waited:?} waiting for the store lock {}; another headcni process holds it", path.display())]
     LockTimeout { path: PathBuf, waited: Duration },
-    #[error("store I/O on {}: {error}", path.display())]
+    #[error("store I/O on {}", path.display())]
     Io {
         path: PathBuf,
+        #[source]
         error: std::io::Error,
     },
-    #[error("pod store {}: {error}", path.display())]
-    Db { path: PathBuf, error: sled::Error },
+    #[error("pod store {}", path.display())]
+    Db {
+        path: PathBuf,
+        #[source]
+        error: sled::Error,
+    },
     #[error("pod CIDR {cidr} is exhausted: all {capacity} addresses are allocated")]
     Exhausted { cidr: Ipv4Network, capacity: u32 },
     #[error("pod store entry {key:?} is corrupt: {reason}")]
@@ -97,6 +107,8 @@ pub struct PodStore {
     dir: PathBuf,
     cidr: Ipv4Network,
     lock_timeout: Duration,
+    /// Whether changes touch the file the daemon watches (see [`PodStore::quiet`]).
+    signal: bool,
 }
 
 /// The pod intents a pass plans from, and whether a store stood behind them.
@@ -118,6 +130,23 @@ impl From<Vec<PodIntent>> for Intents {
     }
 }
 
+/// What [`PodStore::change`] did, and the intents after it.
+#[derive(Debug)]
+pub struct Changed {
+    /// One per attachment to add, in order.
+    pub added: Vec<Result<Added, StoreError>>,
+    /// One per attachment to remove, in order: what was removed, if anything.
+    pub removed: Vec<Option<PodIntent>>,
+    /// Every intent after the change ([`PodStore::change_and_list`]; else empty).
+    pub pods: Vec<PodIntent>,
+}
+
+#[derive(Clone, Copy)]
+enum Listing {
+    Skip,
+    After,
+}
+
 /// What `add` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Added {
@@ -133,12 +162,32 @@ impl PodStore {
             dir: dir.into(),
             cidr,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            signal: true,
         }
     }
 
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
         self
+    }
+
+    /// Changes made through this handle do not signal the daemon's file
+    /// watch: a CNI call that hands its pod to the daemon tells it directly,
+    /// and a pass per signal would only delay the batch. A caller that ends
+    /// up not telling the daemon calls [`signal_change`](Self::signal_change).
+    pub fn quiet(mut self) -> Self {
+        self.signal = false;
+        self
+    }
+
+    /// Signals watchers that the store changed.
+    pub fn signal_change(&self) {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        if let Err(e) = fs::write(self.dir.join(CHANGED_FILE), stamp.to_string()) {
+            tracing::warn!("cannot signal the pod-store change: {e}");
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -162,16 +211,7 @@ impl PodStore {
             });
         }
         self.with_db(|db, path| {
-            let pods = db
-                .scan_prefix(POD_PREFIX)
-                .map(|item| {
-                    let (k, v) = item.map_err(|error| StoreError::Db {
-                        path: path.into(),
-                        error,
-                    })?;
-                    decode_intent(&k, &v)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let pods = list_in(db, path)?;
             self.check_cidr(db, path, pods.len())?;
             Ok(pods.into())
         })
@@ -245,114 +285,230 @@ impl PodStore {
     /// Stores an intent for `key`, allocating its address. Idempotent: an
     /// existing attachment is returned as it is, with nothing new allocated.
     pub fn add(&self, key: &PodKey, netns: &Path, gateway: Ipv4Addr) -> Result<Added, StoreError> {
-        let cidr = self.cidr;
+        let mut changed = self.change(&[(key.clone(), netns.to_path_buf())], &[], gateway)?;
+        changed
+            .added
+            .pop()
+            .unwrap_or_else(|| unreachable!("one result per attachment"))
+    }
+
+    /// Adds and removes many attachments under one lock and one open (the
+    /// daemon's batches), as [`add`](Self::add) and [`remove`](Self::remove)
+    /// each would, and reads the intents that result. Each added attachment
+    /// gets its own result; an error of the store itself fails them all.
+    pub fn change(
+        &self,
+        add: &[(PodKey, PathBuf)],
+        remove: &[PodKey],
+        gateway: Ipv4Addr,
+    ) -> Result<Changed, StoreError> {
+        self.change_in(add, remove, gateway, Listing::Skip)
+    }
+
+    /// [`change`](Self::change), then every intent (`Changed::pods`), under
+    /// the same lock: what a pass made from them plans from.
+    pub fn change_and_list(
+        &self,
+        add: &[(PodKey, PathBuf)],
+        remove: &[PodKey],
+        gateway: Ipv4Addr,
+    ) -> Result<Changed, StoreError> {
+        self.change_in(add, remove, gateway, Listing::After)
+    }
+
+    fn change_in(
+        &self,
+        add: &[(PodKey, PathBuf)],
+        remove: &[PodKey],
+        gateway: Ipv4Addr,
+        listing: Listing,
+    ) -> Result<Changed, StoreError> {
         // A state_dir that is a file or out of reach says so, not "File exists".
-        self.exists()?;
-        self.with_db(|db, path| {
-            let db_err = |error| StoreError::Db {
-                path: path.into(),
-                error,
-            };
-            let pod_key = pod_db_key(key);
-            if let Some(existing) = db.get(&pod_key).map_err(db_err)? {
-                return Ok(Added {
-                    intent: decode_intent(&pod_key, &existing)?,
-                    created: false,
-                });
-            }
-            let host_link = host_link_name(&key.container_id, &key.ifname);
-            let mut pods = 0;
-            for item in db.scan_prefix(POD_PREFIX) {
-                let (k, v) = item.map_err(db_err)?;
-                let other = decode_intent(&k, &v)?;
-                pods += 1;
-                if other.host_link == host_link {
-                    return Err(StoreError::HostLinkCollision {
-                        name: host_link,
-                        new: key.clone(),
-                        existing: other.key(),
-                    });
-                }
-            }
-            self.check_cidr(db, path, pods)?;
-            let cursor = read_ip(db, CURSOR_KEY, path)?;
-            let last_freed = read_ip(db, LAST_FREED_KEY, path)?;
-            let mut lookup_error = None;
-            let ip = alloc::next_free(cidr, gateway, cursor, last_freed, |ip| {
-                match db.contains_key(ip_db_key(ip)) {
-                    Ok(used) => used,
-                    Err(e) => {
-                        lookup_error.get_or_insert(e);
-                        true
-                    }
-                }
+        if !self.exists()? && add.is_empty() {
+            return Ok(Changed {
+                added: Vec::new(),
+                removed: remove.iter().map(|_| None).collect(),
+                pods: Vec::new(),
             });
-            if let Some(e) = lookup_error {
-                return Err(db_err(e));
+        }
+        self.with_db(|db, path| {
+            let mut taken: Option<FxHashMap<String, PodKey>> = None;
+            let mut added = Vec::with_capacity(add.len());
+            for (key, netns) in add {
+                added.push(self.add_one(db, path, key, netns, gateway, &mut taken)?);
             }
-            let ip = ip.ok_or(StoreError::Exhausted {
-                cidr,
-                capacity: alloc::capacity(cidr),
-            })?;
-            let intent = PodIntent {
-                key: key.clone(),
-                netns: netns.to_path_buf(),
-                ip,
-                host_link,
+            let removed = remove_in(db, path, remove)?;
+            if added.iter().any(|r| matches!(r, Ok(a) if a.created))
+                || removed.iter().any(Option::is_some)
+            {
+                self.mark_changed();
+            }
+            let pods = match listing {
+                Listing::After => list_in(db, path)?,
+                Listing::Skip => Vec::new(),
             };
-            let value = serde_json::to_vec(&intent).map_err(|e| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&pod_key).into_owned(),
-                reason: e.to_string(),
-            })?;
-            let mut batch = sled::Batch::default();
-            batch.insert(pod_key, value);
-            batch.insert(ip_db_key(ip), pod_key_bytes(key));
-            batch.insert(CURSOR_KEY, ip.to_string().as_bytes());
-            batch.insert(CIDR_KEY, cidr.to_string().as_bytes());
-            db.apply_batch(batch).map_err(db_err)?;
-            self.mark_changed();
-            Ok(Added {
-                intent,
-                created: true,
+            Ok(Changed {
+                added,
+                removed,
+                pods,
             })
         })
     }
 
-    /// Removes the intent for `key` and frees its address. Returns what was removed.
-    /// Removing never hands out an address, so it works whatever CIDR the
-    /// store records: pods of a changed spec can still be taken down.
+    /// One attachment of [`change`](Self::change). `taken`: the host links
+    /// of the stored pods, read on the first allocation. Ok(Err): this
+    /// attachment is refused; Err: the store failed.
+    fn add_one(
+        &self,
+        db: &sled::Db,
+        path: &Path,
+        key: &PodKey,
+        netns: &Path,
+        gateway: Ipv4Addr,
+        taken: &mut Option<FxHashMap<String, PodKey>>,
+    ) -> Result<Result<Added, StoreError>, StoreError> {
+        let cidr = self.cidr;
+        let db_err = |error| StoreError::Db {
+            path: path.into(),
+            error,
+        };
+        let pod_key = pod_db_key(key);
+        if let Some(existing) = db.get(&pod_key).map_err(db_err)? {
+            return Ok(Ok(Added {
+                intent: decode_intent(&pod_key, &existing)?,
+                created: false,
+            }));
+        }
+        let taken = match taken {
+            Some(taken) => taken,
+            None => {
+                let mut links = FxHashMap::default();
+                for item in db.scan_prefix(POD_PREFIX) {
+                    let (k, v) = item.map_err(db_err)?;
+                    let other = decode_intent(&k, &v)?;
+                    links.insert(other.host_link, other.key);
+                }
+                self.check_cidr(db, path, links.len())?;
+                taken.insert(links)
+            }
+        };
+        let host_link = host_link_name(&key.container_id, &key.ifname);
+        if let Some(existing) = taken.get(&host_link) {
+            return Ok(Err(StoreError::HostLinkCollision {
+                name: host_link,
+                new: key.clone(),
+                existing: existing.clone(),
+            }));
+        }
+        let cursor = read_ip(db, CURSOR_KEY, path)?;
+        let last_freed = read_ip(db, LAST_FREED_KEY, path)?;
+        let mut lookup_error = None;
+        let ip = alloc::next_free(cidr, gateway, cursor, last_freed, |ip| {
+            match db.contains_key(ip_db_key(ip)) {
+                Ok(used) => used,
+                Err(e) => {
+                    lookup_error.get_or_insert(e);
+                    true
+                }
+            }
+        });
+        if let Some(e) = lookup_error {
+            return Err(db_err(e));
+        }
+        let Some(ip) = ip else {
+            return Ok(Err(StoreError::Exhausted {
+                cidr,
+                capacity: alloc::capacity(cidr),
+            }));
+        };
+        let intent = PodIntent {
+            key: key.clone(),
+            netns: netns.to_path_buf(),
+            ip,
+            host_link,
+        };
+        let value = serde_json::to_vec(&intent).map_err(|e| StoreError::Corrupt {
+            key: String::from_utf8_lossy(&pod_key).into_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut batch = sled::Batch::default();
+        batch.insert(pod_key, value);
+        batch.insert(ip_db_key(ip), pod_key_bytes(key));
+        batch.insert(CURSOR_KEY, ip.to_string().as_bytes());
+        batch.insert(CIDR_KEY, cidr.to_string().as_bytes());
+        db.apply_batch(batch).map_err(db_err)?;
+        taken.insert(intent.host_link.clone(), key.clone());
+        Ok(Ok(Added {
+            intent,
+            created: true,
+        }))
+    }
+
+    /// Removes the intent for `key`; its address stays allocated, held by
+    /// its host link, until [`release`](Self::release) says the link is
+    /// gone. Returns what was removed. Removing never hands out an address,
+    /// so it works whatever CIDR the store records: pods of a changed spec
+    /// can still be taken down.
     pub fn remove(&self, key: &PodKey) -> Result<Option<PodIntent>, StoreError> {
-        if !self.exists()? {
-            return Ok(None);
+        let mut changed = self.change(&[], std::slice::from_ref(key), Ipv4Addr::UNSPECIFIED)?;
+        Ok(changed.removed.pop().flatten())
+    }
+
+    /// Frees the addresses held by these host links of removed attachments,
+    /// now that the links are gone. Returns how many were freed; links that
+    /// hold nothing are skipped.
+    pub fn release(&self, host_links: &[String]) -> Result<usize, StoreError> {
+        if host_links.is_empty() || !self.exists()? {
+            return Ok(0);
         }
         self.with_db(|db, path| {
             let db_err = |error| StoreError::Db {
                 path: path.into(),
                 error,
             };
-            let pod_key = pod_db_key(key);
-            let Some(existing) = db.get(&pod_key).map_err(db_err)? else {
-                return Ok(None);
-            };
-            let intent = decode_intent(&pod_key, &existing)?;
             let mut batch = sled::Batch::default();
-            batch.remove(pod_key);
-            batch.remove(ip_db_key(intent.ip));
-            batch.insert(LAST_FREED_KEY, intent.ip.to_string().as_bytes());
-            db.apply_batch(batch).map_err(db_err)?;
-            self.mark_changed();
-            Ok(Some(intent))
+            let mut freed = 0;
+            for link in host_links {
+                let key = releasing_db_key(link);
+                let Some(ip) = read_ip(db, &key, path)? else {
+                    continue;
+                };
+                batch.remove(key);
+                batch.remove(ip_db_key(ip));
+                batch.insert(LAST_FREED_KEY, ip.to_string().as_bytes());
+                freed += 1;
+            }
+            if freed > 0 {
+                db.apply_batch(batch).map_err(db_err)?;
+            }
+            Ok(freed)
+        })
+    }
+
+    /// Host links of removed attachments that still hold their address.
+    pub fn releasing(&self) -> Result<Vec<String>, StoreError> {
+        if !self.exists()? {
+            return Ok(Vec::new());
+        }
+        self.with_db(|db, path| {
+            db.scan_prefix(RELEASING_PREFIX)
+                .keys()
+                .map(|k| {
+                    k.map(|k| String::from_utf8_lossy(&k[RELEASING_PREFIX.len()..]).into_owned())
+                        .map_err(|error| StoreError::Db {
+                            path: path.into(),
+                            error,
+                        })
+                })
+                .collect()
         })
     }
 
     /// Signals watchers. Best effort: a missed signal costs only the wait
     /// for the daemon's next resync.
     fn mark_changed(&self) {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        if let Err(e) = fs::write(self.dir.join(CHANGED_FILE), stamp.to_string()) {
-            tracing::warn!("cannot signal the pod-store change: {e}");
+        if self.signal {
+            self.signal_change();
         }
     }
 
@@ -550,6 +706,57 @@ fn pod_db_key(key: &PodKey) -> Vec<u8> {
     out
 }
 
+/// Every intent in the db.
+fn list_in(db: &sled::Db, path: &Path) -> Result<Vec<PodIntent>, StoreError> {
+    db.scan_prefix(POD_PREFIX)
+        .map(|item| {
+            let (k, v) = item.map_err(|error| StoreError::Db {
+                path: path.into(),
+                error,
+            })?;
+            decode_intent(&k, &v)
+        })
+        .collect()
+}
+
+/// Removes the intents of `keys`, their addresses held by their host links.
+fn remove_in(
+    db: &sled::Db,
+    path: &Path,
+    keys: &[PodKey],
+) -> Result<Vec<Option<PodIntent>>, StoreError> {
+    let db_err = |error| StoreError::Db {
+        path: path.into(),
+        error,
+    };
+    let mut batch = sled::Batch::default();
+    let mut removed = Vec::with_capacity(keys.len());
+    for key in keys {
+        let pod_key = pod_db_key(key);
+        let Some(existing) = db.get(&pod_key).map_err(db_err)? else {
+            removed.push(None);
+            continue;
+        };
+        let intent = decode_intent(&pod_key, &existing)?;
+        batch.remove(pod_key);
+        batch.insert(
+            releasing_db_key(&intent.host_link),
+            intent.ip.to_string().as_bytes(),
+        );
+        removed.push(Some(intent));
+    }
+    if removed.iter().any(Option::is_some) {
+        db.apply_batch(batch).map_err(db_err)?;
+    }
+    Ok(removed)
+}
+
+fn releasing_db_key(host_link: &str) -> Vec<u8> {
+    let mut out = RELEASING_PREFIX.to_vec();
+    out.extend_from_slice(host_link.as_bytes());
+    out
+}
+
 fn ip_db_key(ip: Ipv4Addr) -> Vec<u8> {
     let mut out = IP_PREFIX.to_vec();
     out.extend_from_slice(&ip.octets());
@@ -624,8 +831,20 @@ mod tests {
         }
         let e = store.add(&key("p5"), Path::new("/x"), gw).unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
+        // A removed attachment's address stays held until its link is gone.
+        let removed = store.remove(&key("p2")).unwrap().unwrap();
+        let e = store.add(&key("p5"), Path::new("/x"), gw).unwrap_err();
+        assert!(e.to_string().contains("exhausted"), "{e}");
+        assert_eq!(store.releasing().unwrap(), vec![removed.host_link.clone()]);
+        assert_eq!(
+            store
+                .release(&[removed.host_link.clone(), "hcnothing".into()])
+                .unwrap(),
+            1
+        );
+        assert!(store.releasing().unwrap().is_empty());
         // The only free address is the one just freed: handed out all the same.
-        let freed = store.remove(&key("p2")).unwrap().unwrap().ip;
+        let freed = removed.ip;
         let next = store
             .add(&key("p5"), Path::new("/x"), gw)
             .unwrap()
@@ -633,8 +852,15 @@ mod tests {
             .ip;
         assert_eq!(next, freed);
         // With two free, the one freed last waits.
-        let older = store.remove(&key("p3")).unwrap().unwrap().ip;
-        let newer = store.remove(&key("p4")).unwrap().unwrap().ip;
+        let older = store.remove(&key("p3")).unwrap().unwrap();
+        let newer = store.remove(&key("p4")).unwrap().unwrap();
+        store
+            .release(std::slice::from_ref(&older.host_link))
+            .unwrap();
+        store
+            .release(std::slice::from_ref(&newer.host_link))
+            .unwrap();
+        let (older, newer) = (older.ip, newer.ip);
         let next = store
             .add(&key("p6"), Path::new("/x"), gw)
             .unwrap()
@@ -697,7 +923,7 @@ mod tests {
                     .map(|_| ())
                     .unwrap_err(),
             ] {
-                let text = e.to_string();
+                let text = crate::Chain(&e).to_string();
                 assert!(text.contains(expect), "{text}");
                 assert!(
                     text.contains(&*state_dir.to_string_lossy())

@@ -283,8 +283,18 @@ pub struct CniCall<'a> {
     pub ifname: Option<&'a str>,
 }
 
-impl CniCall<'_> {
-    pub fn new(command: &str) -> CniCall<'_> {
+impl<'a> CniCall<'a> {
+    /// ADD of `container_id` with its namespace at `netns`, as eth0.
+    pub fn add(container_id: &'a str, netns: &'a std::path::Path) -> CniCall<'a> {
+        CniCall {
+            command: "ADD",
+            container_id: Some(container_id),
+            netns: netns.to_str(),
+            ifname: Some("eth0"),
+        }
+    }
+
+    pub fn new(command: &'a str) -> CniCall<'a> {
         CniCall {
             command,
             container_id: None,
@@ -363,12 +373,7 @@ impl Node {
     /// ADD for pod namespace `ns` (container id = ns name); asserts success.
     pub fn cni_add(&self, ns: &str) -> serde_json::Value {
         let path = Lab::ns_path(ns);
-        let call = CniCall {
-            command: "ADD",
-            container_id: Some(ns),
-            netns: path.to_str(),
-            ifname: Some("eth0"),
-        };
+        let call = CniCall::add(ns, &path);
         let out = self.cni(&call, &self.cni_conf("1.1.0"));
         assert_eq!(out.code, 0, "ADD {ns}: {}\n{}", out.stdout, out.stderr);
         out.json
@@ -464,4 +469,103 @@ pub fn tcp_roundtrip(
     });
     client.join().expect("client");
     server.join().expect("server")
+}
+
+/// Processes the test starts, killed when it ends (also on failure).
+pub struct Procs(pub Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SAFETY: signalling our own children.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for c in &mut self.0 {
+            // A daemon stops its tailscaled for up to 5 s.
+            for _ in 0..800 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The running daemon; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(n: &Node) -> Daemon {
+        Daemon::start_under(n, &[])
+    }
+
+    /// The daemon run by `wrapper` (e.g. prlimit and its arguments).
+    pub fn start_under(n: &Node, wrapper: &[&str]) -> Daemon {
+        let log = n.lab.dir.path().join("daemon.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &n.node])
+            .args(wrapper)
+            .args([headcni_bin(), "daemon"])
+            .env("HEADCNI_SPEC", &n.spec)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child: Some(child),
+            log,
+        };
+        wait_until(
+            std::time::Duration::from_secs(5),
+            "the daemon's first pass",
+            || status(n).is_some_and(|s| !s["last_pass"].is_null()),
+        );
+        d
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..500 {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn status(n: &Node) -> Option<serde_json::Value> {
+    let out = n.headcni(&["status", "--format", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
 }

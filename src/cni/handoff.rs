@@ -1,0 +1,150 @@
+//! Handing a CNI call to the running daemon: the plugin asks it, over a
+//! root-only unix socket in state_dir, to store (or remove) the pod's intent
+//! and wire (or release) it in its next batch, and waits for the verdict.
+//! One JSON line each way. A batch costs the store one lock and one open,
+//! and the kernel one pass, however many calls it holds.
+//!
+//! Nothing depends on the daemon: no socket (no daemon), a refused
+//! connection (a daemon gone), a connection closed without an answer (a
+//! daemon that died mid-request) or no answer in time all say so, and the
+//! plugin then runs the pod-scoped pass itself.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::CniError;
+use crate::model::PodKey;
+use crate::spec::PodIntent;
+
+pub const SOCKET_FILE: &str = "cni.sock";
+
+/// How long the plugin waits for the daemon before doing the work itself;
+/// well inside a runtime's own timeout (containerd's and CRI-O's are minutes).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Longest request or answer line: anything longer is not ours.
+pub const MAX_LINE: u64 = 64 * 1024;
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_FILE)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Request {
+    /// Store this attachment's intent (allocating its address) and wire it.
+    Add { key: PodKey, netns: PathBuf },
+    /// Remove this attachment's intent and its host link; its address is
+    /// freed once the link is gone.
+    Del { key: PodKey },
+}
+
+/// The daemon's verdict: done (for an ADD, with what the result needs), or
+/// the CNI error the plugin answers with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<AnswerError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wired: Option<Wired>,
+}
+
+/// A wired attachment: its intent and its links' hardware addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wired {
+    pub intent: PodIntent,
+    pub host_mac: Option<String>,
+    pub pod_mac: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerError {
+    pub code: u32,
+    pub msg: String,
+    #[serde(default)]
+    pub details: String,
+}
+
+impl Answer {
+    pub fn of(verdict: Result<Option<Wired>, CniError>) -> Answer {
+        match verdict {
+            Ok(wired) => Answer { error: None, wired },
+            Err(e) => Answer {
+                error: Some(AnswerError {
+                    code: e.code,
+                    msg: e.msg,
+                    details: e.details,
+                }),
+                wired: None,
+            },
+        }
+    }
+
+    pub fn verdict(self) -> Result<Option<Wired>, CniError> {
+        match self.error {
+            None => Ok(self.wired),
+            Some(e) => Err(CniError::new(e.code, e.msg).with_details(e.details)),
+        }
+    }
+}
+
+/// How asking the daemon went.
+#[derive(Debug)]
+pub enum Handoff {
+    /// The daemon ran the pass: its verdict.
+    Answered(Result<Option<Wired>, CniError>),
+    /// No daemon listens (no socket, or nobody behind it): do it here.
+    NoDaemon,
+    /// The daemon took the request but gave no answer (it died, or did not
+    /// answer in time): do it here; the passes are idempotent.
+    Lost(String),
+}
+
+/// Asks the daemon whose socket is in `state_dir`, waiting at most `within`.
+pub fn ask(state_dir: &Path, request: &Request, within: Duration) -> Handoff {
+    let path = socket_path(state_dir);
+    let mut conn = match UnixStream::connect(&path) {
+        Ok(conn) => conn,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Handoff::NoDaemon
+        }
+        Err(e) => return Handoff::Lost(format!("cannot reach {}: {e}", path.display())),
+    };
+    let mut exchange = || -> std::io::Result<Vec<u8>> {
+        conn.set_write_timeout(Some(within))?;
+        conn.set_read_timeout(Some(within))?;
+        let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        conn.write_all(&line)?;
+        let mut answer = Vec::new();
+        (&conn).take(MAX_LINE).read_to_end(&mut answer)?;
+        Ok(answer)
+    };
+    match exchange() {
+        Ok(answer) if answer.is_empty() => {
+            Handoff::Lost("the daemon closed the connection without answering".into())
+        }
+        Ok(answer) => match serde_json::from_slice::<Answer>(&answer) {
+            Ok(answer) => Handoff::Answered(answer.verdict()),
+            Err(e) => Handoff::Lost(format!("the daemon's answer is not understood: {e}")),
+        },
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Handoff::Lost(format!("no answer from the daemon within {within:?}"))
+        }
+        Err(e) => Handoff::Lost(format!("talking to the daemon: {e}")),
+    }
+}

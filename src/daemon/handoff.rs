@@ -1,0 +1,263 @@
+//! The daemon's end of the CNI handoff (`cni/handoff.rs`): each request
+//! waits in a queue; the loop takes the whole queue into one pass (a burst
+//! of calls becomes a few passes, not one each) and answers every request
+//! with the same verdict the plugin would have reached itself.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
+
+use super::events::Trigger;
+use crate::cni::error::CniError;
+use crate::cni::handoff::{Answer, Request, Wired, MAX_LINE};
+use crate::cni::verdict;
+use crate::engine::{self, PodScope};
+use crate::model::PodKey;
+use crate::spec::{host_link_name, PodIntent, Spec};
+
+/// Requests served at once: a node's worth of pods arriving together
+/// (kubelet's default max pods is 110) with room to spare; more wait in the
+/// listen backlog.
+const MAX_WAITING: usize = 512;
+/// A client that does not send its request line in this time is dropped.
+const REQUEST_WITHIN: Duration = Duration::from_secs(5);
+
+/// One request and where its answer goes.
+pub struct Pending {
+    pub request: Request,
+    pub answer: oneshot::Sender<Answer>,
+}
+
+#[derive(Clone, Default)]
+pub struct Queue(Arc<Mutex<Vec<Pending>>>);
+
+impl Queue {
+    fn push(&self, pending: Pending) -> bool {
+        self.0.lock().map(|mut q| q.push(pending)).is_ok()
+    }
+
+    /// Everything waiting, in arrival order.
+    pub fn take(&self) -> Vec<Pending> {
+        self.0
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+}
+
+/// Serves the handoff socket: root-only, in state_dir (0700 already).
+pub async fn serve(
+    path: PathBuf,
+    queue: Queue,
+    tx: UnboundedSender<Trigger>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let limit = super::listen::Limit::with(MAX_WAITING);
+    loop {
+        let slot = limit.slot().await;
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                super::listen::accept_failed("CNI handoff socket", &e).await;
+                continue;
+            }
+        };
+        let (queue, tx) = (queue.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (read, mut write) = conn.into_split();
+            let mut line = Vec::new();
+            let mut reader = BufReader::new(read.take(MAX_LINE));
+            let read = tokio::time::timeout(REQUEST_WITHIN, reader.read_until(b'\n', &mut line));
+            if !matches!(read.await, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+            let request: Request = match serde_json::from_slice(&line) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("CNI handoff: a request not understood: {e}");
+                    return;
+                }
+            };
+            let (answer_tx, answer_rx) = oneshot::channel();
+            if !queue.push(Pending {
+                request,
+                answer: answer_tx,
+            }) || tx.send(Trigger::Cni).is_err()
+            {
+                return;
+            }
+            // Dropped unanswered (the daemon stopping): the connection
+            // closes without an answer, and the plugin does the work itself.
+            let Ok(answer) = answer_rx.await else {
+                return;
+            };
+            let mut doc = serde_json::to_vec(&answer).unwrap_or_default();
+            doc.push(b'\n');
+            let _ = write.write_all(&doc).await;
+            let _ = write.shutdown().await;
+        });
+    }
+}
+
+/// A batch's calls as they go: each settles once, in order.
+type Verdicts = Vec<Option<Result<Option<Wired>, CniError>>>;
+
+/// Stores and removes a batch's intents under one lock, wires and releases
+/// them in one pass, and answers each call with the verdict the plugin
+/// would have reached itself. Runs on a blocking thread (it drives netlink).
+pub fn run_batch(spec: &Spec, batch: Vec<Pending>) {
+    let mut verdicts: Verdicts = batch.iter().map(|_| None).collect();
+    let adds: Vec<(PodKey, PathBuf)> = batch
+        .iter()
+        .filter_map(|p| match &p.request {
+            Request::Add { key, netns } => Some((key.clone(), netns.clone())),
+            Request::Del { .. } => None,
+        })
+        .collect();
+    let dels: Vec<PodKey> = batch
+        .iter()
+        .filter_map(|p| match &p.request {
+            Request::Del { key } => Some(key.clone()),
+            Request::Add { .. } => None,
+        })
+        .collect();
+    // The daemon is told directly: its own file watch need not hear of it.
+    let store = spec.pod_store().quiet();
+    let changed = match store.change_and_list(&adds, &dels, spec.pod_network.gateway) {
+        Ok(changed) => changed,
+        Err(e) => {
+            let e = CniError::from_store(&e);
+            return answer(batch, batch_failed(&mut verdicts, &e));
+        }
+    };
+    // What each call stands for now: an intent to wire, a link to release.
+    let mut added = changed.added.into_iter();
+    let mut removed = changed.removed.into_iter();
+    let mut wire = Vec::new();
+    let mut release = Vec::new();
+    let mut created = Vec::new();
+    let mut targets: Vec<Target> = Vec::with_capacity(batch.len());
+    for (p, verdict) in batch.iter().zip(verdicts.iter_mut()) {
+        match &p.request {
+            Request::Add { netns, .. } => match added.next() {
+                Some(Ok(a)) => match crate::cni::check_netns(&a.intent, netns) {
+                    Ok(()) => {
+                        wire.push(a.intent.key());
+                        if a.created {
+                            created.push(a.intent.clone());
+                        }
+                        targets.push(Target::Wire(a.intent));
+                    }
+                    Err(e) => {
+                        *verdict = Some(Err(e));
+                        targets.push(Target::Settled);
+                    }
+                },
+                Some(Err(e)) => {
+                    *verdict = Some(Err(CniError::from_store(&e)));
+                    targets.push(Target::Settled);
+                }
+                None => targets.push(Target::Settled),
+            },
+            Request::Del { key } => {
+                let host_link = match removed.next().flatten() {
+                    Some(intent) => intent.host_link,
+                    None => host_link_name(&key.container_id, &key.ifname),
+                };
+                release.push(host_link.clone());
+                targets.push(Target::Release(host_link));
+            }
+        }
+    }
+    // Other pods' intents are read with these, under the same lock; this
+    // scope never removes anything but the released links, so intents
+    // added meanwhile by someone else are safe.
+    let pods: crate::spec::Intents = changed.pods.into();
+    let scope = PodScope::Pods { wire, release };
+    let applied = match engine::apply(spec, &|| Ok(pods.clone()), &scope) {
+        Ok(applied) => applied,
+        Err(e) => {
+            let e = CniError::from_engine(&e);
+            undo_created(spec, &store, &created);
+            return answer(batch, batch_failed(&mut verdicts, &e));
+        }
+    };
+    let mut failed_adds = Vec::new();
+    let mut gone = Vec::new();
+    for ((p, verdict), target) in batch.iter().zip(verdicts.iter_mut()).zip(targets) {
+        if verdict.is_some() {
+            continue;
+        }
+        *verdict = Some(match (target, &p.request) {
+            (Target::Wire(intent), _) => match verdict::wired(&applied, &intent.key()) {
+                Ok(()) => Ok(Some(crate::cni::wired_links(intent))),
+                Err(e) => {
+                    failed_adds.push(intent);
+                    Err(e)
+                }
+            },
+            (Target::Release(link), Request::Del { key }) => {
+                let v = verdict::released(&applied, key, &link);
+                if v.is_ok() {
+                    gone.push(link);
+                }
+                v.map(|()| None)
+            }
+            (_, _) => Ok(None),
+        });
+    }
+    // Addresses of released attachments whose links are gone are free again.
+    if let Err(e) = store.release(&gone) {
+        let e = CniError::from_store(&e);
+        for (p, v) in batch.iter().zip(verdicts.iter_mut()) {
+            if matches!(p.request, Request::Del { .. }) && matches!(v, Some(Ok(_))) {
+                *v = Some(Err(e.clone()));
+            }
+        }
+    }
+    // A failed ADD is taken back, so that the runtime's retry starts clean.
+    let failed_created: Vec<PodIntent> = failed_adds
+        .into_iter()
+        .filter(|i| created.iter().any(|c| c.key == i.key))
+        .collect();
+    undo_created(spec, &store, &failed_created);
+    answer(batch, verdicts)
+}
+
+/// What a call of the batch asks of the pass.
+enum Target {
+    Wire(PodIntent),
+    Release(String),
+    /// Already answered (refused by the store).
+    Settled,
+}
+
+/// Every call not yet settled fails with `e`.
+fn batch_failed(verdicts: &mut Verdicts, e: &CniError) -> Verdicts {
+    verdicts
+        .iter_mut()
+        .map(|v| Some(v.take().unwrap_or_else(|| Err(e.clone()))))
+        .collect()
+}
+
+fn answer(batch: Vec<Pending>, verdicts: Verdicts) {
+    for (p, v) in batch.into_iter().zip(verdicts) {
+        let v = v.unwrap_or(Ok(None));
+        let _ = p.answer.send(Answer::of(v));
+    }
+}
+
+/// Takes back the intents this batch created for calls that failed.
+fn undo_created(spec: &Spec, store: &crate::spec::PodStore, intents: &[PodIntent]) {
+    for intent in intents {
+        crate::cni::undo(spec, store, &intent.key(), &intent.host_link);
+    }
+}
