@@ -43,6 +43,14 @@ pub enum Request {
     Del { key: PodKey },
 }
 
+impl Request {
+    pub fn key(&self) -> &PodKey {
+        match self {
+            Request::Add { key, .. } | Request::Del { key } => key,
+        }
+    }
+}
+
 /// The daemon's verdict: done (for an ADD, with what the result needs), or
 /// the CNI error the plugin answers with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,12 +40,24 @@ impl Queue {
         self.0.lock().map(|mut q| q.push(pending)).is_ok()
     }
 
-    /// Everything waiting, in arrival order.
+    /// What waits, in arrival order, up to the first attachment asked for a
+    /// second time: a DEL and a new ADD of one pod must not share a batch
+    /// (it stores every ADD before any DEL). The rest waits for the next.
     pub fn take(&self) -> Vec<Pending> {
-        self.0
-            .lock()
-            .map(|mut q| std::mem::take(&mut *q))
-            .unwrap_or_default()
+        let Ok(mut queue) = self.0.lock() else {
+            return Vec::new();
+        };
+        let mut seen = std::collections::HashSet::new();
+        let cut = queue
+            .iter()
+            .position(|p| !seen.insert(p.request.key().clone()))
+            .unwrap_or(queue.len());
+        let rest = queue.split_off(cut);
+        std::mem::replace(&mut *queue, rest)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().map_or(true, |q| q.is_empty())
     }
 }
 
@@ -259,5 +271,41 @@ fn answer(batch: Vec<Pending>, verdicts: Verdicts) {
 fn undo_created(spec: &Spec, store: &crate::spec::PodStore, intents: &[PodIntent]) {
     for intent in intents {
         crate::cni::undo(spec, store, &intent.key(), &intent.host_link);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(request: Request) -> Pending {
+        let (answer, _) = oneshot::channel();
+        Pending { request, answer }
+    }
+
+    fn key(id: &str) -> PodKey {
+        PodKey {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn a_pod_asked_for_twice_waits_for_the_next_batch() {
+        let queue = Queue::default();
+        let add = |id: &str| Request::Add {
+            key: key(id),
+            netns: PathBuf::from("/run/netns/x"),
+        };
+        for request in [add("a"), add("b"), Request::Del { key: key("a") }, add("a")] {
+            assert!(queue.push(pending(request)));
+        }
+        let first: Vec<Request> = queue.take().into_iter().map(|p| p.request).collect();
+        assert_eq!(first, vec![add("a"), add("b")]);
+        let second: Vec<Request> = queue.take().into_iter().map(|p| p.request).collect();
+        assert_eq!(second, vec![Request::Del { key: key("a") }]);
+        let third: Vec<Request> = queue.take().into_iter().map(|p| p.request).collect();
+        assert_eq!(third, vec![add("a")]);
+        assert!(queue.is_empty());
     }
 }

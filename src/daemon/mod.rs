@@ -196,24 +196,9 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
             }
         }
         if triggers.remove(&Trigger::Cni) {
-            let batch = queue.take();
-            if !batch.is_empty() {
-                let owned = spec.clone();
-                let size = batch.len();
-                let started = Instant::now();
-                let done = tokio::task::spawn_blocking(move || handoff::run_batch(&owned, batch));
-                if let Err(e) = done.await {
-                    tracing::error!("CNI batch panicked: {e}");
-                }
-                tracing::debug!(
-                    calls = size,
-                    took_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "CNI batch"
-                );
-                if let Ok(mut s) = status.lock() {
-                    s.cni_calls += size as u64;
-                    s.cni_batches += 1;
-                }
+            cni_batch(&spec, &queue, &status).await;
+            if !queue.is_empty() {
+                let _ = tx.send(Trigger::Cni);
             }
             if triggers.is_empty() {
                 continue;
@@ -236,6 +221,31 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&handoff_socket);
     Ok(())
+}
+
+/// The CNI calls waiting, as one batch on a blocking thread (awaited like a
+/// pass: they never overlap).
+async fn cni_batch(spec: &Spec, queue: &handoff::Queue, status: &Shared) {
+    let batch = queue.take();
+    if batch.is_empty() {
+        return;
+    }
+    let owned = spec.clone();
+    let size = batch.len();
+    let started = Instant::now();
+    let done = tokio::task::spawn_blocking(move || handoff::run_batch(&owned, batch));
+    if let Err(e) = done.await {
+        tracing::error!("CNI batch panicked: {e}");
+    }
+    tracing::debug!(
+        calls = size,
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "CNI batch"
+    );
+    if let Ok(mut s) = status.lock() {
+        s.cni_calls += size as u64;
+        s.cni_batches += 1;
+    }
 }
 
 /// One reconcile pass on a blocking thread; the loop awaits it, so passes never overlap.
@@ -299,7 +309,7 @@ async fn pass(
                 match engine::release_gone(&store, &applied.observed_after) {
                     Ok(0) => {}
                     Ok(n) => {
-                        tracing::info!("freed {n} addresses of attachments whose links are gone")
+                        tracing::info!("released {n} addresses of attachments whose links are gone")
                     }
                     Err(e) => {
                         tracing::warn!("cannot free released addresses: {}", crate::Chain(&e))

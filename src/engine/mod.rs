@@ -230,7 +230,8 @@ pub struct Applied {
     pub report: ApplyReport,
     /// The plan made right after applying: empty when the node converged.
     pub remaining: Plan,
-    /// The kernel as the verification (or, with nothing to do, the plan) saw it.
+    /// The kernel as the verification saw it (with nothing to do, or only
+    /// acknowledged removals of released links, as the plan saw it).
     pub observed_after: Observed,
     pub apply_took: Duration,
 }
@@ -249,8 +250,20 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
     let started = Instant::now();
     let report = apply::apply(&planned.plan);
     let apply_took = started.elapsed();
+    // A pass that only releases links (DEL) trusts the kernel's acks: a
+    // link whose deletion was acknowledged is unregistered, and this scope
+    // plans nothing else; a second look would cost a DEL a whole observation.
+    let acked_removals = matches!(scope, PodScope::Pods { wire, .. } if wire.is_empty())
+        && report.failed.is_empty()
+        && report.skipped == 0;
     let (remaining, observed_after) = if planned.plan.is_empty() {
         (planned.plan.clone(), planned.observed)
+    } else if acked_removals {
+        let done = Plan {
+            steps: Vec::new(),
+            ..planned.plan.clone()
+        };
+        (done, planned.observed)
     } else {
         // The firewall is read again only if this pass changed it (an `nft`
         // process per read; foreign changes meanwhile bring their own event).

@@ -18,15 +18,14 @@ pub mod nfnetlink;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use rtnetlink::packet_core::{NetlinkBuffer, NetlinkMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-pub(crate) const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+pub(crate) const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 /// Most requests per datagram. Every one is answered by an ack that holds
 /// about a kilobyte of receive buffer until read, so a batch must fit it.
 const MAX_BATCH: usize = 512;
@@ -496,20 +495,10 @@ fn encode(out: &mut Vec<u8>, payload: RouteNetlinkMessage, flags: u16, seq: u32)
 /// batch; bursts of events in a listener's): past rmem_max when we may
 /// (root), else as much as the system allows. Returns the size in effect.
 pub(crate) fn force_receive_buffer(socket: &Socket, size: libc::c_int) -> usize {
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: a valid fd and a pointer to a live c_int of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
+    use nix::sys::socket::{setsockopt, sockopt};
+    let size = usize::try_from(size).unwrap_or(0);
+    if setsockopt(socket, sockopt::RcvBufForce, &size).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &size);
     }
     socket.get_rx_buf_sz().unwrap_or(212_992)
 }

@@ -8,13 +8,14 @@ use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::{attributes, error_code, raw_request, walk, NetlinkError, NLMSG_ERROR};
 
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_GETGEN: u16 = 16;
+const NFNL_SUBSYS_NFTABLES: u16 = libc::NFNL_SUBSYS_NFTABLES as u16;
+const NFT_MSG_GETTABLE: u16 = libc::NFT_MSG_GETTABLE as u16;
+const NFT_MSG_GETGEN: u16 = libc::NFT_MSG_GETGEN as u16;
+const NFPROTO_UNSPEC: u8 = libc::NFPROTO_UNSPEC as u8;
+const NFPROTO_INET: u8 = libc::NFPROTO_INET as u8;
+// Not in libc: include/uapi/linux/netfilter/nf_tables.h and socket.h.
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_GEN_ID: u16 = 1;
-const NFPROTO_UNSPEC: u8 = 0;
-const NFPROTO_INET: u8 = 1;
 const NFGENMSG_LEN: usize = 4;
 /// getsockopt: the namespace's cookie, never reused (Linux 5.14+).
 const SO_NETNS_COOKIE: libc::c_int = 71;

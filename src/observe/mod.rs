@@ -3,6 +3,7 @@
 pub mod node;
 mod parse;
 
+use libc::{RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE, RTM_NEWRULE};
 use rustc_hash::FxHashMap;
 use std::path::{Path, PathBuf};
 
@@ -21,10 +22,6 @@ use crate::netlink::{Netlink, NetlinkError};
 /// The namespace-wide sysctl observed everywhere (the node and the tailnet
 /// namespace forward), asked over netlink.
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
-const RTM_NEWLINK: u16 = 16;
-const RTM_NEWADDR: u16 = 20;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_NEWRULE: u16 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {

@@ -322,15 +322,11 @@ fn label_link_name(mut label: String) -> String {
 
 /// The name of a link by index, in the caller's namespace; None when gone.
 fn index_to_name(index: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has the IF_NAMESIZE bytes if_indextoname writes at most.
-    let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
+    // nix 0.31 answers an unknown index with an empty name, not an error.
+    nix::net::if_::if_indextoname(index)
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !name.is_empty())
 }
 
 #[cfg(test)]

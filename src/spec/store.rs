@@ -31,6 +31,8 @@ const IP_PREFIX: &[u8] = b"ip\0";
 /// the link is known gone (`release`): no address is handed out again while
 /// a kernel object may still use it.
 const RELEASING_PREFIX: &[u8] = b"releasing\0";
+/// Marks of released links, folded in by the next operation (`release`).
+const RELEASED_DIR: &str = "released";
 const CURSOR_KEY: &[u8] = b"meta\0cursor";
 const LAST_FREED_KEY: &[u8] = b"meta\0last_freed";
 /// The pod CIDR the store allocates from: a store holding pods is never used
@@ -455,34 +457,75 @@ impl PodStore {
     }
 
     /// Frees the addresses held by these host links of removed attachments,
-    /// now that the links are gone. Returns how many were freed; links that
-    /// hold nothing are skipped.
+    /// now that the links are gone. Cheap, as a DEL's last step should be:
+    /// it leaves a mark per link in state_dir/released, which the next store
+    /// operation folds in under the lock (until then the address stays held,
+    /// the safe side). Returns how many links were marked.
     pub fn release(&self, host_links: &[String]) -> Result<usize, StoreError> {
         if host_links.is_empty() || !self.exists()? {
             return Ok(0);
         }
-        self.with_db(|db, path| {
-            let db_err = |error| StoreError::Db {
-                path: path.into(),
-                error,
-            };
-            let mut batch = sled::Batch::default();
-            let mut freed = 0;
-            for link in host_links {
-                let key = releasing_db_key(link);
-                let Some(ip) = read_ip(db, &key, path)? else {
-                    continue;
-                };
+        let dir = self.dir.join(RELEASED_DIR);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |error| StoreError::Io { path, error }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(&dir))?;
+        let mut marked = 0;
+        for link in host_links.iter().filter(|l| is_mark_name(l)) {
+            let mark = dir.join(link);
+            File::create(&mark).map_err(io(&mark))?;
+            marked += 1;
+        }
+        Ok(marked)
+    }
+
+    /// Folds in the marks [`release`](Self::release) left: frees the
+    /// addresses their links held. Returns the marks, to be removed once
+    /// the db is flushed.
+    fn fold_released(&self, db: &sled::Db, path: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let dir = self.dir.join(RELEASED_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(StoreError::Io { path: dir, error }),
+        };
+        // In the order they were released: the last one freed is kept back
+        // longest by the allocator.
+        let mut marks: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .map(|e| {
+                let at = e.metadata().and_then(|m| m.modified());
+                (at.unwrap_or(std::time::UNIX_EPOCH), e.path())
+            })
+            .collect();
+        marks.sort();
+        let mut batch = sled::Batch::default();
+        let mut freed = false;
+        for (_, mark) in &marks {
+            let name = mark
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let key = releasing_db_key(&name);
+            if let Some(ip) = read_ip(db, &key, path)? {
                 batch.remove(key);
                 batch.remove(ip_db_key(ip));
                 batch.insert(LAST_FREED_KEY, ip.to_string().as_bytes());
-                freed += 1;
+                freed = true;
             }
-            if freed > 0 {
-                db.apply_batch(batch).map_err(db_err)?;
-            }
-            Ok(freed)
-        })
+        }
+        if freed {
+            db.apply_batch(batch).map_err(|error| StoreError::Db {
+                path: path.into(),
+                error,
+            })?;
+        }
+        Ok(marks.into_iter().map(|(_, mark)| mark).collect())
     }
 
     /// Host links of removed attachments that still hold their address.
@@ -521,12 +564,17 @@ impl PodStore {
         let _lock = self.lock()?;
         let path = self.dir.join(DB_DIR);
         let db = self.open_db(&path, started)?;
+        let marks = self.fold_released(&db, &path)?;
         let result = f(&db, &path)?;
         db.flush().map_err(|error| StoreError::Db {
             path: path.clone(),
             error,
         })?;
         drop(db);
+        // Gone only once what they stand for is on disk.
+        for mark in marks {
+            let _ = fs::remove_file(mark);
+        }
         Ok(result)
     }
 
@@ -751,6 +799,15 @@ fn remove_in(
     Ok(removed)
 }
 
+/// A link name that can be a file name (host links are `hc` + hex).
+fn is_mark_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::model::IFNAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn releasing_db_key(host_link: &str) -> Vec<u8> {
     let mut out = RELEASING_PREFIX.to_vec();
     out.extend_from_slice(host_link.as_bytes());
@@ -836,11 +893,12 @@ mod tests {
         let e = store.add(&key("p5"), Path::new("/x"), gw).unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
         assert_eq!(store.releasing().unwrap(), vec![removed.host_link.clone()]);
+        // A link that holds nothing is marked all the same, and folded away.
         assert_eq!(
             store
                 .release(&[removed.host_link.clone(), "hcnothing".into()])
                 .unwrap(),
-            1
+            2
         );
         assert!(store.releasing().unwrap().is_empty());
         // The only free address is the one just freed: handed out all the same.
