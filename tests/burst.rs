@@ -216,3 +216,62 @@ fn the_daemon_killed_mid_burst_leaves_every_call_answered() {
     n.in_node(&["ip", "link", "show", "other0"]);
     n.in_node(&["ip", "link", "del", "other0"]);
 }
+
+/// Unmounts a bind mount when dropped, also on a failed assertion.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_namespace_the_daemon_cannot_see_is_wired_by_the_plugin() {
+    common::require_root();
+    let mut n = Node::new();
+    let pod = n.lab.netns("unseen");
+    // The pod's namespace at a path under a directory the daemon's own
+    // mount namespace covers with an empty tmpfs.
+    let hidden = n.lab.dir.path().join("hidden");
+    std::fs::create_dir(&hidden).unwrap();
+    let netns = hidden.join("pod");
+    std::fs::write(&netns, "").unwrap();
+    common::sh(&[
+        "mount",
+        "--bind",
+        Lab::ns_path(&pod).to_str().unwrap(),
+        netns.to_str().unwrap(),
+    ]);
+    let _unmount = Unmount(netns.clone());
+    let cover = format!(
+        "mount -t tmpfs hidden {} && exec \"$0\" \"$@\"",
+        hidden.display()
+    );
+    let _daemon = Daemon::start_under(
+        &n,
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &cover,
+        ],
+    );
+    let out = n.cni(&CniCall::add(&pod, &netns), &n.cni_conf("1.1.0"));
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("declined"),
+        "the daemon said why: {}",
+        out.stderr
+    );
+    let inside = n.lab.ip(&pod, &["-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(inside.contains(&address(&out)), "{inside}");
+    let s = status(&n).expect("status");
+    assert_eq!(s["cni_calls"].as_u64(), Some(0), "{s}");
+    let del = n.cni_del(&pod, netns.to_str());
+    assert_eq!(del.code, 0, "{}\n{}", del.stdout, del.stderr);
+    assert!(n.owned_links().is_empty(), "{:?}", n.owned_links());
+}

@@ -187,6 +187,14 @@ fn the_daemonset_mounts_every_path_the_config_names() {
             path.display()
         );
     }
+    // Pod namespaces at the paths runtimes give (the daemon wires pods
+    // handed to it by the plugin).
+    for runtime_path in ["/var/run/netns/cni-1234", "/run/netns/cni-1234"] {
+        assert!(
+            daemon.mount_of(Path::new(runtime_path)).is_some(),
+            "the daemon container cannot see {runtime_path}"
+        );
+    }
     // The namespace bound under /run/netns must reach the host.
     let netns = daemon.mount_of(&d.netns_path()).unwrap();
     assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));

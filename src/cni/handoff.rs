@@ -59,6 +59,11 @@ pub struct Answer {
     pub error: Option<AnswerError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wired: Option<Wired>,
+    /// The daemon cannot make this call where it runs (it cannot see the
+    /// pod's namespace at that path: another mount namespace), and why:
+    /// the plugin does it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declined: Option<String>,
 }
 
 /// A wired attachment: its intent and its links' hardware addresses.
@@ -80,7 +85,11 @@ pub struct AnswerError {
 impl Answer {
     pub fn of(verdict: Result<Option<Wired>, CniError>) -> Answer {
         match verdict {
-            Ok(wired) => Answer { error: None, wired },
+            Ok(wired) => Answer {
+                error: None,
+                wired,
+                declined: None,
+            },
             Err(e) => Answer {
                 error: Some(AnswerError {
                     code: e.code,
@@ -88,7 +97,16 @@ impl Answer {
                     details: e.details,
                 }),
                 wired: None,
+                declined: None,
             },
+        }
+    }
+
+    pub fn declined(why: String) -> Answer {
+        Answer {
+            error: None,
+            wired: None,
+            declined: Some(why),
         }
     }
 
@@ -142,6 +160,10 @@ pub fn ask(state_dir: &Path, request: &Request, within: Duration) -> Handoff {
             Handoff::Lost("the daemon closed the connection without answering".into())
         }
         Ok(answer) => match serde_json::from_slice::<Answer>(&answer) {
+            Ok(Answer {
+                declined: Some(why),
+                ..
+            }) => Handoff::Lost(format!("the daemon declined: {why}")),
             Ok(answer) => Handoff::Answered(answer.verdict()),
             Err(e) => Handoff::Lost(format!("the daemon's answer is not understood: {e}")),
         },

@@ -98,6 +98,14 @@ pub async fn serve(
                     return;
                 }
             };
+            // Only root can connect; still, what goes into the store and
+            // the kernel passes the plugin's own checks here too.
+            if let Some(answer) = check(&request) {
+                let mut doc = serde_json::to_vec(&answer).unwrap_or_default();
+                doc.push(b'\n');
+                let _ = write.write_all(&doc).await;
+                return;
+            }
             let (answer_tx, answer_rx) = oneshot::channel();
             if !queue.push(Pending {
                 request,
@@ -116,6 +124,31 @@ pub async fn serve(
             let _ = write.write_all(&doc).await;
             let _ = write.shutdown().await;
         });
+    }
+}
+
+/// The checks the plugin made of its environment, made again: a refusal,
+/// or, for a pod namespace this daemon cannot see at that path (it runs in
+/// a mount namespace of its own), a decline: the plugin does it itself.
+fn check(request: &Request) -> Option<Answer> {
+    let invalid = |what: &str, why: String| {
+        Answer::of(Err(CniError::new(
+            crate::cni::error::INVALID_ENV,
+            format!("{what}: {why}"),
+        )))
+    };
+    let key = request.key();
+    if let Err(why) = crate::spec::validate_container_id(&key.container_id) {
+        return Some(invalid("CNI_CONTAINERID", why));
+    }
+    if let Err(why) = crate::spec::validate_ifname(&key.ifname) {
+        return Some(invalid("CNI_IFNAME", why));
+    }
+    match request {
+        Request::Add { netns, .. } => crate::cni::validate_netns(netns)
+            .err()
+            .map(|why| Answer::declined(format!("CNI_NETNS {}: {why}", netns.display()))),
+        Request::Del { .. } => None,
     }
 }
 
