@@ -145,6 +145,15 @@ fn a_burst_handed_to_the_daemon_is_wired_in_batches() {
         assert_eq!(out.code, 0, "CHECK {ns}: {}", out.stdout);
     }
     n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
+    // GC that keeps every pod keeps every pod.
+    let mut conf = n.cni_conf("1.1.0");
+    conf["cni.dev/valid-attachments"] = pods
+        .iter()
+        .map(|ns| serde_json::json!({ "containerID": ns, "ifname": "eth0" }))
+        .collect();
+    let gc = n.cni(&CniCall::new("GC"), &conf);
+    assert_eq!(gc.code, 0, "{}\n{}", gc.stdout, gc.stderr);
+    assert_wired(&n, &pods, &ips);
 
     let deleted = burst(&n, "DEL", &pods, || {});
     assert_all_ok(&deleted, "DEL");

@@ -58,69 +58,18 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let socket = status::socket_path(&spec.state_dir);
-    tokio::spawn({
-        let (path, status) = (socket.clone(), status.clone());
-        async move {
-            if let Err(e) = status::serve(path, status).await {
-                tracing::error!("status socket: {e}");
-            }
-        }
-    });
     let queue = handoff::Queue::default();
-    let handoff_socket = crate::cni::handoff::socket_path(&spec.state_dir);
-    tokio::spawn({
-        let (path, queue, tx) = (handoff_socket.clone(), queue.clone(), tx.clone());
-        async move {
-            if let Err(e) = handoff::serve(path, queue, tx).await {
-                tracing::error!("CNI handoff socket (CNI calls wire pods themselves): {e}");
-            }
-        }
-    });
-    if let Some(addr) = spec.daemon.metrics_listen {
-        let (metrics, status) = (metrics.clone(), status.clone());
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, metrics, status).await {
-                tracing::error!("metrics listener {addr}: {e}");
-            }
-        });
-    }
-    let _watcher = events::watch_files(&spec_path, &spec.state_dir, tx.clone())
-        .map_err(|e| tracing::error!("cannot watch the spec and store: {e}"))
-        .ok();
-    let interfaces = vec![spec.tailnet.interface.clone()];
-    match crate::netlink::events::event_socket(None) {
-        Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),
-        Err(e) => tracing::error!("kernel events: {}", crate::Chain(&e)),
-    }
-    match crate::netlink::events::nftables_socket() {
-        Ok(sock) => events::listen_nftables(sock, tx.clone()),
-        Err(e) => tracing::warn!("nftables events (changes will wait for the resync): {e}"),
-    }
-    let supervisor = if spec.mode == Mode::Daemon {
-        if let Err(e) = crate::netlink::netns::ensure_netns(&spec.daemon.netns_path()) {
-            tracing::error!(
-                "tailnet namespace {}: {e}",
-                spec.daemon.netns_path().display()
-            );
-        }
-        match crate::netlink::events::event_socket(Some(&spec.daemon.netns_path())) {
-            Ok(sock) => events::listen(sock, interfaces, tx.clone()),
-            Err(e) => tracing::error!(
-                "kernel events in the tailnet namespace: {}",
-                crate::Chain(&e)
-            ),
-        }
-        Some(tokio::spawn(supervisor::run(
+    let sockets = serve_sockets(&spec, &status, &metrics, &queue, &tx);
+    let _watcher = listen_for_changes(&spec_path, &spec, &tx);
+    let supervisor = (spec.mode == Mode::Daemon).then(|| {
+        tokio::spawn(supervisor::run(
             spec.clone(),
             status.clone(),
             metrics.clone(),
             tx.clone(),
             stop_rx.clone(),
-        )))
-    } else {
-        None
-    };
+        ))
+    });
     let resync = Duration::from_secs(spec.daemon.resync_seconds);
     tokio::spawn({
         let tx = tx.clone();
@@ -169,30 +118,11 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
         while let Ok(t) = rx.try_recv() {
             triggers.insert(t);
         }
-        if triggers.contains(&Trigger::Spec) {
-            match Spec::load(&spec_path) {
-                Ok(new) => {
-                    if let Ok(mut s) = status.lock() {
-                        s.spec_error = None;
-                    }
-                    if new != spec {
-                        tracing::info!("spec {} changed; applying it", spec_path.display());
-                    }
-                    spec = new;
-                }
-                Err(e) => {
-                    let e = crate::Chain(&e).to_string();
-                    tracing::error!("spec edit refused, keeping the last good spec: {e}");
-                    if let Ok(mut s) = status.lock() {
-                        s.spec_error = Some(e.clone());
-                        s.last_error = Some(e);
-                    }
-                    // A bad edit changes nothing: no pass for it alone.
-                    triggers.remove(&Trigger::Spec);
-                    if triggers.is_empty() {
-                        continue;
-                    }
-                }
+        if triggers.contains(&Trigger::Spec) && !reload_spec(&spec_path, &mut spec, &status) {
+            // A bad edit changes nothing: no pass for it alone.
+            triggers.remove(&Trigger::Spec);
+            if triggers.is_empty() {
+                continue;
             }
         }
         if triggers.remove(&Trigger::Cni) {
@@ -218,9 +148,110 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
     if let Some(handle) = supervisor {
         let _ = handle.await;
     }
-    let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(&handoff_socket);
+    for socket in sockets {
+        let _ = std::fs::remove_file(&socket);
+    }
     Ok(())
+}
+
+/// The status and CNI sockets in state_dir, and the metrics listener;
+/// returns the sockets' paths (removed at exit).
+fn serve_sockets(
+    spec: &Spec,
+    status: &Shared,
+    metrics: &Metrics,
+    queue: &handoff::Queue,
+    tx: &mpsc::UnboundedSender<Trigger>,
+) -> [PathBuf; 2] {
+    let socket = status::socket_path(&spec.state_dir);
+    tokio::spawn({
+        let (path, status) = (socket.clone(), status.clone());
+        async move {
+            if let Err(e) = status::serve(path, status).await {
+                tracing::error!("status socket: {e}");
+            }
+        }
+    });
+    let handoff_socket = crate::cni::handoff::socket_path(&spec.state_dir);
+    tokio::spawn({
+        let (path, queue, tx) = (handoff_socket.clone(), queue.clone(), tx.clone());
+        async move {
+            if let Err(e) = handoff::serve(path, queue, tx).await {
+                tracing::error!("CNI handoff socket (CNI calls wire pods themselves): {e}");
+            }
+        }
+    });
+    if let Some(addr) = spec.daemon.metrics_listen {
+        let (metrics, status) = (metrics.clone(), status.clone());
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, metrics, status).await {
+                tracing::error!("metrics listener {addr}: {e}");
+            }
+        });
+    }
+    [socket, handoff_socket]
+}
+
+/// Everything that makes the loop look again: file watches (returned: they
+/// stop when dropped), kernel and nftables events, in daemon mode those of
+/// the tailnet namespace (made here if missing).
+fn listen_for_changes(
+    spec_path: &Path,
+    spec: &Spec,
+    tx: &mpsc::UnboundedSender<Trigger>,
+) -> Option<notify::RecommendedWatcher> {
+    let watcher = events::watch_files(spec_path, &spec.state_dir, tx.clone())
+        .map_err(|e| tracing::error!("cannot watch the spec and store: {e}"))
+        .ok();
+    let interfaces = vec![spec.tailnet.interface.clone()];
+    match crate::netlink::events::event_socket(None) {
+        Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),
+        Err(e) => tracing::error!("kernel events: {}", crate::Chain(&e)),
+    }
+    match crate::netlink::events::nftables_socket() {
+        Ok(sock) => events::listen_nftables(sock, tx.clone()),
+        Err(e) => tracing::warn!("nftables events (changes will wait for the resync): {e}"),
+    }
+    if spec.mode == Mode::Daemon {
+        let netns = spec.daemon.netns_path();
+        if let Err(e) = crate::netlink::netns::ensure_netns(&netns) {
+            tracing::error!("tailnet namespace {}: {e}", netns.display());
+        }
+        match crate::netlink::events::event_socket(Some(&netns)) {
+            Ok(sock) => events::listen(sock, interfaces, tx.clone()),
+            Err(e) => tracing::error!(
+                "kernel events in the tailnet namespace: {}",
+                crate::Chain(&e)
+            ),
+        }
+    }
+    watcher
+}
+
+/// Reads the edited spec: true when it is good (and now in force), false
+/// when it was refused (the last good one stays, the error in the status).
+fn reload_spec(spec_path: &Path, spec: &mut Spec, status: &Shared) -> bool {
+    match Spec::load(spec_path) {
+        Ok(new) => {
+            if let Ok(mut s) = status.lock() {
+                s.spec_error = None;
+            }
+            if new != *spec {
+                tracing::info!("spec {} changed; applying it", spec_path.display());
+            }
+            *spec = new;
+            true
+        }
+        Err(e) => {
+            let e = crate::Chain(&e).to_string();
+            tracing::error!("spec edit refused, keeping the last good spec: {e}");
+            if let Ok(mut s) = status.lock() {
+                s.spec_error = Some(e.clone());
+                s.last_error = Some(e);
+            }
+            false
+        }
+    }
 }
 
 /// The CNI calls waiting, as one batch on a blocking thread (awaited like a

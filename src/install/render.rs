@@ -42,11 +42,14 @@ pub fn render_spec(
             node: node.to_string(),
             cidrs: pod_cidrs.to_vec(),
         })?;
-    let mut doc: toml::Table = toml::from_str(template).map_err(|e| bad(e.to_string()))?;
-    let pod_network = doc
-        .entry("pod_network")
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
+    // Edited in place (toml_edit): the template's comments and layout,
+    // which explain the spec to whoever reads it on the node, stay.
+    let mut doc: toml_edit::DocumentMut = template.parse().map_err(|e| bad(format!("{e}")))?;
+    if !doc.contains_key("pod_network") {
+        doc["pod_network"] = toml_edit::table();
+    }
+    let pod_network = doc["pod_network"]
+        .as_table_like_mut()
         .ok_or_else(|| bad("pod_network: expected a table".into()))?;
     for per_node in ["cidr", "gateway"] {
         if pod_network.contains_key(per_node) {
@@ -55,8 +58,8 @@ pub fn render_spec(
             )));
         }
     }
-    pod_network.insert("cidr".into(), toml::Value::String(cidr.to_string()));
-    let body = toml::to_string(&doc).map_err(|e| bad(e.to_string()))?;
+    pod_network.insert("cidr", toml_edit::value(cidr.to_string()));
+    let body = doc.to_string();
     let text = format!(
         "# Rendered by headcni from {} for node {node} (spec.podCIDR {cidr}).\n# Edit the template, not this file: it is rewritten from it.\n{body}",
         template_path.display()
@@ -93,6 +96,33 @@ mod tests {
         let spec = crate::spec::Spec::parse(&text, Path::new("s.toml")).unwrap();
         assert_eq!(spec.pod_network.cidr.to_string(), "10.244.1.0/24");
         assert!(text.starts_with("# Rendered by headcni"), "{text}");
+    }
+
+    #[test]
+    fn the_template_s_comments_stay() {
+        let template = "# The cluster's headcni spec.
+version = 1
+mode = \"host\"
+
+[pod_network]
+# Every node's pods, for routes between nodes.
+cluster_cidr = \"10.244.0.0/16\"
+";
+        let text = render_spec(
+            template,
+            Path::new("t.toml"),
+            "n1",
+            &["10.244.1.0/24".to_string()],
+            Path::new("s.toml"),
+        )
+        .unwrap();
+        assert!(text.contains("# The cluster's headcni spec."), "{text}");
+        assert!(
+            text.contains("# Every node's pods, for routes between nodes."),
+            "{text}"
+        );
+        let spec = crate::spec::Spec::parse(&text, Path::new("s.toml")).unwrap();
+        assert_eq!(spec.pod_network.cidr.to_string(), "10.244.1.0/24");
     }
 
     #[test]
