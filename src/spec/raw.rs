@@ -92,6 +92,48 @@ impl Locator<'_> {
         (line, column)
     }
 
+    /// `v` parsed as a `what` (its reason if not).
+    fn parse<T: std::str::FromStr>(
+        &self,
+        v: &Spanned<String>,
+        field: &str,
+        what: &str,
+    ) -> Result<T, SpecError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        v.get_ref()
+            .parse()
+            .map_err(|e| self.invalid(v.span(), field, format!("not {what}: {e}")))
+    }
+
+    fn absolute_path(&self, v: &Spanned<String>, field: &str) -> Result<PathBuf, SpecError> {
+        let p = PathBuf::from(v.get_ref());
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(self.invalid(v.span(), field, "must be an absolute path"))
+        }
+    }
+
+    fn in_range(
+        &self,
+        v: &Spanned<i64>,
+        field: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<i64, SpecError> {
+        let n = *v.get_ref();
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(self.invalid(
+                v.span(),
+                field,
+                format!("{n} is out of range {}..={}", range.start(), range.end()),
+            ))
+        }
+    }
+
     fn invalid(&self, span: Range<usize>, field: &str, reason: impl Into<String>) -> SpecError {
         let (line, column) = self.line_col(span.start);
         SpecError::Invalid {
@@ -244,103 +286,18 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
 }
 
 fn validate_pod_network(at: &Locator, raw: &RawPodNetwork) -> Result<PodNetwork, SpecError> {
-    let field = "pod_network.cidr";
-    let cidr: IpNetwork = raw
-        .cidr
-        .get_ref()
-        .parse()
-        .map_err(|e| at.invalid(raw.cidr.span(), field, format!("not a CIDR: {e}")))?;
-    let IpNetwork::V4(cidr) = cidr else {
-        return Err(at.invalid(
-            raw.cidr.span(),
-            field,
-            "IPv6 pod networks are not supported yet; use an IPv4 CIDR",
-        ));
-    };
-    if cidr.network() != cidr.ip() {
-        return Err(at.invalid(
-            raw.cidr.span(),
-            field,
-            format!(
-                "{cidr} has host bits set; did you mean {}/{}?",
-                cidr.network(),
-                cidr.prefix()
-            ),
-        ));
-    }
-    if cidr.prefix() > 29 {
-        return Err(at.invalid(
-            raw.cidr.span(),
-            field,
-            format!(
-                "/{} is too small: a pod network needs at least a /29",
-                cidr.prefix()
-            ),
-        ));
-    }
-    let first_host = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+    let cidr = pod_cidr(at, &raw.cidr)?;
     let gateway = match &raw.gateway {
-        None => first_host,
-        Some(gw) => {
-            let field = "pod_network.gateway";
-            let ip: Ipv4Addr = gw
-                .get_ref()
-                .parse()
-                .map_err(|e| at.invalid(gw.span(), field, format!("not an IPv4 address: {e}")))?;
-            if !cidr.contains(ip) {
-                return Err(at.invalid(
-                    gw.span(),
-                    field,
-                    format!("{ip} is outside the pod CIDR {cidr}"),
-                ));
-            }
-            if ip == cidr.network() || ip == cidr.broadcast() {
-                return Err(at.invalid(
-                    gw.span(),
-                    field,
-                    format!("{ip} is the network or broadcast address of {cidr}"),
-                ));
-            }
-            ip
-        }
+        None => Ipv4Addr::from(u32::from(cidr.network()) + 1),
+        Some(gw) => gateway(at, gw, cidr)?,
     };
     let mtu = match &raw.mtu {
         None => DEFAULT_MTU,
-        Some(mtu) => {
-            let value = *mtu.get_ref();
-            if !(576..=65535).contains(&value) {
-                return Err(at.invalid(
-                    mtu.span(),
-                    "pod_network.mtu",
-                    format!("{value} is out of range 576..=65535"),
-                ));
-            }
-            value as u32
-        }
+        Some(mtu) => at.in_range(mtu, "pod_network.mtu", 576..=65535)? as u32,
     };
     let cluster_cidr = match &raw.cluster_cidr {
         None => None,
-        Some(c) => {
-            let field = "pod_network.cluster_cidr";
-            let net: IpNetwork = c
-                .get_ref()
-                .parse()
-                .map_err(|e| at.invalid(c.span(), field, format!("not a CIDR: {e}")))?;
-            let IpNetwork::V4(net) = net else {
-                return Err(at.invalid(c.span(), field, "must be IPv4 like the pod CIDR"));
-            };
-            if net.network() != net.ip() {
-                return Err(at.invalid(c.span(), field, format!("{net} has host bits set")));
-            }
-            if !(net.contains(cidr.network()) && net.prefix() <= cidr.prefix()) {
-                return Err(at.invalid(
-                    c.span(),
-                    field,
-                    format!("{net} does not contain this node's pod CIDR {cidr}"),
-                ));
-            }
-            Some(net)
-        }
+        Some(c) => Some(cluster_cidr(at, c, cidr)?),
     };
     Ok(PodNetwork {
         cidr,
@@ -354,6 +311,83 @@ fn validate_pod_network(at: &Locator, raw: &RawPodNetwork) -> Result<PodNetwork,
             .unwrap_or_default(),
         mss_clamp: raw.mss_clamp.unwrap_or(true),
     })
+}
+
+fn pod_cidr(at: &Locator, v: &Spanned<String>) -> Result<Ipv4Network, SpecError> {
+    let field = "pod_network.cidr";
+    let cidr: IpNetwork = at.parse(v, field, "a CIDR")?;
+    let IpNetwork::V4(cidr) = cidr else {
+        return Err(at.invalid(
+            v.span(),
+            field,
+            "IPv6 pod networks are not supported yet; use an IPv4 CIDR",
+        ));
+    };
+    if cidr.network() != cidr.ip() {
+        return Err(at.invalid(
+            v.span(),
+            field,
+            format!(
+                "{cidr} has host bits set; did you mean {}/{}?",
+                cidr.network(),
+                cidr.prefix()
+            ),
+        ));
+    }
+    if cidr.prefix() > 29 {
+        return Err(at.invalid(
+            v.span(),
+            field,
+            format!(
+                "/{} is too small: a pod network needs at least a /29",
+                cidr.prefix()
+            ),
+        ));
+    }
+    Ok(cidr)
+}
+
+fn gateway(at: &Locator, v: &Spanned<String>, cidr: Ipv4Network) -> Result<Ipv4Addr, SpecError> {
+    let field = "pod_network.gateway";
+    let ip: Ipv4Addr = at.parse(v, field, "an IPv4 address")?;
+    if !cidr.contains(ip) {
+        return Err(at.invalid(
+            v.span(),
+            field,
+            format!("{ip} is outside the pod CIDR {cidr}"),
+        ));
+    }
+    if ip == cidr.network() || ip == cidr.broadcast() {
+        return Err(at.invalid(
+            v.span(),
+            field,
+            format!("{ip} is the network or broadcast address of {cidr}"),
+        ));
+    }
+    Ok(ip)
+}
+
+fn cluster_cidr(
+    at: &Locator,
+    v: &Spanned<String>,
+    cidr: Ipv4Network,
+) -> Result<Ipv4Network, SpecError> {
+    let field = "pod_network.cluster_cidr";
+    let net: IpNetwork = at.parse(v, field, "a CIDR")?;
+    let IpNetwork::V4(net) = net else {
+        return Err(at.invalid(v.span(), field, "must be IPv4 like the pod CIDR"));
+    };
+    if net.network() != net.ip() {
+        return Err(at.invalid(v.span(), field, format!("{net} has host bits set")));
+    }
+    if !(net.contains(cidr.network()) && net.prefix() <= cidr.prefix()) {
+        return Err(at.invalid(
+            v.span(),
+            field,
+            format!("{net} does not contain this node's pod CIDR {cidr}"),
+        ));
+    }
+    Ok(net)
 }
 
 fn validate_tailnet(
@@ -416,129 +450,47 @@ fn validate_daemon(
 ) -> Result<DaemonConfig, SpecError> {
     let mut d = DaemonConfig::default();
     let Some(raw) = raw else { return Ok(d) };
-    let abs = |v: &Spanned<String>, field: &str| -> Result<PathBuf, SpecError> {
-        let p = PathBuf::from(v.get_ref());
-        if p.is_absolute() {
-            Ok(p)
-        } else {
-            Err(at.invalid(v.span(), field, "must be an absolute path"))
-        }
-    };
-    let int = |v: &Spanned<i64>,
-               field: &str,
-               range: std::ops::RangeInclusive<i64>|
-     -> Result<i64, SpecError> {
-        let n = *v.get_ref();
-        if range.contains(&n) {
-            Ok(n)
-        } else {
-            Err(at.invalid(
-                v.span(),
-                field,
-                format!("{n} is out of range {}..={}", range.start(), range.end()),
-            ))
-        }
-    };
     if let Some(v) = &raw.dns_upstream {
-        d.dns_upstream = abs(v, "daemon.dns_upstream")?;
+        d.dns_upstream = at.absolute_path(v, "daemon.dns_upstream")?;
     }
     if let Some(v) = &raw.tailscaled {
-        d.tailscaled = abs(v, "daemon.tailscaled")?;
+        d.tailscaled = at.absolute_path(v, "daemon.tailscaled")?;
     }
     if let Some(v) = &raw.tailscale {
-        d.tailscale = abs(v, "daemon.tailscale")?;
+        d.tailscale = at.absolute_path(v, "daemon.tailscale")?;
     }
     if let Some(v) = &raw.auth_key_file {
-        d.auth_key_file = Some(abs(v, "daemon.auth_key_file")?);
+        d.auth_key_file = Some(at.absolute_path(v, "daemon.auth_key_file")?);
     }
     if let Some(v) = &raw.login_server {
-        let url = v.get_ref();
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(at.invalid(
-                v.span(),
-                "daemon.login_server",
-                format!("{url:?} is not an http(s) URL"),
-            ));
-        }
-        d.login_server = Some(url.clone());
+        d.login_server = Some(login_server(at, v)?);
     }
     if let Some(v) = &raw.hostname {
-        let ok = !v.get_ref().is_empty()
-            && v.get_ref().len() <= 63
-            && v.get_ref()
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if !ok {
-            return Err(at.invalid(v.span(), "daemon.hostname", "use 1-63 of [A-Za-z0-9-]"));
-        }
-        d.hostname = Some(v.get_ref().clone());
+        d.hostname = Some(hostname(at, v)?);
     }
     if let Some(v) = &raw.resync_seconds {
-        d.resync_seconds = int(v, "daemon.resync_seconds", 1..=86_400)? as u64;
+        d.resync_seconds = at.in_range(v, "daemon.resync_seconds", 1..=86_400)? as u64;
     }
     d.tailscaled_flags = raw.tailscaled_flags.clone();
     d.up_flags = raw.up_flags.clone();
     if let Some(v) = &raw.netns {
-        let name = v.get_ref();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            || name.starts_with('.')
-        {
-            return Err(at.invalid(
-                v.span(),
-                "daemon.netns",
-                "use 1-64 of [A-Za-z0-9_.-], not starting with '.'",
-            ));
-        }
-        d.netns = name.clone();
+        d.netns = netns_name(at, v)?;
     }
     if let Some(v) = raw.forward_port {
         d.forward_port = v;
     }
     if let Some(v) = &raw.port {
-        d.port = int(v, "daemon.port", 1..=65535)? as u16;
+        d.port = at.in_range(v, "daemon.port", 1..=65535)? as u16;
     }
     if let Some(v) = &raw.route_table {
-        let t = int(v, "daemon.route_table", 1..=u32::MAX as i64)? as u32;
-        if matches!(t, 52 | 253..=255) {
-            return Err(at.invalid(
-                v.span(),
-                "daemon.route_table",
-                format!("table {t} belongs to the kernel or tailscale; pick another"),
-            ));
-        }
-        d.route_table = t;
+        d.route_table = route_table(at, v)?;
     }
     if let Some(v) = &raw.rule_priority {
         // It and the two after it, all before the main table's rule (32766).
-        d.rule_priority = int(v, "daemon.rule_priority", 1..=32763)? as u32;
+        d.rule_priority = at.in_range(v, "daemon.rule_priority", 1..=32763)? as u32;
     }
     if let Some(v) = &raw.transfer_cidr {
-        let net: Ipv4Network = v.get_ref().parse().map_err(|e| {
-            at.invalid(
-                v.span(),
-                "daemon.transfer_cidr",
-                format!("not an IPv4 CIDR: {e}"),
-            )
-        })?;
-        if net.prefix() != 30 || net.network() != net.ip() {
-            return Err(at.invalid(
-                v.span(),
-                "daemon.transfer_cidr",
-                "must be a /30 network address",
-            ));
-        }
-        if net.overlaps(pod.cidr) || tailnet.cidr.contains(std::net::IpAddr::V4(net.network())) {
-            return Err(at.invalid(
-                v.span(),
-                "daemon.transfer_cidr",
-                "overlaps the pod or tailnet CIDR",
-            ));
-        }
-        d.transfer_cidr = net;
+        d.transfer_cidr = transfer_cidr(at, v, pod, tailnet)?;
     }
     if let Some(v) = &raw.metrics_listen {
         d.metrics_listen = Some(v.get_ref().parse().map_err(|e| {
@@ -550,6 +502,79 @@ fn validate_daemon(
         })?);
     }
     Ok(d)
+}
+
+fn login_server(at: &Locator, v: &Spanned<String>) -> Result<String, SpecError> {
+    let url = v.get_ref();
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(url.clone())
+    } else {
+        Err(at.invalid(
+            v.span(),
+            "daemon.login_server",
+            format!("{url:?} is not an http(s) URL"),
+        ))
+    }
+}
+
+fn hostname(at: &Locator, v: &Spanned<String>) -> Result<String, SpecError> {
+    let name = v.get_ref();
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if ok {
+        Ok(name.clone())
+    } else {
+        Err(at.invalid(v.span(), "daemon.hostname", "use 1-63 of [A-Za-z0-9-]"))
+    }
+}
+
+fn netns_name(at: &Locator, v: &Spanned<String>) -> Result<String, SpecError> {
+    let name = v.get_ref();
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(name.clone())
+    } else {
+        Err(at.invalid(
+            v.span(),
+            "daemon.netns",
+            "use 1-64 of [A-Za-z0-9_.-], not starting with '.'",
+        ))
+    }
+}
+
+fn route_table(at: &Locator, v: &Spanned<i64>) -> Result<u32, SpecError> {
+    let t = at.in_range(v, "daemon.route_table", 1..=u32::MAX as i64)? as u32;
+    if matches!(t, 52 | 253..=255) {
+        return Err(at.invalid(
+            v.span(),
+            "daemon.route_table",
+            format!("table {t} belongs to the kernel or tailscale; pick another"),
+        ));
+    }
+    Ok(t)
+}
+
+fn transfer_cidr(
+    at: &Locator,
+    v: &Spanned<String>,
+    pod: &PodNetwork,
+    tailnet: &Tailnet,
+) -> Result<Ipv4Network, SpecError> {
+    let field = "daemon.transfer_cidr";
+    let net: Ipv4Network = at.parse(v, field, "an IPv4 CIDR")?;
+    if net.prefix() != 30 || net.network() != net.ip() {
+        return Err(at.invalid(v.span(), field, "must be a /30 network address"));
+    }
+    if net.overlaps(pod.cidr) || tailnet.cidr.contains(std::net::IpAddr::V4(net.network())) {
+        return Err(at.invalid(v.span(), field, "overlaps the pod or tailnet CIDR"));
+    }
+    Ok(net)
 }
 
 fn validate_route(
