@@ -101,10 +101,7 @@ pub async fn serve(
             // Only root can connect; still, what goes into the store and
             // the kernel passes the plugin's own checks here too.
             if let Some(answer) = check(&request) {
-                let mut doc = serde_json::to_vec(&answer).unwrap_or_default();
-                doc.push(b'\n');
-                let _ = write.write_all(&doc).await;
-                return;
+                return write_answer(&mut write, &answer).await;
             }
             let (answer_tx, answer_rx) = oneshot::channel();
             if !queue.push(Pending {
@@ -116,15 +113,20 @@ pub async fn serve(
             }
             // Dropped unanswered (the daemon stopping): the connection
             // closes without an answer, and the plugin does the work itself.
-            let Ok(answer) = answer_rx.await else {
-                return;
-            };
-            let mut doc = serde_json::to_vec(&answer).unwrap_or_default();
-            doc.push(b'\n');
-            let _ = write.write_all(&doc).await;
-            let _ = write.shutdown().await;
+            if let Ok(answer) = answer_rx.await {
+                write_answer(&mut write, &answer).await;
+            }
         });
     }
+}
+
+/// One answer line, then the end of the connection (a plugin gone
+/// meanwhile misses it: nothing to do about that).
+async fn write_answer(write: &mut tokio::net::unix::OwnedWriteHalf, answer: &Answer) {
+    let mut doc = serde_json::to_vec(answer).unwrap_or_default();
+    doc.push(b'\n');
+    let _ = write.write_all(&doc).await;
+    let _ = write.shutdown().await;
 }
 
 /// The checks the plugin made of its environment, made again: a refusal,
