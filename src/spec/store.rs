@@ -144,6 +144,12 @@ pub struct Changed {
 }
 
 #[derive(Clone, Copy)]
+enum Fold {
+    Yes,
+    No,
+}
+
+#[derive(Clone, Copy)]
 enum Listing {
     Skip,
     After,
@@ -333,7 +339,8 @@ impl PodStore {
                 pods: Vec::new(),
             });
         }
-        self.with_db(|db, path| {
+        let fold = if add.is_empty() { Fold::No } else { Fold::Yes };
+        self.with_db_folding(fold, |db, path| {
             let mut taken: Option<FxHashMap<String, PodKey>> = None;
             let mut added = Vec::with_capacity(add.len());
             for (key, netns) in add {
@@ -458,9 +465,10 @@ impl PodStore {
 
     /// Frees the addresses held by these host links of removed attachments,
     /// now that the links are gone. Cheap, as a DEL's last step should be:
-    /// it leaves a mark per link in state_dir/released, which the next store
-    /// operation folds in under the lock (until then the address stays held,
-    /// the safe side). Returns how many links were marked.
+    /// it leaves a mark per link in state_dir/released, which the next
+    /// allocation (or listing of what is held) folds in under the lock; until
+    /// then the address stays held, the safe side. Returns how many links
+    /// were marked.
     pub fn release(&self, host_links: &[String]) -> Result<usize, StoreError> {
         if host_links.is_empty() || !self.exists()? {
             return Ok(0);
@@ -533,7 +541,7 @@ impl PodStore {
         if !self.exists()? {
             return Ok(Vec::new());
         }
-        self.with_db(|db, path| {
+        self.with_db_folding(Fold::Yes, |db, path| {
             db.scan_prefix(RELEASING_PREFIX)
                 .keys()
                 .map(|k| {
@@ -560,11 +568,26 @@ impl PodStore {
         &self,
         f: impl FnOnce(&sled::Db, &Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.with_db_folding(Fold::No, f)
+    }
+
+    /// [`with_db`](Self::with_db), first folding in the release marks when
+    /// `fold` says so: only where held addresses matter (allocating, and
+    /// listing what is held), so that a burst of DELs does not lengthen
+    /// every critical section with the others' marks.
+    fn with_db_folding<T>(
+        &self,
+        fold: Fold,
+        f: impl FnOnce(&sled::Db, &Path) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let _lock = self.lock()?;
         let path = self.dir.join(DB_DIR);
         let db = self.open_db(&path, started)?;
-        let marks = self.fold_released(&db, &path)?;
+        let marks = match fold {
+            Fold::Yes => self.fold_released(&db, &path)?,
+            Fold::No => Vec::new(),
+        };
         let result = f(&db, &path)?;
         db.flush().map_err(|error| StoreError::Db {
             path: path.clone(),
