@@ -7,6 +7,9 @@
 //! observing the kernel might see a veth whose intent it has not read and
 //! take it for stale; so before planning any node-level removal, the pass
 //! reads the intents again, now known to be newer than what it observed.
+//! The daemon's CNI batches plan from the intents read under the same lock
+//! as the batch's own changes; their scope (`Pods`) removes nothing but the
+//! links they release, so an intent written meanwhile by anyone else is safe.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -180,16 +180,15 @@ impl PodStore {
     }
 
     /// Changes made through this handle do not signal the daemon's file
-    /// watch: a CNI call that hands its pod to the daemon tells it directly,
-    /// and a pass per signal would only delay the batch. A caller that ends
-    /// up not telling the daemon calls [`signal_change`](Self::signal_change).
+    /// watch: the daemon's own batches, which know what they changed (a
+    /// pass per signal would only delay the next batch).
     pub fn quiet(mut self) -> Self {
         self.signal = false;
         self
     }
 
     /// Signals watchers that the store changed.
-    pub fn signal_change(&self) {
+    fn signal_change(&self) {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
