@@ -7,12 +7,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ms, percentile, require_root, sh, start_plugin, wait_for_idle, Netns};
+use common::{
+    env_number, ms, percentile, reference_plugin, require_root, run_batch, sh, start_plugin,
+    wait_for_idle, Netns,
+};
 
 /// All `pods` invocations of `command` at once; the wall time until the last answered.
 fn burst(plugin: &Path, command: &str, round: usize, pods: &[String], conf: &str) -> Duration {
@@ -75,19 +77,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let pods: usize = std::env::var("HEADCNI_BURST_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(110);
-    let rounds: usize = std::env::var("HEADCNI_BURST_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let ptp = PathBuf::from("/usr/lib/cni/ptp");
-    assert!(
-        ptp.exists(),
-        "install containernetworking-plugins (scripts/deps.sh)"
-    );
+    let pods: usize = env_number("HEADCNI_BURST_PODS", 110);
+    let rounds: usize = env_number("HEADCNI_BURST_ROUNDS", 3);
+    let ptp = reference_plugin();
     let headcni = PathBuf::from(env!("CARGO_BIN_EXE_headcni"));
     let tag = format!("hcb{}", std::process::id());
     let node = format!("{tag}-node");
@@ -98,17 +90,7 @@ fn main() {
     let batch: String = std::iter::once(format!("netns add {node}\n"))
         .chain(pod_names.iter().map(|p| format!("netns add {p}\n")))
         .collect();
-    let mut ip = Command::new("ip")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("ip");
-    ip.stdin
-        .take()
-        .expect("stdin")
-        .write_all(batch.as_bytes())
-        .expect("ip -batch");
-    assert!(ip.wait().expect("ip").success(), "creating namespaces");
+    assert!(run_batch(&batch), "creating namespaces");
 
     // The plugins and the daemon run in the node namespace, as under a
     // kubelet: entered here (children inherit it).

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ms, percentile, require_root, sh, start_plugin, Netns};
+use common::{ms, percentile, reference_plugin, require_root, sh, start_plugin, Netns};
 
 const ROUNDS: usize = 150;
 
@@ -33,11 +33,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let ptp = PathBuf::from("/usr/lib/cni/ptp");
-    assert!(
-        ptp.exists(),
-        "install containernetworking-plugins (scripts/deps.sh)"
-    );
+    let ptp = reference_plugin();
     let headcni = PathBuf::from(env!("CARGO_BIN_EXE_headcni"));
     let tag = format!("hcc{}", std::process::id());
     let (node, pod) = (format!("{tag}-node"), format!("{tag}-pod"));

@@ -4,14 +4,13 @@
 //! `cargo bench --bench daemon`; HEADCNI_BENCH_IDLE_SECS shortens the idle window.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{require_root, sh};
+use common::{env_number, require_root, run_batch, sh};
 use headcni::netlink::Netlink;
 
 struct Cleanup {
@@ -34,20 +33,6 @@ impl Drop for Cleanup {
             .collect();
         let _ = run_batch(&batch);
     }
-}
-
-fn run_batch(batch: &str) -> bool {
-    let mut child = Command::new("ip")
-        .args(["-force", "-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("ip");
-    let _ = child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(batch.as_bytes());
-    child.wait().map(|s| s.success()).unwrap_or(false)
 }
 
 fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
@@ -180,10 +165,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let idle_secs: u64 = std::env::var("HEADCNI_BENCH_IDLE_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let idle_secs: u64 = env_number("HEADCNI_BENCH_IDLE_SECS", 60);
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("hcd{}", std::process::id());
     println!("headcni daemon benchmark");

@@ -110,3 +110,37 @@ pub fn start_plugin(
         .expect("stdin");
     child
 }
+
+/// Feeds `batch` to `ip -force -batch -`; whether every line succeeded.
+pub fn run_batch(batch: &str) -> bool {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip");
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(batch.as_bytes());
+    child.wait().map(|s| s.success()).unwrap_or(false)
+}
+
+/// A number from the environment, else `default`.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Debian's `ptp` plugin (with `host-local`), the reference CNI plugins.
+pub fn reference_plugin() -> std::path::PathBuf {
+    let ptp = std::path::PathBuf::from("/usr/lib/cni/ptp");
+    assert!(
+        ptp.exists(),
+        "install containernetworking-plugins (scripts/deps.sh)"
+    );
+    ptp
+}

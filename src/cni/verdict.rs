@@ -18,21 +18,20 @@ pub fn wired(applied: &Applied, key: &PodKey) -> Result<(), CniError> {
         )
         .with_details(crate::report::text::conflicts(&mine)));
     }
-    let is_mine = |a: &Option<Attachment>| a.as_ref().and_then(Attachment::pod) == Some(key);
-    let (own, node_wide): (Vec<_>, Vec<_>) = applied
-        .report
-        .failed
-        .iter()
-        .filter(|f| f.step.attachment.is_none() || is_mine(&f.step.attachment))
-        .partition(|f| is_mine(&f.step.attachment));
-    for f in node_wide {
+    let failed = &applied.report.failed;
+    for f in failed.iter().filter(|f| f.step.attachment.is_none()) {
         tracing::warn!("node-wide step failed during ADD of {key}: {f}");
     }
+    let is_mine = |a: &Option<Attachment>| a.as_ref().and_then(Attachment::pod) == Some(key);
+    let own: Vec<String> = failed
+        .iter()
+        .filter(|f| is_mine(&f.step.attachment))
+        .map(|f| f.to_string())
+        .collect();
     if !own.is_empty() {
-        let details: Vec<String> = own.iter().map(|f| f.to_string()).collect();
         return Err(
             CniError::new(error::APPLY_FAILED, format!("wiring pod {key} failed"))
-                .with_details(details.join("; ")),
+                .with_details(own.join("; ")),
         );
     }
     if let Some(w) = mine.waiting.first() {
