@@ -49,12 +49,12 @@ const NODE_ROUTES: usize = 2;
 
 fn owned_routes() -> usize {
     let mut nl = Netlink::open_current().expect("netlink");
-    let state = headcni::observe::netns_state(&mut nl).expect("dump");
+    let state = headcni::observe::netns_state(&mut nl, Default::default()).expect("dump");
     state.routes.iter().filter(|r| r.is_owned()).count()
 }
 
 fn route_present(nl: &mut Netlink, dst: &str) -> bool {
-    let state = headcni::observe::netns_state(nl).expect("dump");
+    let state = headcni::observe::netns_state(nl, Default::default()).expect("dump");
     state
         .routes
         .iter()
@@ -118,11 +118,7 @@ fn setup(tag: &str, pods: usize, dir: &Path) -> Setup {
             ifname: "eth0".into(),
         };
         store
-            .add(
-                &key,
-                &PathBuf::from("/run/netns").join(p),
-                parsed.pod_network.gateway,
-            )
+            .add(&key, &PathBuf::from("/run/netns").join(p))
             .unwrap();
     }
     Setup {

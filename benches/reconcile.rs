@@ -5,6 +5,8 @@
 //! 2. Applying 10,000 host routes, against `ip -batch` adding the same routes.
 //!
 //! `cargo bench --bench reconcile` prints the figures; docs/benchmarks.md keeps them.
+//! `HEADCNI_BENCH_DUAL_STACK=1`: the pods have IPv6 addresses too (the spec
+//! a `cidr6`), so every pass also dumps and diffs IPv6.
 
 mod common;
 
@@ -23,7 +25,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     percentile(&mut v, 0.5)
 }
 
-fn intent(i: u32, pods_ns: &Path) -> PodIntent {
+fn intent(i: u32, pods_ns: &Path, dual_stack: bool) -> PodIntent {
     let id = format!("bench-{i:06}");
     PodIntent {
         host_link: host_link_name(&id, "eth0"),
@@ -32,7 +34,9 @@ fn intent(i: u32, pods_ns: &Path) -> PodIntent {
             ifname: "eth0".into(),
         },
         netns: pods_ns.to_path_buf(),
-        ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 2)) + i),
+        ip: Some(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 2)) + i)),
+        ip6: dual_stack
+            .then(|| std::net::Ipv6Addr::from(0xfd00_0010_0244_0000_0000_0000_0000_0002u128 + u128::from(i))),
     }
 }
 
@@ -119,13 +123,21 @@ fn main() {
     sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
     sh(&["ip", "link", "set", "tailscale0", "up"]);
 
-    let spec_text = "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n";
-    let spec = Spec::parse(spec_text, Path::new("bench.toml")).unwrap();
-    let all: Vec<PodIntent> = (0..10_000).map(|i| intent(i, &pods_path)).collect();
+    let dual_stack = std::env::var_os("HEADCNI_BENCH_DUAL_STACK").is_some();
+    let mut spec_text =
+        "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n".to_string();
+    if dual_stack {
+        spec_text.push_str("cidr6 = \"fd00:10:244::/64\"\n");
+    }
+    let spec = Spec::parse(&spec_text, Path::new("bench.toml")).unwrap();
+    let all: Vec<PodIntent> = (0..10_000)
+        .map(|i| intent(i, &pods_path, dual_stack))
+        .collect();
 
     println!(
-        "headcni reconcile benchmark ({} cores)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "headcni reconcile benchmark ({} cores, {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if dual_stack { "dual-stack" } else { "IPv4" }
     );
     let mut made = 0;
     for n in [1_000usize, 10_000] {
@@ -176,7 +188,12 @@ fn main() {
         let diff_took = t.elapsed();
         assert!(plan.is_empty());
         let t = Instant::now();
-        let observed = headcni::observe::observe(&[], headcni::observe::Firewall::Read).unwrap();
+        let observed = headcni::observe::observe(
+            &[],
+            headcni::observe::Firewall::Read,
+            headcni::observe::Families::of(&spec),
+        )
+        .unwrap();
         let observe_took = t.elapsed();
         assert_eq!(
             observed.node.routes.len(),
@@ -206,7 +223,8 @@ fn main() {
         writeln!(
             f,
             "route add {}/32 dev {} proto 104 scope link",
-            p.ip, p.host_link
+            p.ip.expect("an IPv4 address"),
+            p.host_link
         )
         .unwrap();
     }

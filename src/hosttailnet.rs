@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 /// The parts of `tailscale debug prefs` used here.
@@ -44,13 +44,12 @@ struct SelfStatus {
 
 /// What the host's tailscaled lacks for this node's pods, as sentences an
 /// operator can act on. Empty when all is well. Pure, for tests.
-pub fn assess(prefs: &str, status: &str, pod_cidr: Ipv4Network, cluster: bool) -> Vec<String> {
+pub fn assess(prefs: &str, status: &str, pod_cidrs: &[IpNetwork], cluster: bool) -> Vec<String> {
     let prefs: Prefs = match serde_json::from_str(prefs) {
         Ok(p) => p,
         Err(e) => return vec![format!("cannot read tailscale's prefs: {e}")],
     };
     let status: Status = serde_json::from_str(status).unwrap_or_default();
-    let cidr = pod_cidr.to_string();
     let mut out = Vec::new();
     if !status.backend_state.is_empty() && status.backend_state != "Running" {
         out.push(format!(
@@ -59,14 +58,19 @@ pub fn assess(prefs: &str, status: &str, pod_cidr: Ipv4Network, cluster: bool) -
         ));
     }
     let advertised = prefs.advertise_routes.unwrap_or_default();
-    if !advertised.contains(&cidr) {
+    let cidrs: Vec<String> = pod_cidrs.iter().map(|c| c.to_string()).collect();
+    let missing: Vec<&String> = cidrs.iter().filter(|c| !advertised.contains(c)).collect();
+    if !missing.is_empty() {
         let mut routes = advertised.clone();
-        routes.push(cidr.clone());
+        routes.extend(missing.iter().map(|c| c.to_string()));
+        let missing: Vec<&str> = missing.iter().map(|c| c.as_str()).collect();
         out.push(format!(
-            "the host's tailscaled does not advertise the pod CIDR {cidr}, so peers cannot answer pods: `tailscale set --advertise-routes={}`",
+            "the host's tailscaled does not advertise the pod CIDR {}, so peers cannot answer pods: `tailscale set --advertise-routes={}`",
+            missing.join(" and "),
             routes.join(",")
         ));
-    } else {
+    }
+    for cidr in cidrs.iter().filter(|c| advertised.contains(c)) {
         let approved = status
             .self_
             .as_ref()
@@ -90,7 +94,7 @@ pub fn assess(prefs: &str, status: &str, pod_cidr: Ipv4Network, cluster: bool) -
 
 /// Asks the host's `tailscale` CLI and assesses; a CLI that cannot be run
 /// or does not answer is one finding itself.
-pub fn check(tailscale: &Path, pod_cidr: Ipv4Network, cluster: bool) -> Vec<String> {
+pub fn check(tailscale: &Path, pod_cidrs: &[IpNetwork], cluster: bool) -> Vec<String> {
     let ask = |args: &[&str]| -> Result<String, String> {
         let mut child = Command::new(tailscale)
             .args(args)
@@ -130,7 +134,7 @@ pub fn check(tailscale: &Path, pod_cidr: Ipv4Network, cluster: bool) -> Vec<Stri
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     match (ask(&["debug", "prefs"]), ask(&["status", "--json"])) {
-        (Ok(prefs), Ok(status)) => assess(&prefs, &status, pod_cidr, cluster),
+        (Ok(prefs), Ok(status)) => assess(&prefs, &status, pod_cidrs, cluster),
         (Err(e), _) | (_, Err(e)) => vec![format!("cannot ask the host's tailscaled: {e}")],
     }
 }
@@ -141,15 +145,15 @@ mod tests {
 
     const CIDR: &str = "10.244.0.0/24";
 
-    fn cidr() -> ipnetwork::Ipv4Network {
-        CIDR.parse().unwrap()
+    fn cidr() -> Vec<ipnetwork::IpNetwork> {
+        vec![CIDR.parse().unwrap()]
     }
 
     #[test]
     fn all_well_says_nothing() {
         let prefs = r#"{"RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24"]}"#;
         let status = r#"{"BackendState": "Running", "Self": {"HostName": "n1", "PrimaryRoutes": ["10.244.0.0/24"]}}"#;
-        assert!(assess(prefs, status, cidr(), true).is_empty());
+        assert!(assess(prefs, status, &cidr(), true).is_empty());
     }
 
     #[test]
@@ -158,7 +162,7 @@ mod tests {
         let got = assess(
             r#"{"RouteAll": false, "AdvertiseRoutes": ["192.0.2.0/24"]}"#,
             status,
-            cidr(),
+            &cidr(),
             true,
         );
         assert_eq!(got.len(), 2, "{got:?}");
@@ -170,7 +174,7 @@ mod tests {
         let got = assess(
             r#"{"RouteAll": false, "AdvertiseRoutes": ["10.244.0.0/24"]}"#,
             status,
-            cidr(),
+            &cidr(),
             false,
         );
         assert_eq!(got.len(), 1, "{got:?}");
@@ -178,7 +182,7 @@ mod tests {
             got[0].contains("approve-routes") && got[0].contains("(n1)"),
             "{got:?}"
         );
-        let got = assess("{}", r#"{"BackendState": "NeedsLogin"}"#, cidr(), false);
+        let got = assess("{}", r#"{"BackendState": "NeedsLogin"}"#, &cidr(), false);
         assert!(got[0].contains("NeedsLogin"), "{got:?}");
     }
 }

@@ -2,7 +2,7 @@
 //! headcni reasons about, keyed the way the kernel keys them.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
@@ -305,9 +305,12 @@ pub struct Sysctl {
 }
 
 impl Sysctl {
-    /// The interface a per-interface sysctl (`net/ipv4/conf/<if>/...`) is about.
+    /// The interface a per-interface sysctl (`net/ipv{4,6}/conf/<if>/...`) is about.
     pub fn interface(&self) -> Option<&str> {
-        let rest = self.key.strip_prefix("net/ipv4/conf/")?;
+        let rest = self
+            .key
+            .strip_prefix("net/ipv4/conf/")
+            .or_else(|| self.key.strip_prefix("net/ipv6/conf/"))?;
         let name = rest.split('/').next()?;
         (!matches!(name, "all" | "default")).then_some(name)
     }
@@ -391,16 +394,30 @@ pub fn is_owned_link_name(name: &str) -> bool {
     name.starts_with(LINK_PREFIX)
 }
 
-/// IPv6 link-local addresses are made by the kernel on every link; they are never ours.
+/// The IPv6 gateway of every pod, on every host veth (see spec's POD_GATEWAY6).
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The tailnet namespace's end of its veth (daemon mode), link-local too.
+pub const TAILNET_PEER6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 2);
+
+/// IPv6 link-local addresses are made by the kernel on every link; they are
+/// never ours, but for the two fixed ones headcni puts on its veths.
 pub fn is_kernel_link_local(addr: &IpNetwork) -> bool {
     match addr.ip() {
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                && !(addr.prefix() == 64 && (v6 == POD_GATEWAY6 || v6 == TAILNET_PEER6))
+        }
         IpAddr::V4(_) => false,
     }
 }
 
 /// The name of headcni's nftables table (`inet headcni`).
 pub const NFT_TABLE: &str = "headcni";
+
+/// The sysctl key of an interface's IPv6 accept_ra.
+pub fn accept_ra_key(ifname: &str) -> String {
+    format!("net/ipv6/conf/{ifname}/accept_ra")
+}
 
 /// The sysctl key of an interface's rp_filter.
 pub fn rp_filter_key(ifname: &str) -> String {

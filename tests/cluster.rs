@@ -330,26 +330,31 @@ fn firewall_listing_is_reused_until_the_ruleset_changes() {
 fn forwarding_asked_over_netlink_matches_the_sysctl() {
     let mut lab = Lab::new();
     let ns = lab.netns("fwd");
-    let ask = |ns: &str| {
-        common::in_ns(ns, || {
+    let ask = |ns: &str, ipv6: bool| {
+        common::in_ns(ns, move || {
             headcni::netlink::Netlink::open_current()
                 .expect("netlink")
-                .ipv4_forwarding()
+                .forwarding(ipv6)
                 .expect("netconf")
         })
         .join()
         .expect("thread")
     };
-    for value in ["1", "0", "1"] {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.ip_forward={value}"),
-        ]);
-        assert_eq!(ask(&ns), Some(value == "1"), "ip_forward={value}");
+    for (key, ipv6) in [
+        ("net.ipv4.ip_forward", false),
+        ("net.ipv6.conf.all.forwarding", true),
+    ] {
+        for value in ["1", "0", "1"] {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ]);
+            assert_eq!(ask(&ns, ipv6), Some(value == "1"), "{key}={value}");
+        }
     }
 }

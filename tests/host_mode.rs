@@ -258,7 +258,8 @@ fn a_pod_pass_leaves_the_unread_firewall_alone() {
             ifname: "eth0".into(),
         },
         netns: common::Lab::ns_path(&pod),
-        ip: ip.parse().expect("ip"),
+        ip: Some(ip.parse().expect("ip")),
+        ip6: None,
     };
     let key = intent.key();
     let applied = common::in_ns(&n.node, move || {

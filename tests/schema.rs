@@ -55,7 +55,8 @@ fn drift_json_validates() {
             ifname: "eth0".into(),
         },
         netns: "/run/netns/c1".into(),
-        ip: "10.244.0.9".parse().unwrap(),
+        ip: Some("10.244.0.9".parse().unwrap()),
+        ip6: None,
         host_link: host_link_name("c1", "eth0"),
     };
     let last = compile(&spec, &[]);

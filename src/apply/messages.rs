@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -79,6 +79,13 @@ pub fn address(index: u32, addr: &Address) -> AddressMessage {
     if addr.addr.is_ipv4() {
         msg.attributes
             .push(AddressAttribute::Address(addr.addr.ip()));
+    } else {
+        // No duplicate address detection: headcni's addresses are unique by
+        // allocation (pods) or by construction (a link-local gateway alone
+        // on its veth), and a tentative address cannot be used for a second
+        // or so: a pod's first packets, or its gateway's answers, would be lost.
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
     msg
 }
@@ -117,7 +124,12 @@ pub fn route(route: &Route, oif: Option<u32>) -> RouteMessage {
 pub fn rule(rule: &crate::model::Rule) -> rtnetlink::packet_route::rule::RuleMessage {
     use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
     let mut msg = RuleMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    let ipv6 = rule.src.or(rule.dst).is_some_and(|net| net.is_ipv6());
+    msg.header.family = if ipv6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
     msg.header.action = RuleAction::ToTable;
     msg.header.table = u8::try_from(rule.table).unwrap_or(0);
     msg.attributes.push(RuleAttribute::Priority(rule.priority));

@@ -244,15 +244,21 @@ fn validate(cli: &Cli) -> anyhow::Result<Exit> {
     outln!("{}: valid", cli.spec.display());
     outln!("  mode: {}", format!("{:?}", spec.mode).to_lowercase());
     outln!("  state_dir: {} ({state})", spec.state_dir.display());
-    outln!(
-        "  pod network: {} gateway {} mtu {}",
-        spec.pod_network.cidr,
-        spec.pod_network.gateway,
-        spec.pod_network.mtu
-    );
+    for range in spec.pod_network.ranges() {
+        out!("  pod network: {} gateway {}", range.cidr, range.gateway);
+        if let Some(cluster) = range.cluster_cidr {
+            out!(" cluster {cluster}");
+        }
+        outln!(" mtu {}", spec.pod_network.mtu);
+    }
+    let tailnet: Vec<String> = spec
+        .pod_network
+        .ranges()
+        .map(|r| spec.tailnet.cidr_for(r).to_string())
+        .collect();
     outln!(
         "  tailnet: {} dev {}",
-        spec.tailnet.cidr,
+        tailnet.join(", "),
         spec.tailnet.interface
     );
     for r in &spec.routes {

@@ -167,8 +167,8 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
         // beside the plan, with the commands that fix it.
         for finding in headcni::hosttailnet::check(
             &inputs.spec.daemon.tailscale,
-            inputs.spec.pod_network.cidr,
-            inputs.spec.pod_network.cluster_cidr.is_some(),
+            &inputs.spec.pod_network.cidrs(),
+            inputs.spec.pod_network.has_cluster(),
         ) {
             // Through the log, so it keeps the chosen log format.
             tracing::warn!("host tailnet: {finding}");

@@ -59,13 +59,13 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
             headcni::cni::validate_netns(netns)
                 .map_err(|reason| anyhow::anyhow!("--netns {}: {reason}", netns.display()))?;
             let added = store
-                .add(&key, netns, spec.pod_network.gateway)
+                .add(&key, netns)
                 .with_context(|| format!("adding pod {key}"))?;
             let verb = if added.created { "added" } else { "exists" };
             outln!(
                 "{verb} {} {} {}",
                 key,
-                added.intent.ip,
+                added.intent.addresses_text(),
                 added.intent.host_link
             );
         }
@@ -75,7 +75,7 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
                 .remove(&key)
                 .with_context(|| format!("removing pod {key}"))?
             {
-                Some(intent) => outln!("removed {} {} {}", key, intent.ip, intent.host_link),
+                Some(intent) => outln!("removed {} {} {}", key, intent.addresses_text(), intent.host_link),
                 None => outln!("absent {key}"),
             }
         }
@@ -102,7 +102,7 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
                             "{:<24} {:<8} {:<15} {:<14} {}",
                             short,
                             p.key.ifname,
-                            p.ip,
+                            p.addresses_text(),
                             p.host_link,
                             p.netns.display()
                         );

@@ -179,7 +179,7 @@ fn add_here(
     netns: &Path,
 ) -> Result<handoff::Wired, CniError> {
     let store = store(spec, conf);
-    let added = store.add(key, netns, spec.pod_network.gateway)?;
+    let added = store.add(key, netns)?;
     let intent = added.intent;
     check_netns(&intent, netns)?;
     if let Err(e) = wire(spec, &intent) {
@@ -316,11 +316,13 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         );
     }
     if let Some(listed) = prev_ips {
-        let want = format!("{}/32", intent.ip);
-        if !listed.contains(&want) {
-            return Err(mismatch(format!(
-                "prevResult lists {listed:?} but the pod has {want}"
-            )));
+        for ip in intent.addresses() {
+            let want = crate::spec::host_prefix(ip).to_string();
+            if !listed.contains(&want) {
+                return Err(mismatch(format!(
+                    "prevResult lists {listed:?} but the pod has {want}"
+                )));
+            }
         }
     }
     Ok(())
@@ -397,13 +399,14 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
     let intents = store(&spec, conf)
         .list()
         .map_err(|e| unavailable(crate::Chain(&e).to_string()))?;
-    let capacity = alloc::capacity(spec.pod_network.cidr) as usize;
-    if intents.len() >= capacity {
-        return Err(unavailable(format!(
-            "pod CIDR {} has no addresses left ({} allocated)",
-            spec.pod_network.cidr,
-            intents.len()
-        )));
+    for range in spec.pod_network.ranges() {
+        if intents.len() as u128 >= alloc::capacity(range.cidr, range.gateway) {
+            return Err(unavailable(format!(
+                "pod CIDR {} has no addresses left ({} allocated)",
+                range.cidr,
+                intents.len()
+            )));
+        }
     }
     if spec.mode == Mode::Daemon {
         // The tailnet interface lives in the daemon's own namespace.

@@ -178,7 +178,7 @@ pub fn run_batch(spec: &Spec, batch: Vec<Pending>) {
         .collect();
     // The daemon is told directly: its own file watch need not hear of it.
     let store = spec.pod_store().quiet();
-    let changed = match store.change_and_list(&adds, &dels, spec.pod_network.gateway) {
+    let changed = match store.change_and_list(&adds, &dels) {
         Ok(changed) => changed,
         Err(e) => {
             let e = CniError::from_store(&e);

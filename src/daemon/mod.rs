@@ -324,8 +324,8 @@ async fn pass(
         tokio::task::spawn_blocking(move || {
             crate::hosttailnet::check(
                 &host_spec.daemon.tailscale,
-                host_spec.pod_network.cidr,
-                host_spec.pod_network.cluster_cidr.is_some(),
+                &host_spec.pod_network.cidrs(),
+                host_spec.pod_network.has_cluster(),
             )
         })
     });

@@ -70,14 +70,22 @@ fn up_args(spec: &Spec, login_server: &str, key: &Path) -> Vec<String> {
         format!("--login-server={login_server}"),
         format!("--auth-key=file:{}", key.display()),
         format!("--hostname={hostname}"),
-        format!("--advertise-routes={}", spec.pod_network.cidr),
+        format!(
+            "--advertise-routes={}",
+            spec.pod_network
+                .cidrs()
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         // Nothing for it to filter in a namespace of its own, and no host
         // chains to fight over (tailscale's ts-input).
         "--netfilter-mode=off".into(),
     ];
     // Other nodes' pod CIDRs are their subnet routes: tailscaled on Linux
     // drops traffic for subnet routes it was not told to accept.
-    if spec.pod_network.cluster_cidr.is_some() {
+    if spec.pod_network.has_cluster() {
         args.push("--accept-routes".into());
     }
     args.extend(d.up_flags.iter().cloned());

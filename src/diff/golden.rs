@@ -37,6 +37,9 @@ fn load(case: &Path) -> (Desired, Observed) {
                 resolv_conf,
                 upstream: fs::read_to_string(case.join("upstream-resolv.conf")).ok(),
             }),
+        ipv6_uplinks: fs::read_to_string(case.join("ipv6-uplinks"))
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
     };
     (crate::spec::compile_on(&spec, &pods, &facts), observed)
 }
@@ -106,7 +109,8 @@ fn intent(i: u8) -> PodIntent {
             ifname: "eth0".into(),
         },
         netns: PathBuf::from(format!("/run/netns/pod{i}")),
-        ip: std::net::Ipv4Addr::new(10, 244, 0, 10 + i),
+        ip: Some(std::net::Ipv4Addr::new(10, 244, 0, 10 + i)),
+        ip6: None,
     }
 }
 
@@ -212,7 +216,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
     ));
 
     let mut outside = intent(4);
-    outside.ip = std::net::Ipv4Addr::new(10, 9, 0, 4);
+    outside.ip = Some(std::net::Ipv4Addr::new(10, 9, 0, 4));
     let mut pods = three.clone();
     pods.push(outside);
     out.push((
@@ -320,7 +324,81 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
         o,
     ));
 
+    dual_stack_scenarios(&mut out);
     out
+}
+
+/// The spec with IPv6 pods beside the IPv4 ones, or instead of them.
+fn dual_spec() -> String {
+    SPEC.replace(
+        "cidr = \"10.244.0.0/24\"",
+        "cidr = \"10.244.0.0/24\"\ncidr6 = \"fd00:10:244::/64\"",
+    )
+}
+
+fn ipv6_only_spec() -> String {
+    SPEC.replace("cidr = \"10.244.0.0/24\"", "cidr6 = \"fd00:10:244::/64\"")
+}
+
+fn dual_intent(i: u8, ipv4: bool) -> PodIntent {
+    PodIntent {
+        ip: ipv4.then(|| std::net::Ipv4Addr::new(10, 244, 0, 10 + i)),
+        ip6: Some(std::net::Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            0,
+            0,
+            0,
+            0,
+            0x10 + u16::from(i),
+        )),
+        ..intent(i)
+    }
+}
+
+/// IPv6-only, dual-stack, and drift of IPv6 objects.
+fn dual_stack_scenarios(out: &mut Vec<(&'static str, String, Vec<PodIntent>, Observed)>) {
+    let parse = |text: &str| Spec::parse(text, Path::new("spec.toml")).unwrap();
+    let bare = |spec: &Spec| {
+        let mut o = converged(&compile(spec, &[]));
+        o.node.routes.clear();
+        o.node.nft = None;
+        for sysctl in &mut o.node.sysctls {
+            sysctl.value = "0".into();
+        }
+        o.node.sysctls.push(Sysctl {
+            key: "net/ipv6/conf/eth0/accept_ra".into(),
+            value: "1".into(),
+        });
+        o
+    };
+    let v6_only: Vec<PodIntent> = (1..=2).map(|i| dual_intent(i, false)).collect();
+    let mut o = bare(&parse(&ipv6_only_spec()));
+    empty_pods(&mut o, &v6_only);
+    out.push(("19-ipv6-only-two-pods-on-an-empty-node", ipv6_only_spec(), v6_only, o));
+
+    let dual: Vec<PodIntent> = (1..=2).map(|i| dual_intent(i, true)).collect();
+    let mut o = bare(&parse(&dual_spec()));
+    empty_pods(&mut o, &dual);
+    out.push(("20-dual-stack-two-pods-on-an-empty-node", dual_spec(), dual.clone(), o));
+
+    // One pod's IPv6 host route and IPv6 default route gone; a pod from
+    // before IPv6 was enabled keeps its IPv4 address only.
+    let mut pods = dual.clone();
+    pods.push(intent(3));
+    let mut o = converged(&compile(&parse(&dual_spec()), &pods));
+    let host = dual[0].host_link.clone();
+    o.node
+        .routes
+        .retain(|r| !(r.dst.is_ipv6() && r.dev.as_deref() == Some(host.as_str())));
+    o.pods[0]
+        .state
+        .as_mut()
+        .unwrap()
+        .routes
+        .retain(|r| r.dst.is_ipv4());
+    out.push(("21-dual-stack-ipv6-routes-drifted", dual_spec(), pods, o));
 }
 
 #[test]

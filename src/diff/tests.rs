@@ -37,7 +37,8 @@ fn pod(i: u8) -> PodIntent {
             ifname: "eth0".into(),
         },
         netns: PathBuf::from(format!("/run/netns/{id}")),
-        ip: Ipv4Addr::new(10, 244, 0, 10 + i),
+        ip: Some(Ipv4Addr::new(10, 244, 0, 10 + i)),
+        ip6: None,
     }
 }
 

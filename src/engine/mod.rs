@@ -296,7 +296,7 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
 /// of an empty desired state against the node (owned routes, rules, links,
 /// the nftables table, files). What is anyone else's is never in such a plan.
 pub fn purge(spec: &Spec) -> Result<(Plan, crate::apply::ApplyReport), EngineError> {
-    let mut observed = observe::observe(&[], Firewall::Read)?;
+    let mut observed = observe::observe(&[], Firewall::Read, observe::Families::of(spec))?;
     observed.node.files = crate::files::read_existing(&staged::owned_file_paths(spec));
     let plan = diff(&Desired::default(), &observed);
     let report = crate::apply::apply(&plan);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::{EngineError, PodScope, PodSource};
 use crate::diff::{diff, Early, Plan};
 use crate::model::{Attachment, NftTable};
-use crate::observe::{self, Firewall, ObserveError, Observed};
+use crate::observe::{self, Families, Firewall, ObserveError, Observed};
 use crate::spec::{compile_on, Desired, Intents, Mode, NodeFacts, PodIntent, Spec};
 
 /// What one pass read and planned.
@@ -44,10 +44,11 @@ pub(super) fn observe_and_diff(
         None => Firewall::Skip,
     };
     std::thread::scope(|threads| {
-        let mut links = observe::start_link_dump(threads);
+        let families = Families::of(spec);
+        let mut links = observe::start_link_dump(threads, families);
         let intents = pods()?;
         let to_observe = namespaces_to_observe(spec, scope, &intents.pods);
-        let mut partial = observe::observe_partial(&to_observe, firewall)?;
+        let mut partial = observe::observe_partial(&to_observe, firewall, families)?;
         links.take_ready();
         // The files headcni keeps are node-wide objects: looked at (and so
         // written or removed) only by node-wide passes.
@@ -59,6 +60,12 @@ pub(super) fn observe_and_diff(
             // Only daemon mode plans files from the node's resolvers.
             resolvers: (node_wide && spec.mode == Mode::Daemon)
                 .then(|| crate::files::node_resolvers(&spec.daemon.dns_upstream)),
+            // Only node-wide passes keep node-wide sysctls.
+            ipv6_uplinks: if node_wide && families.ipv6 {
+                partial.ipv6_uplinks()
+            } else {
+                Vec::new()
+            },
         };
         let desired = compile_on(spec, &intents.pods, &facts);
         links.take_ready();

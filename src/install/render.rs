@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -12,8 +12,8 @@ pub enum RenderError {
         template: std::path::PathBuf,
         reason: String,
     },
-    #[error("node {node} has no IPv4 pod CIDR (its podCIDRs: {cidrs:?})")]
-    NoIpv4 { node: String, cidrs: Vec<String> },
+    #[error("node {node} has no pod CIDR headcni can use (its podCIDRs: {cidrs:?})")]
+    NoPodCidr { node: String, cidrs: Vec<String> },
     #[error("the spec rendered from {} for node {node} is not valid: {reason}", template.display())]
     Invalid {
         template: std::path::PathBuf,
@@ -22,8 +22,9 @@ pub enum RenderError {
     },
 }
 
-/// `template` with `pod_network.cidr` set to the node's IPv4 pod CIDR;
-/// checked as a spec would be at `spec_path`.
+/// `template` with `pod_network.cidr` and `cidr6` set to the node's IPv4
+/// and IPv6 pod CIDRs (a dual-stack cluster's Node has both); checked as a
+/// spec would be at `spec_path`.
 pub fn render_spec(
     template: &str,
     template_path: &Path,
@@ -35,13 +36,15 @@ pub fn render_spec(
         template: template_path.to_path_buf(),
         reason,
     };
-    let cidr = pod_cidrs
-        .iter()
-        .find_map(|c| c.parse::<Ipv4Network>().ok())
-        .ok_or_else(|| RenderError::NoIpv4 {
+    let parsed: Vec<IpNetwork> = pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+    let ipv4 = parsed.iter().find(|c| c.is_ipv4());
+    let ipv6 = parsed.iter().find(|c| c.is_ipv6());
+    if ipv4.is_none() && ipv6.is_none() {
+        return Err(RenderError::NoPodCidr {
             node: node.to_string(),
             cidrs: pod_cidrs.to_vec(),
-        })?;
+        });
+    }
     // Edited in place (toml_edit): the template's comments and layout,
     // which explain the spec to whoever reads it on the node, stay.
     let mut doc: toml_edit::DocumentMut = template.parse().map_err(|e| bad(format!("{e}")))?;
@@ -51,18 +54,24 @@ pub fn render_spec(
     let pod_network = doc["pod_network"]
         .as_table_like_mut()
         .ok_or_else(|| bad("pod_network: expected a table".into()))?;
-    for per_node in ["cidr", "gateway"] {
+    for per_node in ["cidr", "cidr6", "gateway"] {
         if pod_network.contains_key(per_node) {
             return Err(bad(format!(
                 "pod_network.{per_node}: each node's comes from its Node object; leave it out of the template"
             )));
         }
     }
-    pod_network.insert("cidr", toml_edit::value(cidr.to_string()));
+    for (field, cidr) in [("cidr", ipv4), ("cidr6", ipv6)] {
+        if let Some(cidr) = cidr {
+            pod_network.insert(field, toml_edit::value(cidr.to_string()));
+        }
+    }
+    let cidrs: Vec<String> = ipv4.iter().chain(&ipv6).map(|c| c.to_string()).collect();
     let body = doc.to_string();
     let text = format!(
-        "# Rendered by headcni from {} for node {node} (spec.podCIDR {cidr}).\n# Edit the template, not this file: it is rewritten from it.\n{body}",
-        template_path.display()
+        "# Rendered by headcni from {} for node {node} (spec.podCIDRs {}).\n# Edit the template, not this file: it is rewritten from it.\n{body}",
+        template_path.display(),
+        cidrs.join(", ")
     );
     crate::spec::Spec::parse(&text, spec_path).map_err(|e| RenderError::Invalid {
         template: template_path.to_path_buf(),
@@ -94,7 +103,14 @@ mod tests {
         )
         .unwrap();
         let spec = crate::spec::Spec::parse(&text, Path::new("s.toml")).unwrap();
-        assert_eq!(spec.pod_network.cidr.to_string(), "10.244.1.0/24");
+        assert_eq!(
+            spec.pod_network.cidrs(),
+            vec![
+                "10.244.1.0/24".parse::<IpNetwork>().unwrap(),
+                "fd00:10:244:1::/64".parse().unwrap()
+            ],
+            "both families of a dual-stack node"
+        );
         assert!(text.starts_with("# Rendered by headcni"), "{text}");
     }
 
@@ -122,7 +138,7 @@ cluster_cidr = \"10.244.0.0/16\"
             "{text}"
         );
         let spec = crate::spec::Spec::parse(&text, Path::new("s.toml")).unwrap();
-        assert_eq!(spec.pod_network.cidr.to_string(), "10.244.1.0/24");
+        assert_eq!(spec.pod_network.cidrs()[0].to_string(), "10.244.1.0/24");
     }
 
     #[test]
@@ -136,7 +152,7 @@ cluster_cidr = \"10.244.0.0/16\"
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("node n1 has no IPv4 pod CIDR"),
+            e.to_string().contains("node n1 has no pod CIDR headcni can use"),
             "{e}"
         );
         let per_node = "version = 1\n[pod_network]\ncidr = \"10.0.0.0/24\"\n";

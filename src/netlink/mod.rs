@@ -206,24 +206,25 @@ impl Netlink {
         })
     }
 
-    /// IPv4 forwarding of this namespace (`net.ipv4.ip_forward`, which is
-    /// `conf/all/forwarding`), asked with RTM_GETNETCONF rather than read
+    /// Forwarding of this namespace (`net.ipv4.ip_forward`, which is
+    /// `conf/all/forwarding`, or IPv6's `conf/all/forwarding`), asked with RTM_GETNETCONF rather than read
     /// from /proc/sys: with many namespaces every /proc/sys lookup walks
     /// entries of all of them (1,000 pod namespaces: 100 ms a pass).
     /// netlink-packet-route has no netconf messages; this one is small.
-    pub fn ipv4_forwarding(&mut self) -> Result<Option<bool>, NetlinkError> {
+    pub fn forwarding(&mut self, ipv6: bool) -> Result<Option<bool>, NetlinkError> {
         const RTM_GETNETCONF: u16 = 82;
         const RTM_NEWNETCONF: u16 = 80;
         const NETCONFA_IFINDEX: u16 = 1;
         const NETCONFA_FORWARDING: u16 = 2;
         const NETCONFA_IFINDEX_ALL: i32 = -1;
-        const AF_INET: u8 = 2;
+
+        let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let request = raw_request(
             RTM_GETNETCONF,
             seq,
-            [AF_INET, 0, 0, 0], // struct netconfmsg, padded
+            [family, 0, 0, 0], // struct netconfmsg, padded
             &[(NETCONFA_IFINDEX, &NETCONFA_IFINDEX_ALL.to_ne_bytes())],
         );
         self.socket

@@ -16,12 +16,40 @@ pub use crate::model::{rp_filter_key, Observed, ObservedPod};
 pub(crate) use node::start_link_dump;
 pub use node::{LinkCollector, NodeLinks, Partial, SortOrder};
 
-use crate::model::{Address, Attachment, Link, NetnsState, NftTable, Route, Sysctl, TABLE_LOCAL};
+use crate::model::{
+    is_kernel_link_local, Address, Attachment, Link, NetnsState, NftTable, Route, Sysctl,
+    TABLE_LOCAL,
+};
 use crate::netlink::{Netlink, NetlinkError};
 
-/// The namespace-wide sysctl observed everywhere (the node and the tailnet
+/// The namespace-wide sysctls observed everywhere (the node and the tailnet
 /// namespace forward), asked over netlink.
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
+const IPV6_FORWARD: &str = "net/ipv6/conf/all/forwarding";
+
+/// The address families a pass reads. IPv4 always (the tailnet namespace's
+/// way out is IPv4 whatever the pods'); IPv6 only when the spec gives pods
+/// IPv6: it doubles the address and route dumps of every namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Families {
+    pub ipv6: bool,
+}
+
+impl Families {
+    pub fn of(spec: &crate::spec::Spec) -> Families {
+        Families {
+            ipv6: spec.pod_network.ipv6.is_some(),
+        }
+    }
+
+    fn list(self) -> &'static [AddressFamily] {
+        if self.ipv6 {
+            &[AddressFamily::Inet, AddressFamily::Inet6]
+        } else {
+            &[AddressFamily::Inet]
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserveError {
@@ -53,10 +81,11 @@ pub enum Firewall {
 pub fn observe(
     pods: &[(Attachment, PathBuf)],
     firewall: Firewall,
+    families: Families,
 ) -> Result<Observed, ObserveError> {
     std::thread::scope(|threads| {
-        let links = start_link_dump(threads);
-        let partial = observe_partial(pods, firewall)?;
+        let links = start_link_dump(threads, families);
+        let partial = observe_partial(pods, firewall, families)?;
         let links = links.finish().map_err(ObserveError::Node)?;
         Ok(partial.complete(links))
     })
@@ -66,6 +95,7 @@ pub fn observe(
 pub(crate) fn observe_partial(
     pods: &[(Attachment, PathBuf)],
     firewall: Firewall,
+    families: Families,
 ) -> Result<Partial, ObserveError> {
     // An `nft` listing, when one is needed, runs while we dump.
     let firewall_reading = match firewall {
@@ -74,10 +104,11 @@ pub(crate) fn observe_partial(
         Firewall::Skip => None,
     };
     let mut nl = Netlink::open_current().map_err(ObserveError::Node)?;
-    let (addresses, routes) = dump_addresses_and_routes(&mut nl).map_err(ObserveError::Node)?;
-    let rules = dump_rules(&mut nl).map_err(ObserveError::Node)?;
-    let sysctls = forwarding_sysctl(&mut nl).map_err(ObserveError::Node)?;
-    let pods = observe_pods(pods)?;
+    let (addresses, routes) =
+        dump_addresses_and_routes(&mut nl, families).map_err(ObserveError::Node)?;
+    let rules = dump_rules(&mut nl, families).map_err(ObserveError::Node)?;
+    let sysctls = forwarding_sysctls(&mut nl, families).map_err(ObserveError::Node)?;
+    let pods = observe_pods(pods, families)?;
     let node = NetnsState {
         rules,
         sysctls,
@@ -104,12 +135,15 @@ pub(crate) fn observe_partial(
 /// The pods' namespaces, in order. Each costs a namespace switch and three
 /// small dumps (about 0.1 ms, mostly kernel time), so at scale they are
 /// spread over the cores.
-fn observe_pods(pods: &[(Attachment, PathBuf)]) -> Result<Vec<ObservedPod>, ObserveError> {
+fn observe_pods(
+    pods: &[(Attachment, PathBuf)],
+    families: Families,
+) -> Result<Vec<ObservedPod>, ObserveError> {
     const PER_THREAD_AT_LEAST: usize = 16;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let threads = (pods.len() / PER_THREAD_AT_LEAST).clamp(1, cores);
     let paths: Vec<&Path> = pods.iter().map(|(_, path)| path.as_path()).collect();
-    let states = crate::netlink::in_each_netns(&paths, threads, |_| observe_here());
+    let states = crate::netlink::in_each_netns(&paths, threads, |_| observe_here(families));
     pods.iter()
         .zip(states)
         .map(|((key, path), state)| {
@@ -134,25 +168,30 @@ fn observe_pods(pods: &[(Attachment, PathBuf)]) -> Result<Vec<ObservedPod>, Obse
 }
 
 /// The namespace the calling thread is in (a pod's, entered by netlink/).
-fn observe_here() -> Result<NetnsState, NetlinkError> {
+fn observe_here(families: Families) -> Result<NetnsState, NetlinkError> {
     let mut nl = Netlink::open_current()?;
-    let mut state = netns_state(&mut nl)?;
-    state.sysctls.extend(forwarding_sysctl(&mut nl)?);
+    let mut state = netns_state(&mut nl, families)?;
+    state.sysctls.extend(forwarding_sysctls(&mut nl, families)?);
     state.sysctls.sort();
     Ok(state)
 }
 
-/// `net.ipv4.ip_forward` of `nl`'s namespace, as a sysctl (asked over
-/// netlink; see [`Netlink::ipv4_forwarding`]).
-fn forwarding_sysctl(nl: &mut Netlink) -> Result<Vec<Sysctl>, NetlinkError> {
-    Ok(nl
-        .ipv4_forwarding()?
-        .map(|on| Sysctl {
-            key: IP_FORWARD.into(),
+/// `net.ipv4.ip_forward` (and with IPv6, `net.ipv6.conf.all.forwarding`)
+/// of `nl`'s namespace, as sysctls (asked over netlink; see
+/// [`Netlink::forwarding`]).
+fn forwarding_sysctls(nl: &mut Netlink, families: Families) -> Result<Vec<Sysctl>, NetlinkError> {
+    let mut out = Vec::new();
+    for family in families.list() {
+        let (key, ipv6) = match family {
+            AddressFamily::Inet6 => (IPV6_FORWARD, true),
+            _ => (IP_FORWARD, false),
+        };
+        out.extend(nl.forwarding(ipv6)?.map(|on| Sysctl {
+            key: key.into(),
             value: if on { "1" } else { "0" }.into(),
-        })
-        .into_iter()
-        .collect())
+        }));
+    }
+    Ok(out)
 }
 
 /// The interface name in an RTM_NEWLINK/RTM_DELLINK payload (for event filters).
@@ -245,24 +284,30 @@ fn link_request() -> RouteNetlinkMessage {
     RouteNetlinkMessage::GetLink(LinkMessage::default())
 }
 
-/// Links, IPv4 addresses and IPv4 unicast routes (all tables but local) of one namespace.
-/// One dump at a time per socket: the kernel refuses a second (EBUSY).
-pub fn netns_state(nl: &mut Netlink) -> Result<NetnsState, NetlinkError> {
+/// Links, addresses and unicast routes (all tables but local) of `families`
+/// in one namespace. One dump at a time per socket: the kernel refuses a
+/// second (EBUSY).
+pub fn netns_state(nl: &mut Netlink, families: Families) -> Result<NetnsState, NetlinkError> {
     let links = dump_links(nl)?;
-    let (addresses, routes) = dump_addresses_and_routes(nl)?;
+    let (addresses, routes) = dump_addresses_and_routes(nl, families)?;
     Ok(assemble(links, addresses, routes))
 }
 
-/// IPv4 lookup rules of the namespace, sorted.
-fn dump_rules(nl: &mut Netlink) -> Result<Vec<crate::model::Rule>, NetlinkError> {
-    let mut req = rtnetlink::packet_route::rule::RuleMessage::default();
-    req.header.family = AddressFamily::Inet;
+/// Lookup rules of `families` in the namespace, sorted.
+fn dump_rules(
+    nl: &mut Netlink,
+    families: Families,
+) -> Result<Vec<crate::model::Rule>, NetlinkError> {
     let mut rules = Vec::new();
-    nl.dump(RouteNetlinkMessage::GetRule(req), |kind, payload| {
-        if kind == RTM_NEWRULE {
-            rules.extend(parse::rule(payload));
-        }
-    })?;
+    for family in families.list() {
+        let mut req = rtnetlink::packet_route::rule::RuleMessage::default();
+        req.header.family = *family;
+        nl.dump(RouteNetlinkMessage::GetRule(req), |kind, payload| {
+            if kind == RTM_NEWRULE {
+                rules.extend(parse::rule(payload));
+            }
+        })?;
+    }
     rules.sort();
     Ok(rules)
 }
@@ -283,31 +328,56 @@ fn dump_links(nl: &mut Netlink) -> Result<Vec<(u32, Link, Option<u32>)>, Netlink
     Ok(links)
 }
 
-fn dump_addresses_and_routes(nl: &mut Netlink) -> Result<(RawAddresses, RawRoutes), NetlinkError> {
+fn dump_addresses_and_routes(
+    nl: &mut Netlink,
+    families: Families,
+) -> Result<(RawAddresses, RawRoutes), NetlinkError> {
     let mut addresses = Vec::new();
-    let mut addr_req = AddressMessage::default();
-    addr_req.header.family = AddressFamily::Inet;
-    nl.dump(
-        RouteNetlinkMessage::GetAddress(addr_req),
-        |kind, payload| {
-            if kind == RTM_NEWADDR {
-                addresses.extend(parse::address(payload).map(|a| (a.index, a.addr, a.label)));
-            }
-        },
-    )?;
     let mut routes = Vec::new();
-    let mut route_req = RouteMessage::default();
-    route_req.header.address_family = AddressFamily::Inet;
-    nl.dump(RouteNetlinkMessage::GetRoute(route_req), |kind, payload| {
-        if kind == RTM_NEWROUTE && parse::route_table_hint(payload) != Some(TABLE_LOCAL as u8) {
-            if let Some((oif, route)) = parse::route(payload) {
-                if route.table != TABLE_LOCAL {
-                    routes.push((oif, route));
+    for family in families.list() {
+        let mut addr_req = AddressMessage::default();
+        addr_req.header.family = *family;
+        nl.dump(
+            RouteNetlinkMessage::GetAddress(addr_req),
+            |kind, payload| {
+                if kind == RTM_NEWADDR {
+                    addresses.extend(
+                        parse::address(payload)
+                            .filter(|a| !is_kernel_link_local(&a.addr))
+                            .map(|a| (a.index, a.addr, a.label)),
+                    );
+                }
+            },
+        )?;
+        let mut route_req = RouteMessage::default();
+        route_req.header.address_family = *family;
+        nl.dump(RouteNetlinkMessage::GetRoute(route_req), |kind, payload| {
+            if kind == RTM_NEWROUTE && parse::route_table_hint(payload) != Some(TABLE_LOCAL as u8)
+            {
+                if let Some((oif, route)) = parse::route(payload) {
+                    if route.table != TABLE_LOCAL && !is_kernel_bookkeeping(&route) {
+                        routes.push((oif, route));
+                    }
                 }
             }
-        }
-    })?;
+        })?;
+    }
     Ok((addresses, routes))
+}
+
+/// IPv6 routes the kernel keeps for itself: the fe80::/64 of every link
+/// and its unreachable placeholders (metric 2^32-1). Never anyone's
+/// intent, and one per link: at 10,000 pods they would double the dump's
+/// decoding.
+fn is_kernel_bookkeeping(route: &Route) -> bool {
+    const RTPROT_KERNEL: u8 = 2;
+    route.protocol == RTPROT_KERNEL
+        && match route.dst {
+            ipnetwork::IpNetwork::V6(v6) => {
+                (v6.network().segments()[0] & 0xffc0) == 0xfe80 || route.metric == u32::MAX
+            }
+            ipnetwork::IpNetwork::V4(_) => false,
+        }
 }
 
 /// Link names by ifindex. Indexes are usually small and dense, where a

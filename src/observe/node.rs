@@ -89,6 +89,7 @@ fn permute<T>(items: Vec<T>, order: &[usize]) -> Vec<T> {
 /// nothing but keep the kernel dumping.
 pub(crate) fn start_link_dump<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
+    families: super::Families,
 ) -> LinkCollector<'scope> {
     let (datagrams_tx, datagrams) = mpsc::channel::<Vec<u8>>();
     let (spare, spare_rx) = mpsc::channel::<Vec<u8>>();
@@ -109,6 +110,7 @@ pub(crate) fn start_link_dump<'scope>(
         links: Vec::new(),
         sysctls: Vec::new(),
         by_index: FxHashMap::default(),
+        ipv6: families.ipv6,
     }
 }
 
@@ -121,6 +123,8 @@ pub struct LinkCollector<'scope> {
     links: Vec<Link>,
     sysctls: Vec<Sysctl>,
     by_index: FxHashMap<u32, usize>,
+    /// Whether IPv6 is observed: then the node's own links' accept_ra too.
+    ipv6: bool,
 }
 
 impl LinkCollector<'_> {
@@ -150,6 +154,14 @@ impl LinkCollector<'_> {
         let _ = crate::netlink::walk(&datagram, |kind, _, payload| {
             if kind == super::RTM_NEWLINK {
                 if let Some(l) = parse::link(payload) {
+                    if self.ipv6 && !is_owned_link_name(&l.link.name) {
+                        if let Some(value) = l.accept_ra {
+                            self.sysctls.push(Sysctl {
+                                key: crate::model::accept_ra_key(&l.link.name),
+                                value: value.to_string(),
+                            });
+                        }
+                    }
                     self.add(l.index, l.link, l.rp_filter);
                 }
             }
@@ -191,18 +203,31 @@ impl Partial {
         addresses: RawAddresses,
         routes: RawRoutes,
     ) -> Partial {
-        // No label (possible through raw netlink): the name asked by index,
-        // or none, which never agrees with the dump, so the dump names it.
+        // IPv6 addresses have no label: named after an IPv4 address's label
+        // on the same link; else asked by index (a few), or unnamed, which
+        // never agrees with the dump, so the dump names it.
+        let labelled: FxHashMap<u32, String> = addresses
+            .iter()
+            .filter_map(|(index, _, label)| Some((*index, label_link_name(label.clone()?))))
+            .collect();
+        let mut asked_for_addresses = 0;
         let mut named: Vec<(Address, u32)> = addresses
             .into_iter()
             .map(|(index, addr, label)| {
                 let dev = label
                     .map(label_link_name)
-                    .or_else(|| index_to_name(index))
+                    .or_else(|| labelled.get(&index).cloned())
+                    .or_else(|| {
+                        asked_for_addresses += 1;
+                        (asked_for_addresses <= MAX_ASKED_BY_INDEX)
+                            .then(|| index_to_name(index))
+                            .flatten()
+                    })
                     .unwrap_or_default();
                 (Address { dev, addr }, index)
             })
             .collect();
+        drop(labelled);
         named.sort_unstable();
         let by_index: FxHashMap<u32, &str> = named
             .iter()
@@ -242,6 +267,25 @@ impl Partial {
             address_links,
             route_links,
         }
+    }
+
+    /// The links the node's IPv6 default routes leave by (provisional
+    /// names: a link renamed meanwhile is missed until the next pass).
+    pub(crate) fn ipv6_uplinks(&self) -> Vec<String> {
+        let mut links: Vec<String> = self
+            .observed
+            .node
+            .routes
+            .iter()
+            .filter(|r| {
+                r.dst.is_ipv6() && r.dst.prefix() == 0 && r.table == crate::model::TABLE_MAIN
+            })
+            .filter_map(|r| r.dev.clone())
+            .filter(|dev| !dev.is_empty() && !is_owned_link_name(dev))
+            .collect();
+        links.sort();
+        links.dedup();
+        links
     }
 
     /// Does every provisional name match the link dump? Then whatever was

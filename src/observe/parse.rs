@@ -25,6 +25,10 @@ const AF_INET6: u8 = libc::AF_INET6 as u8;
 // Not in libc: include/uapi/linux/if_link.h and ip_conf's devconf ids.
 const IFLA_INET_CONF: u16 = 1;
 const IPV4_DEVCONF_RP_FILTER: usize = 8;
+const AF_INET6_SPEC: u16 = libc::AF_INET6 as u16;
+// include/uapi/linux/if_link.h (IFLA_INET6_CONF) and ipv6.h (DEVCONF_ACCEPT_RA).
+const IFLA_INET6_CONF: u16 = 5;
+const DEVCONF_ACCEPT_RA: usize = 3;
 
 /// A link plus its kernel index (the index never leaves observe).
 pub struct IndexedLink<'a> {
@@ -32,6 +36,8 @@ pub struct IndexedLink<'a> {
     pub link: Link,
     /// net.ipv4.conf.<link>.rp_filter, from the link's IPv4 devconf.
     pub rp_filter: Option<u32>,
+    /// net.ipv6.conf.<link>.accept_ra, from the link's IPv6 devconf.
+    pub accept_ra: Option<i32>,
     /// The link's group (IFLA_GROUP): apply deletes many links at once by group.
     pub group: u32,
     /// Hardware address, for CNI results (not part of the model: never
@@ -68,6 +74,7 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
     let index = u32_at(payload, 4)?;
     let flags = u32_at(payload, 8)?;
     let (mut name, mut mtu, mut kind, mut mac, mut rp_filter) = (None, 0, None, None, None);
+    let mut accept_ra = None;
     let mut group = 0;
     for (attr, value) in attributes(payload.get(IFINFOMSG_LEN..)?) {
         match attr {
@@ -75,7 +82,10 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
             IFLA_ADDRESS => mac = Some(value),
             IFLA_MTU => mtu = u32_at(value, 0)?,
             IFLA_GROUP => group = u32_at(value, 0)?,
-            IFLA_AF_SPEC => rp_filter = inet_devconf(value, IPV4_DEVCONF_RP_FILTER),
+            IFLA_AF_SPEC => {
+                rp_filter = inet_devconf(value, IPV4_DEVCONF_RP_FILTER);
+                accept_ra = inet6_devconf(value, DEVCONF_ACCEPT_RA);
+            }
             IFLA_LINKINFO => {
                 for (info_attr, info_value) in attributes(value) {
                     if info_attr == IFLA_INFO_KIND {
@@ -97,6 +107,7 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
         group,
         mac,
         rp_filter,
+        accept_ra,
     })
 }
 
@@ -105,6 +116,13 @@ fn inet_devconf(af_spec: &[u8], id: usize) -> Option<u32> {
     let (_, inet) = attributes(af_spec).find(|(attr, _)| *attr == AF_INET)?;
     let (_, conf) = attributes(inet).find(|(attr, _)| *attr == IFLA_INET_CONF)?;
     u32_at(conf, (id - 1) * 4)
+}
+
+/// One value of the IPv6 devconf array inside IFLA_AF_SPEC (ids start at 0).
+fn inet6_devconf(af_spec: &[u8], id: usize) -> Option<i32> {
+    let (_, inet6) = attributes(af_spec).find(|(attr, _)| *attr == AF_INET6_SPEC)?;
+    let (_, conf) = attributes(inet6).find(|(attr, _)| *attr == IFLA_INET6_CONF)?;
+    u32_at(conf, id * 4).map(|v| v as i32)
 }
 
 /// RTM_NEWADDR payload, with the link still an index (names come from the

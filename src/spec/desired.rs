@@ -1,11 +1,11 @@
 //! `compile(Spec, pods) -> Desired`: a pure function, no IO.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
-use super::{Mode, PodIntent, Spec};
+use super::{Mode, PodIntent, Spec, POD_GATEWAY6, TAILNET_PEER6};
 use crate::model::{
     Address, Attachment, Link, PodKey, Route, RouteType, Rule, Scope, Sysctl, RTPROT_HEADCNI,
     TABLE_MAIN,
@@ -83,6 +83,10 @@ pub struct NodeFacts {
     /// The node's resolvers; None when not read (pod-scoped passes, host
     /// mode), so no file that depends on them is planned.
     pub resolvers: Option<super::NodeResolvers>,
+    /// The node's links that carry an IPv6 default route (node-wide passes
+    /// with IPv6 pods): forwarding must not stop them taking router
+    /// advertisements.
+    pub ipv6_uplinks: Vec<String>,
 }
 
 /// The desired state without node facts: no files planned.
@@ -90,20 +94,62 @@ pub fn compile(spec: &Spec, pods: &[PodIntent]) -> Desired {
     compile_on(spec, pods, &NodeFacts::default())
 }
 
+/// The kernel's metric for an IPv6 route given none (IP6_RT_PRIO_USER):
+/// desired IPv6 routes carry it, so they compare with what the kernel holds.
+pub const IPV6_DEFAULT_METRIC: u32 = 1024;
+
+/// A route as the kernel keeps it: IPv6 routes have no scope (the kernel
+/// reports universe) and get metric 1024 when given 0.
+pub fn keep_as_kernel(route: &mut Route) {
+    if route.dst.is_ipv6() {
+        route.scope = Scope::Global;
+        if route.metric == 0 {
+            route.metric = IPV6_DEFAULT_METRIC;
+        }
+    }
+}
+
+fn forwarding(ipv6: bool) -> Sysctl {
+    Sysctl {
+        key: if ipv6 {
+            "net/ipv6/conf/all/forwarding"
+        } else {
+            "net/ipv4/ip_forward"
+        }
+        .into(),
+        value: "1".into(),
+    }
+}
+
 /// The whole desired state of a node: `spec` and `pods` on a node with `facts`.
 pub fn compile_on(spec: &Spec, pods: &[PodIntent], facts: &NodeFacts) -> Desired {
+    let net = &spec.pod_network;
     let mut desired = Desired {
         files: facts
             .resolvers
             .as_ref()
             .map(|r| super::resolv::compile_files(spec, r))
             .unwrap_or_default(),
-        node_sysctls: vec![Sysctl {
-            key: "net/ipv4/ip_forward".into(),
-            value: "1".into(),
-        }],
+        // IPv4 forwarding in daemon mode whatever the pods' families:
+        // tailscaled's own traffic leaves the tailnet namespace through it.
+        node_sysctls: (net.ipv4.is_some() || spec.mode == Mode::Daemon)
+            .then(|| forwarding(false))
+            .into_iter()
+            .chain(net.ipv6.as_ref().map(|_| forwarding(true)))
+            .collect(),
         ..Desired::default()
     };
+    if net.ipv6.is_some() {
+        // With forwarding on, a link takes router advertisements only at
+        // accept_ra = 2: the node's uplinks would lose their IPv6 default
+        // route when it expires.
+        desired
+            .node_sysctls
+            .extend(facts.ipv6_uplinks.iter().map(|link| Sysctl {
+                key: crate::model::accept_ra_key(link),
+                value: "2".into(),
+            }));
+    }
 
     match spec.mode {
         Mode::Host => {
@@ -112,28 +158,34 @@ pub fn compile_on(spec: &Spec, pods: &[PodIntent], facts: &NodeFacts) -> Desired
                 scope: Scope::Link,
                 ..Route::owned(TABLE_MAIN, dst)
             };
-            desired.node_routes.push(to_tailnet(spec.tailnet.cidr));
+            for range in net.ranges() {
+                desired
+                    .node_routes
+                    .push(to_tailnet(spec.tailnet.cidr_for(range)));
+                // Other nodes' pods are on the tailnet; this node's own pods
+                // win by their host routes.
+                if let Some(cluster) = range.cluster_cidr {
+                    desired.node_routes.push(to_tailnet(cluster));
+                }
+            }
             desired.required_links.push(spec.tailnet.interface.clone());
             desired.tailnet_link = Some(spec.tailnet.interface.clone());
             desired
                 .node_sysctls
                 .push(rp_filter_loose(&spec.tailnet.interface));
-            // Other nodes' pods are on the tailnet; this node's own pods win
-            // by their /32s.
-            if let Some(cluster) = spec.pod_network.cluster_cidr {
-                desired.node_routes.push(to_tailnet(IpNetwork::V4(cluster)));
-            }
         }
         Mode::Daemon => compile_tailnet_namespace(spec, &mut desired),
     }
     // Addresses of this node's pod CIDR that no pod holds: refused here at
     // once (the sender hears "host unreachable"), not sent on by a wider
     // route: the cluster CIDR's to the tailnet, or the default route out.
-    // Each pod's /32 is more specific; the gateway is a local address.
-    desired.node_routes.push(Route {
-        kind: RouteType::Unreachable,
-        ..Route::owned(TABLE_MAIN, IpNetwork::V4(spec.pod_network.cidr))
-    });
+    // Each pod's host route is more specific; the gateway is a local address.
+    for range in net.ranges() {
+        desired.node_routes.push(Route {
+            kind: RouteType::Unreachable,
+            ..Route::owned(TABLE_MAIN, range.cidr)
+        });
+    }
     for extra in &spec.routes {
         desired.node_routes.push(Route {
             via: extra.via,
@@ -157,76 +209,129 @@ pub fn compile_on(spec: &Spec, pods: &[PodIntent], facts: &NodeFacts) -> Desired
     let mut pods: Vec<&PodIntent> = pods.iter().collect();
     pods.sort_by(|a, b| a.key.cmp(&b.key));
     for intent in pods {
-        if !spec.pod_network.cidr.contains(intent.ip) || intent.ip == spec.pod_network.gateway {
-            desired.problems.push(Problem {
+        match unusable_address(spec, intent) {
+            Some(reason) => desired.problems.push(Problem {
                 pod: intent.key(),
-                reason: format!(
-                    "address {} is not usable in pod CIDR {} (gateway {}); delete and re-add the pod",
-                    intent.ip, spec.pod_network.cidr, spec.pod_network.gateway
-                ),
-            });
-            continue;
+                reason,
+            }),
+            None => desired.pods.push(compile_pod(spec, intent)),
         }
-        desired.pods.push(compile_pod(spec, intent));
     }
+    normalize_routes(&mut desired);
     desired
 }
 
-fn host32(ip: std::net::Ipv4Addr) -> IpNetwork {
-    IpNetwork::V4(Ipv4Network::new(ip, 32).expect("/32 is a valid prefix"))
+/// Why `intent`'s addresses cannot be wired under `spec`, if they cannot.
+fn unusable_address(spec: &Spec, intent: &PodIntent) -> Option<String> {
+    let mut addresses = intent.addresses().peekable();
+    addresses.peek()?;
+    addresses.find_map(|ip| match spec.pod_network.range_of(ip) {
+        Some(range) if range.usable(ip) => None,
+        Some(range) => Some(format!(
+            "address {ip} is not usable in pod CIDR {} (gateway {}); delete and re-add the pod",
+            range.cidr, range.gateway
+        )),
+        None => Some(format!(
+            "address {ip} has no pod CIDR of its family in the spec; delete and re-add the pod"
+        )),
+    })
+}
+
+/// Every desired route as the kernel keeps it (see [`keep_as_kernel`]).
+fn normalize_routes(desired: &mut Desired) {
+    let all = desired.node_routes.iter_mut().chain(
+        desired
+            .pods
+            .iter_mut()
+            .flat_map(|p| p.host_routes.iter_mut().chain(p.pod_routes.iter_mut())),
+    );
+    all.for_each(keep_as_kernel);
+}
+
+/// The address as a host prefix (/32, /128).
+pub fn host_prefix(ip: IpAddr) -> IpNetwork {
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(ip, bits).expect("a host prefix is valid")
+}
+
+/// The default route's destination of `ip`'s family.
+fn default_of(ip: IpAddr) -> IpNetwork {
+    match ip {
+        IpAddr::V4(_) => IpNetwork::V4(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0")),
+        IpAddr::V6(_) => IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("/0")),
+    }
+}
+
+/// A link-local address on a point-to-point veth (/64, as the kernel's own).
+fn link_local(ip: Ipv6Addr) -> IpNetwork {
+    IpNetwork::V6(Ipv6Network::new(ip, 64).expect("/64 is valid"))
 }
 
 fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
     let net = &spec.pod_network;
-    let gateway = host32(net.gateway);
-    let pod_ip = host32(intent.ip);
     let route = |dst: IpNetwork, via: Option<IpAddr>, dev: &str, scope: Scope| Route {
         via,
         dev: Some(dev.to_string()),
         scope,
         ..Route::owned(TABLE_MAIN, dst)
     };
-    let default_v4: IpNetwork =
-        IpNetwork::V4(Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"));
-    DesiredPod {
+    let (host, pod) = (&intent.host_link, &intent.key.ifname);
+    let veth = |name: &str| Link {
+        name: name.to_string(),
+        mtu: net.mtu,
+        up: true,
+        kind: Some("veth".into()),
+    };
+    let mut desired = DesiredPod {
         key: Attachment::Pod(intent.key()),
         netns_path: intent.netns.clone(),
-        host_link: Link {
-            name: intent.host_link.clone(),
-            mtu: net.mtu,
-            up: true,
-            kind: Some("veth".into()),
-        },
-        // ptp-style: every host veth carries the gateway as a /32, so each pod
-        // ARPs for the gateway on its own point-to-point link.
-        host_addresses: vec![Address {
-            dev: intent.host_link.clone(),
-            addr: gateway,
-        }],
-        host_routes: vec![route(pod_ip, None, &intent.host_link, Scope::Link)],
-        pod_link: Link {
-            name: intent.key.ifname.clone(),
-            mtu: net.mtu,
-            up: true,
-            kind: Some("veth".into()),
-        },
-        pod_addresses: vec![Address {
-            dev: intent.key.ifname.clone(),
-            addr: pod_ip,
-        }],
-        pod_routes: vec![
-            route(gateway, None, &intent.key.ifname, Scope::Link),
-            route(
-                default_v4,
-                Some(IpAddr::V4(net.gateway)),
-                &intent.key.ifname,
-                Scope::Global,
-            ),
-        ],
+        host_link: veth(host),
+        host_addresses: Vec::new(),
+        host_routes: Vec::new(),
+        pod_link: veth(pod),
+        pod_addresses: Vec::new(),
+        pod_routes: Vec::new(),
         extra_links: Vec::new(),
         sysctls: Vec::new(),
-        host_sysctls: vec![rp_filter_loose(&intent.host_link)],
+        host_sysctls: vec![rp_filter_loose(host)],
+    };
+    for ip in intent.addresses() {
+        let Some(range) = net.range_of(ip) else {
+            continue;
+        };
+        let pod_ip = host_prefix(ip);
+        // ptp-style: every host veth carries the gateway (IPv4: a /32 of
+        // the pod CIDR; IPv6: a link-local /64), so each pod resolves its
+        // gateway on its own point-to-point link.
+        let gateway = match range.gateway {
+            IpAddr::V6(v6) => link_local(v6),
+            v4 => host_prefix(v4),
+        };
+        desired.host_addresses.push(Address {
+            dev: host.clone(),
+            addr: gateway,
+        });
+        desired
+            .host_routes
+            .push(route(pod_ip, None, host, Scope::Link));
+        desired.pod_addresses.push(Address {
+            dev: pod.clone(),
+            addr: pod_ip,
+        });
+        if ip.is_ipv4() {
+            // An IPv6 link-local gateway is on-link by the kernel's fe80::/64.
+            desired
+                .pod_routes
+                .push(route(gateway, None, pod, Scope::Link));
+        }
+        desired.pod_routes.push(route(
+            default_of(ip),
+            Some(range.gateway),
+            pod,
+            Scope::Global,
+        ));
     }
+    desired
 }
 
 /// Node end of the veth to the tailnet namespace (an owned `hc` link).
@@ -243,12 +348,15 @@ pub const TAILNET_MTU: u32 = 1280;
 /// routes the pod CIDR back to the node.
 fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
     let d = &spec.daemon;
+    let net = &spec.pod_network;
     let transfer = d.transfer_cidr;
-    let node_ip = std::net::Ipv4Addr::from(u32::from(transfer.network()) + 1);
-    let ns_ip = std::net::Ipv4Addr::from(u32::from(transfer.network()) + 2);
-    let on_transfer = |ip| IpNetwork::V4(Ipv4Network::new(ip, 30).expect("/30 is valid"));
-    let route = |table, dst: IpNetwork, via: Option<std::net::Ipv4Addr>, dev: &str| Route {
-        via: via.map(IpAddr::V4),
+    let node_ip = IpAddr::V4(Ipv4Addr::from(u32::from(transfer.network()) + 1));
+    let ns_ip = IpAddr::V4(Ipv4Addr::from(u32::from(transfer.network()) + 2));
+    let on_transfer = |ip| IpNetwork::new(ip, 30).expect("/30 is valid");
+    // IPv6 crosses the veth between link-local addresses, as a pod's does.
+    let (node_ip6, ns_ip6) = (IpAddr::V6(POD_GATEWAY6), IpAddr::V6(TAILNET_PEER6));
+    let route = |table, dst: IpNetwork, via: Option<IpAddr>, dev: &str| Route {
+        via,
         dev: Some(dev.to_string()),
         scope: if via.is_some() {
             Scope::Global
@@ -257,86 +365,114 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
         },
         ..Route::owned(table, dst)
     };
-    desired.node_rules.push(Rule {
-        priority: d.rule_priority,
-        src: Some(IpNetwork::V4(spec.pod_network.cidr)),
-        dst: Some(spec.tailnet.cidr),
-        table: d.route_table,
-        protocol: RTPROT_HEADCNI,
-    });
-    // Other nodes' pods are reached through the tailnet too; this node's own
-    // stay in the main table (their /32s): the cluster rule alone would send
-    // them into the tailnet namespace, which routes the pod CIDR back here,
-    // and round again.
-    let cluster = spec.pod_network.cluster_cidr.map(IpNetwork::V4);
-    if let Some(cluster) = cluster {
-        let pods = IpNetwork::V4(spec.pod_network.cidr);
+    let mut host_routes = Vec::new();
+    let mut pod_routes = Vec::new();
+    for range in net.ranges() {
+        let tailnet = spec.tailnet.cidr_for(range);
+        let (node_end, ns_end) = if range.cidr.is_ipv4() {
+            (node_ip, ns_ip)
+        } else {
+            (node_ip6, ns_ip6)
+        };
         desired.node_rules.push(Rule {
-            priority: d.rule_priority + 1,
-            src: Some(pods),
-            dst: Some(pods),
-            table: TABLE_MAIN,
-            protocol: RTPROT_HEADCNI,
-        });
-        desired.node_rules.push(Rule {
-            priority: d.rule_priority + 2,
-            src: Some(pods),
-            dst: Some(cluster),
+            priority: d.rule_priority,
+            src: Some(range.cidr),
+            dst: Some(tailnet),
             table: d.route_table,
             protocol: RTPROT_HEADCNI,
         });
-    }
-    let netns_path = d.netns_path();
-    desired.pods.push(DesiredPod {
-        key: Attachment::TailnetNamespace,
-        netns_path: netns_path.clone(),
-        host_link: Link {
-            name: TAILNET_HOST_LINK.into(),
-            mtu: spec.pod_network.mtu,
-            up: true,
-            kind: Some("veth".into()),
-        },
-        host_addresses: vec![Address {
-            dev: TAILNET_HOST_LINK.into(),
-            addr: on_transfer(node_ip),
-        }],
-        host_routes: std::iter::once(spec.tailnet.cidr)
-            .chain(cluster)
-            .map(|dst| route(d.route_table, dst, Some(ns_ip), TAILNET_HOST_LINK))
-            .collect(),
-        pod_link: Link {
-            name: TAILNET_PEER_LINK.into(),
-            mtu: spec.pod_network.mtu,
-            up: true,
-            kind: Some("veth".into()),
-        },
-        pod_addresses: vec![Address {
-            dev: TAILNET_PEER_LINK.into(),
-            addr: on_transfer(ns_ip),
-        }],
-        pod_routes: vec![
-            route(
-                TABLE_MAIN,
-                IpNetwork::V4(spec.pod_network.cidr),
-                Some(node_ip),
-                TAILNET_PEER_LINK,
-            ),
+        // Other nodes' pods are reached through the tailnet too; this node's
+        // own stay in the main table (their host routes): the cluster rule
+        // alone would send them into the tailnet namespace, which routes the
+        // pod CIDR back here, and round again.
+        if let Some(cluster) = range.cluster_cidr {
+            desired.node_rules.push(Rule {
+                priority: d.rule_priority + 1,
+                src: Some(range.cidr),
+                dst: Some(range.cidr),
+                table: TABLE_MAIN,
+                protocol: RTPROT_HEADCNI,
+            });
+            desired.node_rules.push(Rule {
+                priority: d.rule_priority + 2,
+                src: Some(range.cidr),
+                dst: Some(cluster),
+                table: d.route_table,
+                protocol: RTPROT_HEADCNI,
+            });
+        }
+        let to_namespace = std::iter::once(tailnet).chain(range.cluster_cidr);
+        host_routes.extend(
+            to_namespace
+                .clone()
+                .map(|dst| route(d.route_table, dst, Some(ns_end), TAILNET_HOST_LINK)),
+        );
+        pod_routes.push(route(
+            TABLE_MAIN,
+            range.cidr,
+            Some(node_end),
+            TAILNET_PEER_LINK,
+        ));
+        if range.cidr.is_ipv4() {
             // The way out for tailscaled itself (Headscale, DERP, STUN, its
             // peers' UDP endpoints): through the node, which masquerades it
-            // (nft.rs) out of its own default route.
-            route(
+            // (firewall.rs) out of its own default route.
+            pod_routes.push(route(
                 TABLE_MAIN,
-                IpNetwork::V4(
-                    Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"),
-                ),
+                default_of(node_ip),
                 Some(node_ip),
                 TAILNET_PEER_LINK,
-            ),
-            route(TABLE_MAIN, spec.tailnet.cidr, None, &spec.tailnet.interface),
-        ]
-        .into_iter()
-        .chain(cluster.map(|c| route(TABLE_MAIN, c, None, &spec.tailnet.interface)))
-        .collect(),
+            ));
+        }
+        pod_routes.extend(
+            to_namespace.map(|dst| route(TABLE_MAIN, dst, None, &spec.tailnet.interface)),
+        );
+    }
+    if net.ipv4.is_none() {
+        // IPv6 pods only: tailscaled still reaches the world over IPv4.
+        pod_routes.push(route(
+            TABLE_MAIN,
+            default_of(node_ip),
+            Some(node_ip),
+            TAILNET_PEER_LINK,
+        ));
+    }
+    let mut host_addresses = vec![Address {
+        dev: TAILNET_HOST_LINK.into(),
+        addr: on_transfer(node_ip),
+    }];
+    let mut pod_addresses = vec![Address {
+        dev: TAILNET_PEER_LINK.into(),
+        addr: on_transfer(ns_ip),
+    }];
+    let mut sysctls = vec![forwarding(false)];
+    if net.ipv6.is_some() {
+        host_addresses.push(Address {
+            dev: TAILNET_HOST_LINK.into(),
+            addr: link_local(POD_GATEWAY6),
+        });
+        pod_addresses.push(Address {
+            dev: TAILNET_PEER_LINK.into(),
+            addr: link_local(TAILNET_PEER6),
+        });
+        sysctls.push(forwarding(true));
+    }
+    sysctls.push(rp_filter_loose(&spec.tailnet.interface));
+    let veth = |name: &str| Link {
+        name: name.into(),
+        mtu: net.mtu,
+        up: true,
+        kind: Some("veth".into()),
+    };
+    desired.pods.push(DesiredPod {
+        key: Attachment::TailnetNamespace,
+        netns_path: d.netns_path(),
+        host_link: veth(TAILNET_HOST_LINK),
+        host_addresses,
+        host_routes,
+        pod_link: veth(TAILNET_PEER_LINK),
+        pod_addresses,
+        pod_routes,
         extra_links: vec![
             Link {
                 name: "lo".into(),
@@ -351,13 +487,7 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
                 kind: None,
             },
         ],
-        sysctls: vec![
-            Sysctl {
-                key: "net/ipv4/ip_forward".into(),
-                value: "1".into(),
-            },
-            rp_filter_loose(&spec.tailnet.interface),
-        ],
+        sysctls,
         host_sysctls: vec![rp_filter_loose(TAILNET_HOST_LINK)],
     });
 }

@@ -9,11 +9,16 @@ use nftables::expr::{
 };
 use nftables::stmt::{Counter, Mangle, Match, NATFamily, Operator, Statement, NAT};
 
+use ipnetwork::IpNetwork;
+
 use super::{Masquerade, Spec};
 use crate::model::{NftChain, NftRule, NftTable};
 
-/// The tailnet's MTU is 1280: a TCP segment fits in 1280 - 40 bytes of headers.
+/// The tailnet's MTU is 1280: an IPv4 TCP segment fits in 1280 - 40 bytes
+/// of headers.
 pub const TAILNET_MSS: u32 = 1240;
+/// An IPv6 header is 20 bytes longer: 1280 - 60.
+pub const TAILNET_MSS6: u32 = 1220;
 
 fn iifname(op: Operator, name: &str) -> Statement<'static> {
     matches(
@@ -39,11 +44,20 @@ fn matches(
     Statement::Match(Match { left, right, op })
 }
 
-fn saddr_in(cidr: ipnetwork::Ipv4Network) -> Statement<'static> {
+/// nft's name of `cidr`'s family in a payload match ("ip", "ip6").
+fn family_word(cidr: &IpNetwork) -> &'static str {
+    if cidr.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+
+fn saddr_in(cidr: IpNetwork) -> Statement<'static> {
     matches(
         Expression::Named(NamedExpression::Payload(Payload::PayloadField(
             PayloadField {
-                protocol: Cow::Borrowed("ip"),
+                protocol: Cow::Borrowed(family_word(&cidr)),
                 field: Cow::Borrowed("saddr"),
             },
         ))),
@@ -52,6 +66,17 @@ fn saddr_in(cidr: ipnetwork::Ipv4Network) -> Statement<'static> {
             addr: Box::new(Expression::String(Cow::Owned(cidr.network().to_string()))),
             len: u32::from(cidr.prefix()),
         })),
+    )
+}
+
+/// `meta nfproto ipv4|ipv6`: the inet table sees both families.
+fn nfproto(ipv6: bool) -> Statement<'static> {
+    matches(
+        Expression::Named(NamedExpression::Meta(Meta {
+            key: MetaKey::Nfproto,
+        })),
+        Operator::EQ,
+        Expression::String(Cow::Borrowed(if ipv6 { "ipv6" } else { "ipv4" })),
     )
 }
 
@@ -98,21 +123,40 @@ fn tailnet_egress(spec: &Spec) -> String {
 
 /// The table the spec asks for; None when it asks for no masquerade and no clamp.
 pub fn desired(spec: &Spec) -> Option<NftTable> {
-    let pods = spec.pod_network.cidr;
     let egress = tailnet_egress(spec);
     let mut rules: Vec<(String, Vec<Statement<'static>>, String)> = Vec::new();
+    for pods in spec.pod_network.cidrs() {
+        masquerade_pods(spec, pods, &egress, &mut rules);
+    }
+    node_plumbing(spec, &egress, &mut rules);
+    if spec.pod_network.mss_clamp {
+        for range in spec.pod_network.ranges() {
+            rules.push(mss_clamp(&egress, range.cidr.is_ipv6()));
+        }
+    }
+    if rules.is_empty() {
+        return None;
+    }
+    Some(table(rules))
+}
+
+type Rules = Vec<(String, Vec<Statement<'static>>, String)>;
+
+/// Pod traffic leaving with the node's address (see [`Masquerade`]).
+fn masquerade_pods(spec: &Spec, pods: IpNetwork, egress: &str, rules: &mut Rules) {
+    let ip = family_word(&pods);
     if spec.pod_network.masquerade != Masquerade::None {
         rules.push((
             "postrouting".into(),
             vec![
                 saddr_in(pods),
-                oifname(Operator::NEQ, &egress),
+                oifname(Operator::NEQ, egress),
                 oifname(Operator::NEQ, "hc*"),
                 counter(),
                 Statement::Masquerade(None),
             ],
             format!(
-                "ip saddr {pods} oifname != \"{egress}\" oifname != \"hc*\" counter masquerade"
+                "{ip} saddr {pods} oifname != \"{egress}\" oifname != \"hc*\" counter masquerade"
             ),
         ));
     }
@@ -121,13 +165,18 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
             "postrouting".into(),
             vec![
                 saddr_in(pods),
-                oifname(Operator::EQ, &egress),
+                oifname(Operator::EQ, egress),
                 counter(),
                 Statement::Masquerade(None),
             ],
-            format!("ip saddr {pods} oifname \"{egress}\" counter masquerade"),
+            format!("{ip} saddr {pods} oifname \"{egress}\" counter masquerade"),
         ));
     }
+}
+
+/// Daemon mode: the tailnet namespace's own way out, and the way in to
+/// tailscaled's port.
+fn node_plumbing(spec: &Spec, egress: &str, rules: &mut Rules) {
     if spec.mode == crate::spec::Mode::Daemon {
         // tailscaled's own traffic from the tailnet namespace leaves by the
         // node's default route with the node's address.
@@ -135,8 +184,8 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
         rules.push((
             "postrouting".into(),
             vec![
-                saddr_in(transfer),
-                oifname(Operator::NEQ, &egress),
+                saddr_in(IpNetwork::V4(transfer)),
+                oifname(Operator::NEQ, egress),
                 counter(),
                 Statement::Masquerade(None),
             ],
@@ -174,29 +223,39 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
             format!("iifname != \"hc*\" udp dport {port} counter dnat ip to {ns_ip}"),
         ));
     }
-    if spec.pod_network.mss_clamp {
-        rules.push((
-            "forward".into(),
-            vec![
-                oifname(Operator::EQ, &egress),
-                matches(
-                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-                        protocol: Cow::Borrowed("tcp"),
-                        field: Cow::Borrowed("flags"),
-                    }))),
-                    Operator::IN,
-                    Expression::String(Cow::Borrowed("syn")),
-                ),
-                matches(mss(), greater_than(), Expression::Number(TAILNET_MSS)),
-                counter(),
-                Statement::Mangle(Mangle { key: mss(), value: Expression::Number(TAILNET_MSS) }),
-            ],
-            format!("oifname \"{egress}\" tcp flags syn tcp option maxseg size > {TAILNET_MSS} counter tcp option maxseg size set {TAILNET_MSS}"),
-        ));
-    }
-    if rules.is_empty() {
-        return None;
-    }
+}
+
+/// Tailnet-bound TCP SYNs of one family get an MSS that fits the tailnet's
+/// 1280-byte MTU.
+fn mss_clamp(egress: &str, ipv6: bool) -> (String, Vec<Statement<'static>>, String) {
+    let (size, family) = if ipv6 {
+        (TAILNET_MSS6, "ipv6")
+    } else {
+        (TAILNET_MSS, "ipv4")
+    };
+    (
+        "forward".into(),
+        vec![
+            nfproto(ipv6),
+            oifname(Operator::EQ, egress),
+            matches(
+                Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
+                    protocol: Cow::Borrowed("tcp"),
+                    field: Cow::Borrowed("flags"),
+                }))),
+                Operator::IN,
+                Expression::String(Cow::Borrowed("syn")),
+            ),
+            matches(mss(), greater_than(), Expression::Number(size)),
+            counter(),
+            Statement::Mangle(Mangle { key: mss(), value: Expression::Number(size) }),
+        ],
+        format!("meta nfproto {family} oifname \"{egress}\" tcp flags syn tcp option maxseg size > {size} counter tcp option maxseg size set {size}"),
+    )
+}
+
+/// The table of `rules`, with the chains they need.
+fn table(rules: Rules) -> NftTable {
     let mut chains = vec![
         NftChain {
             name: "forward".into(),
@@ -229,7 +288,7 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
         .collect();
     // Order matters within a chain only; nft lists chain by chain.
     rules.sort_by(|a, b| a.chain.cmp(&b.chain));
-    Some(NftTable { chains, rules })
+    NftTable { chains, rules }
 }
 
 /// Compact JSON with counters zeroed: the form both sides are compared in.

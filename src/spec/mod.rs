@@ -10,14 +10,14 @@ mod raw;
 mod resolv;
 pub mod store;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
 pub use desired::{
-    compile, compile_on, Desired, DesiredPod, NodeFacts, Problem, TAILNET_HOST_LINK, TAILNET_MTU,
+    compile, compile_on, host_prefix, Desired, DesiredPod, NodeFacts, Problem, TAILNET_HOST_LINK, TAILNET_MTU,
     TAILNET_PEER_LINK,
 };
 pub use error::SpecError;
@@ -31,6 +31,18 @@ pub use store::{
 pub const DEFAULT_SPEC_PATH: &str = "/etc/headcni/headcni.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/headcni";
 pub const DEFAULT_TAILNET_CIDR: &str = "100.64.0.0/10";
+/// Tailscale's IPv6 range (Headscale's `prefixes.v6` default).
+pub const DEFAULT_TAILNET_CIDR6: &str = "fd7a:115c:a1e0::/48";
+/// The IPv6 gateway of every pod: a link-local address headcni puts on each
+/// host veth (as IPv4's gateway is put on each). ptp instead routes a pod
+/// via the kernel's own link-local address of the host veth, which exists
+/// only once the link is up and is known only after reading it back; a
+/// fixed one is known when planning, the same on every node, and survives
+/// the link's re-creation. It is added without duplicate address
+/// detection: it is unique on its point-to-point link by construction.
+pub use crate::model::POD_GATEWAY6;
+/// The tailnet namespace's end of its veth (daemon mode), link-local too.
+pub use crate::model::TAILNET_PEER6;
 pub const DEFAULT_MTU: u32 = 1500;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,14 +150,62 @@ impl DaemonConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PodNetwork {
-    pub cidr: Ipv4Network,
-    pub gateway: Ipv4Addr,
+    /// IPv4 pod addresses (`cidr`), when the spec has them.
+    pub ipv4: Option<PodRange>,
+    /// IPv6 pod addresses (`cidr6`), when the spec has them.
+    pub ipv6: Option<PodRange>,
     pub mtu: u32,
-    /// All nodes' pod CIDRs together; other nodes' pods are reached over the tailnet.
-    pub cluster_cidr: Option<Ipv4Network>,
     pub masquerade: Masquerade,
     /// Clamp the MSS of tailnet-bound TCP SYNs to the tailnet's path MTU.
     pub mss_clamp: bool,
+}
+
+/// One address family's pod addresses on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodRange {
+    pub cidr: IpNetwork,
+    /// The address pods route through: for IPv4 one of the CIDR's, for IPv6
+    /// the link-local [`POD_GATEWAY6`]; on every host veth either way.
+    pub gateway: IpAddr,
+    /// All nodes' pod CIDRs of this family together; other nodes' pods are
+    /// reached over the tailnet.
+    pub cluster_cidr: Option<IpNetwork>,
+}
+
+impl PodRange {
+    /// Whether `ip` can be a pod's address here (in the CIDR, not its
+    /// network, broadcast or gateway address).
+    pub fn usable(&self, ip: IpAddr) -> bool {
+        self.cidr.contains(ip)
+            && ip != self.gateway
+            && ip != self.cidr.network()
+            && ip != self.cidr.broadcast()
+    }
+}
+
+impl PodNetwork {
+    /// The families the spec has, IPv4 first.
+    pub fn ranges(&self) -> impl Iterator<Item = &PodRange> + Clone {
+        self.ipv4.iter().chain(&self.ipv6)
+    }
+
+    /// The range of `ip`'s family, if the spec has that family.
+    pub fn range_of(&self, ip: IpAddr) -> Option<&PodRange> {
+        match ip {
+            IpAddr::V4(_) => self.ipv4.as_ref(),
+            IpAddr::V6(_) => self.ipv6.as_ref(),
+        }
+    }
+
+    /// The pod CIDRs, IPv4 first ("10.244.1.0/24, fd00:10:244:1::/64").
+    pub fn cidrs(&self) -> Vec<IpNetwork> {
+        self.ranges().map(|r| r.cidr).collect()
+    }
+
+    /// Whether any family has a cluster CIDR.
+    pub fn has_cluster(&self) -> bool {
+        self.ranges().any(|r| r.cluster_cidr.is_some())
+    }
 }
 
 /// Which pod traffic leaves with the node's address.
@@ -163,8 +223,22 @@ pub enum Masquerade {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Tailnet {
+    /// The tailnet's IPv4 range.
     pub cidr: IpNetwork,
+    /// The tailnet's IPv6 range; routed only when the pods have IPv6.
+    pub cidr6: IpNetwork,
     pub interface: String,
+}
+
+impl Tailnet {
+    /// The tailnet range of a pod range's family.
+    pub fn cidr_for(&self, range: &PodRange) -> IpNetwork {
+        if range.cidr.is_ipv4() {
+            self.cidr
+        } else {
+            self.cidr6
+        }
+    }
 }
 
 /// A `[[route]]` the operator wants kept.
@@ -241,7 +315,7 @@ impl Spec {
 
     /// The node's one pod store: in `state_dir`, allocating from the pod CIDR.
     pub fn pod_store(&self) -> PodStore {
-        PodStore::new(&self.state_dir, self.pod_network.cidr)
+        PodStore::new(&self.state_dir, store::Pools::of(&self.pod_network))
     }
 
     /// Parses and validates spec text; `path` only names the file in errors.

@@ -10,8 +10,8 @@ use toml::Spanned;
 
 use super::names::validate_ifname;
 use super::{
-    DaemonConfig, ExtraRoute, Masquerade, Mode, PodNetwork, Spec, SpecError, Tailnet, DEFAULT_MTU,
-    DEFAULT_STATE_DIR, DEFAULT_TAILNET_CIDR,
+    DaemonConfig, ExtraRoute, Masquerade, Mode, PodNetwork, PodRange, Spec, SpecError, Tailnet,
+    DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TAILNET_CIDR, DEFAULT_TAILNET_CIDR6, POD_GATEWAY6,
 };
 
 #[derive(Deserialize)]
@@ -53,10 +53,12 @@ struct RawDaemon {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPodNetwork {
-    cidr: Spanned<String>,
+    cidr: Option<Spanned<String>>,
+    cidr6: Option<Spanned<String>>,
     gateway: Option<Spanned<String>>,
     mtu: Option<Spanned<i64>>,
     cluster_cidr: Option<Spanned<String>>,
+    cluster_cidr6: Option<Spanned<String>>,
     masquerade: Option<Spanned<Masquerade>>,
     mss_clamp: Option<bool>,
 }
@@ -65,6 +67,7 @@ struct RawPodNetwork {
 #[serde(deny_unknown_fields)]
 struct RawTailnet {
     cidr: Option<Spanned<String>>,
+    cidr6: Option<Spanned<String>>,
     interface: Option<Spanned<String>>,
 }
 
@@ -230,7 +233,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
         }
     };
 
-    let pod_network = validate_pod_network(&at, raw.pod_network.get_ref())?;
+    let pod_network = validate_pod_network(&at, &raw.pod_network)?;
     if mode == Mode::Daemon && pod_network.masquerade == Masquerade::All {
         // The node's tailnet address lives in the tailnet namespace there;
         // SNAT on the node would use the transfer address instead.
@@ -285,25 +288,81 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
     })
 }
 
-fn validate_pod_network(at: &Locator, raw: &RawPodNetwork) -> Result<PodNetwork, SpecError> {
-    let cidr = pod_cidr(at, &raw.cidr)?;
-    let gateway = match &raw.gateway {
-        None => Ipv4Addr::from(u32::from(cidr.network()) + 1),
-        Some(gw) => gateway(at, gw, cidr)?,
+fn validate_pod_network(
+    at: &Locator,
+    spanned: &Spanned<RawPodNetwork>,
+) -> Result<PodNetwork, SpecError> {
+    let raw = spanned.get_ref();
+    let ipv4 = match &raw.cidr {
+        None => None,
+        Some(v) => {
+            let cidr = pod_cidr(at, v, Family::V4)?;
+            let gateway = match &raw.gateway {
+                None => first_host(cidr),
+                Some(gw) => gateway(at, gw, cidr)?,
+            };
+            let cluster_cidr = match &raw.cluster_cidr {
+                None => None,
+                Some(c) => Some(cluster_cidr(at, c, cidr, Family::V4)?),
+            };
+            Some(PodRange {
+                cidr,
+                gateway,
+                cluster_cidr,
+            })
+        }
     };
+    let ipv6 = match &raw.cidr6 {
+        None => None,
+        Some(v) => {
+            let cidr = pod_cidr(at, v, Family::V6)?;
+            let cluster_cidr = match &raw.cluster_cidr6 {
+                None => None,
+                Some(c) => Some(cluster_cidr(at, c, cidr, Family::V6)?),
+            };
+            Some(PodRange {
+                cidr,
+                gateway: IpAddr::V6(POD_GATEWAY6),
+                cluster_cidr,
+            })
+        }
+    };
+    // A field of a family the spec does not have is a mistake, not a no-op.
+    for (field, value, family_field) in [
+        ("pod_network.gateway", &raw.gateway, "cidr"),
+        ("pod_network.cluster_cidr", &raw.cluster_cidr, "cidr"),
+        ("pod_network.cluster_cidr6", &raw.cluster_cidr6, "cidr6"),
+    ] {
+        let present = if family_field == "cidr" {
+            ipv4.is_some()
+        } else {
+            ipv6.is_some()
+        };
+        if let (Some(v), false) = (value, present) {
+            return Err(at.invalid(
+                v.span(),
+                field,
+                format!("needs pod_network.{family_field}, which is not set"),
+            ));
+        }
+    }
+    if ipv4.is_none() && ipv6.is_none() {
+        return Err(at.invalid(
+            spanned.span(),
+            "pod_network.cidr",
+            "a pod network needs `cidr` (IPv4), `cidr6` (IPv6), or both",
+        ));
+    }
     let mtu = match &raw.mtu {
         None => DEFAULT_MTU,
+        // IPv6 needs links of at least 1280 bytes.
+        Some(mtu) if ipv6.is_some() => at.in_range(mtu, "pod_network.mtu", 1280..=65535)? as u32,
         Some(mtu) => at.in_range(mtu, "pod_network.mtu", 576..=65535)? as u32,
     };
-    let cluster_cidr = match &raw.cluster_cidr {
-        None => None,
-        Some(c) => Some(cluster_cidr(at, c, cidr)?),
-    };
     Ok(PodNetwork {
-        cidr,
-        gateway,
+        ipv4,
+        ipv6,
         mtu,
-        cluster_cidr,
         masquerade: raw
             .masquerade
             .as_ref()
@@ -313,43 +372,106 @@ fn validate_pod_network(at: &Locator, raw: &RawPodNetwork) -> Result<PodNetwork,
     })
 }
 
-fn pod_cidr(at: &Locator, v: &Spanned<String>) -> Result<Ipv4Network, SpecError> {
-    let field = "pod_network.cidr";
-    let cidr: IpNetwork = at.parse(v, field, "a CIDR")?;
-    let IpNetwork::V4(cidr) = cidr else {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(net: &IpNetwork) -> Family {
+        if net.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The pod CIDR field of this family.
+    fn cidr_field(self) -> &'static str {
+        match self {
+            Family::V4 => "pod_network.cidr",
+            Family::V6 => "pod_network.cidr6",
+        }
+    }
+
+    /// The smallest pod CIDR: /29 (5 pods) and /124 (14 pods).
+    fn longest_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 29,
+            Family::V6 => 124,
+        }
+    }
+}
+
+fn first_host(cidr: IpNetwork) -> IpAddr {
+    match cidr {
+        IpNetwork::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4.network()) + 1)),
+        IpNetwork::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6.network()) + 1)),
+    }
+}
+
+/// A network address of `family` (no host bits set).
+fn network_of(
+    at: &Locator,
+    v: &Spanned<String>,
+    field: &str,
+    family: Family,
+) -> Result<IpNetwork, SpecError> {
+    let net: IpNetwork = at.parse(v, field, "a CIDR")?;
+    if Family::of(&net) != family {
+        let hint = match family {
+            Family::V4 => "; IPv6 goes in the `...6` field (cidr6, cluster_cidr6)",
+            Family::V6 => "; IPv4 goes in the field without the 6",
+        };
         return Err(at.invalid(
             v.span(),
             field,
-            "IPv6 pod networks are not supported yet; use an IPv4 CIDR",
+            format!("{net} is not {}{hint}", family.name()),
         ));
-    };
-    if cidr.network() != cidr.ip() {
+    }
+    if net.network() != net.ip() {
         return Err(at.invalid(
             v.span(),
             field,
             format!(
-                "{cidr} has host bits set; did you mean {}/{}?",
-                cidr.network(),
-                cidr.prefix()
+                "{net} has host bits set; did you mean {}/{}?",
+                net.network(),
+                net.prefix()
             ),
         ));
     }
-    if cidr.prefix() > 29 {
+    Ok(net)
+}
+
+fn pod_cidr(at: &Locator, v: &Spanned<String>, family: Family) -> Result<IpNetwork, SpecError> {
+    let field = family.cidr_field();
+    let cidr = network_of(at, v, field, family)?;
+    if cidr.prefix() > family.longest_prefix() {
         return Err(at.invalid(
             v.span(),
             field,
             format!(
-                "/{} is too small: a pod network needs at least a /29",
-                cidr.prefix()
+                "/{} is too small: a pod network needs at least a /{}",
+                cidr.prefix(),
+                family.longest_prefix()
             ),
         ));
     }
     Ok(cidr)
 }
 
-fn gateway(at: &Locator, v: &Spanned<String>, cidr: Ipv4Network) -> Result<Ipv4Addr, SpecError> {
+fn gateway(at: &Locator, v: &Spanned<String>, cidr: IpNetwork) -> Result<IpAddr, SpecError> {
     let field = "pod_network.gateway";
     let ip: Ipv4Addr = at.parse(v, field, "an IPv4 address")?;
+    let ip = IpAddr::V4(ip);
     if !cidr.contains(ip) {
         return Err(at.invalid(
             v.span(),
@@ -370,16 +492,14 @@ fn gateway(at: &Locator, v: &Spanned<String>, cidr: Ipv4Network) -> Result<Ipv4A
 fn cluster_cidr(
     at: &Locator,
     v: &Spanned<String>,
-    cidr: Ipv4Network,
-) -> Result<Ipv4Network, SpecError> {
-    let field = "pod_network.cluster_cidr";
-    let net: IpNetwork = at.parse(v, field, "a CIDR")?;
-    let IpNetwork::V4(net) = net else {
-        return Err(at.invalid(v.span(), field, "must be IPv4 like the pod CIDR"));
+    cidr: IpNetwork,
+    family: Family,
+) -> Result<IpNetwork, SpecError> {
+    let field = match family {
+        Family::V4 => "pod_network.cluster_cidr",
+        Family::V6 => "pod_network.cluster_cidr6",
     };
-    if net.network() != net.ip() {
-        return Err(at.invalid(v.span(), field, format!("{net} has host bits set")));
-    }
+    let net = network_of(at, v, field, family)?;
     if !(net.contains(cidr.network()) && net.prefix() <= cidr.prefix()) {
         return Err(at.invalid(
             v.span(),
@@ -397,37 +517,50 @@ fn validate_tailnet(
     raw_pod: &Spanned<RawPodNetwork>,
     pod: &PodNetwork,
 ) -> Result<Tailnet, SpecError> {
-    let cidr_field = raw.and_then(|t| t.cidr.as_ref());
-    let cidr: IpNetwork = match cidr_field {
-        None => DEFAULT_TAILNET_CIDR
-            .parse()
-            .expect("default tailnet CIDR is valid"),
-        Some(c) => c
-            .get_ref()
-            .parse()
-            .map_err(|e| at.invalid(c.span(), "tailnet.cidr", format!("not a CIDR: {e}")))?,
-    };
-    if let (IpNetwork::V4(v4), Some(cluster)) = (cidr, pod.cluster_cidr) {
-        if v4.overlaps(cluster) {
-            let span = cidr_field.map_or(raw_pod.get_ref().cidr.span(), |c| c.span());
-            return Err(at.invalid(
-                span,
-                "pod_network.cluster_cidr",
-                format!("cluster CIDR {cluster} overlaps the tailnet CIDR {cidr}"),
-            ));
+    let tailnet_cidr = |field: Option<&Spanned<String>>, name: &str, default: &str, family| {
+        match field {
+            None => Ok(default.parse().expect("default tailnet CIDR is valid")),
+            Some(v) => network_of(at, v, name, family),
         }
-    }
-    if let IpNetwork::V4(v4) = cidr {
-        if v4.overlaps(pod.cidr) {
-            let span = cidr_field.map_or(raw_pod.get_ref().cidr.span(), |c| c.span());
+    };
+    let cidr_field = raw.and_then(|t| t.cidr.as_ref());
+    let cidr6_field = raw.and_then(|t| t.cidr6.as_ref());
+    let cidr = tailnet_cidr(cidr_field, "tailnet.cidr", DEFAULT_TAILNET_CIDR, Family::V4)?;
+    let cidr6 = tailnet_cidr(cidr6_field, "tailnet.cidr6", DEFAULT_TAILNET_CIDR6, Family::V6)?;
+    for range in pod.ranges() {
+        let family = Family::of(&range.cidr);
+        let (tailnet, field) = match family {
+            Family::V4 => (cidr, cidr_field),
+            Family::V6 => (cidr6, cidr6_field),
+        };
+        let raw = raw_pod.get_ref();
+        let pod_span = match family {
+            Family::V4 => raw.cidr.as_ref(),
+            Family::V6 => raw.cidr6.as_ref(),
+        }
+        .map_or(raw_pod.span(), |c| c.span());
+        if let Some(cluster) = range.cluster_cidr {
+            if tailnet.overlaps_net(&cluster) {
+                return Err(at.invalid(
+                    field.map_or(pod_span.clone(), |c| c.span()),
+                    if family == Family::V4 {
+                        "pod_network.cluster_cidr"
+                    } else {
+                        "pod_network.cluster_cidr6"
+                    },
+                    format!("cluster CIDR {cluster} overlaps the tailnet CIDR {tailnet}"),
+                ));
+            }
+        }
+        if tailnet.overlaps_net(&range.cidr) {
             return Err(at.invalid(
-                span,
-                if cidr_field.is_some() {
-                    "tailnet.cidr"
-                } else {
-                    "pod_network.cidr"
+                field.map_or(pod_span, |c| c.span()),
+                match (field.is_some(), family) {
+                    (true, Family::V4) => "tailnet.cidr",
+                    (true, Family::V6) => "tailnet.cidr6",
+                    (false, family) => family.cidr_field(),
                 },
-                format!("pod CIDR {} overlaps the tailnet CIDR {cidr}", pod.cidr),
+                format!("pod CIDR {} overlaps the tailnet CIDR {tailnet}", range.cidr),
             ));
         }
     }
@@ -439,7 +572,26 @@ fn validate_tailnet(
             name.get_ref().clone()
         }
     };
-    Ok(Tailnet { cidr, interface })
+    Ok(Tailnet {
+        cidr,
+        cidr6,
+        interface,
+    })
+}
+
+/// Overlap of two networks of any families (different families never do).
+trait OverlapsNet {
+    fn overlaps_net(&self, other: &IpNetwork) -> bool;
+}
+
+impl OverlapsNet for IpNetwork {
+    fn overlaps_net(&self, other: &IpNetwork) -> bool {
+        match (self, other) {
+            (IpNetwork::V4(a), IpNetwork::V4(b)) => a.overlaps(*b),
+            (IpNetwork::V6(a), IpNetwork::V6(b)) => a.overlaps(*b),
+            _ => false,
+        }
+    }
 }
 
 fn validate_daemon(
@@ -571,7 +723,9 @@ fn transfer_cidr(
     if net.prefix() != 30 || net.network() != net.ip() {
         return Err(at.invalid(v.span(), field, "must be a /30 network address"));
     }
-    if net.overlaps(pod.cidr) || tailnet.cidr.contains(std::net::IpAddr::V4(net.network())) {
+    let transfer = IpNetwork::V4(net);
+    if pod.ranges().any(|r| r.cidr.overlaps_net(&transfer)) || tailnet.cidr.overlaps_net(&transfer)
+    {
         return Err(at.invalid(v.span(), field, "overlaps the pod or tailnet CIDR"));
     }
     Ok(net)
@@ -603,17 +757,18 @@ fn validate_route(
             ),
         ));
     }
-    if let IpNetwork::V4(v4) = destination {
-        if v4.prefix() > 0 && v4.overlaps(pod.cidr) {
-            return Err(at.invalid(
-                raw.destination.span(),
-                &field("destination"),
-                format!(
-                    "{destination} overlaps the pod CIDR {}: pods are routed by headcni itself",
-                    pod.cidr
-                ),
-            ));
-        }
+    if let Some(range) = pod
+        .ranges()
+        .find(|r| destination.prefix() > 0 && r.cidr.overlaps_net(&destination))
+    {
+        return Err(at.invalid(
+            raw.destination.span(),
+            &field("destination"),
+            format!(
+                "{destination} overlaps the pod CIDR {}: pods are routed by headcni itself",
+                range.cidr
+            ),
+        ));
     }
     let via = match &raw.via {
         None => None,
@@ -692,7 +847,9 @@ via = "203.0.113.1"
     #[test]
     fn parses_a_good_spec_with_defaults() {
         let spec = Spec::parse(GOOD, Path::new("x.toml")).unwrap();
-        assert_eq!(spec.pod_network.gateway, Ipv4Addr::new(10, 244, 0, 1));
+        let ipv4 = spec.pod_network.ipv4.as_ref().unwrap();
+        assert_eq!(ipv4.gateway, IpAddr::V4(Ipv4Addr::new(10, 244, 0, 1)));
+        assert_eq!(spec.pod_network.ipv6, None);
         assert_eq!(spec.tailnet.cidr.to_string(), "100.64.0.0/10");
         assert_eq!(spec.routes.len(), 1);
         assert_eq!(spec.routes[0].metric, 0);

@@ -7,12 +7,12 @@
 //! Nobody holds the db open between operations.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +33,86 @@ const IP_PREFIX: &[u8] = b"ip\0";
 const RELEASING_PREFIX: &[u8] = b"releasing\0";
 /// Marks of released links, folded in by the next operation (`release`).
 const RELEASED_DIR: &str = "released";
-const CURSOR_KEY: &[u8] = b"meta\0cursor";
-const LAST_FREED_KEY: &[u8] = b"meta\0last_freed";
-/// The pod CIDR the store allocates from: a store holding pods is never used
-/// with another (their addresses would be handed out twice or not routed).
-const CIDR_KEY: &[u8] = b"meta\0cidr";
+/// A family's bookkeeping keys: the pod CIDR the store allocates from (a
+/// store holding pods is never used with another: their addresses would be
+/// handed out twice or not routed), the last address handed out and the
+/// last one freed.
+struct FamilyKeys {
+    cidr: &'static [u8],
+    cursor: &'static [u8],
+    last_freed: &'static [u8],
+}
+
+/// IPv4's keys are those of the stores from before IPv6.
+const V4_KEYS: FamilyKeys = FamilyKeys {
+    cidr: b"meta\0cidr",
+    cursor: b"meta\0cursor",
+    last_freed: b"meta\0last_freed",
+};
+const V6_KEYS: FamilyKeys = FamilyKeys {
+    cidr: b"meta\0cidr6",
+    cursor: b"meta\0cursor6",
+    last_freed: b"meta\0last_freed6",
+};
+
+fn keys_of(ip: IpAddr) -> &'static FamilyKeys {
+    if ip.is_ipv4() {
+        &V4_KEYS
+    } else {
+        &V6_KEYS
+    }
+}
+
+/// What a store allocates from: a pool per address family the spec has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pools {
+    pub ipv4: Option<Pool>,
+    pub ipv6: Option<Pool>,
+}
+
+/// One family's addresses: every address of `cidr` but its network,
+/// broadcast and `gateway` addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub cidr: IpNetwork,
+    pub gateway: IpAddr,
+}
+
+impl Pools {
+    pub fn of(net: &super::PodNetwork) -> Pools {
+        let pool = |r: &super::PodRange| Pool {
+            cidr: r.cidr,
+            gateway: r.gateway,
+        };
+        Pools {
+            ipv4: net.ipv4.as_ref().map(pool),
+            ipv6: net.ipv6.as_ref().map(pool),
+        }
+    }
+
+    /// An IPv4-only store's pools (tests, tools).
+    pub fn ipv4(cidr: ipnetwork::Ipv4Network, gateway: Ipv4Addr) -> Pools {
+        Pools {
+            ipv4: Some(Pool {
+                cidr: IpNetwork::V4(cidr),
+                gateway: IpAddr::V4(gateway),
+            }),
+            ipv6: None,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.ipv4.iter().chain(&self.ipv6)
+    }
+
+    /// The pool of each family's keys, present or not.
+    fn by_family(&self) -> [(&'static FamilyKeys, Option<&Pool>); 2] {
+        [
+            (&V4_KEYS, self.ipv4.as_ref()),
+            (&V6_KEYS, self.ipv6.as_ref()),
+        ]
+    }
+}
 /// The store is tiny; a small page cache keeps short-lived CNI processes lean.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -50,11 +125,32 @@ pub struct PodIntent {
     #[serde(flatten)]
     pub key: PodKey,
     pub netns: PathBuf,
-    pub ip: Ipv4Addr,
+    /// The pod's IPv4 address, when the spec had IPv4 as it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address, when the spec had IPv6 as it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub host_link: String,
 }
 
 impl PodIntent {
+    /// The pod's addresses, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ip
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ip6.map(IpAddr::V6))
+    }
+
+    /// The pod's addresses as "10.244.0.5 fd00::5".
+    pub fn addresses_text(&self) -> String {
+        self.addresses()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     pub fn key(&self) -> PodKey {
         self.key.clone()
     }
@@ -81,18 +177,19 @@ pub enum StoreError {
         error: sled::Error,
     },
     #[error("pod CIDR {cidr} is exhausted: all {capacity} addresses are allocated")]
-    Exhausted { cidr: Ipv4Network, capacity: u32 },
+    Exhausted { cidr: IpNetwork, capacity: u128 },
     #[error("pod store entry {key:?} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("pod store {} is not a directory", path.display())]
     NotADirectory { path: PathBuf },
     #[error("state_dir {} is not safe: {reason}", path.display())]
     Unsafe { path: PathBuf, reason: String },
-    #[error("pod store {} allocates from {stored} and holds {pods} pods, but the spec's pod CIDR is {spec}; a store is never used with another CIDR: restore pod_network.cidr, or remove those pods first", path.display())]
+    #[error("pod store {} allocates from {stored} and holds {pods} pods, but the spec's pod CIDR of that family is {}; a store is never used with another CIDR: restore pod_network.{field}, or remove those pods first", path.display(), spec.map_or("not set".to_string(), |s| s.to_string()))]
     CidrMismatch {
         path: PathBuf,
-        stored: Ipv4Network,
-        spec: Ipv4Network,
+        stored: IpNetwork,
+        spec: Option<IpNetwork>,
+        field: &'static str,
         pods: usize,
     },
     #[error("host link name {name} of pod {new} collides with pod {existing}")]
@@ -107,7 +204,7 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct PodStore {
     dir: PathBuf,
-    cidr: Ipv4Network,
+    pools: Pools,
     lock_timeout: Duration,
     /// Whether changes touch the file the daemon watches (see [`PodStore::quiet`]).
     signal: bool,
@@ -164,11 +261,11 @@ pub struct Added {
 }
 
 impl PodStore {
-    /// The store in `dir`, allocating from (and only ever used with) `cidr`.
-    pub fn new(dir: impl Into<PathBuf>, cidr: Ipv4Network) -> Self {
+    /// The store in `dir`, allocating from (and only ever used with) `pools`.
+    pub fn new(dir: impl Into<PathBuf>, pools: Pools) -> Self {
         PodStore {
             dir: dir.into(),
-            cidr,
+            pools,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             signal: true,
         }
@@ -232,11 +329,13 @@ impl PodStore {
             let pods = db.scan_prefix(POD_PREFIX).count();
             self.check_cidr(db, path, pods)?;
             if pods == 0 {
-                db.insert(CIDR_KEY, self.cidr.to_string().as_bytes())
-                    .map_err(|error| StoreError::Db {
-                        path: path.into(),
-                        error,
-                    })?;
+                for pool in self.pools.iter() {
+                    db.insert(keys_of(pool.cidr.ip()).cidr, pool.cidr.to_string().as_bytes())
+                        .map_err(|error| StoreError::Db {
+                            path: path.into(),
+                            error,
+                        })?;
+                }
             }
             Ok(!existed)
         })
@@ -261,38 +360,46 @@ impl PodStore {
         Ok(false)
     }
 
-    /// Refuses a store that allocates from another CIDR while it holds pods;
-    /// an empty one may take the spec's (it is recorded on the next add).
+    /// Refuses a store that allocates from another CIDR of either family
+    /// while it holds pods (a family the spec dropped included); an empty
+    /// one may take the spec's (recorded on the next add).
     fn check_cidr(&self, db: &sled::Db, path: &Path, pods: usize) -> Result<(), StoreError> {
-        let Some(raw) = db.get(CIDR_KEY).map_err(|error| StoreError::Db {
-            path: path.into(),
-            error,
-        })?
-        else {
+        if pods == 0 {
             return Ok(());
-        };
-        let stored: Ipv4Network = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| StoreError::Corrupt {
-                key: String::from_utf8_lossy(CIDR_KEY).into_owned(),
-                reason: "not an IPv4 network".into(),
-            })?;
-        if stored != self.cidr && pods > 0 {
-            return Err(StoreError::CidrMismatch {
+        }
+        for (keys, pool) in self.pools.by_family() {
+            let Some(raw) = db.get(keys.cidr).map_err(|error| StoreError::Db {
                 path: path.into(),
-                stored,
-                spec: self.cidr,
-                pods,
-            });
+                error,
+            })?
+            else {
+                continue;
+            };
+            let stored: IpNetwork = std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(keys.cidr).into_owned(),
+                    reason: "not a network".into(),
+                })?;
+            let spec = pool.map(|p| p.cidr);
+            if spec != Some(stored) {
+                return Err(StoreError::CidrMismatch {
+                    path: path.into(),
+                    stored,
+                    spec,
+                    field: if stored.is_ipv4() { "cidr" } else { "cidr6" },
+                    pods,
+                });
+            }
         }
         Ok(())
     }
 
     /// Stores an intent for `key`, allocating its address. Idempotent: an
     /// existing attachment is returned as it is, with nothing new allocated.
-    pub fn add(&self, key: &PodKey, netns: &Path, gateway: Ipv4Addr) -> Result<Added, StoreError> {
-        let mut changed = self.change(&[(key.clone(), netns.to_path_buf())], &[], gateway)?;
+    pub fn add(&self, key: &PodKey, netns: &Path) -> Result<Added, StoreError> {
+        let mut changed = self.change(&[(key.clone(), netns.to_path_buf())], &[])?;
         changed
             .added
             .pop()
@@ -307,9 +414,8 @@ impl PodStore {
         &self,
         add: &[(PodKey, PathBuf)],
         remove: &[PodKey],
-        gateway: Ipv4Addr,
     ) -> Result<Changed, StoreError> {
-        self.change_in(add, remove, gateway, Listing::Skip)
+        self.change_in(add, remove, Listing::Skip)
     }
 
     /// [`change`](Self::change), then every intent (`Changed::pods`), under
@@ -318,16 +424,14 @@ impl PodStore {
         &self,
         add: &[(PodKey, PathBuf)],
         remove: &[PodKey],
-        gateway: Ipv4Addr,
     ) -> Result<Changed, StoreError> {
-        self.change_in(add, remove, gateway, Listing::After)
+        self.change_in(add, remove, Listing::After)
     }
 
     fn change_in(
         &self,
         add: &[(PodKey, PathBuf)],
         remove: &[PodKey],
-        gateway: Ipv4Addr,
         listing: Listing,
     ) -> Result<Changed, StoreError> {
         // A state_dir that is a file or out of reach says so, not "File exists".
@@ -343,7 +447,7 @@ impl PodStore {
             let mut taken: Option<FxHashMap<String, PodKey>> = None;
             let mut added = Vec::with_capacity(add.len());
             for (key, netns) in add {
-                added.push(self.add_one(db, path, key, netns, gateway, &mut taken)?);
+                added.push(self.add_one(db, path, key, netns, &mut taken)?);
             }
             let removed = remove_in(db, path, remove)?;
             if added.iter().any(|r| matches!(r, Ok(a) if a.created))
@@ -372,10 +476,8 @@ impl PodStore {
         path: &Path,
         key: &PodKey,
         netns: &Path,
-        gateway: Ipv4Addr,
         taken: &mut Option<FxHashMap<String, PodKey>>,
     ) -> Result<Result<Added, StoreError>, StoreError> {
-        let cidr = self.cidr;
         let db_err = |error| StoreError::Db {
             path: path.into(),
             error,
@@ -408,42 +510,51 @@ impl PodStore {
                 existing: existing.clone(),
             }));
         }
-        let cursor = read_ip(db, CURSOR_KEY, path)?;
-        let last_freed = read_ip(db, LAST_FREED_KEY, path)?;
-        let mut lookup_error = None;
-        let ip = alloc::next_free(cidr, gateway, cursor, last_freed, |ip| {
-            match db.contains_key(ip_db_key(ip)) {
-                Ok(used) => used,
-                Err(e) => {
-                    lookup_error.get_or_insert(e);
-                    true
+        let mut batch = sled::Batch::default();
+        let (mut ip, mut ip6) = (None, None);
+        for pool in self.pools.iter() {
+            let keys = keys_of(pool.cidr.ip());
+            let cursor = read_ip(db, keys.cursor, path)?;
+            let last_freed = read_ip(db, keys.last_freed, path)?;
+            let mut lookup_error = None;
+            let found = alloc::next_free(pool.cidr, pool.gateway, cursor, last_freed, |ip| {
+                match db.contains_key(ip_db_key(ip)) {
+                    Ok(used) => used,
+                    Err(e) => {
+                        lookup_error.get_or_insert(e);
+                        true
+                    }
                 }
+            });
+            if let Some(e) = lookup_error {
+                return Err(db_err(e));
             }
-        });
-        if let Some(e) = lookup_error {
-            return Err(db_err(e));
+            let Some(found) = found else {
+                return Ok(Err(StoreError::Exhausted {
+                    cidr: pool.cidr,
+                    capacity: alloc::capacity(pool.cidr, pool.gateway),
+                }));
+            };
+            match found {
+                IpAddr::V4(v4) => ip = Some(v4),
+                IpAddr::V6(v6) => ip6 = Some(v6),
+            }
+            batch.insert(ip_db_key(found), pod_key_bytes(key));
+            batch.insert(keys.cursor, found.to_string().as_bytes());
+            batch.insert(keys.cidr, pool.cidr.to_string().as_bytes());
         }
-        let Some(ip) = ip else {
-            return Ok(Err(StoreError::Exhausted {
-                cidr,
-                capacity: alloc::capacity(cidr),
-            }));
-        };
         let intent = PodIntent {
             key: key.clone(),
             netns: netns.to_path_buf(),
             ip,
+            ip6,
             host_link,
         };
         let value = serde_json::to_vec(&intent).map_err(|e| StoreError::Corrupt {
             key: String::from_utf8_lossy(&pod_key).into_owned(),
             reason: e.to_string(),
         })?;
-        let mut batch = sled::Batch::default();
         batch.insert(pod_key, value);
-        batch.insert(ip_db_key(ip), pod_key_bytes(key));
-        batch.insert(CURSOR_KEY, ip.to_string().as_bytes());
-        batch.insert(CIDR_KEY, cidr.to_string().as_bytes());
         db.apply_batch(batch).map_err(db_err)?;
         taken.insert(intent.host_link.clone(), key.clone());
         Ok(Ok(Added {
@@ -458,7 +569,7 @@ impl PodStore {
     /// so it works whatever CIDR the store records: pods of a changed spec
     /// can still be taken down.
     pub fn remove(&self, key: &PodKey) -> Result<Option<PodIntent>, StoreError> {
-        let mut changed = self.change(&[], std::slice::from_ref(key), Ipv4Addr::UNSPECIFIED)?;
+        let mut changed = self.change(&[], std::slice::from_ref(key))?;
         Ok(changed.removed.pop().flatten())
     }
 
@@ -519,10 +630,12 @@ impl PodStore {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let key = releasing_db_key(&name);
-            if let Some(ip) = read_ip(db, &key, path)? {
+            if let Some(ips) = read_ips(db, &key, path)? {
                 batch.remove(key);
-                batch.remove(ip_db_key(ip));
-                batch.insert(LAST_FREED_KEY, ip.to_string().as_bytes());
+                for ip in ips {
+                    batch.remove(ip_db_key(ip));
+                    batch.insert(keys_of(ip).last_freed, ip.to_string().as_bytes());
+                }
                 freed = true;
             }
         }
@@ -811,7 +924,7 @@ fn remove_in(
         batch.remove(pod_key);
         batch.insert(
             releasing_db_key(&intent.host_link),
-            intent.ip.to_string().as_bytes(),
+            intent.addresses_text().as_bytes(),
         );
         removed.push(Some(intent));
     }
@@ -836,9 +949,13 @@ fn releasing_db_key(host_link: &str) -> Vec<u8> {
     out
 }
 
-fn ip_db_key(ip: Ipv4Addr) -> Vec<u8> {
+/// IPv4 keys hold 4 bytes, IPv6 keys 16: the families never collide.
+fn ip_db_key(ip: IpAddr) -> Vec<u8> {
     let mut out = IP_PREFIX.to_vec();
-    out.extend_from_slice(&ip.octets());
+    match ip {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+    }
     out
 }
 
@@ -849,7 +966,12 @@ fn decode_intent(key: &[u8], value: &[u8]) -> Result<PodIntent, StoreError> {
     })
 }
 
-fn read_ip(db: &sled::Db, key: &[u8], path: &Path) -> Result<Option<Ipv4Addr>, StoreError> {
+fn read_ip(db: &sled::Db, key: &[u8], path: &Path) -> Result<Option<IpAddr>, StoreError> {
+    Ok(read_ips(db, key, path)?.and_then(|ips| ips.into_iter().next()))
+}
+
+/// Space-separated addresses (a released link holds one per family).
+fn read_ips(db: &sled::Db, key: &[u8], path: &Path) -> Result<Option<Vec<IpAddr>>, StoreError> {
     let Some(raw) = db.get(key).map_err(|error| StoreError::Db {
         path: path.into(),
         error,
@@ -859,17 +981,75 @@ fn read_ip(db: &sled::Db, key: &[u8], path: &Path) -> Result<Option<Ipv4Addr>, S
     };
     std::str::from_utf8(&raw)
         .ok()
-        .and_then(|s| s.parse().ok())
+        .and_then(|s| s.split_whitespace().map(|a| a.parse().ok()).collect())
         .map(Some)
         .ok_or_else(|| StoreError::Corrupt {
             key: String::from_utf8_lossy(key).into_owned(),
-            reason: "not an IPv4 address".into(),
+            reason: "not IP addresses".into(),
         })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store allocating from IPv4 `cidr`, its gateway the first address.
+    fn v4_store(dir: &Path, cidr: &str) -> PodStore {
+        let cidr: ipnetwork::Ipv4Network = cidr.parse().unwrap();
+        let gateway = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+        PodStore::new(dir, Pools::ipv4(cidr, gateway))
+    }
+
+    fn dual_store(dir: &Path) -> PodStore {
+        PodStore::new(
+            dir,
+            Pools {
+                ipv4: Some(Pool {
+                    cidr: "10.9.0.0/29".parse().unwrap(),
+                    gateway: "10.9.0.1".parse().unwrap(),
+                }),
+                ipv6: Some(Pool {
+                    cidr: "fd00:9::/64".parse().unwrap(),
+                    gateway: "fe80::1".parse().unwrap(),
+                }),
+            },
+        )
+    }
+
+    #[test]
+    fn a_dual_stack_pod_gets_an_address_of_each_family_and_gives_both_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // An IPv4-only store with a pod, then IPv6 added to the spec.
+        let before = v4_store(dir.path(), "10.9.0.0/29")
+            .add(&key("old"), Path::new("/x"))
+            .unwrap();
+        assert_eq!(before.intent.ip6, None);
+        let store = dual_store(dir.path());
+        let a = store.add(&key("a"), Path::new("/x")).unwrap().intent;
+        assert_eq!(a.ip, Some(Ipv4Addr::new(10, 9, 0, 3)));
+        assert_eq!(a.ip6, Some("fd00:9::1".parse().unwrap()));
+        assert_eq!(a.addresses_text(), "10.9.0.3 fd00:9::1");
+        // The pod from before keeps what it had.
+        assert_eq!(store.list().unwrap()[1], before.intent);
+        // Removed, both stay held until the link is gone; then both are freed.
+        store.remove(&key("a")).unwrap().unwrap();
+        let b = store.add(&key("b"), Path::new("/x")).unwrap().intent;
+        assert_eq!(b.ip6, Some("fd00:9::2".parse().unwrap()));
+        store.release(std::slice::from_ref(&a.host_link)).unwrap();
+        assert!(store.releasing().unwrap().is_empty());
+        // Dropping a family the store holds pods in is refused.
+        let e = PodStore::new(
+            dir.path(),
+            Pools {
+                ipv6: None,
+                ..dual_store(dir.path()).pools
+            },
+        )
+        .list()
+        .unwrap_err();
+        assert!(e.to_string().contains("fd00:9::/64"), "{e}");
+        assert!(e.to_string().contains("cidr6"), "{e}");
+    }
 
     fn key(id: &str) -> PodKey {
         PodKey {
@@ -881,17 +1061,15 @@ mod tests {
     #[test]
     fn add_is_idempotent_and_remove_frees() {
         let dir = tempfile::tempdir().unwrap();
-        let cidr: Ipv4Network = "10.9.0.0/29".parse().unwrap();
-        let store = PodStore::new(dir.path(), cidr);
-        let gw = Ipv4Addr::new(10, 9, 0, 1);
-        let a = store.add(&key("a"), Path::new("/run/netns/a"), gw).unwrap();
+        let store = v4_store(dir.path(), "10.9.0.0/29");
+        let a = store.add(&key("a"), Path::new("/run/netns/a")).unwrap();
         assert!(a.created);
-        assert_eq!(a.intent.ip, Ipv4Addr::new(10, 9, 0, 2));
-        let again = store.add(&key("a"), Path::new("/run/netns/a"), gw).unwrap();
+        assert_eq!(a.intent.ip, Some(Ipv4Addr::new(10, 9, 0, 2)));
+        let again = store.add(&key("a"), Path::new("/run/netns/a")).unwrap();
         assert!(!again.created);
         assert_eq!(again.intent, a.intent);
-        let b = store.add(&key("b"), Path::new("/run/netns/b"), gw).unwrap();
-        assert_eq!(b.intent.ip, Ipv4Addr::new(10, 9, 0, 3));
+        let b = store.add(&key("b"), Path::new("/run/netns/b")).unwrap();
+        assert_eq!(b.intent.ip, Some(Ipv4Addr::new(10, 9, 0, 3)));
         assert_eq!(store.remove(&key("a")).unwrap().unwrap().ip, a.intent.ip);
         assert_eq!(store.remove(&key("a")).unwrap(), None);
         assert_eq!(store.list().unwrap(), vec![b.intent]);
@@ -900,19 +1078,17 @@ mod tests {
     #[test]
     fn exhaustion_is_a_clear_error_and_every_counted_address_can_be_had() {
         let dir = tempfile::tempdir().unwrap();
-        let cidr: Ipv4Network = "10.9.0.0/29".parse().unwrap();
-        let store = PodStore::new(dir.path(), cidr);
-        let gw = Ipv4Addr::new(10, 9, 0, 1);
-        for i in 0..alloc::capacity(cidr) {
+        let store = v4_store(dir.path(), "10.9.0.0/29");
+        for i in 0..5 {
             store
-                .add(&key(&format!("p{i}")), Path::new("/x"), gw)
+                .add(&key(&format!("p{i}")), Path::new("/x"))
                 .unwrap();
         }
-        let e = store.add(&key("p5"), Path::new("/x"), gw).unwrap_err();
+        let e = store.add(&key("p5"), Path::new("/x")).unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
         // A removed attachment's address stays held until its link is gone.
         let removed = store.remove(&key("p2")).unwrap().unwrap();
-        let e = store.add(&key("p5"), Path::new("/x"), gw).unwrap_err();
+        let e = store.add(&key("p5"), Path::new("/x")).unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
         assert_eq!(store.releasing().unwrap(), vec![removed.host_link.clone()]);
         // A link that holds nothing is marked all the same, and folded away.
@@ -926,7 +1102,7 @@ mod tests {
         // The only free address is the one just freed: handed out all the same.
         let freed = removed.ip;
         let next = store
-            .add(&key("p5"), Path::new("/x"), gw)
+            .add(&key("p5"), Path::new("/x"))
             .unwrap()
             .intent
             .ip;
@@ -942,7 +1118,7 @@ mod tests {
             .unwrap();
         let (older, newer) = (older.ip, newer.ip);
         let next = store
-            .add(&key("p6"), Path::new("/x"), gw)
+            .add(&key("p6"), Path::new("/x"))
             .unwrap()
             .intent
             .ip;
@@ -953,7 +1129,7 @@ mod tests {
     #[test]
     fn lock_timeout_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PodStore::new(dir.path(), "10.9.0.0/29".parse().unwrap())
+        let store = v4_store(dir.path(), "10.9.0.0/29")
             .with_lock_timeout(Duration::from_millis(50));
         let held = store.lock().unwrap();
         // A second open file description conflicts with the first, as another process would.
@@ -966,7 +1142,7 @@ mod tests {
     #[test]
     fn a_store_never_created_reads_empty_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PodStore::new(dir.path().join("state"), "10.9.0.0/29".parse().unwrap());
+        let store = v4_store(&dir.path().join("state"), "10.9.0.0/29");
         let read = store.read().unwrap();
         assert!(read.pods.is_empty());
         assert_eq!(
@@ -987,19 +1163,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("plain");
         fs::write(&file, "x").unwrap();
-        let cidr = "10.9.0.0/29".parse().unwrap();
         let long = dir.path().join("a".repeat(300));
         for (state_dir, expect) in [
             (file.join("state"), "Not a directory"),
             (file.clone(), "is not a directory"),
             (long.clone(), "File name too long"),
         ] {
-            let store = PodStore::new(&state_dir, cidr);
+            let store = v4_store(&state_dir, "10.9.0.0/29");
             for e in [
                 store.list().unwrap_err(),
                 store.remove(&key("a")).map(|_| ()).unwrap_err(),
                 store
-                    .add(&key("a"), Path::new("/x"), Ipv4Addr::new(10, 9, 0, 1))
+                    .add(&key("a"), Path::new("/x"))
                     .map(|_| ())
                     .unwrap_err(),
             ] {
@@ -1017,10 +1192,9 @@ mod tests {
     #[test]
     fn a_store_holding_pods_refuses_another_cidr() {
         let dir = tempfile::tempdir().unwrap();
-        let gw = Ipv4Addr::new(10, 9, 0, 1);
-        let old = PodStore::new(dir.path(), "10.9.0.0/29".parse().unwrap());
-        old.add(&key("a"), Path::new("/x"), gw).unwrap();
-        let new = PodStore::new(dir.path(), "10.8.0.0/29".parse().unwrap());
+        let old = v4_store(dir.path(), "10.9.0.0/29");
+        old.add(&key("a"), Path::new("/x")).unwrap();
+        let new = v4_store(dir.path(), "10.8.0.0/29");
         let e = new.list().unwrap_err();
         assert!(matches!(e, StoreError::CidrMismatch { pods: 1, .. }), "{e}");
         assert!(
@@ -1028,16 +1202,16 @@ mod tests {
             "{e}"
         );
         assert!(matches!(
-            new.add(&key("b"), Path::new("/x"), Ipv4Addr::new(10, 8, 0, 1)),
+            new.add(&key("b"), Path::new("/x")),
             Err(StoreError::CidrMismatch { .. })
         ));
         // Taking pods down still works, and an empty store takes the new CIDR.
         new.remove(&key("a")).unwrap().unwrap();
         assert_eq!(new.list().unwrap(), vec![]);
         let b = new
-            .add(&key("b"), Path::new("/x"), Ipv4Addr::new(10, 8, 0, 1))
+            .add(&key("b"), Path::new("/x"))
             .unwrap();
-        assert_eq!(b.intent.ip, Ipv4Addr::new(10, 8, 0, 2));
+        assert_eq!(b.intent.ip, Some(Ipv4Addr::new(10, 8, 0, 2)));
         assert!(matches!(old.list(), Err(StoreError::CidrMismatch { .. })));
     }
 
