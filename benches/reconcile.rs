@@ -35,8 +35,9 @@ fn intent(i: u32, pods_ns: &Path, dual_stack: bool) -> PodIntent {
         },
         netns: pods_ns.to_path_buf(),
         ip: Some(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 2)) + i)),
-        ip6: dual_stack
-            .then(|| std::net::Ipv6Addr::from(0xfd00_0010_0244_0000_0000_0000_0000_0002u128 + u128::from(i))),
+        ip6: dual_stack.then(|| {
+            std::net::Ipv6Addr::from(0xfd00_0010_0244_0000_0000_0000_0000_0002u128 + u128::from(i))
+        }),
     }
 }
 

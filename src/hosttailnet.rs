@@ -75,7 +75,7 @@ pub fn assess(prefs: &str, status: &str, pod_cidrs: &[IpNetwork], cluster: bool)
             .self_
             .as_ref()
             .and_then(|s| s.primary_routes.as_ref())
-            .is_some_and(|r| r.contains(&cidr));
+            .is_some_and(|r| r.contains(cidr));
         if !approved {
             let host = status.self_.as_ref().map_or("", |s| s.host_name.as_str());
             out.push(format!(

@@ -7,44 +7,22 @@
 //! address and pod CIDR), as tailscaled's cryptokey routing does.
 
 mod common;
+mod tailnet;
 
-use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{run_plugin, sh, wait_until, CniCall, Lab, Procs};
+use common::{sh, wait_until, Lab, Procs};
+use tailnet::{
+    assert_converged, bulk, cni_add, cni_add_all, daemon_node, host_spec, host_tailscaled, keypair,
+    uplink,
+};
 
 const POD_CIDR: &str = "10.244.0.0/24";
 const NODE_TAILNET: &str = "100.64.0.1";
 const PEER_TAILNET: &str = "100.64.0.5";
 const PEER_UPLINK: &str = "198.51.100.2";
-
-/// A WireGuard key pair: (private key file, public key).
-fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
-    let private = sh(&["wg", "genkey"]);
-    let file = dir.join(format!("{name}.key"));
-    std::fs::write(&file, private.trim()).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut child = Command::new("wg")
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("wg (apt install wireguard-tools)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(private.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        file,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
-}
 
 struct TailnetLab {
     /// First, so its processes stop before the namespaces go.
@@ -54,17 +32,6 @@ struct TailnetLab {
     peer: String,
     ts: String,
     spec: PathBuf,
-}
-
-fn veth(lab: &Lab, a: &str, a_if: &str, b: &str, b_if: &str) {
-    lab.ip(
-        a,
-        &[
-            "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
-        ],
-    );
-    lab.ip(a, &["link", "set", a_if, "up"]);
-    lab.ip(b, &["link", "set", b_if, "up"]);
 }
 
 impl TailnetLab {
@@ -188,61 +155,6 @@ impl TailnetLab {
     fn ping(&self, from: &str, to: &str) -> bool {
         self.lab.ping(from, to)
     }
-}
-
-/// Sends `bytes` from `client_ns` to a listener in `server_ns` at `ip`;
-/// returns the address the server saw the connection come from.
-fn bulk(
-    client_ns: &str,
-    server_ns: &str,
-    ip: &str,
-    port: u16,
-    bytes: usize,
-) -> std::net::SocketAddr {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let server = common::in_ns(server_ns, move || {
-        let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind");
-        ready_tx.send(()).unwrap();
-        let (mut conn, from) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut got = 0usize;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match conn.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) => panic!("read after {got} bytes: {e}"),
-            }
-        }
-        conn.write_all(&got.to_be_bytes()).unwrap();
-        from
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("listener");
-    let target: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    let client = common::in_ns(client_ns, move || {
-        let mut conn =
-            std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect");
-        conn.set_write_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let chunk = vec![0x5au8; 65536];
-        let mut sent = 0;
-        while sent < bytes {
-            let n = chunk.len().min(bytes - sent);
-            conn.write_all(&chunk[..n]).expect("write");
-            sent += n;
-        }
-        conn.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut echo = [0u8; 8];
-        conn.read_exact(&mut echo).expect("the count back");
-        assert_eq!(usize::from_be_bytes(echo), bytes, "every byte arrived");
-    });
-    client.join().expect("client");
-    server.join().expect("server")
 }
 
 #[test]
@@ -415,117 +327,27 @@ fn the_tailnet_namespace_resolves_through_the_stub_s_upstream_servers() {
     );
 }
 
-/// The node converged: nothing to do, nothing waiting (no rule the kernel
-/// lists differently from how headcni wrote it, say).
-fn assert_converged(node: &str, spec: &Path) {
-    wait_until(Duration::from_secs(5), "the node to converge", || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                node,
-                common::headcni_bin(),
-                "plan",
-                "--detailed-exitcode",
-            ])
-            .env("HEADCNI_SPEC", spec)
-            .output()
-            .is_ok_and(|o| o.status.code() == Some(0))
-    });
-}
-
-/// Joins `ns` to the internet namespace with `ip`/24, its gateway `gw` there.
-fn uplink(lab: &Lab, inet: &str, ns: &str, ip: &str, gw: &str) {
-    let inside = format!("to-{}", &ns[ns.len().saturating_sub(4)..]);
-    veth(lab, ns, "eth0", inet, &inside);
-    lab.ip(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-    lab.ip(inet, &["addr", "add", &format!("{gw}/24"), "dev", &inside]);
-    lab.ip(ns, &["route", "add", "default", "via", gw]);
-}
-
-/// A daemon-mode node of the lab: writes its WireGuard file (`wg_conf`)
-/// and spec in `dir` (`pod_extra`: more `[pod_network]` lines), starts its
-/// daemon (kept in `procs`); returns the spec's path.
-fn daemon_node(
-    dir: &Path,
-    node: &str,
-    ts: &str,
-    (pod_cidr, pod_extra): (&str, &str),
-    daemon_extra: &str,
-    wg_conf: &str,
-    procs: &mut Procs,
-) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let wg = dir.join("node.wg");
-    std::fs::write(&wg, wg_conf).unwrap();
-    let authkey = dir.join("authkey");
-    std::fs::write(&authkey, "tskey-auth-lab").unwrap();
-    std::fs::set_permissions(&authkey, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let spec = dir.join("headcni.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "version = 1\nmode = \"daemon\"\nstate_dir = \"{state}\"\n\n[pod_network]\ncidr = \"{pod_cidr}\"\n{pod_extra}\n\n[daemon]\ntailscaled = \"{s}\"\ntailscale = \"{s}\"\nlogin_server = \"https://headscale.example.test\"\nauth_key_file = \"{key}\"\nnetns = \"{ts}\"\ntailscaled_flags = [\"--wg-config={wg}\"]\nresync_seconds = 30\n{daemon_extra}",
-            state = dir.join("state").display(),
-            s = common::standin_bin().display(),
-            key = authkey.display(),
-            wg = wg.display(),
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-    procs.0.push(
-        Command::new("ip")
-            .args(["netns", "exec", node, common::headcni_bin(), "daemon"])
-            .env("HEADCNI_SPEC", &spec)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    spec
-}
-
-/// One daemon-mode node of the 10.244.0.0/16 cluster.
+/// One daemon-mode node of the dual-stack cluster (10.244.0.0/16 and
+/// fd00:10:244::/56): its pod CIDRs and tailnet addresses, IPv4 then IPv6.
 #[allow(clippy::too_many_arguments)]
 fn cluster_node(
     dir: &Path,
     node: &str,
     ts: &str,
-    pod_cidr: &str,
-    tailnet_ip: &str,
+    (pod_cidr, pod_cidr6): (&str, &str),
+    (tailnet_ip, tailnet_ip6): (&str, &str),
     key: &Path,
     peer_line: &str,
     procs: &mut Procs,
 ) -> PathBuf {
     let wg = format!(
-        "address {tailnet_ip}\nprivate-key-file {}\n{peer_line}\n",
+        "address {tailnet_ip}\naddress {tailnet_ip6}\nprivate-key-file {}\n{peer_line}\n",
         key.display()
     );
-    daemon_node(
-        dir,
-        node,
-        ts,
-        (pod_cidr, "cluster_cidr = \"10.244.0.0/16\""),
-        "",
-        &wg,
-        procs,
-    )
-}
-
-fn cni_add(lab: &mut Lab, node: &str, spec: &Path, name: &str) -> (String, String) {
-    let ns = lab.netns(name);
-    let path = Lab::ns_path(&ns);
-    let call = CniCall::add(&ns, &path);
-    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "headcni", "type": "headcni", "spec": spec});
-    let out = run_plugin(node, common::headcni_bin(), &call, &conf.to_string());
-    assert_eq!(out.code, 0, "ADD {ns}: {}\n{}", out.stdout, out.stderr);
-    let ip = out.json["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .to_string();
-    (ns, ip)
+    let pod_extra = format!(
+        "cluster_cidr = \"10.244.0.0/16\"\ncidr6 = \"{pod_cidr6}\"\ncluster_cidr6 = \"fd00:10:244::/56\""
+    );
+    daemon_node(dir, node, ts, (pod_cidr, &pod_extra), "", &wg, procs)
 }
 
 /// Two nodes on "the internet", A at 203.0.113.2 and B at 192.0.2.2, with
@@ -568,12 +390,13 @@ fn two_nodes(lab: &mut Lab) -> TwoNodes {
     }
 }
 
-/// Two daemon-mode nodes of one cluster, each behind its own NAT (the
-/// node's masquerade), each tailscaled reaching the other through "the
-/// internet": pods reach each other by their own addresses, which works
-/// only if each tailscaled accepts the other's pod CIDR (--accept-routes).
+/// Two daemon-mode nodes of one dual-stack cluster, each behind its own
+/// NAT (the node's masquerade), each tailscaled reaching the other through
+/// "the internet": pods reach each other by their own addresses of both
+/// families, which works only if each tailscaled accepts the other's pod
+/// CIDRs (--accept-routes).
 #[test]
-fn two_daemon_mode_nodes_carry_pod_to_pod_traffic() {
+fn two_daemon_mode_nodes_carry_pod_to_pod_traffic_of_both_families() {
     let mut lab = Lab::new();
     let TwoNodes {
         a,
@@ -586,17 +409,17 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic() {
     } = two_nodes(&mut lab);
     let (ts_a, ts_b) = (lab.netns("tsa"), lab.netns("tsb"));
     let mut procs = Procs(Vec::new());
-    // Each approved the other's tailnet address and pod CIDR; the daemon's
-    // tailscaled port is 41642 by default.
+    // Each approved the other's tailnet addresses and pod CIDRs; the
+    // daemon's tailscaled port is 41642 by default.
     let spec_a = cluster_node(
         &dir.join("a"),
         &a,
         &ts_a,
-        "10.244.0.0/24",
-        "100.64.0.1",
+        ("10.244.0.0/24", "fd00:10:244:a::/64"),
+        ("100.64.0.1", "fd7a:115c:a1e0::1"),
         &key_a,
         &format!(
-            "peer {pub_b} endpoint 192.0.2.2:41642 allowed 100.64.0.2/32 routes 10.244.1.0/24"
+            "peer {pub_b} endpoint 192.0.2.2:41642 allowed 100.64.0.2/32,fd7a:115c:a1e0::2/128 routes 10.244.1.0/24,fd00:10:244:b::/64"
         ),
         &mut procs,
     );
@@ -604,30 +427,37 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic() {
         &dir.join("b"),
         &b,
         &ts_b,
-        "10.244.1.0/24",
-        "100.64.0.2",
+        ("10.244.1.0/24", "fd00:10:244:b::/64"),
+        ("100.64.0.2", "fd7a:115c:a1e0::2"),
         &key_b,
         // B learns A's endpoint from A's handshake, which reaches B's
         // tailscaled only through B's forwarded port (no simultaneous open).
-        &format!("peer {pub_a} allowed 100.64.0.1/32 routes 10.244.0.0/24"),
+        &format!(
+            "peer {pub_a} allowed 100.64.0.1/32,fd7a:115c:a1e0::1/128 routes 10.244.0.0/24,fd00:10:244:a::/64"
+        ),
         &mut procs,
     );
-    let (pod_a, ip_a) = cni_add(&mut lab, &a, &spec_a, "poda");
-    let (pod_b, ip_b) = cni_add(&mut lab, &b, &spec_b, "podb");
-    wait_until(
-        Duration::from_secs(45),
-        "pod on A -> pod on B across the tailnet",
-        || lab.ping(&pod_a, &ip_b),
-    );
-    assert!(lab.ping(&pod_b, &ip_a), "and back");
-    let seen = bulk(&pod_a, &pod_b, &ip_b, 7101, 1 << 20);
-    assert_eq!(
-        seen.ip().to_string(),
-        ip_a,
-        "B's pod sees A's pod's own address"
-    );
-    let seen = bulk(&pod_b, &pod_a, &ip_a, 7102, 1 << 20);
-    assert_eq!(seen.ip().to_string(), ip_b);
+    let (pod_a, ips_a) = cni_add_all(&mut lab, &a, &spec_a, "poda");
+    let (pod_b, ips_b) = cni_add_all(&mut lab, &b, &spec_b, "podb");
+    assert_eq!((ips_a.len(), ips_b.len()), (2, 2), "{ips_a:?} {ips_b:?}");
+    for (family, (ip_a, ip_b)) in ["IPv4", "IPv6"].iter().zip(ips_a.iter().zip(&ips_b)) {
+        wait_until(
+            Duration::from_secs(45),
+            &format!("pod on A -> pod on B across the tailnet ({family})"),
+            || lab.ping(&pod_a, ip_b),
+        );
+        assert!(lab.ping(&pod_b, ip_a), "and back ({family})");
+    }
+    for (port, (ip_a, ip_b)) in [7101u16, 7103].into_iter().zip(ips_a.iter().zip(&ips_b)) {
+        let seen = bulk(&pod_a, &pod_b, ip_b, port, 1 << 20);
+        assert_eq!(
+            &seen.ip().to_string(),
+            ip_a,
+            "B's pod sees A's pod's own address"
+        );
+        let seen = bulk(&pod_b, &pod_a, ip_a, port + 1, 1 << 20);
+        assert_eq!(&seen.ip().to_string(), ip_b);
+    }
     let up = std::fs::read_to_string(dir.join("a/state/tailscaled.sock.up.args")).unwrap();
     assert!(up.lines().any(|l| l == "--accept-routes"), "{up}");
     // Peers connect directly: the node forwards tailscaled's port.
@@ -641,45 +471,6 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic() {
     assert_converged(&a, &spec_a);
     assert_converged(&b, &spec_b);
     drop(procs);
-}
-
-/// The host's own tailscaled (host mode): the stand-in on `tailscale0` in
-/// the node namespace, logged in at once, routes in the main table.
-fn host_tailscaled(dir: &Path, node: &str, wg_conf: &str, procs: &mut Procs) {
-    std::fs::create_dir_all(dir).unwrap();
-    let conf = dir.join("host.wg");
-    std::fs::write(&conf, wg_conf).unwrap();
-    procs.0.push(
-        Command::new("ip")
-            .args(["netns", "exec", node])
-            .arg(common::standin_bin())
-            .args(["--tun=tailscale0", "--port=41641", "--peer"])
-            .arg(format!("--socket={}", dir.join("host-ts.sock").display()))
-            .arg(format!("--wg-config={}", conf.display()))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(Duration::from_secs(10), "the host's tailscale0", || {
-        Command::new("ip")
-            .args(["-n", node, "route", "show", "dev", "tailscale0"])
-            .output()
-            .is_ok_and(|o| !o.stdout.is_empty())
-    });
-}
-
-/// A host-mode spec in `dir`; `extra` goes under `[pod_network]`.
-fn host_spec(dir: &Path, pod_cidr: &str, extra: &str) -> PathBuf {
-    let spec = dir.join("headcni.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n\n[pod_network]\ncidr = \"{pod_cidr}\"\n{extra}\n\n[tailnet]\ninterface = \"tailscale0\"\n",
-            dir.join("state").display()
-        ),
-    )
-    .unwrap();
-    spec
 }
 
 /// Host mode over WireGuard: a pod reaches a peer that approved the pod

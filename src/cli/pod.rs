@@ -75,7 +75,12 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
                 .remove(&key)
                 .with_context(|| format!("removing pod {key}"))?
             {
-                Some(intent) => outln!("removed {} {} {}", key, intent.addresses_text(), intent.host_link),
+                Some(intent) => outln!(
+                    "removed {} {} {}",
+                    key,
+                    intent.addresses_text(),
+                    intent.host_link
+                ),
                 None => outln!("absent {key}"),
             }
         }

@@ -400,7 +400,7 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         .list()
         .map_err(|e| unavailable(crate::Chain(&e).to_string()))?;
     for range in spec.pod_network.ranges() {
-        if intents.len() as u128 >= alloc::capacity(range.cidr, range.gateway) {
+        if intents.len() as u64 >= alloc::capacity(range.cidr, range.gateway) {
             return Err(unavailable(format!(
                 "pod CIDR {} has no addresses left ({} allocated)",
                 range.cidr,

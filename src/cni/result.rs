@@ -45,7 +45,11 @@ pub fn add_result(cni_version: &str, wired: &Wired, dns: Option<&Value>) -> Valu
             ip["version"] = json!(if address.is_ipv4() { "4" } else { "6" });
         }
         ips.push(ip);
-        let default = if address.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+        let default = if address.is_ipv4() {
+            "0.0.0.0/0"
+        } else {
+            "::/0"
+        };
         routes.push(json!({ "dst": default, "gw": gateway }));
     }
     json!({

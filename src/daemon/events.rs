@@ -71,8 +71,11 @@ fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
     let touches = |kind: u16, payload: &[u8]| match kind {
         libc::RTM_NEWLINK | libc::RTM_DELLINK => crate::observe::parse_link_name(payload)
             .is_none_or(|name| name.starts_with(LINK_PREFIX) || interfaces.contains(&name)),
-        // Addresses: rare, and the index alone does not say whose.
-        libc::RTM_NEWADDR | libc::RTM_DELADDR => true,
+        // Addresses: rare, and the index alone does not say whose; but the
+        // kernel's IPv6 link-local ones (one per new link) are never ours.
+        libc::RTM_NEWADDR | libc::RTM_DELADDR => {
+            !crate::observe::is_kernel_link_local_address(payload)
+        }
         // rtmsg.rtm_protocol is byte 5.
         libc::RTM_NEWROUTE | libc::RTM_DELROUTE => payload.get(5) == Some(&RTPROT_HEADCNI),
         // Rules carry their protocol as an attribute.

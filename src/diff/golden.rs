@@ -376,12 +376,22 @@ fn dual_stack_scenarios(out: &mut Vec<(&'static str, String, Vec<PodIntent>, Obs
     let v6_only: Vec<PodIntent> = (1..=2).map(|i| dual_intent(i, false)).collect();
     let mut o = bare(&parse(&ipv6_only_spec()));
     empty_pods(&mut o, &v6_only);
-    out.push(("19-ipv6-only-two-pods-on-an-empty-node", ipv6_only_spec(), v6_only, o));
+    out.push((
+        "19-ipv6-only-two-pods-on-an-empty-node",
+        ipv6_only_spec(),
+        v6_only,
+        o,
+    ));
 
     let dual: Vec<PodIntent> = (1..=2).map(|i| dual_intent(i, true)).collect();
     let mut o = bare(&parse(&dual_spec()));
     empty_pods(&mut o, &dual);
-    out.push(("20-dual-stack-two-pods-on-an-empty-node", dual_spec(), dual.clone(), o));
+    out.push((
+        "20-dual-stack-two-pods-on-an-empty-node",
+        dual_spec(),
+        dual.clone(),
+        o,
+    ));
 
     // One pod's IPv6 host route and IPv6 default route gone; a pod from
     // before IPv6 was enabled keeps its IPv4 address only.

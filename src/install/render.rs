@@ -152,7 +152,8 @@ cluster_cidr = \"10.244.0.0/16\"
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("node n1 has no pod CIDR headcni can use"),
+            e.to_string()
+                .contains("node n1 has no pod CIDR headcni can use"),
             "{e}"
         );
         let per_node = "version = 1\n[pod_network]\ncidr = \"10.0.0.0/24\"\n";

@@ -10,11 +10,17 @@ use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use super::NetlinkError;
 
 const EVENT_BUFFER_BYTES: libc::c_int = 4 * 1024 * 1024;
-/// Links, addresses, routes and rules (the legacy group bits bind takes).
+/// Links, addresses, routes and rules of both families (the legacy group
+/// bits bind takes; IPv6 rules have none). Whatever the spec's families: a
+/// spec edited to add IPv6 is read by the running daemon. The kernel's own
+/// IPv6 events (a link-local address per new link, its routes) are
+/// filtered out in daemon/events.rs.
 const GROUPS: u32 = (libc::RTMGRP_LINK
     | libc::RTMGRP_IPV4_IFADDR
     | libc::RTMGRP_IPV4_ROUTE
-    | libc::RTMGRP_IPV4_RULE) as u32;
+    | libc::RTMGRP_IPV4_RULE
+    | libc::RTMGRP_IPV6_IFADDR
+    | libc::RTMGRP_IPV6_ROUTE) as u32;
 
 /// A multicast socket for link, address, route and rule events, made in the
 /// namespace at `netns` (None: the caller's). Its receive buffer is raised so
@@ -23,8 +29,10 @@ pub fn event_socket(netns: Option<&Path>) -> Result<Socket, NetlinkError> {
     let make = || -> io::Result<Socket> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind(&SocketAddr::new(0, GROUPS))?;
+        socket.add_membership(libc::RTNLGRP_IPV6_RULE)?;
         // Forwarding and rp_filter changes (RTM_NEWNETCONF).
         socket.add_membership(libc::RTNLGRP_IPV4_NETCONF)?;
+        socket.add_membership(libc::RTNLGRP_IPV6_NETCONF)?;
         super::force_receive_buffer(&socket, EVENT_BUFFER_BYTES);
         Ok(socket)
     };

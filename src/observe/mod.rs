@@ -218,6 +218,12 @@ pub fn decode_any(kind: u16, payload: &[u8]) {
     }
 }
 
+/// Whether an RTM_NEWADDR/RTM_DELADDR payload is a kernel-made IPv6
+/// link-local address (for event filters).
+pub fn is_kernel_link_local_address(payload: &[u8]) -> bool {
+    parse::address(payload).is_some_and(|a| is_kernel_link_local(&a.addr))
+}
+
 /// The rule in an RTM_NEWRULE/RTM_DELRULE payload (for event filters).
 pub fn parse_rule(payload: &[u8]) -> Option<crate::model::Rule> {
     parse::rule(payload)
@@ -352,8 +358,7 @@ fn dump_addresses_and_routes(
         let mut route_req = RouteMessage::default();
         route_req.header.address_family = *family;
         nl.dump(RouteNetlinkMessage::GetRoute(route_req), |kind, payload| {
-            if kind == RTM_NEWROUTE && parse::route_table_hint(payload) != Some(TABLE_LOCAL as u8)
-            {
+            if kind == RTM_NEWROUTE && parse::route_table_hint(payload) != Some(TABLE_LOCAL as u8) {
                 if let Some((oif, route)) = parse::route(payload) {
                     if route.table != TABLE_LOCAL && !is_kernel_bookkeeping(&route) {
                         routes.push((oif, route));

@@ -27,7 +27,7 @@ const IFLA_INET_CONF: u16 = 1;
 const IPV4_DEVCONF_RP_FILTER: usize = 8;
 const AF_INET6_SPEC: u16 = libc::AF_INET6 as u16;
 // include/uapi/linux/if_link.h (IFLA_INET6_CONF) and ipv6.h (DEVCONF_ACCEPT_RA).
-const IFLA_INET6_CONF: u16 = 5;
+const IFLA_INET6_CONF: u16 = 2;
 const DEVCONF_ACCEPT_RA: usize = 3;
 
 /// A link plus its kernel index (the index never leaves observe).

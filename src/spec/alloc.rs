@@ -70,11 +70,13 @@ pub fn next_free(
     found.or(last_freed.filter(|_| freed_is_free))
 }
 
-/// Number of addresses pods can ever get from `cidr` with `gateway`.
-pub fn capacity(cidr: IpNetwork, gateway: IpAddr) -> u128 {
+/// Number of addresses pods can ever get from `cidr` with `gateway`
+/// (u64::MAX for an IPv6 range with more: no node gets near either).
+pub fn capacity(cidr: IpNetwork, gateway: IpAddr) -> u64 {
     host_range(cidr).map_or(0, |(first, last)| {
         let gateway_inside = (first..=last).contains(&to_u128(gateway));
-        last - first + 1 - u128::from(gateway_inside)
+        let count = last - first + 1 - u128::from(gateway_inside);
+        u64::try_from(count).unwrap_or(u64::MAX)
     })
 }
 
@@ -176,7 +178,7 @@ mod tests {
         assert_eq!(first, "fd00:10:244:1::1".parse::<IpAddr>().unwrap());
         let next = next_free(cidr, gw, Some(first), None, |_| false).unwrap();
         assert_eq!(next, "fd00:10:244:1::2".parse::<IpAddr>().unwrap());
-        assert_eq!(capacity(cidr, gw), (1u128 << 64) - 2);
+        assert_eq!(capacity(cidr, gw), u64::MAX - 1);
         // A small range fills up, and says so.
         let small = net("fd00::/124");
         assert_eq!(capacity(small, gw), 14);

@@ -424,9 +424,8 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
                 TAILNET_PEER_LINK,
             ));
         }
-        pod_routes.extend(
-            to_namespace.map(|dst| route(TABLE_MAIN, dst, None, &spec.tailnet.interface)),
-        );
+        pod_routes
+            .extend(to_namespace.map(|dst| route(TABLE_MAIN, dst, None, &spec.tailnet.interface)));
     }
     if net.ipv4.is_none() {
         // IPv6 pods only: tailscaled still reaches the world over IPv4.

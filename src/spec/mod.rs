@@ -17,8 +17,8 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
 pub use desired::{
-    compile, compile_on, host_prefix, Desired, DesiredPod, NodeFacts, Problem, TAILNET_HOST_LINK, TAILNET_MTU,
-    TAILNET_PEER_LINK,
+    compile, compile_on, host_prefix, Desired, DesiredPod, NodeFacts, Problem, TAILNET_HOST_LINK,
+    TAILNET_MTU, TAILNET_PEER_LINK,
 };
 pub use error::SpecError;
 pub use names::{host_link_name, validate_container_id, validate_ifname};

@@ -517,16 +517,20 @@ fn validate_tailnet(
     raw_pod: &Spanned<RawPodNetwork>,
     pod: &PodNetwork,
 ) -> Result<Tailnet, SpecError> {
-    let tailnet_cidr = |field: Option<&Spanned<String>>, name: &str, default: &str, family| {
-        match field {
+    let tailnet_cidr =
+        |field: Option<&Spanned<String>>, name: &str, default: &str, family| match field {
             None => Ok(default.parse().expect("default tailnet CIDR is valid")),
             Some(v) => network_of(at, v, name, family),
-        }
-    };
+        };
     let cidr_field = raw.and_then(|t| t.cidr.as_ref());
     let cidr6_field = raw.and_then(|t| t.cidr6.as_ref());
     let cidr = tailnet_cidr(cidr_field, "tailnet.cidr", DEFAULT_TAILNET_CIDR, Family::V4)?;
-    let cidr6 = tailnet_cidr(cidr6_field, "tailnet.cidr6", DEFAULT_TAILNET_CIDR6, Family::V6)?;
+    let cidr6 = tailnet_cidr(
+        cidr6_field,
+        "tailnet.cidr6",
+        DEFAULT_TAILNET_CIDR6,
+        Family::V6,
+    )?;
     for range in pod.ranges() {
         let family = Family::of(&range.cidr);
         let (tailnet, field) = match family {
@@ -560,7 +564,10 @@ fn validate_tailnet(
                     (true, Family::V6) => "tailnet.cidr6",
                     (false, family) => family.cidr_field(),
                 },
-                format!("pod CIDR {} overlaps the tailnet CIDR {tailnet}", range.cidr),
+                format!(
+                    "pod CIDR {} overlaps the tailnet CIDR {tailnet}",
+                    range.cidr
+                ),
             ));
         }
     }

@@ -177,7 +177,7 @@ pub enum StoreError {
         error: sled::Error,
     },
     #[error("pod CIDR {cidr} is exhausted: all {capacity} addresses are allocated")]
-    Exhausted { cidr: IpNetwork, capacity: u128 },
+    Exhausted { cidr: IpNetwork, capacity: u64 },
     #[error("pod store entry {key:?} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("pod store {} is not a directory", path.display())]
@@ -330,11 +330,14 @@ impl PodStore {
             self.check_cidr(db, path, pods)?;
             if pods == 0 {
                 for pool in self.pools.iter() {
-                    db.insert(keys_of(pool.cidr.ip()).cidr, pool.cidr.to_string().as_bytes())
-                        .map_err(|error| StoreError::Db {
-                            path: path.into(),
-                            error,
-                        })?;
+                    db.insert(
+                        keys_of(pool.cidr.ip()).cidr,
+                        pool.cidr.to_string().as_bytes(),
+                    )
+                    .map_err(|error| StoreError::Db {
+                        path: path.into(),
+                        error,
+                    })?;
                 }
             }
             Ok(!existed)
@@ -517,15 +520,16 @@ impl PodStore {
             let cursor = read_ip(db, keys.cursor, path)?;
             let last_freed = read_ip(db, keys.last_freed, path)?;
             let mut lookup_error = None;
-            let found = alloc::next_free(pool.cidr, pool.gateway, cursor, last_freed, |ip| {
-                match db.contains_key(ip_db_key(ip)) {
-                    Ok(used) => used,
-                    Err(e) => {
-                        lookup_error.get_or_insert(e);
-                        true
+            let found =
+                alloc::next_free(pool.cidr, pool.gateway, cursor, last_freed, |ip| {
+                    match db.contains_key(ip_db_key(ip)) {
+                        Ok(used) => used,
+                        Err(e) => {
+                            lookup_error.get_or_insert(e);
+                            true
+                        }
                     }
-                }
-            });
+                });
             if let Some(e) = lookup_error {
                 return Err(db_err(e));
             }
@@ -1080,9 +1084,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = v4_store(dir.path(), "10.9.0.0/29");
         for i in 0..5 {
-            store
-                .add(&key(&format!("p{i}")), Path::new("/x"))
-                .unwrap();
+            store.add(&key(&format!("p{i}")), Path::new("/x")).unwrap();
         }
         let e = store.add(&key("p5"), Path::new("/x")).unwrap_err();
         assert!(e.to_string().contains("exhausted"), "{e}");
@@ -1101,11 +1103,7 @@ mod tests {
         assert!(store.releasing().unwrap().is_empty());
         // The only free address is the one just freed: handed out all the same.
         let freed = removed.ip;
-        let next = store
-            .add(&key("p5"), Path::new("/x"))
-            .unwrap()
-            .intent
-            .ip;
+        let next = store.add(&key("p5"), Path::new("/x")).unwrap().intent.ip;
         assert_eq!(next, freed);
         // With two free, the one freed last waits.
         let older = store.remove(&key("p3")).unwrap().unwrap();
@@ -1117,11 +1115,7 @@ mod tests {
             .release(std::slice::from_ref(&newer.host_link))
             .unwrap();
         let (older, newer) = (older.ip, newer.ip);
-        let next = store
-            .add(&key("p6"), Path::new("/x"))
-            .unwrap()
-            .intent
-            .ip;
+        let next = store.add(&key("p6"), Path::new("/x")).unwrap().intent.ip;
         assert_eq!(next, older);
         assert_ne!(next, newer);
     }
@@ -1129,8 +1123,8 @@ mod tests {
     #[test]
     fn lock_timeout_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let store = v4_store(dir.path(), "10.9.0.0/29")
-            .with_lock_timeout(Duration::from_millis(50));
+        let store =
+            v4_store(dir.path(), "10.9.0.0/29").with_lock_timeout(Duration::from_millis(50));
         let held = store.lock().unwrap();
         // A second open file description conflicts with the first, as another process would.
         let e = store.list_forcing_db().unwrap_err();
@@ -1208,9 +1202,7 @@ mod tests {
         // Taking pods down still works, and an empty store takes the new CIDR.
         new.remove(&key("a")).unwrap().unwrap();
         assert_eq!(new.list().unwrap(), vec![]);
-        let b = new
-            .add(&key("b"), Path::new("/x"))
-            .unwrap();
+        let b = new.add(&key("b"), Path::new("/x")).unwrap();
         assert_eq!(b.intent.ip, Some(Ipv4Addr::new(10, 8, 0, 2)));
         assert!(matches!(old.list(), Err(StoreError::CidrMismatch { .. })));
     }

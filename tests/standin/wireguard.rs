@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! address 100.64.0.1
+//! address fd7a:115c:a1e0::1
 //! private-key-file /path/key
 //! peer PUBKEY endpoint 198.51.100.2:41641 allowed 100.64.0.5/32 routes 10.244.1.0/24
 //! ```
@@ -32,14 +33,15 @@ struct Peer {
 }
 
 struct Config {
-    address: String,
+    /// The node's tailnet addresses: IPv4, and IPv6 too in a dual-stack lab.
+    addresses: Vec<String>,
     key_file: String,
     peers: Vec<Peer>,
 }
 
 fn parse(text: &str) -> Config {
     let mut config = Config {
-        address: String::new(),
+        addresses: Vec::new(),
         key_file: String::new(),
         peers: Vec::new(),
     };
@@ -50,7 +52,7 @@ fn parse(text: &str) -> Config {
     {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["address", a] => config.address = a.to_string(),
+            ["address", a] => config.addresses.push(a.to_string()),
             ["private-key-file", f] => config.key_file = f.to_string(),
             ["peer", key, rest @ ..] => {
                 let mut peer = Peer {
@@ -164,20 +166,27 @@ pub fn main(name: &str, port: &str, config_file: &str, socket: &str, peer_mode: 
     let config = parse(&std::fs::read_to_string(config_file).expect("wg config"));
     private_wireguard_dir();
     let mut engine = start_wireguard_go(name);
-    run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{}/32", config.address),
-        "dev",
-        name,
-    ]);
+    for address in &config.addresses {
+        let host = if address.contains(':') { 128 } else { 32 };
+        // No duplicate address detection, as tailscaled's own addresses.
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{address}/{host}"),
+            "dev",
+            name,
+        ]
+        .into_iter()
+        .chain(address.contains(':').then_some("nodad"))
+        .collect::<Vec<_>>());
+    }
     run(&["ip", "link", "set", name, "mtu", "1280", "up"]);
     let _ = std::fs::remove_file(socket);
     let _listener = std::os::unix::net::UnixListener::bind(socket).expect("socket");
     println!(
         "stand-in tailscaled (wireguard): {name} {} port {port}",
-        config.address
+        config.addresses.join(" ")
     );
 
     // Logged in? (`tailscale up` leaves its arguments beside the socket.)
@@ -231,24 +240,20 @@ pub fn main(name: &str, port: &str, config_file: &str, socket: &str, peer_mode: 
     let wg: Vec<&str> = wg.iter().map(String::as_str).collect();
     run(&wg);
     if !peer_mode {
-        // As tailscaled: the tailnet through table 52, looked up early.
-        run(&[
-            "ip",
-            "route",
-            "replace",
-            "100.64.0.0/10",
-            "dev",
-            name,
-            "table",
-            "52",
-        ]);
-        // (A restarted instance finds the rule of the one before.)
-        let rules = Command::new("ip")
-            .args(["rule", "show", "pref", "5270"])
-            .output()
-            .expect("ip rule");
-        if rules.stdout.is_empty() {
-            run(&["ip", "rule", "add", "pref", "5270", "table", "52"]);
+        // As tailscaled: the tailnet (both families) through table 52,
+        // looked up early.
+        for (family, tailnet) in [("-4", "100.64.0.0/10"), ("-6", "fd7a:115c:a1e0::/48")] {
+            run(&[
+                "ip", "route", "replace", tailnet, "dev", name, "table", "52",
+            ]);
+            // (A restarted instance finds the rule of the one before.)
+            let rules = Command::new("ip")
+                .args([family, "rule", "show", "pref", "5270"])
+                .output()
+                .expect("ip rule");
+            if rules.stdout.is_empty() {
+                run(&["ip", family, "rule", "add", "pref", "5270", "table", "52"]);
+            }
         }
     }
     let status = engine.wait();
