@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{sh, wait_until, Lab, Procs};
+use common::{run_plugin, sh, wait_until, CniCall, Lab, Procs};
 use tailnet::{
     assert_converged, bulk, cni_add_result, daemon_node, host_spec, host_tailscaled, internet,
     keypair, uplink, uplink6, veth,
@@ -257,8 +257,73 @@ fn host_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
             "IPv4 rules only with IPv4 pods: {table}"
         );
         assert_converged(&node, &spec);
+        check_then_delete(&around, &spec, &pod, &result);
         drop(procs);
     }
+}
+
+/// CHECK with the ADD's result agrees; DEL leaves no owned address or
+/// route of either family, and the store holds nothing.
+fn check_then_delete(around: &Around, spec: &Path, pod: &str, result: &serde_json::Value) {
+    let path = Lab::ns_path(pod);
+    let conf = |prev: Option<&serde_json::Value>| {
+        let mut conf = serde_json::json!({"cniVersion": "1.0.0", "name": "headcni", "type": "headcni", "spec": spec});
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        conf.to_string()
+    };
+    let call = |command| CniCall {
+        command,
+        ..CniCall::add(pod, &path)
+    };
+    let out = run_plugin(
+        &around.node,
+        common::headcni_bin(),
+        &call("CHECK"),
+        &conf(Some(result)),
+    );
+    assert_eq!(out.code, 0, "CHECK: {}\n{}", out.stdout, out.stderr);
+    // A prevResult missing the IPv6 address is refused.
+    let mut ipv4_only = result.clone();
+    ipv4_only["ips"]
+        .as_array_mut()
+        .expect("ips")
+        .retain(|ip| !ip["address"].as_str().unwrap_or_default().contains(':'));
+    let out = run_plugin(
+        &around.node,
+        common::headcni_bin(),
+        &call("CHECK"),
+        &conf(Some(&ipv4_only)),
+    );
+    assert_ne!(
+        out.code, 0,
+        "CHECK without the IPv6 address: {}",
+        out.stdout
+    );
+    let out = run_plugin(
+        &around.node,
+        common::headcni_bin(),
+        &call("DEL"),
+        &conf(None),
+    );
+    assert_eq!(out.code, 0, "DEL: {}\n{}", out.stdout, out.stderr);
+    let owned = sh(&[
+        "ip",
+        "-n",
+        &around.node,
+        "-6",
+        "route",
+        "show",
+        "proto",
+        "headcni",
+    ]);
+    assert!(
+        !owned.contains("dev hc"),
+        "no pod route left: {owned}"
+    );
+    let links = sh(&["ip", "-n", &around.node, "link", "show"]);
+    assert!(!links.contains(": hc"), "no host veth left: {links}");
 }
 
 /// Daemon mode, dual-stack: the daemon's tailscaled (in its namespace) has

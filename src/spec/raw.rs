@@ -929,6 +929,42 @@ via = "203.0.113.1"
                 14,
                 Some("route[0].destination"),
             ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"fd00::/64\"",
+                7,
+                Some("pod_network.cidr"),
+            ),
+            (
+                "mtu = 1500",
+                "cidr6 = \"10.245.0.0/24\"",
+                8,
+                Some("pod_network.cidr6"),
+            ),
+            (
+                "mtu = 1500",
+                "cidr6 = \"fd00::/126\"",
+                8,
+                Some("pod_network.cidr6"),
+            ),
+            (
+                "mtu = 1500",
+                "cidr6 = \"fd7a:115c:a1e0:1::/64\"",
+                8,
+                Some("pod_network.cidr6"),
+            ),
+            (
+                "mtu = 1500",
+                "cluster_cidr6 = \"fd00::/48\"",
+                8,
+                Some("pod_network.cluster_cidr6"),
+            ),
+            (
+                "mtu = 1500",
+                "cidr6 = \"fd00:1::/64\"\ncluster_cidr6 = \"fd00:2::/48\"",
+                9,
+                Some("pod_network.cluster_cidr6"),
+            ),
             ("version = 1", "version = 2", 2, Some("version")),
             (
                 "state_dir = \"/var/lib/headcni\"",
@@ -950,6 +986,40 @@ via = "203.0.113.1"
                 assert_eq!(got_field, Some(*field), "{to}: {msg}");
             }
         }
+    }
+
+    #[test]
+    fn either_family_alone_or_both() {
+        let v6_only = GOOD.replace("cidr = \"10.244.0.0/24\"", "cidr6 = \"fd00:10:244::/64\"");
+        let spec = Spec::parse(&v6_only, Path::new("x.toml")).unwrap();
+        let ipv6 = spec.pod_network.ipv6.as_ref().unwrap();
+        assert_eq!(spec.pod_network.ipv4, None);
+        assert_eq!(ipv6.gateway, IpAddr::V6(POD_GATEWAY6));
+        assert_eq!(spec.tailnet.cidr6.to_string(), "fd7a:115c:a1e0::/48");
+        let dual = GOOD.replace(
+            "cidr = \"10.244.0.0/24\"",
+            "cidr = \"10.244.0.0/24\"\ncidr6 = \"fd00:10:244::/64\"\ncluster_cidr6 = \"fd00:10::/32\"",
+        );
+        let spec = Spec::parse(&dual, Path::new("x.toml")).unwrap();
+        assert_eq!(spec.pod_network.cidrs().len(), 2);
+        assert!(spec.pod_network.has_cluster());
+        // Neither: said so, naming the table.
+        let neither = GOOD.replace("cidr = \"10.244.0.0/24\"\n", "");
+        let e = Spec::parse(&neither, Path::new("x.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`cidr` (IPv4), `cidr6` (IPv6), or both"),
+            "{e}"
+        );
+        // An IPv6 pod route overlapping the pod CIDR is refused like IPv4's.
+        let overlapping =
+            format!("{dual}\n[[route]]\ndestination = \"fd00:10:244::/48\"\ndevice = \"eth1\"\n");
+        let e = Spec::parse(&overlapping, Path::new("x.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("overlaps the pod CIDR fd00:10:244::/64"),
+            "{e}"
+        );
     }
 
     /// Every error names the field and says what is expected in words.
