@@ -318,10 +318,7 @@ fn check_then_delete(around: &Around, spec: &Path, pod: &str, result: &serde_jso
         "proto",
         "headcni",
     ]);
-    assert!(
-        !owned.contains("dev hc"),
-        "no pod route left: {owned}"
-    );
+    assert!(!owned.contains("dev hc"), "no pod route left: {owned}");
     let links = sh(&["ip", "-n", &around.node, "link", "show"]);
     assert!(!links.contains(": hc"), "no host veth left: {links}");
 }
@@ -384,4 +381,65 @@ fn daemon_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
     );
     assert_converged(&node, &spec);
     drop(procs);
+}
+
+/// A node's spec gains IPv6, then loses it again: a pod from before keeps
+/// its IPv4 address only, a new one gets both; once no pod holds an IPv6
+/// address and the spec drops `cidr6`, headcni's IPv6 routes go too (found
+/// by the route dump the kernel filters to headcni's protocol).
+#[test]
+fn a_spec_gains_ipv6_and_loses_it_again() {
+    let mut n = common::Node::new();
+    let (spec_path, state) = (n.spec.clone(), n.lab.dir.path().join("state"));
+    let spec = |ipv6: bool| {
+        let cidr6 = if ipv6 {
+            format!("cidr6 = \"{POD_CIDR6}\"\n")
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &spec_path,
+            format!(
+                "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n\n[pod_network]\ncidr = \"{POD_CIDR}\"\n{cidr6}\n[tailnet]\ninterface = \"tailscale0\"\n",
+                state.display()
+            ),
+        )
+        .unwrap();
+    };
+    let owned_ipv6_routes = |n: &common::Node| {
+        n.lab
+            .ip(&n.node, &["-6", "route", "show", "proto", "headcni"])
+    };
+    let (old, _) = n.add_pod("old");
+    n.headcni_ok(&["apply"], 0);
+    assert_eq!(owned_ipv6_routes(&n), "");
+    spec(true);
+    n.headcni_ok(&["apply"], 0);
+    let (new, _) = n.add_pod("new");
+    n.headcni_ok(&["apply"], 0);
+    n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
+    let global6 = |pod: &str| n.lab.ip(pod, &["-6", "addr", "show", "scope", "global"]);
+    assert_eq!(global6(&old), "", "the pod from before has no IPv6 address");
+    assert!(global6(&new).contains("fd00:10:244::"), "{}", global6(&new));
+    assert!(owned_ipv6_routes(&n).contains("fd7a:115c:a1e0::/48"));
+    // IPv6 dropped while a pod holds an IPv6 address: refused, nothing changed.
+    spec(false);
+    let out = n.headcni(&["apply"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cidr6"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(global6(&new).contains("fd00:10:244::"));
+    // Once no pod holds one, the IPv6 routes go.
+    spec(true);
+    for pod in [&old, &new] {
+        n.headcni_ok(&["pod", "del", "--id", pod], 0);
+    }
+    n.headcni_ok(&["apply"], 0);
+    spec(false);
+    n.headcni_ok(&["apply"], 0);
+    assert_eq!(owned_ipv6_routes(&n), "", "no IPv6 route of headcni's left");
+    n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
 }

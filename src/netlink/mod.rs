@@ -99,6 +99,16 @@ impl Netlink {
         Self::from_socket(socket)
     }
 
+    /// Strict checking of requests (NETLINK_GET_STRICT_CHK): the kernel
+    /// then honours a dump request's filters (a route dump's protocol, say)
+    /// instead of ignoring them.
+    pub fn strict(self) -> Result<Netlink, NetlinkError> {
+        self.socket
+            .set_netlink_get_strict_chk(true)
+            .map_err(NetlinkError::Socket)?;
+        Ok(self)
+    }
+
     fn from_socket(mut socket: Socket) -> Result<Netlink, NetlinkError> {
         socket.bind_auto().map_err(NetlinkError::Socket)?;
         socket

@@ -33,12 +33,19 @@ const IPV6_FORWARD: &str = "net/ipv6/conf/all/forwarding";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Families {
     pub ipv6: bool,
+    /// Without `ipv6`: still look for headcni's own IPv6 routes and rules in
+    /// the node namespace (a spec that had `cidr6` left them), through a
+    /// route dump the kernel filters to headcni's protocol: they are then
+    /// removed like any owned object nobody keeps.
+    pub owned_ipv6: bool,
 }
 
 impl Families {
     pub fn of(spec: &crate::spec::Spec) -> Families {
+        let ipv6 = spec.pod_network.ipv6.is_some();
         Families {
-            ipv6: spec.pod_network.ipv6.is_some(),
+            ipv6,
+            owned_ipv6: !ipv6,
         }
     }
 
@@ -104,9 +111,15 @@ pub(crate) fn observe_partial(
         Firewall::Skip => None,
     };
     let mut nl = Netlink::open_current().map_err(ObserveError::Node)?;
-    let (addresses, routes) =
+    let (addresses, mut routes) =
         dump_addresses_and_routes(&mut nl, families).map_err(ObserveError::Node)?;
-    let rules = dump_rules(&mut nl, families).map_err(ObserveError::Node)?;
+    let mut rules = dump_rules(&mut nl, families).map_err(ObserveError::Node)?;
+    if families.owned_ipv6 {
+        let (owned_routes, owned_rules) = dump_owned_ipv6().map_err(ObserveError::Node)?;
+        routes.extend(owned_routes);
+        rules.extend(owned_rules);
+        rules.sort();
+    }
     let sysctls = forwarding_sysctls(&mut nl, families).map_err(ObserveError::Node)?;
     let pods = observe_pods(pods, families)?;
     let node = NetnsState {
@@ -368,6 +381,30 @@ fn dump_addresses_and_routes(
         })?;
     }
     Ok((addresses, routes))
+}
+
+/// headcni's IPv6 routes (the kernel filters the dump by protocol) and
+/// IPv6 rules of the caller's namespace: see [`Families::owned_ipv6`].
+fn dump_owned_ipv6() -> Result<(RawRoutes, Vec<crate::model::Rule>), NetlinkError> {
+    let mut nl = Netlink::open_current()?.strict()?;
+    let mut request = RouteMessage::default();
+    request.header.address_family = AddressFamily::Inet6;
+    request.header.protocol = crate::model::RTPROT_HEADCNI.into();
+    let mut routes = Vec::new();
+    nl.dump(RouteNetlinkMessage::GetRoute(request), |kind, payload| {
+        if kind == RTM_NEWROUTE {
+            routes.extend(parse::route(payload).filter(|(_, route)| route.is_owned()));
+        }
+    })?;
+    let mut rules = Vec::new();
+    let mut request = rtnetlink::packet_route::rule::RuleMessage::default();
+    request.header.family = AddressFamily::Inet6;
+    nl.dump(RouteNetlinkMessage::GetRule(request), |kind, payload| {
+        if kind == RTM_NEWRULE {
+            rules.extend(parse::rule(payload).filter(|rule| rule.is_owned()));
+        }
+    })?;
+    Ok((routes, rules))
 }
 
 /// IPv6 routes the kernel keeps for itself: the fe80::/64 of every link
