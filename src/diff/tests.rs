@@ -28,6 +28,27 @@ fn spec() -> Spec {
     Spec::parse(SPEC, Path::new("test.toml")).unwrap()
 }
 
+/// The spec, dual-stack with `dual`.
+fn spec_of(dual: bool) -> Spec {
+    if !dual {
+        return spec();
+    }
+    let text = SPEC.replace(
+        "cidr = \"10.244.0.0/24\"",
+        "cidr = \"10.244.0.0/24\"\ncidr6 = \"fd00:10:244::/64\"",
+    );
+    Spec::parse(&text, Path::new("test.toml")).unwrap()
+}
+
+/// Pod `i`, with an IPv6 address too with `dual`.
+fn pod_of(i: u8, dual: bool) -> PodIntent {
+    PodIntent {
+        ip6: dual
+            .then(|| std::net::Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0x10 + u16::from(i))),
+        ..pod(i)
+    }
+}
+
 fn pod(i: u8) -> PodIntent {
     let id = format!("pod{i}");
     PodIntent {
@@ -579,10 +600,11 @@ fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
     }
 }
 
-/// `n` pods desired; the node converged to them, then perturbed.
-fn perturbed_node(n: u8, perturbations: &[Perturb]) -> (Desired, Observed) {
-    let pods: Vec<_> = (0..n).map(pod).collect();
-    let desired = compile(&spec(), &pods);
+/// `n` pods desired (dual-stack with `dual`); the node converged to them,
+/// then perturbed.
+fn perturbed_node(n: u8, dual: bool, perturbations: &[Perturb]) -> (Desired, Observed) {
+    let pods: Vec<_> = (0..n).map(|i| pod_of(i, dual)).collect();
+    let desired = compile(&spec_of(dual), &pods);
     let mut observed = converged(&desired);
     for p in perturbations {
         perturb(&mut observed, &desired, p);
@@ -601,9 +623,9 @@ fn without_node_links(observed: &Observed) -> Observed {
 
 proptest! {
     #[test]
-    fn diff_of_converged_state_is_empty(n in 0u8..20) {
-        let pods: Vec<_> = (0..n).map(pod).collect();
-        let desired = compile(&spec(), &pods);
+    fn diff_of_converged_state_is_empty(n in 0u8..20, dual in any::<bool>()) {
+        let pods: Vec<_> = (0..n).map(|i| pod_of(i, dual)).collect();
+        let desired = compile(&spec_of(dual), &pods);
         let plan = diff(&desired, &converged(&desired));
         prop_assert!(plan.is_empty());
         prop_assert!(plan.conflicts.is_empty());
@@ -612,9 +634,10 @@ proptest! {
     #[test]
     fn applying_the_plan_converges_and_spares_foreign_objects(
         n in 1u8..12,
+        dual in any::<bool>(),
         perturbations in proptest::collection::vec(perturbation(), 0..12),
     ) {
-        let (desired, observed) = perturbed_node(n, &perturbations);
+        let (desired, observed) = perturbed_node(n, dual, &perturbations);
         let plan = diff(&desired, &observed);
         let after = simulate(&observed, &plan);
         let again = diff(&desired, &after);
@@ -633,9 +656,10 @@ proptest! {
     fn the_staged_diff_is_the_diff(
         n in 0u8..12,
         observe_pods in any::<bool>(),
+        dual in any::<bool>(),
         perturbations in proptest::collection::vec(perturbation(), 0..12),
     ) {
-        let (desired, mut observed) = perturbed_node(n, &perturbations);
+        let (desired, mut observed) = perturbed_node(n, dual, &perturbations);
         if !observe_pods {
             observed.pods.clear(); // a host-side pass
         }
