@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # headcni's main job on an example, inside throwaway network namespaces:
-# a "node" with a stand-in tailscale0 (to a tailnet peer 100.64.0.5) and a
-# default gateway (203.0.113.1), three pods added with `headcni pod add`,
-# then plan, apply, connectivity checks, and a clean second plan.
+# a "node" with a stand-in tailscale0 (to a tailnet peer 100.64.0.5 and
+# fd7a:115c:a1e0::5) and a default gateway (203.0.113.1), three dual-stack
+# pods added with `headcni pod add`, then plan, apply, connectivity checks
+# over both families, and a clean second plan.
 # Nothing outside the namespaces and a temp dir is touched; all is removed on exit.
 set -euo pipefail
 
@@ -33,6 +34,10 @@ ip -n "$peer" addr add 100.64.0.5/32 dev ts-peer
 ip -n "$peer" link set ts-peer up
 ip -n "$peer" route add 100.64.0.1/32 dev ts-peer
 ip -n "$peer" route add 10.244.0.0/24 via 100.64.0.1 dev ts-peer
+ip -n "$node" addr add fd7a:115c:a1e0::1/128 dev tailscale0 nodad
+ip -n "$peer" addr add fd7a:115c:a1e0::5/128 dev ts-peer nodad
+ip -n "$peer" route add fd7a:115c:a1e0::1/128 dev ts-peer
+ip -n "$peer" route add fd00:10:244::/64 via fd7a:115c:a1e0::1 dev ts-peer
 # Stand-in default gateway 203.0.113.1.
 ip -n "$node" link add eth0 type veth peer name up0 netns "$gw"
 ip -n "$node" addr add 203.0.113.2/24 dev eth0
@@ -42,7 +47,8 @@ ip -n "$gw" addr add 203.0.113.1/24 dev up0
 ip -n "$gw" link set up0 up
 ip -n "$gw" route add 10.244.0.0/24 via 203.0.113.2
 
-sed "s|/var/lib/headcni|$work/state|" "$(dirname "$0")/headcni.toml" > "$work/headcni.toml"
+# The example spec, dual-stack (its cidr6 line uncommented).
+sed -e "s|/var/lib/headcni|$work/state|" -e 's|^# cidr6 |cidr6 |' "$(dirname "$0")/headcni.toml" > "$work/headcni.toml"
 export HEADCNI_SPEC="$work/headcni.toml"
 
 step "headcni validate"
@@ -61,12 +67,14 @@ in_node "$HEADCNI" apply
 
 step "routes on the node"
 in_node ip route show
+in_node ip -6 route show proto headcni
 step "routes in ${pods[0]}"
 ip -n "${pods[0]}" route show
+ip -n "${pods[0]}" -6 route show proto headcni
 
 step "connectivity from ${pods[0]}"
-ip1=$(in_node "$HEADCNI" pod list --format json | python3 -c 'import json,sys; print([p["ip"] for p in json.load(sys.stdin)][1])')
-for target in 10.244.0.1 "$ip1" 100.64.0.5 203.0.113.1; do
+read -r ip1 ip1v6 < <(in_node "$HEADCNI" pod list --format json | python3 -c 'import json,sys; p = json.load(sys.stdin)[1]; print(p["ip"], p["ip6"])')
+for target in 10.244.0.1 "$ip1" 100.64.0.5 203.0.113.1 fe80::1%eth0 "$ip1v6" fd7a:115c:a1e0::5; do
     ip netns exec "${pods[0]}" ping -c1 -W2 "$target" >/dev/null && echo "ping $target: ok" || { echo "ping $target: FAILED" >&2; exit 1; }
 done
 

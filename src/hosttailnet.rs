@@ -185,4 +185,30 @@ mod tests {
         let got = assess("{}", r#"{"BackendState": "NeedsLogin"}"#, &cidr(), false);
         assert!(got[0].contains("NeedsLogin"), "{got:?}");
     }
+
+    #[test]
+    fn a_dual_stack_node_needs_both_pod_cidrs_advertised_and_approved() {
+        let both: Vec<ipnetwork::IpNetwork> =
+            vec![CIDR.parse().unwrap(), "fd00:10:244::/64".parse().unwrap()];
+        let status = r#"{"BackendState": "Running", "Self": {"HostName": "n1", "PrimaryRoutes": ["10.244.0.0/24"]}}"#;
+        let got = assess(
+            r#"{"RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24"]}"#,
+            status,
+            &both,
+            false,
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("--advertise-routes=10.244.0.0/24,fd00:10:244::/64"),
+            "{got:?}"
+        );
+        let got = assess(
+            r#"{"RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24", "fd00:10:244::/64"]}"#,
+            status,
+            &both,
+            false,
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("--routes fd00:10:244::/64"), "{got:?}");
+    }
 }

@@ -224,7 +224,9 @@ pub fn compile_on(spec: &Spec, pods: &[PodIntent], facts: &NodeFacts) -> Desired
 /// Why `intent`'s addresses cannot be wired under `spec`, if they cannot.
 fn unusable_address(spec: &Spec, intent: &PodIntent) -> Option<String> {
     let mut addresses = intent.addresses().peekable();
-    addresses.peek()?;
+    if addresses.peek().is_none() {
+        return Some("holds no address; delete and re-add the pod".into());
+    }
     addresses.find_map(|ip| match spec.pod_network.range_of(ip) {
         Some(range) if range.usable(ip) => None,
         Some(range) => Some(format!(
