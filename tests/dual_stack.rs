@@ -416,6 +416,38 @@ fn a_spec_gains_ipv6_and_loses_it_again() {
     spec(true);
     n.headcni_ok(&["apply"], 0);
     let (new, _) = n.add_pod("new");
+    // Someone else's route to the new pod's IPv6 address is in the way: a
+    // conflict, shown and left alone, until it is gone.
+    let listed: serde_json::Value =
+        serde_json::from_str(&n.headcni_ok(&["pod", "list", "--format", "json"], 0)).unwrap();
+    let new_ip6 = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p["ip6"].as_str())
+        .expect("the new pod's IPv6 address")
+        .to_string();
+    let foreign = format!("{new_ip6}/128");
+    n.lab.ip(
+        &n.node,
+        &[
+            "-6", "route", "add", &foreign, "dev", "eth0", "proto", "static",
+        ],
+    );
+    let plan = n.headcni_ok(&["plan"], 0);
+    assert!(
+        plan.contains(&format!(
+            "blocked by route {new_ip6}/128 dev eth0 proto static"
+        )),
+        "{plan}"
+    );
+    n.headcni_ok(&["apply"], 1);
+    let kept = n.lab.ip(&n.node, &["-6", "route", "show", &foreign]);
+    assert!(
+        kept.contains("proto static"),
+        "the foreign route stays: {kept}"
+    );
+    n.lab.ip(&n.node, &["-6", "route", "del", &foreign]);
     n.headcni_ok(&["apply"], 0);
     n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
     let global6 = |pod: &str| n.lab.ip(pod, &["-6", "addr", "show", "scope", "global"]);

@@ -368,25 +368,32 @@ fn dump_addresses_and_routes(
                 }
             },
         )?;
-        let mut route_req = RouteMessage::default();
-        route_req.header.address_family = *family;
-        nl.dump(RouteNetlinkMessage::GetRoute(route_req), |kind, payload| {
-            if kind == RTM_NEWROUTE && parse::route_table_hint(payload) != Some(TABLE_LOCAL as u8) {
-                if let Some((oif, route)) = parse::route(payload) {
-                    if route.table != TABLE_LOCAL && !is_kernel_bookkeeping(&route) {
-                        routes.push((oif, route));
-                    }
-                }
-            }
-        })?;
+        dump_all_routes(nl, *family, &mut routes)?;
     }
     Ok((addresses, routes))
 }
 
-/// headcni's IPv6 routes (the kernel filters the dump by protocol) and
-/// IPv6 rules of the caller's namespace: see [`Families::owned_ipv6`].
-fn dump_owned_ipv6() -> Result<(RawRoutes, Vec<crate::model::Rule>), NetlinkError> {
-    let mut nl = Netlink::open_current()?.strict()?;
+/// Unicast routes of `family` in every table but local.
+fn dump_all_routes(
+    nl: &mut Netlink,
+    family: AddressFamily,
+    routes: &mut RawRoutes,
+) -> Result<(), NetlinkError> {
+    let mut request = RouteMessage::default();
+    request.header.address_family = family;
+    nl.dump(RouteNetlinkMessage::GetRoute(request), |kind, payload| {
+        if kind == RTM_NEWROUTE && parse::route_table_hint(payload) != Some(TABLE_LOCAL as u8) {
+            if let Some((oif, route)) = parse::route(payload) {
+                if route.table != TABLE_LOCAL && !is_kernel_bookkeeping(&route) {
+                    routes.push((oif, route));
+                }
+            }
+        }
+    })
+}
+
+/// headcni's IPv6 routes in every table (the kernel filters by protocol).
+fn dump_owned_ipv6_routes(nl: &mut Netlink) -> Result<RawRoutes, NetlinkError> {
     let mut request = RouteMessage::default();
     request.header.address_family = AddressFamily::Inet6;
     request.header.protocol = crate::model::RTPROT_HEADCNI.into();
@@ -396,6 +403,14 @@ fn dump_owned_ipv6() -> Result<(RawRoutes, Vec<crate::model::Rule>), NetlinkErro
             routes.extend(parse::route(payload).filter(|(_, route)| route.is_owned()));
         }
     })?;
+    Ok(routes)
+}
+
+/// headcni's IPv6 routes and rules of the caller's namespace: see
+/// [`Families::owned_ipv6`].
+fn dump_owned_ipv6() -> Result<(RawRoutes, Vec<crate::model::Rule>), NetlinkError> {
+    let mut nl = Netlink::open_current()?.strict()?;
+    let routes = dump_owned_ipv6_routes(&mut nl)?;
     let mut rules = Vec::new();
     let mut request = rtnetlink::packet_route::rule::RuleMessage::default();
     request.header.family = AddressFamily::Inet6;
