@@ -116,10 +116,10 @@ pub(crate) fn observe_partial(
     let mut rules = dump_rules(&mut nl, families).map_err(ObserveError::Node)?;
     // headcni's IPv6 objects exist only where it once applied a spec with
     // IPv6, which turned IPv6 forwarding on (headcni never turns it off):
-    // a node where it is off is spared the sweep (2-6 ms of kernel time at
-    // 10,000 pods, walking every link's IPv6 routes).
-    let may_hold_owned_ipv6 =
-        families.owned_ipv6 && nl.forwarding(true).map_err(ObserveError::Node)? == Some(true);
+    // a node where it is off (or whose kernel has no IPv6) is spared the
+    // sweep, which walks every link's IPv6 routes in the kernel: about
+    // 10 ms of an IPv4-only 10,000-pod pass.
+    let may_hold_owned_ipv6 = families.owned_ipv6 && matches!(nl.forwarding(true), Ok(Some(true)));
     if may_hold_owned_ipv6 {
         let (owned_routes, owned_rules) = dump_owned_ipv6().map_err(ObserveError::Node)?;
         routes.extend(owned_routes);
