@@ -184,7 +184,7 @@ pub enum StoreError {
     NotADirectory { path: PathBuf },
     #[error("state_dir {} is not safe: {reason}", path.display())]
     Unsafe { path: PathBuf, reason: String },
-    #[error("pod store {} allocates from {stored} and holds {pods} pods, but the spec's pod CIDR of that family is {}; a store is never used with another CIDR: restore pod_network.{field}, or remove those pods first", path.display(), spec.map_or("not set".to_string(), |s| s.to_string()))]
+    #[error("pod store {} allocates from {stored}, where {pods} pods hold addresses, but the spec's pod CIDR of that family is {}; a store is never used with another CIDR: restore pod_network.{field}, or remove those pods first", path.display(), spec.map_or("not set".to_string(), |s| s.to_string()))]
     CidrMismatch {
         path: PathBuf,
         stored: IpNetwork,
@@ -252,6 +252,26 @@ enum Listing {
     After,
 }
 
+/// How many pods hold an address of each family.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    ipv4: usize,
+    ipv6: usize,
+}
+
+impl Held {
+    fn count(pods: &[PodIntent]) -> Held {
+        let mut held = Held::default();
+        pods.iter().for_each(|p| held.add(p));
+        held
+    }
+
+    fn add(&mut self, pod: &PodIntent) {
+        self.ipv4 += usize::from(pod.ip.is_some());
+        self.ipv6 += usize::from(pod.ip6.is_some());
+    }
+}
+
 /// What `add` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Added {
@@ -316,7 +336,7 @@ impl PodStore {
         }
         self.with_db(|db, path| {
             let pods = list_in(db, path)?;
-            self.check_cidr(db, path, pods.len())?;
+            self.check_cidr(db, path, Held::count(&pods))?;
             Ok(pods.into())
         })
     }
@@ -326,9 +346,9 @@ impl PodStore {
     pub fn init(&self) -> Result<bool, StoreError> {
         let existed = self.exists()?;
         self.with_db(|db, path| {
-            let pods = db.scan_prefix(POD_PREFIX).count();
-            self.check_cidr(db, path, pods)?;
-            if pods == 0 {
+            let pods = list_in(db, path)?;
+            self.check_cidr(db, path, Held::count(&pods))?;
+            if pods.is_empty() {
                 for pool in self.pools.iter() {
                     db.insert(
                         keys_of(pool.cidr.ip()).cidr,
@@ -363,14 +383,20 @@ impl PodStore {
         Ok(false)
     }
 
-    /// Refuses a store that allocates from another CIDR of either family
-    /// while it holds pods (a family the spec dropped included); an empty
-    /// one may take the spec's (recorded on the next add).
-    fn check_cidr(&self, db: &sled::Db, path: &Path, pods: usize) -> Result<(), StoreError> {
-        if pods == 0 {
-            return Ok(());
-        }
-        for (keys, pool) in self.pools.by_family() {
+    /// Refuses a store that allocates from another CIDR of a family while
+    /// pods hold addresses of it (a family the spec dropped included); a
+    /// family no pod holds may take the spec's CIDR (recorded on the next
+    /// add).
+    fn check_cidr(&self, db: &sled::Db, path: &Path, held: Held) -> Result<(), StoreError> {
+        for ((keys, pool), pods) in self
+            .pools
+            .by_family()
+            .into_iter()
+            .zip([held.ipv4, held.ipv6])
+        {
+            if pods == 0 {
+                continue;
+            }
             let Some(raw) = db.get(keys.cidr).map_err(|error| StoreError::Db {
                 path: path.into(),
                 error,
@@ -496,12 +522,14 @@ impl PodStore {
             Some(taken) => taken,
             None => {
                 let mut links = FxHashMap::default();
+                let mut held = Held::default();
                 for item in db.scan_prefix(POD_PREFIX) {
                     let (k, v) = item.map_err(db_err)?;
                     let other = decode_intent(&k, &v)?;
+                    held.add(&other);
                     links.insert(other.host_link, other.key);
                 }
-                self.check_cidr(db, path, links.len())?;
+                self.check_cidr(db, path, held)?;
                 taken.insert(links)
             }
         };
@@ -1053,6 +1081,17 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("fd00:9::/64"), "{e}");
         assert!(e.to_string().contains("cidr6"), "{e}");
+        // Once no pod holds an IPv6 address, the family may go (the pod
+        // from before IPv6 stays).
+        store.remove(&key("b")).unwrap().unwrap();
+        let ipv4_only = PodStore::new(
+            dir.path(),
+            Pools {
+                ipv6: None,
+                ..dual_store(dir.path()).pools
+            },
+        );
+        assert_eq!(ipv4_only.list().unwrap(), vec![before.intent]);
     }
 
     fn key(id: &str) -> PodKey {
