@@ -9,7 +9,6 @@ mod common;
 mod tailnet;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::{run_plugin, sh, wait_until, CniCall, Lab, Procs};
@@ -204,19 +203,6 @@ fn pod_reaches_everything(around: &Around, pod: &str, ips: &[String], stack: Sta
     assert_eq!(around.sysctl("net.ipv6.conf.eth0.accept_ra"), "2");
 }
 
-fn headcni_apply(node: &str, spec: &Path) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", node, common::headcni_bin(), "apply"])
-        .env("HEADCNI_SPEC", spec)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Host mode, dual-stack and IPv6-only: the host's tailscaled has both
 /// tailnet addresses; the peer approved the node's pod CIDRs.
 #[test]
@@ -242,7 +228,7 @@ fn host_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
         // The pod's side, as the result says.
         let inside = around.lab.ip(&pod, &["-6", "route", "show", "default"]);
         assert!(inside.contains("via fe80::1 dev eth0"), "{inside}");
-        headcni_apply(&node, &spec);
+        tailnet::apply(&node, &spec);
         pod_reaches_everything(&around, &pod, &ips, stack);
         let table = sh(&[
             "ip", "netns", "exec", &node, "nft", "list", "table", "inet", "headcni",

@@ -516,16 +516,7 @@ fn host_mode_carries_pod_traffic_over_wireguard() {
         );
         let spec = host_spec(&dir, POD_CIDR, masquerade);
         let (pod, ip) = cni_add(&mut lab, &node, &spec, "pod");
-        let out = Command::new("ip")
-            .args(["netns", "exec", &node, common::headcni_bin(), "apply"])
-            .env("HEADCNI_SPEC", &spec)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        tailnet::apply(&node, &spec);
         wait_until(
             Duration::from_secs(20),
             "pod -> peer over WireGuard (host mode)",
@@ -589,16 +580,7 @@ fn two_host_mode_nodes_carry_pod_to_pod_traffic() {
     let (pod_a, ip_a) = cni_add(&mut lab, &a, &spec_a, "poda");
     let (pod_b, ip_b) = cni_add(&mut lab, &b, &spec_b, "podb");
     for (node, spec) in [(&a, &spec_a), (&b, &spec_b)] {
-        let out = Command::new("ip")
-            .args(["netns", "exec", node, common::headcni_bin(), "apply"])
-            .env("HEADCNI_SPEC", spec)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        tailnet::apply(node, spec);
     }
     wait_until(
         Duration::from_secs(20),

@@ -217,9 +217,10 @@ impl Netlink {
     }
 
     /// Forwarding of this namespace (`net.ipv4.ip_forward`, which is
-    /// `conf/all/forwarding`, or IPv6's `conf/all/forwarding`), asked with RTM_GETNETCONF rather than read
-    /// from /proc/sys: with many namespaces every /proc/sys lookup walks
-    /// entries of all of them (1,000 pod namespaces: 100 ms a pass).
+    /// `conf/all/forwarding`, or IPv6's `conf/all/forwarding`), asked with
+    /// RTM_GETNETCONF rather than read from /proc/sys: with many namespaces
+    /// every /proc/sys lookup walks entries of all of them (1,000 pod
+    /// namespaces: 100 ms a pass).
     /// netlink-packet-route has no netconf messages; this one is small.
     pub fn forwarding(&mut self, ipv6: bool) -> Result<Option<bool>, NetlinkError> {
         const RTM_GETNETCONF: u16 = 82;

@@ -398,8 +398,11 @@ fn dump_all_routes(
     })
 }
 
-/// headcni's IPv6 routes in every table (the kernel filters by protocol).
-fn dump_owned_ipv6_routes(nl: &mut Netlink) -> Result<RawRoutes, NetlinkError> {
+/// headcni's IPv6 routes (of every table: the kernel filters the dump by
+/// protocol) and rules of the caller's namespace: see
+/// [`Families::owned_ipv6`].
+fn dump_owned_ipv6() -> Result<(RawRoutes, Vec<crate::model::Rule>), NetlinkError> {
+    let mut nl = Netlink::open_current()?.strict()?;
     let mut request = RouteMessage::default();
     request.header.address_family = AddressFamily::Inet6;
     request.header.protocol = crate::model::RTPROT_HEADCNI.into();
@@ -409,14 +412,6 @@ fn dump_owned_ipv6_routes(nl: &mut Netlink) -> Result<RawRoutes, NetlinkError> {
             routes.extend(parse::route(payload).filter(|(_, route)| route.is_owned()));
         }
     })?;
-    Ok(routes)
-}
-
-/// headcni's IPv6 routes and rules of the caller's namespace: see
-/// [`Families::owned_ipv6`].
-fn dump_owned_ipv6() -> Result<(RawRoutes, Vec<crate::model::Rule>), NetlinkError> {
-    let mut nl = Netlink::open_current()?.strict()?;
-    let routes = dump_owned_ipv6_routes(&mut nl)?;
     let mut rules = Vec::new();
     let mut request = rtnetlink::packet_route::rule::RuleMessage::default();
     request.header.family = AddressFamily::Inet6;

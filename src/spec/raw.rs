@@ -411,11 +411,10 @@ impl Family {
     }
 }
 
+/// IPv4's default gateway: the CIDR's first host address (IPv6's gateway
+/// is always link-local). A pod CIDR is at least a /29, so there is one.
 fn first_host(cidr: IpNetwork) -> IpAddr {
-    match cidr {
-        IpNetwork::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4.network()) + 1)),
-        IpNetwork::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6.network()) + 1)),
-    }
+    cidr.iter().nth(1).unwrap_or(cidr.network())
 }
 
 /// A network address of `family` (no host bits set).

@@ -12,6 +12,20 @@ use std::time::Duration;
 
 use crate::common::{self, run_plugin, sh, wait_until, CniCall, Lab, Procs};
 
+/// `headcni apply` in namespace `node` with `spec`; it must succeed.
+pub fn apply(node: &str, spec: &Path) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", node, common::headcni_bin(), "apply"])
+        .env("HEADCNI_SPEC", spec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `cidr = "..."`, or nothing for an IPv6-only spec (an empty `cidr`).
 fn cidr_line(cidr: &str) -> String {
     if cidr.is_empty() {
