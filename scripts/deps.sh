@@ -34,3 +34,28 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
 fi
 # The static release binary (tests/release.rs).
 rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+# The real tailnet (tests/realnet): tailscaled, the tailscale CLI and
+# Headscale, built from the Go module proxy at pinned versions, outside the
+# repository. Two separate builds: one tools module would let minimal
+# version selection move tailscale to Headscale's own requirement.
+# HEADCNI_TAILNET_DIR says where; each version has its own folder, so a
+# build is skipped when its binaries are there.
+. "$(dirname "$0")/tailnet-versions"
+tailnet_dir=${HEADCNI_TAILNET_DIR:-/opt/headcni-ci/tailnet}
+command -v go >/dev/null || { echo "go is needed for tailscaled and Headscale (Go 1.26)" >&2; exit 1; }
+ts_bin=$tailnet_dir/tailscale-$tailscale_version
+if [ ! -x "$ts_bin/tailscaled" ] || [ ! -x "$ts_bin/tailscale" ]; then
+    stamp=${tailscale_version#v}
+    CGO_ENABLED=0 GOBIN=$ts_bin GOFLAGS=-buildvcs=false go install \
+        -ldflags "-X tailscale.com/version.shortStamp=$stamp -X tailscale.com/version.longStamp=$stamp-headcni" \
+        "tailscale.com/cmd/tailscaled@$tailscale_version" "tailscale.com/cmd/tailscale@$tailscale_version"
+fi
+hs_bin=$tailnet_dir/headscale-$headscale_version
+if [ ! -x "$hs_bin/headscale" ]; then
+    # `go install headscale@VERSION` also asks the proxy for the module's
+    # version list (to warn of a deprecation), which the proxy refuses for
+    # this module; building from the downloaded module needs only the
+    # version itself, checked against go.sum's database like any download.
+    hs_src=$(go mod download -json "github.com/juanfont/headscale@$headscale_version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    (cd "$hs_src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -o "$hs_bin/headscale" ./cmd/headscale)
+fi

@@ -20,6 +20,9 @@ struct Prefs {
     route_all: bool,
     #[serde(default)]
     advertise_routes: Option<Vec<String>>,
+    /// `--snat-subnet-routes=false`; tailscaled's default masquerades.
+    #[serde(rename = "NoSNAT", default)]
+    no_snat: bool,
 }
 
 /// The parts of `tailscale status --json` used here.
@@ -83,6 +86,11 @@ pub fn assess(prefs: &str, status: &str, pod_cidrs: &[IpNetwork], cluster: bool)
                 if host.is_empty() { String::new() } else { format!(" ({host})") }
             ));
         }
+    }
+    if !prefs.no_snat {
+        out.push(
+            "the host's tailscaled masquerades tailnet traffic into the pod CIDR (--snat-subnet-routes is on, its default): pods see this node's address instead of the peer's, and whatever goes by source address (policies, logs) cannot tell peers apart: `tailscale set --snat-subnet-routes=false`".into(),
+        );
     }
     if cluster && !prefs.route_all {
         out.push(
@@ -151,7 +159,7 @@ mod tests {
 
     #[test]
     fn all_well_says_nothing() {
-        let prefs = r#"{"RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24"]}"#;
+        let prefs = r#"{"NoSNAT": true, "RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24"]}"#;
         let status = r#"{"BackendState": "Running", "Self": {"HostName": "n1", "PrimaryRoutes": ["10.244.0.0/24"]}}"#;
         assert!(assess(prefs, status, &cidr(), true).is_empty());
     }
@@ -160,7 +168,7 @@ mod tests {
     fn each_gap_comes_with_its_command() {
         let status = r#"{"BackendState": "Running", "Self": {"HostName": "n1"}}"#;
         let got = assess(
-            r#"{"RouteAll": false, "AdvertiseRoutes": ["192.0.2.0/24"]}"#,
+            r#"{"NoSNAT": true, "RouteAll": false, "AdvertiseRoutes": ["192.0.2.0/24"]}"#,
             status,
             &cidr(),
             true,
@@ -172,7 +180,7 @@ mod tests {
         );
         assert!(got[1].contains("tailscale set --accept-routes"), "{got:?}");
         let got = assess(
-            r#"{"RouteAll": false, "AdvertiseRoutes": ["10.244.0.0/24"]}"#,
+            r#"{"NoSNAT": true, "RouteAll": false, "AdvertiseRoutes": ["10.244.0.0/24"]}"#,
             status,
             &cidr(),
             false,
@@ -187,12 +195,24 @@ mod tests {
     }
 
     #[test]
+    fn a_masquerading_host_tailscaled_is_told_how_to_stop() {
+        let prefs = r#"{"RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24"], "NoSNAT": false}"#;
+        let status = r#"{"BackendState": "Running", "Self": {"HostName": "n1", "PrimaryRoutes": ["10.244.0.0/24"]}}"#;
+        let got = assess(prefs, status, &cidr(), true);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("tailscale set --snat-subnet-routes=false"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn a_dual_stack_node_needs_both_pod_cidrs_advertised_and_approved() {
         let both: Vec<ipnetwork::IpNetwork> =
             vec![CIDR.parse().unwrap(), "fd00:10:244::/64".parse().unwrap()];
         let status = r#"{"BackendState": "Running", "Self": {"HostName": "n1", "PrimaryRoutes": ["10.244.0.0/24"]}}"#;
         let got = assess(
-            r#"{"RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24"]}"#,
+            r#"{"NoSNAT": true, "RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24"]}"#,
             status,
             &both,
             false,
@@ -203,7 +223,7 @@ mod tests {
             "{got:?}"
         );
         let got = assess(
-            r#"{"RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24", "fd00:10:244::/64"]}"#,
+            r#"{"NoSNAT": true, "RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24", "fd00:10:244::/64"]}"#,
             status,
             &both,
             false,

@@ -181,6 +181,7 @@ fn daemon_mode_supervises_tailscaled_and_survives_flaps() {
         "--hostname=node-a",
         "--advertise-routes=10.244.0.0/24",
         "--netfilter-mode=off",
+        "--accept-dns=false",
     ] {
         assert!(args.contains(want), "{want} in {args}");
     }

@@ -47,6 +47,9 @@ fn tailscaled_args(spec: &Spec) -> Vec<String> {
         format!("--statedir={}", dir.display()),
         format!("--socket={}", socket_path(spec).display()),
         format!("--port={}", d.port),
+        // A node logged in to Headscale sends nothing to Tailscale Inc's
+        // log servers.
+        "--no-logs-no-support".into(),
     ];
     args.extend(d.tailscaled_flags.iter().cloned());
     args
@@ -82,6 +85,9 @@ fn up_args(spec: &Spec, login_server: &str, key: &Path) -> Vec<String> {
         // Nothing for it to filter in a namespace of its own, and no host
         // chains to fight over (tailscale's ts-input).
         "--netfilter-mode=off".into(),
+        // Pods keep the cluster's DNS; tailscaled would rewrite the
+        // namespace's resolv.conf, a file the reconcile loop owns.
+        "--accept-dns=false".into(),
     ];
     // Other nodes' pod CIDRs are their subnet routes: tailscaled on Linux
     // drops traffic for subnet routes it was not told to accept.

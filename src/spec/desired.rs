@@ -159,6 +159,18 @@ pub fn compile_on(spec: &Spec, pods: &[PodIntent], facts: &NodeFacts) -> Desired
                 ..Route::owned(TABLE_MAIN, dst)
             };
             for range in net.ranges() {
+                // The host's tailscaled looks up table 52 at rule 5270,
+                // before the main table, whatever the prefix length: a peer's
+                // accepted route that covers this node's pod CIDR would take
+                // the node's own pod traffic into the tailnet. This node's
+                // pods are found in the main table first.
+                desired.node_rules.push(Rule {
+                    priority: spec.daemon.rule_priority,
+                    src: None,
+                    dst: Some(range.cidr),
+                    table: TABLE_MAIN,
+                    protocol: RTPROT_HEADCNI,
+                });
                 desired
                     .node_routes
                     .push(to_tailnet(spec.tailnet.cidr_for(range)));
