@@ -178,3 +178,256 @@ fn daemon_mode_logs_in_to_headscale_and_carries_pod_traffic() {
     );
     tailnet::assert_converged(&node, &spec);
 }
+
+/// `headcni plan` in `node`: its stderr, where host-tailnet findings go.
+fn plan_findings(node: &str, spec: &std::path::Path) -> String {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "30",
+            "ip",
+            "netns",
+            "exec",
+            node,
+            common::headcni_bin(),
+            "plan",
+        ])
+        .env("HEADCNI_SPEC", spec)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A host-mode spec for `node`'s own tailscaled `ts`: `pod_lines` under
+/// `[pod_network]`; headcni asks the real CLI through `ts`'s socket.
+fn host_mode_spec(
+    dir: &std::path::Path,
+    pod_cidr: &str,
+    pod_lines: &str,
+    ts: &Tailscaled,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let spec = tailnet::host_spec(dir, pod_cidr, pod_lines);
+    let mut text = std::fs::read_to_string(&spec).unwrap();
+    text.push_str(&format!(
+        "\n[daemon]\ntailscale = \"{}\"\n",
+        ts.cli_wrapper().display()
+    ));
+    std::fs::write(&spec, text).unwrap();
+    spec
+}
+
+/// Host mode beside a real host tailscaled (netfilter on, its default: its
+/// rules 5210-5270, table 52 and its ts-* chains in the node): the pod CIDR
+/// is advertised and approved by policy; a pod and a peer reach each other
+/// by their own addresses over IPv4 and IPv6; what the host tailscaled
+/// lacks (its SNAT, a route no policy approves) is told with its command;
+/// `masquerade = "all"` reaches a peer that accepts no routes.
+#[test]
+fn host_mode_beside_a_real_host_tailscaled() {
+    let mut w = world();
+    let node = w.lab.netns("node");
+    join(
+        &w.lab,
+        &w.inet,
+        &node,
+        "to-node",
+        "203.0.113.2",
+        "203.0.113.1",
+    );
+    let host_ts = Tailscaled::start(&w.lab, &w.control, &node, "node-h", "tailscale0", &[]);
+    host_ts.up(
+        &w.control,
+        &w.key,
+        &["--advertise-routes=10.244.2.0/24,fd00:10:244:2::/64"],
+    );
+    let dir = w.lab.dir.path().join("node");
+    let spec = host_mode_spec(
+        &dir,
+        "10.244.2.0/24",
+        "cidr6 = \"fd00:10:244:2::/64\"",
+        &host_ts,
+    );
+    // tailscaled's default SNAT: reported, with the command that ends it.
+    let findings = plan_findings(&node, &spec);
+    assert!(
+        findings.contains("tailscale set --snat-subnet-routes=false"),
+        "{findings}"
+    );
+    let set = host_ts.cli(&["set", "--snat-subnet-routes=false"]);
+    assert!(set.status.success(), "{set:?}");
+    realnet::wait_for(
+        Duration::from_secs(30),
+        "no host-tailnet findings",
+        || !plan_findings(&node, &spec).contains("host tailnet"),
+        || plan_findings(&node, &spec),
+    );
+    tailnet::apply(&node, &spec);
+    let (pod, ips) = tailnet::cni_add_all(&mut w.lab, &node, &spec, "pod1");
+    let (ip, ip6) = (ips[0].clone(), ips[1].clone());
+    w.peer.wait_for_route("10.244.2.0/24");
+    let (peer_ip, peer_ip6) = (w.peer.ip(false), w.peer.ip(true));
+    let logs = || format!("{}\n{}", host_ts.log(), w.peer.log());
+    wait_ping(&pod, &peer_ip, "pod -> peer's 100.x", logs);
+    wait_ping(&pod, &peer_ip6, "pod -> peer's fd7a:115c:a1e0::", logs);
+    wait_ping(&w.peer.ns, &ip, "peer -> pod (IPv4)", logs);
+    wait_ping(&w.peer.ns, &ip6, "peer -> pod (IPv6)", logs);
+    for (target, back, port) in [(&peer_ip, &ip, 7101), (&peer_ip6, &ip6, 7103)] {
+        let seen = bulk(&pod, &w.peer.ns, target, port, 4 << 20);
+        assert_eq!(
+            &seen.ip().to_string(),
+            back,
+            "the peer sees the pod's own address"
+        );
+        let seen = bulk(&w.peer.ns, &pod, back, port + 1, 4 << 20);
+        assert_eq!(
+            &seen.ip().to_string(),
+            target,
+            "the pod sees the peer's own address"
+        );
+    }
+    tailnet::assert_converged(&node, &spec);
+
+    // masquerade = "all": a peer that accepts no routes still answers, and
+    // sees the node's tailnet address.
+    let plain_ns = w.lab.netns("plain");
+    join(
+        &w.lab,
+        &w.inet,
+        &plain_ns,
+        "to-plain",
+        "198.51.100.18",
+        "198.51.100.17",
+    );
+    let plain = Tailscaled::start(&w.lab, &w.control, &plain_ns, "plain", "tailscale0", &[]);
+    plain.up(&w.control, &w.key, &[]);
+    let plain_ip = plain.ip(false);
+    let spec = host_mode_spec(
+        &dir,
+        "10.244.2.0/24",
+        "cidr6 = \"fd00:10:244:2::/64\"\nmasquerade = \"all\"",
+        &host_ts,
+    );
+    tailnet::apply(&node, &spec);
+    wait_ping(
+        &pod,
+        &plain_ip,
+        "pod -> a peer without --accept-routes",
+        logs,
+    );
+    let seen = bulk(&pod, &plain_ns, &plain_ip, 7105, 1 << 20);
+    assert_eq!(
+        seen.ip().to_string(),
+        host_ts.ip(false),
+        "masqueraded to the node's tailnet address"
+    );
+
+    // A second node whose pod CIDR no policy approves: told, with the command.
+    let other = w.lab.netns("other");
+    join(
+        &w.lab,
+        &w.inet,
+        &other,
+        "to-other",
+        "203.0.113.18",
+        "203.0.113.17",
+    );
+    let other_ts = Tailscaled::start(&w.lab, &w.control, &other, "node-o", "tailscale0", &[]);
+    other_ts.up(
+        &w.control,
+        &w.key,
+        &[
+            "--advertise-routes=10.250.0.0/24",
+            "--snat-subnet-routes=false",
+        ],
+    );
+    let other_spec = host_mode_spec(
+        &w.lab.dir.path().join("other"),
+        "10.250.0.0/24",
+        "",
+        &other_ts,
+    );
+    let findings = plan_findings(&other, &other_spec);
+    assert!(
+        findings.contains("has not approved 10.250.0.0/24")
+            && findings.contains("headscale nodes approve-routes"),
+        "{findings}"
+    );
+    assert!(!findings.contains("snat-subnet-routes"), "{findings}");
+}
+
+/// A peer that advertises a route covering this node's pod CIDR (approved:
+/// the policy's 10.244.0.0/16 itself) lands in the host tailscaled's table
+/// 52, which rule 5270 consults before the main table: without headcni's
+/// rule (`to POD_CIDR lookup main`, priority 5200) pod-to-pod traffic on
+/// the node and a peer's traffic to a pod are sent into the tailnet. The
+/// test removes that rule to see the capture, and headcni's apply mends it.
+#[test]
+fn a_peer_route_over_the_pod_cidr_does_not_capture_local_pod_traffic() {
+    let mut w = world();
+    let node = w.lab.netns("node");
+    join(
+        &w.lab,
+        &w.inet,
+        &node,
+        "to-node",
+        "203.0.113.2",
+        "203.0.113.1",
+    );
+    let host_ts = Tailscaled::start(&w.lab, &w.control, &node, "node-h", "tailscale0", &[]);
+    host_ts.up(
+        &w.control,
+        &w.key,
+        &[
+            "--advertise-routes=10.244.2.0/24",
+            "--snat-subnet-routes=false",
+            "--accept-routes",
+        ],
+    );
+    let rogue_ns = w.lab.netns("rogue");
+    join(
+        &w.lab,
+        &w.inet,
+        &rogue_ns,
+        "to-rogue",
+        "198.51.100.34",
+        "198.51.100.33",
+    );
+    let rogue = Tailscaled::start(&w.lab, &w.control, &rogue_ns, "rogue", "tailscale0", &[]);
+    rogue.up(&w.control, &w.key, &["--advertise-routes=10.244.0.0/16"]);
+    host_ts.wait_for_route("10.244.0.0/16");
+
+    let spec = host_mode_spec(
+        &w.lab.dir.path().join("node"),
+        "10.244.2.0/24",
+        "cluster_cidr = \"10.244.0.0/16\"",
+        &host_ts,
+    );
+    tailnet::apply(&node, &spec);
+    let (a, ip_a) = cni_add(&mut w.lab, &node, &spec, "poda");
+    let (_b, ip_b) = cni_add(&mut w.lab, &node, &spec, "podb");
+    let logs = || host_ts.log();
+    wait_ping(&a, &ip_b, "pod -> pod on the node", logs);
+    wait_ping(&w.peer.ns, &ip_a, "peer -> pod", logs);
+    assert!(w.lab.ping(&node, &ip_a), "the node reaches its pod");
+
+    // Without headcni's rule, table 52 takes the node's own pod traffic.
+    let rule = w.lab.ip(&node, &["rule", "show", "priority", "5200"]);
+    assert!(rule.contains("to 10.244.2.0/24 lookup main"), "{rule}");
+    w.lab.ip(&node, &["rule", "del", "priority", "5200"]);
+    assert!(
+        !w.lab.ping(&a, &ip_b),
+        "captured by table 52 without the rule"
+    );
+    assert!(
+        !w.lab.ping(&node, &ip_a),
+        "captured by table 52 without the rule"
+    );
+    tailnet::apply(&node, &spec);
+    wait_ping(&a, &ip_b, "pod -> pod once headcni put its rule back", logs);
+    wait_ping(
+        &w.peer.ns,
+        &ip_a,
+        "peer -> pod once headcni put its rule back",
+        logs,
+    );
+}

@@ -138,6 +138,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
     let bare = || {
         let mut o = converged(&compile(&spec(), &[]));
         o.node.routes.clear();
+        o.node.rules.clear();
         o.node.nft = None;
         o.node.sysctls = vec![Sysctl {
             key: "net/ipv4/ip_forward".into(),
@@ -363,6 +364,7 @@ fn dual_stack_scenarios(out: &mut Vec<(&'static str, String, Vec<PodIntent>, Obs
     let bare = |spec: &Spec| {
         let mut o = converged(&compile(spec, &[]));
         o.node.routes.clear();
+        o.node.rules.clear();
         o.node.nft = None;
         for sysctl in &mut o.node.sysctls {
             sysctl.value = "0".into();

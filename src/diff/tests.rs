@@ -90,6 +90,7 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
     });
     node.sysctls = desired.node_sysctls.clone();
     node.nft = desired.nft.clone();
+    node.rules = desired.node_rules.clone();
     node.routes
         .extend(desired.node_routes.iter().cloned().map(|mut r| {
             if r.dev.is_none() && r.via.is_some() {
