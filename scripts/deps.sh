@@ -22,7 +22,9 @@ command -v cargo >/dev/null || { echo "cargo is needed (rustup.rs)" >&2; exit 1;
 # The fuzz smoke test (tests/fuzz_smoke.rs) runs libFuzzer through cargo-fuzz,
 # which needs a nightly toolchain.
 if ! rustup run nightly cargo fuzz --version >/dev/null 2>&1; then
-    rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+    # Without nightly the smoke test fuzzes on stable (RUSTC_BOOTSTRAP=1, no sanitizer).
+    rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal ||
+        echo "deps.sh: no nightly toolchain; fuzzing on stable" >&2
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 fi
 # The manifests' offline schema check (tests/deploy.rs): kubernetes-validate
@@ -33,7 +35,9 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
     "$venv/bin/pip" install -q kubernetes-validate
 fi
 # The static release binary (tests/release.rs).
-rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+# Without the musl target it is a static gnu build (+crt-static).
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl ||
+    echo "deps.sh: no musl target; the release test builds a static gnu binary" >&2
 # The real tailnet (tests/realnet): tailscaled, the tailscale CLI and
 # Headscale, built from the Go module proxy at pinned versions, outside the
 # repository. Two separate builds: one tools module would let minimal

@@ -431,3 +431,173 @@ fn a_peer_route_over_the_pod_cidr_does_not_capture_local_pod_traffic() {
         logs,
     );
 }
+
+/// Pods on `a` and `b` reach each other by their own addresses, IPv4 and
+/// IPv6, with TCP each way (`pods`: each node's namespace, spec and pod name).
+fn pods_reach_each_other(
+    lab: &mut Lab,
+    a: (&str, &PathBuf),
+    b: (&str, &PathBuf),
+    port: u16,
+    logs: impl Fn() -> String + Copy,
+) {
+    let (pa, ips_a) = tailnet::cni_add_all(lab, a.0, a.1, "pa");
+    let (pb, ips_b) = tailnet::cni_add_all(lab, b.0, b.1, "pb");
+    assert_eq!((ips_a.len(), ips_b.len()), (2, 2), "dual-stack pods");
+    for (i, (ip_a, ip_b)) in ips_a.iter().zip(&ips_b).enumerate() {
+        wait_ping(&pa, ip_b, "pod a -> pod b", logs);
+        wait_ping(&pb, ip_a, "pod b -> pod a", logs);
+        let p = port + 2 * i as u16;
+        let seen = bulk(&pa, &pb, ip_b, p, 1 << 20);
+        assert_eq!(&seen.ip().to_string(), ip_a, "b sees a's own address");
+        let seen = bulk(&pb, &pa, ip_a, p + 1, 1 << 20);
+        assert_eq!(&seen.ip().to_string(), ip_b, "a sees b's own address");
+    }
+}
+
+/// The peer named `name` in `status` (`tailscale status --json`).
+fn peer_named<'a>(status: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    status["Peer"]
+        .as_object()?
+        .values()
+        .find(|p| p["HostName"] == name)
+}
+
+fn dual_pod_lines(n: u8) -> String {
+    format!(
+        "cidr6 = \"fd00:10:244:{n}::/64\"\ncluster_cidr = \"{CLUSTER}\"\ncluster_cidr6 = \"{CLUSTER6}\""
+    )
+}
+
+/// Two daemon-mode nodes of one dual-stack cluster, each behind its own
+/// masquerade, their supervised tailscaleds logged in to Headscale and
+/// approved by policy: pods reach each other by their own addresses, and
+/// the two tailscaleds talk directly (the forwarded port), not via DERP.
+#[test]
+fn two_daemon_mode_nodes_carry_pod_to_pod_traffic_directly() {
+    let mut w = world();
+    let mut procs = Procs(Vec::new());
+    let mut nodes = Vec::new();
+    for (n, name, ip, gw) in [
+        (1u8, "node-a", "203.0.113.2", "203.0.113.1"),
+        (3, "node-b", "203.0.113.18", "203.0.113.17"),
+    ] {
+        let node = w.lab.netns(name);
+        let ts = w.lab.netns(&format!("ts{n}"));
+        join(&w.lab, &w.inet, &node, &format!("to-{name}"), ip, gw);
+        let dir = w.lab.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = realnet::daemon_spec(
+            &dir,
+            &ts,
+            &format!("cidr = \"10.244.{n}.0/24\"\n{}", dual_pod_lines(n)),
+            &format!("hostname = \"{name}\""),
+            &w.control,
+            &w.key,
+        );
+        procs
+            .0
+            .push(realnet::start_daemon(&node, &spec, &dir, &w.control, &[]));
+        nodes.push((node, spec, dir, ts));
+    }
+    let logs = || {
+        nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(n.2.join("daemon.log")).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (name, n) in [("node-a", 1), ("node-b", 3)] {
+        realnet::wait_for(
+            Duration::from_secs(60),
+            &format!("{name}'s pod CIDRs approved"),
+            || {
+                let approved = w.control.approved_routes(name);
+                approved.contains(&format!("10.244.{n}.0/24"))
+                    && approved.contains(&format!("fd00:10:244:{n}::/64"))
+            },
+            logs,
+        );
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    pods_reach_each_other(&mut w.lab, (&a.0, &a.1), (&b.0, &b.1), 7201, logs);
+    // node-a's tailscaled, asked through its socket: node-b is reached
+    // directly (disco may take a moment after the first packets).
+    let status = || {
+        let out = std::process::Command::new("timeout")
+            .args(["20", "ip", "netns", "exec", &a.3])
+            .arg(realnet::bins().tailscale)
+            .arg(format!(
+                "--socket={}",
+                a.2.join("state/tailscaled.sock").display()
+            ))
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    realnet::wait_for(
+        Duration::from_secs(30),
+        "a direct path to node-b's forwarded port",
+        || {
+            peer_named(&status(), "node-b")
+                .and_then(|p| {
+                    p["CurAddr"]
+                        .as_str()
+                        .map(|a| a.starts_with("203.0.113.18:"))
+                })
+                .unwrap_or(false)
+        },
+        || format!("{:#}", status()),
+    );
+}
+
+/// Two host-mode nodes of one dual-stack cluster beside real host
+/// tailscaleds, one of which speaks only through Headscale's embedded DERP
+/// server (TS_DEBUG_ALWAYS_USE_DERP): pods still reach each other by their
+/// own addresses.
+#[test]
+fn two_host_mode_nodes_carry_pod_to_pod_traffic_through_derp() {
+    let mut w = world();
+    let mut nodes = Vec::new();
+    for (n, name, ip, gw, env) in [
+        (2u8, "node-c", "203.0.113.2", "203.0.113.1", vec![]),
+        (
+            4,
+            "node-d",
+            "203.0.113.18",
+            "203.0.113.17",
+            vec![("TS_DEBUG_ALWAYS_USE_DERP", "1")],
+        ),
+    ] {
+        let node = w.lab.netns(name);
+        join(&w.lab, &w.inet, &node, &format!("to-{name}"), ip, gw);
+        let ts = Tailscaled::start(&w.lab, &w.control, &node, name, "tailscale0", &env);
+        let routes = format!("--advertise-routes=10.244.{n}.0/24,fd00:10:244:{n}::/64");
+        ts.up(
+            &w.control,
+            &w.key,
+            &[&routes, "--accept-routes", "--snat-subnet-routes=false"],
+        );
+        let spec = host_mode_spec(
+            &w.lab.dir.path().join(name),
+            &format!("10.244.{n}.0/24"),
+            &dual_pod_lines(n),
+            &ts,
+        );
+        tailnet::apply(&node, &spec);
+        nodes.push((node, spec, ts));
+    }
+    nodes[0].2.wait_for_route("10.244.4.0/24");
+    nodes[1].2.wait_for_route("10.244.2.0/24");
+    let (c, d) = (&nodes[0], &nodes[1]);
+    let logs = || format!("{}\n{}", c.2.log(), d.2.log());
+    pods_reach_each_other(&mut w.lab, (&c.0, &c.1), (&d.0, &d.1), 7301, logs);
+    let status = d.2.status();
+    let peer = peer_named(&status, "node-c").unwrap_or_else(|| panic!("node-c in {status}"));
+    assert_eq!(peer["CurAddr"], "", "no direct path: {peer}");
+    assert_eq!(
+        peer["Relay"], "lab",
+        "through the lab's DERP region: {peer}"
+    );
+}

@@ -189,7 +189,7 @@ fn daemon_mode_carries_pod_traffic_over_wireguard() {
         "ip", "netns", "exec", &t.node, "nft", "list", "table", "inet", "headcni",
     ]);
     assert!(
-        rules.contains("169.254.77.0/30") && rules.contains("masquerade"),
+        rules.contains("198.18.77.0/30") && rules.contains("masquerade"),
         "{rules}"
     );
 
@@ -465,7 +465,7 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic_of_both_families() {
         "ip", "netns", "exec", &b, "nft", "list", "table", "inet", "headcni",
     ]);
     assert!(
-        rules.contains("udp dport 41642") && rules.contains("dnat ip to 169.254.77.2"),
+        rules.contains("udp dport 41642") && rules.contains("dnat ip to 198.18.77.2"),
         "{rules}"
     );
     assert_converged(&a, &spec_a);

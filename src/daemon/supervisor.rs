@@ -39,6 +39,31 @@ pub fn check_key_file(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a plain `http://` login server will fail tailscale after its first
+/// connection, if it will. tailscale dials such a URL over HTTPS on port
+/// 443 whenever it redials within two minutes of its last dial, unless the
+/// host is a private or loopback address (tailscale 1.98,
+/// control/ts2021/client.go): a restarted Headscale or tailscaled then
+/// never reconnects. Seen against real Headscale (tests/real_tailnet.rs).
+pub fn plain_http_advice(login_server: &str) -> Option<String> {
+    let rest = login_server.strip_prefix("http://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let spared = host == "localhost"
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| match ip {
+            std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+            std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        });
+    (!spared).then(|| {
+        format!(
+            "login_server {login_server} is plain HTTP to a public name or address: tailscale reconnects to it over HTTPS on port 443, so after a restart of Headscale or tailscaled this node stays offline; serve Headscale over TLS and use https://"
+        )
+    })
+}
+
 fn tailscaled_args(spec: &Spec) -> Vec<String> {
     let d = &spec.daemon;
     let dir = spec.state_dir.join("tailscaled");
@@ -175,6 +200,9 @@ pub async fn run(
 ) {
     let d = spec.daemon.clone();
     let netns_path = d.netns_path();
+    if let Some(advice) = d.login_server.as_deref().and_then(plain_http_advice) {
+        tracing::warn!("{advice}");
+    }
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     if let Ok(mut s) = status.lock() {
         s.tailscaled.supervised = true;
@@ -347,4 +375,29 @@ fn jitter_fraction() -> f64 {
         .build_hasher()
         .finish();
     (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_http_advice;
+
+    #[test]
+    fn plain_http_is_advised_against_unless_private() {
+        for public in [
+            "http://headscale.example.com",
+            "http://192.0.2.2:8080",
+            "http://[2001:db8::1]:8080/",
+        ] {
+            assert!(plain_http_advice(public).is_some(), "{public}");
+        }
+        for fine in [
+            "https://192.0.2.2",
+            "http://10.0.0.5:8080",
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[fd00::5]:8080",
+        ] {
+            assert!(plain_http_advice(fine).is_none(), "{fine}");
+        }
+    }
 }

@@ -128,7 +128,11 @@ impl Default for DaemonConfig {
             forward_port: true,
             route_table: 1042,
             rule_priority: 5200,
-            transfer_cidr: "169.254.77.0/30".parse().expect("valid default"),
+            // Not link-local: tailscaled counts an interface with only a
+            // 169.254.x.x address as no network and never logs in (seen
+            // against real tailscaled). 198.18.0.0/15 is reserved
+            // (benchmarking, RFC 2544) and never routed on the internet.
+            transfer_cidr: "198.18.77.0/30".parse().expect("valid default"),
             metrics_listen: None,
             dns_upstream: PathBuf::from("/run/systemd/resolve/resolv.conf"),
         }

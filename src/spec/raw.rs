@@ -729,6 +729,15 @@ fn transfer_cidr(
     if net.prefix() != 30 || net.network() != net.ip() {
         return Err(at.invalid(v.span(), field, "must be a /30 network address"));
     }
+    if net.ip().is_link_local() || net.ip().is_loopback() {
+        // tailscaled takes an interface with only such an address for no
+        // network at all: it pauses its control client and never logs in.
+        return Err(at.invalid(
+            v.span(),
+            field,
+            "must not be link-local (169.254.0.0/16) or loopback: tailscaled then sees no usable network and never logs in; the default is 198.18.77.0/30",
+        ));
+    }
     let transfer = IpNetwork::V4(net);
     if pod.ranges().any(|r| r.cidr.overlaps_net(&transfer)) || tailnet.cidr.overlaps_net(&transfer)
     {
@@ -859,6 +868,23 @@ via = "203.0.113.1"
         assert_eq!(spec.tailnet.cidr.to_string(), "100.64.0.0/10");
         assert_eq!(spec.routes.len(), 1);
         assert_eq!(spec.routes[0].metric, 0);
+    }
+
+    #[test]
+    fn a_link_local_transfer_cidr_is_refused() {
+        let text = GOOD.replace("mode = \"host\"", "mode = \"daemon\"")
+            + "\n[daemon]\ntransfer_cidr = \"169.254.77.0/30\"\n";
+        let e = err(&text).to_string();
+        assert!(
+            e.contains("daemon.transfer_cidr") && e.contains("never logs in"),
+            "{e}"
+        );
+        let spec = Spec::parse(
+            &GOOD.replace("mode = \"host\"", "mode = \"daemon\""),
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(!spec.daemon.transfer_cidr.ip().is_link_local());
     }
 
     #[test]

@@ -643,7 +643,14 @@ pub fn start_daemon(
     ])
     .env("HEADCNI_SPEC", spec)
     .env("TS_LOGS_DIR", dir)
-    .envs(QUIET_ENV.iter().copied())
+    // As on a node: tailscaled must find a network it can use without the
+    // test knob that assumes one.
+    .envs(
+        QUIET_ENV
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "TS_ASSUME_NETWORK_UP_FOR_TEST"),
+    )
     .envs(control.env())
     .envs(env.iter().copied())
     .stdin(Stdio::null())
