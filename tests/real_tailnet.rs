@@ -52,6 +52,24 @@ fn world() -> World {
     }
 }
 
+impl World {
+    /// A node namespace `name` on "the internet" at `ip` (gateway `gw`) with
+    /// its own real tailscaled (host mode's), logged in with `flags`.
+    fn host_node(
+        &mut self,
+        name: &str,
+        (ip, gw): (&str, &str),
+        env: &[(&str, &str)],
+        flags: &[&str],
+    ) -> (String, Tailscaled) {
+        let node = self.lab.netns(name);
+        join(&self.lab, &self.inet, &node, &format!("to-{name}"), ip, gw);
+        let ts = Tailscaled::start(&self.lab, &self.control, &node, name, "tailscale0", env);
+        ts.up(&self.control, &self.key, flags);
+        (node, ts)
+    }
+}
+
 /// Daemon mode: the supervised real tailscaled logs in to Headscale
 /// through the tailnet namespace's way out with a pre-auth key, gets its
 /// address, advertises the pod CIDR, which the policy approves; the peer
@@ -225,19 +243,10 @@ fn host_mode_spec(
 #[test]
 fn host_mode_beside_a_real_host_tailscaled() {
     let mut w = world();
-    let node = w.lab.netns("node");
-    join(
-        &w.lab,
-        &w.inet,
-        &node,
-        "to-node",
-        "203.0.113.2",
-        "203.0.113.1",
-    );
-    let host_ts = Tailscaled::start(&w.lab, &w.control, &node, "node-h", "tailscale0", &[]);
-    host_ts.up(
-        &w.control,
-        &w.key,
+    let (node, host_ts) = w.host_node(
+        "node-h",
+        ("203.0.113.2", "203.0.113.1"),
+        &[],
         &["--advertise-routes=10.244.2.0/24,fd00:10:244:2::/64"],
     );
     let dir = w.lab.dir.path().join("node");
@@ -322,19 +331,10 @@ fn host_mode_beside_a_real_host_tailscaled() {
     );
 
     // A second node whose pod CIDR no policy approves: told, with the command.
-    let other = w.lab.netns("other");
-    join(
-        &w.lab,
-        &w.inet,
-        &other,
-        "to-other",
-        "203.0.113.18",
-        "203.0.113.17",
-    );
-    let other_ts = Tailscaled::start(&w.lab, &w.control, &other, "node-o", "tailscale0", &[]);
-    other_ts.up(
-        &w.control,
-        &w.key,
+    let (other, other_ts) = w.host_node(
+        "node-o",
+        ("203.0.113.18", "203.0.113.17"),
+        &[],
         &[
             "--advertise-routes=10.250.0.0/24",
             "--snat-subnet-routes=false",
@@ -364,19 +364,10 @@ fn host_mode_beside_a_real_host_tailscaled() {
 #[test]
 fn a_peer_route_over_the_pod_cidr_does_not_capture_local_pod_traffic() {
     let mut w = world();
-    let node = w.lab.netns("node");
-    join(
-        &w.lab,
-        &w.inet,
-        &node,
-        "to-node",
-        "203.0.113.2",
-        "203.0.113.1",
-    );
-    let host_ts = Tailscaled::start(&w.lab, &w.control, &node, "node-h", "tailscale0", &[]);
-    host_ts.up(
-        &w.control,
-        &w.key,
+    let (node, host_ts) = w.host_node(
+        "node-h",
+        ("203.0.113.2", "203.0.113.1"),
+        &[],
         &[
             "--advertise-routes=10.244.2.0/24",
             "--snat-subnet-routes=false",
@@ -570,13 +561,11 @@ fn two_host_mode_nodes_carry_pod_to_pod_traffic_through_derp() {
             vec![("TS_DEBUG_ALWAYS_USE_DERP", "1")],
         ),
     ] {
-        let node = w.lab.netns(name);
-        join(&w.lab, &w.inet, &node, &format!("to-{name}"), ip, gw);
-        let ts = Tailscaled::start(&w.lab, &w.control, &node, name, "tailscale0", &env);
         let routes = format!("--advertise-routes=10.244.{n}.0/24,fd00:10:244:{n}::/64");
-        ts.up(
-            &w.control,
-            &w.key,
+        let (node, ts) = w.host_node(
+            name,
+            (ip, gw),
+            &env,
             &[&routes, "--accept-routes", "--snat-subnet-routes=false"],
         );
         let spec = host_mode_spec(
