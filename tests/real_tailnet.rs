@@ -510,6 +510,18 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic_directly() {
             logs,
         );
     }
+    // Each tailscaled started only once its namespace's uplink was wired: its
+    // first look at the links already shows node0 (otherwise it may stay
+    // "network down", see supervisor::wait_for_uplink).
+    for node in &nodes {
+        let log = std::fs::read_to_string(node.2.join("daemon.log")).unwrap_or_default();
+        let first = log.lines().find(|l| l.contains("link state:"));
+        assert!(
+            first.is_some_and(|l| l.contains("node0:[198.18.77.2/30")),
+            "tailscaled's first link state in {}: {first:?}",
+            node.2.display()
+        );
+    }
     let (a, b) = (&nodes[0], &nodes[1]);
     pods_reach_each_other(&mut w.lab, (&a.0, &a.1), (&b.0, &b.1), 7201, logs);
     // node-a's tailscaled, asked through its socket: node-b is reached

@@ -57,6 +57,9 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Set once the first pass has wired the tailnet namespace's uplink: the
+    // supervisor starts tailscaled only then (supervisor::wait_for_uplink).
+    let (wired_tx, wired_rx) = watch::channel(false);
 
     let queue = handoff::Queue::default();
     let sockets = serve_sockets(&spec, &status, &metrics, &queue, &tx);
@@ -68,6 +71,7 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
             metrics.clone(),
             tx.clone(),
             stop_rx.clone(),
+            wired_rx,
         ))
     });
     let resync = Duration::from_secs(spec.daemon.resync_seconds);
@@ -136,6 +140,7 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
         }
         retry_at = None;
         let ok = pass(&spec, &triggers, &status, &metrics).await;
+        wired_tx.send_replace(true);
         if ok {
             backoff.reset();
         } else {

@@ -197,6 +197,7 @@ pub async fn run(
     metrics: Metrics,
     tx: UnboundedSender<Trigger>,
     mut shutdown: watch::Receiver<bool>,
+    mut wired: watch::Receiver<bool>,
 ) {
     let d = spec.daemon.clone();
     let netns_path = d.netns_path();
@@ -206,6 +207,10 @@ pub async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     if let Ok(mut s) = status.lock() {
         s.tailscaled.supervised = true;
+    }
+    tokio::select! {
+        _ = wait_for_uplink(&mut wired) => {}
+        _ = shutdown.changed() => return,
     }
     loop {
         if *shutdown.borrow() {
@@ -263,6 +268,28 @@ pub async fn run(
         }
     }
 }
+
+/// Waits (at most [`UPLINK_WAIT`]) for the loop's first pass to wire the
+/// tailnet namespace's uplink. tailscaled must not start before it: its
+/// network monitor takes its first look at start-up but its engine
+/// subscribes to changes only later (tailscale v1.98.10,
+/// wgengine/userspace.go: `netMon.Start()` before the eventbus
+/// subscription), so an address that arrives in between is never seen and
+/// tailscaled stays "network down" (no handshake, no login traffic) until
+/// some later link change. Seen in CI as a flaky pod-to-pod ping.
+async fn wait_for_uplink(wired: &mut watch::Receiver<bool>) {
+    match tokio::time::timeout(UPLINK_WAIT, wired.wait_for(|w| *w)).await {
+        Ok(Ok(_)) => {}
+        // The loop is gone (shutting down) or stuck: start anyway, tailscaled
+        // then sees later link changes itself.
+        Ok(Err(_)) => {}
+        Err(_) => tracing::warn!(
+            "the tailnet namespace is not wired after {UPLINK_WAIT:?}; starting tailscaled anyway"
+        ),
+    }
+}
+
+const UPLINK_WAIT: Duration = Duration::from_secs(10);
 
 async fn start(
     spec: &Spec,
