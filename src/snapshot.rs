@@ -2,6 +2,7 @@
 //! snapshots (`observe --out`), saved plans (`plan --out`, `apply PLAN`) and
 //! the record of the last apply (state_dir/last-applied.json).
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -287,6 +288,14 @@ pub fn save<T: Serialize>(file: &Path, doc: &T) -> Result<(), SnapshotError> {
         serde_json::to_vec_pretty(doc).map_err(|e| write_err(std::io::Error::other(e)))?;
     text.push(b'\n');
     let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, &text).map_err(write_err)?;
+    // Never through a symlink planted at the temporary name.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &text))
+        .map_err(write_err)?;
     std::fs::rename(&tmp, file).map_err(write_err)
 }

@@ -81,13 +81,7 @@ impl Cluster {
             &conf.to_string(),
         );
         assert_eq!(out.code, 0, "{}", out.stdout);
-        let ip = out.json["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let ip = common::result_ips(&out.json)[0].clone();
         (ns, ip)
     }
 

@@ -244,3 +244,440 @@ fn a_pod_s_huge_interface_index_costs_the_node_nothing() {
     assert!(out.contains("big0"), "{out}");
     n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
 }
+
+/// A pod with CAP_NET_ADMIN in its namespace adds another pod's address
+/// (and one nobody has) to its eth0 and sends from them, IPv4 and IPv6, to
+/// a tailnet peer and to a pod on the node: nothing spoofed arrives (the
+/// tailnet's ACLs go by source address), the pod's own packets do, and
+/// headcni's source check counted the drops. The tailnet peer is the
+/// standard node's veth stand-in: no control plane is needed to show what
+/// leaves the node.
+#[test]
+fn a_pod_cannot_send_as_another_pod_or_any_address() {
+    let mut n = Node::new();
+    // Dual stack: the peer also holds fd7a:115c:a1e0::5 behind tailscale0.
+    std::fs::write(
+        &n.spec,
+        format!(
+            "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"{}\"\ncidr6 = \"fd00:10:244::/64\"\n[tailnet]\ninterface = \"tailscale0\"\n",
+            n.lab.dir.path().join("state").display(),
+            common::POD_CIDR
+        ),
+    )
+    .unwrap();
+    n.lab.ip(
+        &n.node,
+        &[
+            "addr",
+            "add",
+            "fd7a:115c:a1e0::1/128",
+            "dev",
+            "tailscale0",
+            "nodad",
+        ],
+    );
+    n.lab.ip(
+        &n.peer,
+        &[
+            "addr",
+            "add",
+            "fd7a:115c:a1e0::5/128",
+            "dev",
+            "ts-peer",
+            "nodad",
+        ],
+    );
+    n.lab.ip(
+        &n.peer,
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd7a:115c:a1e0::1/128",
+            "dev",
+            "ts-peer",
+        ],
+    );
+    let ips = common::result_ips;
+    let (attacker, victim, target) = (
+        n.lab.netns("evil"),
+        n.lab.netns("victim"),
+        n.lab.netns("target"),
+    );
+    let attacker_ips = ips(&n.cni_add(&attacker));
+    let victim_ips = ips(&n.cni_add(&victim));
+    let target_ips = ips(&n.cni_add(&target));
+    // The node-wide table comes with the node's pass (the daemon's, here
+    // `apply`'s), as on a node where headcni runs.
+    n.headcni_ok(&["apply"], 0);
+    assert_eq!(attacker_ips.len(), 2, "dual stack: {attacker_ips:?}");
+    // The attacker takes the victim's addresses and two nobody holds.
+    let spoofed: Vec<String> = victim_ips
+        .iter()
+        .cloned()
+        .chain([
+            "10.244.0.200".to_string(),
+            "198.51.100.77".to_string(),
+            "fd00:10:244::dead".to_string(),
+            "2001:db8::77".to_string(),
+        ])
+        .collect();
+    for ip in &spoofed {
+        let len = if ip.contains(':') { 128 } else { 32 };
+        n.lab.ip(
+            &attacker,
+            &[
+                "addr",
+                "add",
+                &format!("{ip}/{len}"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+    }
+    let receivers: Vec<_> = [
+        (
+            n.peer.clone(),
+            vec!["100.64.0.5".to_string(), "fd7a:115c:a1e0::5".to_string()],
+        ),
+        (target.clone(), target_ips.clone()),
+    ]
+    .into_iter()
+    .map(|(ns, dests)| {
+        let socket = common::in_ns(&ns, || {
+            let s = std::net::UdpSocket::bind("[::]:9999").unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .join()
+        .unwrap();
+        (socket, dests)
+    })
+    .collect();
+    let send = |from: &str, to: &str, payload: &'static [u8]| {
+        let (from, to) = (from.to_string(), to.to_string());
+        common::in_ns(&attacker, move || {
+            let s =
+                std::net::UdpSocket::bind((from.parse::<std::net::IpAddr>().unwrap(), 0)).unwrap();
+            s.send_to(payload, (to.parse::<std::net::IpAddr>().unwrap(), 9999))
+                .unwrap_or_else(|e| panic!("send from {from} to {to}: {e}"));
+        })
+        .join()
+        .unwrap();
+    };
+    let family = |ip: &str| ip.contains(':');
+    for (_, dests) in &receivers {
+        for to in dests {
+            for from in spoofed.iter().filter(|f| family(f) == family(to)) {
+                send(from, to, b"spoofed");
+            }
+            // Sent last on the same path: once it is in, a spoofed packet
+            // that got through would be in too.
+            let own = attacker_ips
+                .iter()
+                .find(|a| family(a) == family(to))
+                .unwrap();
+            send(own, to, b"own");
+        }
+    }
+    for (socket, dests) in &receivers {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while seen.iter().filter(|(p, _)| p == "own").count() < dests.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "own packets missing; seen {seen:?}"
+            );
+            let mut buf = [0u8; 64];
+            if let Ok((len, from)) = socket.recv_from(&mut buf) {
+                let ip = match from.ip() {
+                    std::net::IpAddr::V6(v6) => v6
+                        .to_ipv4_mapped()
+                        .map(std::net::IpAddr::V4)
+                        .unwrap_or(std::net::IpAddr::V6(v6)),
+                    v4 => v4,
+                };
+                seen.push((
+                    String::from_utf8_lossy(&buf[..len]).into_owned(),
+                    ip.to_string(),
+                ));
+            }
+        }
+        assert!(
+            seen.iter()
+                .all(|(p, from)| p == "own" && attacker_ips.contains(from)),
+            "only the attacker's own address arrives at {dests:?}: {seen:?}\n{}",
+            n.in_node(&["nft", "list", "ruleset"])
+        );
+    }
+    let chain = n.in_node(&["nft", "list", "chain", "inet", "headcni", "pod_source"]);
+    let drops: Vec<u64> = chain
+        .lines()
+        .filter_map(|l| l.split("counter packets ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        drops.len() == 2 && drops.iter().all(|d| *d > 0),
+        "both families counted drops:\n{chain}"
+    );
+}
+
+/// Two container ids whose host-link names collide (40 bits of a hash: a
+/// birthday search finds a pair in about a million tries).
+fn colliding_ids() -> (String, String) {
+    let mut seen = std::collections::HashMap::new();
+    for i in 0u64.. {
+        let id = format!("collide{i:016x}");
+        let name = headcni::spec::host_link_name(&id, "eth0");
+        if let Some(first) = seen.insert(name, id.clone()) {
+            return (first, id);
+        }
+    }
+    unreachable!("the search runs until it finds a pair")
+}
+
+/// The second of two colliding ids is rightly refused; the runtime's DEL
+/// after that failed ADD (runtimes always DEL then) leaves the first pod's
+/// veth alone, without the daemon and through it.
+#[test]
+fn a_del_after_a_refused_add_leaves_the_other_pod_alone() {
+    let (first, second) = colliding_ids();
+    let link = headcni::spec::host_link_name(&first, "eth0");
+    for with_daemon in [false, true] {
+        let mut n = Node::new();
+        let _daemon = with_daemon.then(|| common::Daemon::start(&n));
+        let (a, b) = (n.lab.netns("a"), n.lab.netns("b"));
+        let (path_a, path_b) = (Lab::ns_path(&a), Lab::ns_path(&b));
+        fn call<'a>(command: &'a str, id: &'a str, path: &'a Path) -> CniCall<'a> {
+            CniCall {
+                command,
+                container_id: Some(id),
+                netns: Some(path.to_str().unwrap()),
+                ifname: Some("eth0"),
+            }
+        }
+        let conf = n.cni_conf("1.1.0");
+        let out = n.cni(&call("ADD", &first, &path_a), &conf);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let ip = common::result_ips(&out.json)[0].clone();
+        let out = n.cni(&call("ADD", &second, &path_b), &conf);
+        assert_ne!(out.code, 0, "the colliding ADD is refused: {}", out.stdout);
+        assert!(out.stdout.contains("collides"), "{}", out.stdout);
+        let out = n.cni(&call("DEL", &second, &path_b), &conf);
+        assert_eq!(
+            out.code, 0,
+            "DEL of the refused ADD succeeds: {}{}",
+            out.stdout, out.stderr
+        );
+        assert!(
+            n.owned_links().contains(&link),
+            "daemon {with_daemon}: the first pod's veth {link} is still there: {:?}",
+            n.owned_links()
+        );
+        assert!(
+            n.lab.ping(&n.node, &ip),
+            "daemon {with_daemon}: the first pod still answers"
+        );
+        let out = n.cni(&call("DEL", &first, &path_a), &conf);
+        assert_eq!(out.code, 0, "{}", out.stdout);
+        assert!(!n.owned_links().contains(&link), "its own DEL removes it");
+    }
+}
+
+/// A state_dir a non-root user made first (with a symlink planted where
+/// root writes) is refused by every path that uses it, not only by
+/// `validate`: the plugin, apply, plan and the daemon all name it, and the
+/// file the symlink points to is left as it was.
+#[test]
+fn a_state_dir_someone_else_owns_is_refused_everywhere() {
+    let mut n = Node::new();
+    let state = n.lab.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let victim = n.lab.dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("pods.changed")).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("pods.lock")).unwrap();
+    // uid 65534 (nobody) made it and can change it at will.
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+
+    let says_unsafe = |what: &str, text: &str| {
+        assert!(
+            text.contains("is not safe") && text.contains("owned by uid 65534"),
+            "{what} refuses the state_dir and says why: {text}"
+        );
+    };
+    let b = n.lab.netns("b");
+    let path = Lab::ns_path(&b);
+    let out = n.cni(&CniCall::add(&b, &path), &n.cni_conf("1.1.0"));
+    assert_ne!(out.code, 0, "the plugin's ADD is refused: {}", out.stdout);
+    says_unsafe("ADD", &out.stdout);
+    for args in [&["apply"][..], &["plan"], &["pod", "list"]] {
+        let out = n.headcni(args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        says_unsafe(&format!("{args:?}"), &String::from_utf8_lossy(&out.stderr));
+    }
+    let out = daemon_that_should_exit(&n);
+    assert_eq!(out.status.code(), Some(1), "the daemon exits at once");
+    says_unsafe("the daemon", &String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(n.owned_links().is_empty(), "nothing was wired");
+
+    // A group-writable one is refused as well; root's own 0700 works.
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).unwrap();
+    common::sh(&["chmod", "770", state.to_str().unwrap()]);
+    let out = n.headcni(&["apply"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("others can write it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::sh(&["chmod", "700", state.to_str().unwrap()]);
+    // Even in root's own state_dir a symlink is never followed.
+    let out = n.cni(&CniCall::add(&b, &path), &n.cni_conf("1.1.0"));
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("pods.lock"), "{}", out.stdout);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+/// A daemon run that is expected to exit (at most 10 s: then 124).
+fn daemon_that_should_exit(n: &Node) -> std::process::Output {
+    Command::new("timeout")
+        .args([
+            "10",
+            "ip",
+            "netns",
+            "exec",
+            &n.node,
+            common::headcni_bin(),
+            "daemon",
+        ])
+        .env("HEADCNI_SPEC", &n.spec)
+        .output()
+        .unwrap()
+}
+
+/// A second daemon for the same state_dir exits at once, naming the first's
+/// pid, and leaves the first one's sockets working.
+#[test]
+fn a_second_daemon_names_the_first_and_leaves_it_alone() {
+    let mut n = Node::new();
+    let first = common::Daemon::start(&n);
+    let pid = first.pid().unwrap();
+    let out = daemon_that_should_exit(&n);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the second exits: {stderr}");
+    // `ip netns exec` runs headcni as its own child: the daemon's pid is the
+    // child of the pid we started.
+    let daemon_pid = daemon_pid(&n);
+    assert!(
+        stderr.contains(&format!("pid {daemon_pid}")),
+        "names the first daemon (pid {daemon_pid}, started as {pid}): {stderr}"
+    );
+    assert!(
+        common::status(&n).is_some(),
+        "the first daemon still answers on its socket"
+    );
+    let b = n.lab.netns("b");
+    let path = Lab::ns_path(&b);
+    let out = n.cni(&CniCall::add(&b, &path), &n.cni_conf("1.1.0"));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(
+        common::status(&n).map(|s| s["cni_calls"].clone()),
+        Some(json!(1)),
+        "the first daemon took the ADD: {}",
+        first.log()
+    );
+}
+
+/// The headcni daemon's own pid (`ip netns exec` runs it as its child).
+fn daemon_pid(n: &Node) -> i32 {
+    let text = std::fs::read_to_string(n.lab.dir.path().join("state/daemon.lock")).unwrap();
+    text.trim().parse().unwrap()
+}
+
+/// Resumes a stopped process when dropped, also when the test fails.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: signalling the test's own daemon.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Connections the daemon never accepts, until its listen backlog is full
+/// (a connect would then wait).
+fn fill_backlog(path: &Path) -> Vec<OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let limit = nix::sys::resource::Resource::RLIMIT_NOFILE;
+    let (_, hard) = nix::sys::resource::getrlimit(limit).unwrap();
+    nix::sys::resource::setrlimit(limit, hard.min(16384), hard).unwrap();
+    let addr = UnixAddr::new(path).unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8192 {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => held.push(fd),
+            Err(nix::errno::Errno::EAGAIN) => return held,
+            Err(e) => panic!("connect to {}: {e}", path.display()),
+        }
+    }
+    panic!("the backlog of {} never filled", path.display());
+}
+
+/// A stopped daemon (SIGSTOP: as a stuck one looks from outside) costs a
+/// CNI call its 10 s fallback budget, not for ever: with room in the
+/// backlog the plugin's request waits unanswered, with the backlog full
+/// its connect does; both ADDs fall back within 15 s and wire their pods.
+/// Resumed, the daemon drops the call whose plugin stopped waiting rather
+/// than doing the work a second time.
+#[test]
+fn a_stopped_daemon_costs_a_call_its_budget_not_for_ever() {
+    let mut n = Node::new();
+    let daemon = common::Daemon::start(&n);
+    let pid = daemon_pid(&n);
+    // SAFETY: signalling the test's own daemon.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let resume = Resume(pid);
+    let conf = n.cni_conf("1.1.0");
+    let socket = n.lab.dir.path().join("state/cni.sock");
+    let mut add = |name: &str, says: &str| {
+        let ns = n.lab.netns(name);
+        let path = Lab::ns_path(&ns);
+        let started = std::time::Instant::now();
+        let out = n.cni(&CniCall::add(&ns, &path), &conf);
+        let took = started.elapsed();
+        assert_eq!(
+            out.code, 0,
+            "ADD {name} falls back: {}{}",
+            out.stdout, out.stderr
+        );
+        assert!(
+            took < std::time::Duration::from_secs(15),
+            "ADD {name} took {took:?}"
+        );
+        assert!(out.stderr.contains(says), "ADD {name}: {}", out.stderr);
+    };
+    add("b", "no answer from the daemon");
+    let fillers = fill_backlog(&socket);
+    add("c", "did not take the connection");
+    drop(fillers);
+    drop(resume);
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the resumed daemon drops the abandoned call",
+        || daemon.log().contains("dropped 1 CNI calls"),
+    );
+    let status = common::status(&n).unwrap();
+    assert_eq!(status["cni_calls"], json!(0), "{}", daemon.log());
+    assert_eq!(n.owned_links().len(), 2, "both pods are wired");
+}

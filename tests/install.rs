@@ -184,13 +184,7 @@ fn the_installed_conflist_drives_an_add() {
     let out = run_plugin(&n.node, plugin.to_str().unwrap(), &call, &conf.to_string());
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(out.json["cniVersion"], "1.0.0");
-    let ip = out.json["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let ip = common::result_ips(&out.json)[0].clone();
     assert!(n.lab.ping(&n.node, &ip), "the pod answers on {ip}");
 }
 

@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -132,8 +132,14 @@ pub enum Handoff {
 
 /// Asks the daemon whose socket is in `state_dir`, waiting at most `within`.
 pub fn ask(state_dir: &Path, request: &Request, within: Duration) -> Handoff {
+    // Whoever could plant a socket in an unsafe state_dir could answer for
+    // the daemon; the store refuses such a state_dir with the reason.
+    if crate::spec::require_safe_state_dir(state_dir).is_err() {
+        return Handoff::NoDaemon;
+    }
     let path = socket_path(state_dir);
-    let mut conn = match UnixStream::connect(&path) {
+    let deadline = Instant::now() + within;
+    let conn = match connect_within(&path, within) {
         Ok(conn) => conn,
         Err(e)
             if matches!(
@@ -143,18 +149,21 @@ pub fn ask(state_dir: &Path, request: &Request, within: Duration) -> Handoff {
         {
             return Handoff::NoDaemon
         }
+        Err(e) if is_timeout(&e) => {
+            return Handoff::Lost(format!(
+                "the daemon did not take the connection within {within:?}"
+            ))
+        }
         Err(e) => return Handoff::Lost(format!("cannot reach {}: {e}", path.display())),
     };
-    let mut exchange = || -> std::io::Result<Vec<u8>> {
-        conn.set_write_timeout(Some(within))?;
-        conn.set_read_timeout(Some(within))?;
+    let exchange = || -> std::io::Result<Vec<u8>> {
         let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        conn.write_all(&line)?;
-        let mut answer = Vec::new();
-        (&conn).take(MAX_LINE).read_to_end(&mut answer)?;
-        Ok(answer)
+        conn.set_write_timeout(Some(left(deadline)?))?;
+        (&conn).write_all(&line)?;
+        read_within(&conn, deadline, MAX_LINE)
     };
+    // Dropping the connection unanswered tells the daemon to drop the call.
     match exchange() {
         Ok(answer) if answer.is_empty() => {
             Handoff::Lost("the daemon closed the connection without answering".into())
@@ -167,14 +176,64 @@ pub fn ask(state_dir: &Path, request: &Request, within: Duration) -> Handoff {
             Ok(answer) => Handoff::Answered(answer.verdict()),
             Err(e) => Handoff::Lost(format!("the daemon's answer is not understood: {e}")),
         },
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
+        Err(e) if is_timeout(&e) => {
             Handoff::Lost(format!("no answer from the daemon within {within:?}"))
         }
         Err(e) => Handoff::Lost(format!("talking to the daemon: {e}")),
     }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Time left until `deadline`; none left is a timeout.
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
+}
+
+/// Connects to a daemon socket, waiting at most `within`. A plain connect
+/// waits for ever while the daemon does not accept and its backlog is full
+/// (a stopped or stuck daemon); on Linux a unix socket's connect waits at
+/// most its send timeout, so that is set first.
+pub fn connect_within(path: &Path, within: Duration) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let timeout = nix::sys::time::TimeVal::new(
+        within.as_secs() as libc::time_t,
+        within.subsec_micros() as libc::suseconds_t,
+    );
+    socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
+}
+
+/// Reads until the peer closes, at most `limit` bytes, all by `deadline`
+/// (a read timeout alone restarts with every byte a slow peer sends).
+pub fn read_within(conn: &UnixStream, deadline: Instant, limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while (out.len() as u64) < limit {
+        conn.set_read_timeout(Some(left(deadline)?))?;
+        let want = chunk.len().min((limit - out.len() as u64) as usize);
+        match (&*conn).read(&mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }

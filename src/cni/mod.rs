@@ -26,7 +26,7 @@ use error::CniError;
 use crate::engine::{self, PodScope};
 use crate::model::{Attachment, PodKey};
 use crate::observe;
-use crate::spec::{alloc, host_link_name, Mode, PodIntent, PodStore, Spec};
+use crate::spec::{alloc, unowned_host_link, Mode, PodIntent, PodStore, Spec};
 
 /// The newest version, for answers when the request's version is unknown.
 const LATEST: &str = "1.1.0";
@@ -267,10 +267,18 @@ fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
 /// DEL without the daemon: remove the intent, then the link, then free the address.
 fn del_here(spec: &Spec, conf: &NetConf, key: &PodKey) -> Result<(), CniError> {
     let store = store(spec, conf);
-    let removed = store.remove(key)?;
-    let host_link = removed
-        .map(|intent| intent.host_link)
-        .unwrap_or_else(|| host_link_name(&key.container_id, &key.ifname));
+    let host_link = match store.remove(key)? {
+        Some(intent) => intent.host_link,
+        None => match unowned_host_link(key, &store.list()?) {
+            Ok(name) => name,
+            Err(owner) => {
+                tracing::info!(
+                    "DEL {key}: nothing of its own; its host-link name belongs to {owner}"
+                );
+                return Ok(());
+            }
+        },
+    };
     release(spec, &store, key, &host_link)
 }
 

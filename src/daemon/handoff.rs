@@ -17,7 +17,7 @@ use crate::cni::handoff::{Answer, Request, Wired, MAX_LINE};
 use crate::cni::verdict;
 use crate::engine::{self, PodScope};
 use crate::model::PodKey;
-use crate::spec::{host_link_name, PodIntent, Spec};
+use crate::spec::{PodIntent, Spec};
 
 /// Requests served at once: a node's worth of pods arriving together
 /// (kubelet's default max pods is 110) with room to spare; more wait in the
@@ -47,6 +47,14 @@ impl Queue {
         let Ok(mut queue) = self.0.lock() else {
             return Vec::new();
         };
+        let waiting = queue.len();
+        queue.retain(|p| !p.answer.is_closed());
+        if queue.len() < waiting {
+            tracing::info!(
+                "dropped {} CNI calls whose plugins stopped waiting (they wire the pod themselves)",
+                waiting - queue.len()
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         let cut = queue
             .iter()
@@ -113,8 +121,15 @@ pub async fn serve(
             }
             // Dropped unanswered (the daemon stopping): the connection
             // closes without an answer, and the plugin does the work itself.
-            if let Ok(answer) = answer_rx.await {
-                write_answer(&mut write, &answer).await;
+            // A plugin that stops waiting (it does the work itself then)
+            // closes its end: dropping `answer_rx` withdraws the call, so a
+            // batch not yet begun skips it.
+            let mut rest = [0u8; 1];
+            tokio::select! {
+                answer = answer_rx => if let Ok(answer) = answer {
+                    write_answer(&mut write, &answer).await;
+                },
+                _ = reader.read(&mut rest) => {}
             }
         });
     }
@@ -214,14 +229,25 @@ pub fn run_batch(spec: &Spec, batch: Vec<Pending>) {
                 }
                 None => targets.push(Target::Settled),
             },
-            Request::Del { key } => {
-                let host_link = match removed.next().flatten() {
-                    Some(intent) => intent.host_link,
-                    None => host_link_name(&key.container_id, &key.ifname),
-                };
-                release.push(host_link.clone());
-                targets.push(Target::Release(host_link));
-            }
+            Request::Del { key } => match removed.next().flatten() {
+                Some(intent) => {
+                    release.push(intent.host_link.clone());
+                    targets.push(Target::Release(intent.host_link));
+                }
+                None => match crate::spec::unowned_host_link(key, &changed.pods) {
+                    Ok(name) => {
+                        release.push(name.clone());
+                        targets.push(Target::Release(name));
+                    }
+                    Err(owner) => {
+                        tracing::info!(
+                            "DEL {key}: nothing of its own; its host-link name belongs to {owner}"
+                        );
+                        *verdict = Some(Ok(None));
+                        targets.push(Target::Settled);
+                    }
+                },
+            },
         }
     }
     // Other pods' intents are read with these, under the same lock; this

@@ -9,6 +9,7 @@ pub mod events;
 mod handoff;
 mod listen;
 pub mod metrics;
+mod single;
 pub mod status;
 pub mod supervisor;
 
@@ -45,6 +46,9 @@ pub fn run(spec_path: &Path) -> anyhow::Result<()> {
 async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
     crate::spec::create_state_dir(&spec.state_dir)
         .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", spec.state_dir.display()))?;
+    // Held for the daemon's life: a second daemon would take over the
+    // sockets and delete them when it exits.
+    let _only_daemon = single::claim(&spec.state_dir)?;
     let status: Shared = Default::default();
     let metrics = Metrics::new();
     {

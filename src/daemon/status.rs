@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -67,6 +68,11 @@ pub struct TailscaledStatus {
 
 pub type Shared = Arc<Mutex<Status>>;
 
+/// How long `headcni status` waits for a stopped or stuck daemon.
+const QUERY_WITHIN: Duration = Duration::from_secs(5);
+/// A status document is a few KiB; more is not ours.
+const MAX_STATUS: u64 = 4 * 1024 * 1024;
+
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_FILE)
 }
@@ -104,15 +110,20 @@ pub async fn serve(path: PathBuf, status: Shared) -> std::io::Result<()> {
 
 /// Reads the daemon's status (for `headcni status`).
 pub fn query(state_dir: &Path) -> std::io::Result<Status> {
-    use std::io::Read;
+    use crate::cni::handoff::{connect_within, read_within};
     let path = socket_path(state_dir);
-    let mut conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+    let deadline = std::time::Instant::now() + QUERY_WITHIN;
+    let conn = connect_within(&path, QUERY_WITHIN).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot reach the daemon at {}: {e}", path.display()),
         )
     })?;
-    let mut buf = Vec::new();
-    conn.read_to_end(&mut buf)?;
+    let buf = read_within(&conn, deadline, MAX_STATUS).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("no status from the daemon at {}: {e}", path.display()),
+        )
+    })?;
     serde_json::from_slice(&buf).map_err(std::io::Error::other)
 }

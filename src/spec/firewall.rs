@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 
 use nftables::expr::{
-    Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, TcpOption,
+    Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix, TcpOption,
 };
 use nftables::stmt::{Counter, Mangle, Match, NATFamily, Operator, Statement, NAT};
 
@@ -54,6 +55,10 @@ fn family_word(cidr: &IpNetwork) -> &'static str {
 }
 
 fn saddr_in(cidr: IpNetwork) -> Statement<'static> {
+    saddr_matches(Operator::EQ, cidr)
+}
+
+fn saddr_matches(op: Operator, cidr: IpNetwork) -> Statement<'static> {
     matches(
         Expression::Named(NamedExpression::Payload(Payload::PayloadField(
             PayloadField {
@@ -61,7 +66,7 @@ fn saddr_in(cidr: IpNetwork) -> Statement<'static> {
                 field: Cow::Borrowed("saddr"),
             },
         ))),
-        Operator::EQ,
+        op,
         Expression::Named(NamedExpression::Prefix(Prefix {
             addr: Box::new(Expression::String(Cow::Owned(cidr.network().to_string()))),
             len: u32::from(cidr.prefix()),
@@ -129,6 +134,9 @@ pub fn desired(spec: &Spec) -> Option<NftTable> {
         masquerade_pods(spec, pods, &egress, &mut rules);
     }
     node_plumbing(spec, &egress, &mut rules);
+    if spec.pod_network.source_check {
+        rules.extend(source_check());
+    }
     if spec.pod_network.mss_clamp {
         for range in spec.pod_network.ranges() {
             rules.push(mss_clamp(&egress, range.cidr.is_ipv6()));
@@ -225,6 +233,63 @@ fn node_plumbing(spec: &Spec, egress: &str, rules: &mut Rules) {
     }
 }
 
+/// The chain that checks pods' sources: a raw-priority prerouting hook, so a
+/// spoofed packet is dropped before conntrack or NAT see it.
+const SOURCE_CHAIN: &str = "pod_source";
+
+/// A packet from a pod's veth (`hc*`, not the tailnet namespace's `hcts0`,
+/// which carries peers' sources) must have a source whose route leads back
+/// out of that same veth: only the pod's own /32 and /128 host routes do
+/// (strict reverse-path filtering, `fib saddr . iif oif missing`). One rule
+/// a family, whatever the number of pods: no per-pod state to keep in step,
+/// and the kernel's FIB already holds the veth -> address map. IPv6
+/// link-local sources pass: the kernel never forwards them off the link,
+/// and neighbour discovery needs them.
+fn source_check() -> Rules {
+    let from_pod = || {
+        [
+            iifname(Operator::EQ, "hc*"),
+            iifname(Operator::NEQ, crate::spec::TAILNET_HOST_LINK),
+        ]
+    };
+    let no_route_back = matches(
+        Expression::Named(NamedExpression::Fib(Fib {
+            result: FibResult::Oif,
+            flags: [FibFlag::Saddr, FibFlag::Iif].into_iter().collect(),
+        })),
+        Operator::EQ,
+        Expression::Boolean(false),
+    );
+    let link_local6: IpNetwork = "fe80::/10".parse().expect("a valid literal");
+    let host = crate::spec::TAILNET_HOST_LINK;
+    vec![
+        (
+            SOURCE_CHAIN.into(),
+            [
+                vec![nfproto(false)],
+                from_pod().to_vec(),
+                vec![no_route_back.clone(), counter(), Statement::Drop(None)],
+            ]
+            .concat(),
+            format!("meta nfproto ipv4 iifname \"hc*\" iifname != \"{host}\" fib saddr . iif oif missing counter drop"),
+        ),
+        (
+            SOURCE_CHAIN.into(),
+            [
+                from_pod().to_vec(),
+                vec![
+                    saddr_matches(Operator::NEQ, link_local6),
+                    no_route_back,
+                    counter(),
+                    Statement::Drop(None),
+                ],
+            ]
+            .concat(),
+            format!("iifname \"hc*\" iifname != \"{host}\" ip6 saddr != fe80::/10 fib saddr . iif oif missing counter drop"),
+        ),
+    ]
+}
+
 /// Tailnet-bound TCP SYNs of one family get an MSS that fits the tailnet's
 /// 1280-byte MTU.
 fn mss_clamp(egress: &str, ipv6: bool) -> (String, Vec<Statement<'static>>, String) {
@@ -270,6 +335,14 @@ fn table(rules: Rules) -> NftTable {
             priority: 100,
         },
     ];
+    if rules.iter().any(|(chain, _, _)| chain == SOURCE_CHAIN) {
+        chains.push(NftChain {
+            name: SOURCE_CHAIN.into(),
+            kind: "filter".into(),
+            hook: "prerouting".into(),
+            priority: -300,
+        });
+    }
     if rules.iter().any(|(chain, _, _)| chain == "prerouting") {
         chains.push(NftChain {
             name: "prerouting".into(),
@@ -278,6 +351,8 @@ fn table(rules: Rules) -> NftTable {
             priority: -100,
         });
     }
+    // nft lists chains by name: compare in that order.
+    chains.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rules: Vec<NftRule> = rules
         .into_iter()
         .map(|(chain, stmts, text)| NftRule {
@@ -298,6 +373,11 @@ pub fn canonical(expr: &serde_json::Value) -> String {
             serde_json::Value::Object(map) => {
                 if let Some(c) = map.get_mut("counter") {
                     *c = serde_json::Value::Null;
+                }
+                // The nftables crate keeps fib flags in a HashSet: its
+                // order varies from run to run; nft's does not matter.
+                if let Some(serde_json::Value::Array(flags)) = map.get_mut("flags") {
+                    flags.sort_by_key(|f| f.to_string());
                 }
                 map.values_mut().for_each(zero);
             }
@@ -332,7 +412,7 @@ mod tests {
 
     #[test]
     fn nothing_asked_means_no_table() {
-        let text = "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/24\"\nmasquerade = \"none\"\nmss_clamp = false\n";
+        let text = "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/24\"\nmasquerade = \"none\"\nmss_clamp = false\nsource_check = false\n";
         let spec = Spec::parse(text, std::path::Path::new("x")).unwrap();
         assert!(desired(&spec).is_none());
     }

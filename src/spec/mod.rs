@@ -24,7 +24,8 @@ pub use error::SpecError;
 pub use names::{host_link_name, validate_container_id, validate_ifname};
 pub use resolv::{namespace_resolv_conf, NodeResolvers};
 pub use store::{
-    check_state_dir, create_state_dir, Intents, PodIntent, PodStore, StateDirCheck, StoreError,
+    check_state_dir, create_state_dir, require_safe_state_dir, unowned_host_link, Intents,
+    PodIntent, PodStore, StateDirCheck, StoreError,
 };
 
 /// Default location of the spec; `--spec` or `HEADCNI_SPEC` override it.
@@ -162,6 +163,9 @@ pub struct PodNetwork {
     pub masquerade: Masquerade,
     /// Clamp the MSS of tailnet-bound TCP SYNs to the tailnet's path MTU.
     pub mss_clamp: bool,
+    /// Drop packets from a pod's veth whose source is not that pod's own
+    /// address (tailnet ACLs go by source address).
+    pub source_check: bool,
 }
 
 /// One address family's pod addresses on this node.

@@ -61,6 +61,7 @@ struct RawPodNetwork {
     cluster_cidr6: Option<Spanned<String>>,
     masquerade: Option<Spanned<Masquerade>>,
     mss_clamp: Option<bool>,
+    source_check: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +370,7 @@ fn validate_pod_network(
             .map(|m| *m.get_ref())
             .unwrap_or_default(),
         mss_clamp: raw.mss_clamp.unwrap_or(true),
+        source_check: raw.source_check.unwrap_or(true),
     })
 }
 

@@ -7,6 +7,7 @@
 //! Nobody holds the db open between operations.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -229,6 +230,23 @@ impl From<Vec<PodIntent>> for Intents {
     }
 }
 
+/// The host link a DEL of `key` may remove when the store holds no intent
+/// for it: the link its name would have, unless another pod's intent owns
+/// that name. Runtimes DEL after every failed ADD, also one refused because
+/// its host-link name collided with an existing pod's; that DEL must not
+/// take the other pod's veth. (With no owner the link, if any, is a
+/// half-removed attachment of this key: intents go before their links.)
+pub fn unowned_host_link(key: &PodKey, intents: &[PodIntent]) -> Result<String, PodKey> {
+    let name = host_link_name(&key.container_id, &key.ifname);
+    match intents
+        .iter()
+        .find(|i| i.host_link == name && i.key != *key)
+    {
+        Some(owner) => Err(owner.key.clone()),
+        None => Ok(name),
+    }
+}
+
 /// What [`PodStore::change`] did, and the intents after it.
 #[derive(Debug)]
 pub struct Changed {
@@ -309,7 +327,10 @@ impl PodStore {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        if let Err(e) = fs::write(self.dir.join(CHANGED_FILE), stamp.to_string()) {
+        let path = self.dir.join(CHANGED_FILE);
+        if let Err(e) =
+            open_state_file(&path, true).and_then(|mut f| f.write_all(stamp.to_string().as_bytes()))
+        {
             tracing::warn!("cannot signal the pod-store change: {e}");
         }
     }
@@ -374,6 +395,7 @@ impl PodStore {
                     if is_store {
                         return Ok(true);
                     }
+                    require_safe_state_dir(&path)?;
                 }
                 Ok(_) => return Err(StoreError::NotADirectory { path }),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -628,7 +650,7 @@ impl PodStore {
         let mut marked = 0;
         for link in host_links.iter().filter(|l| is_mark_name(l)) {
             let mark = dir.join(link);
-            File::create(&mark).map_err(io(&mark))?;
+            open_state_file(&mark, true).map_err(io(&mark))?;
             marked += 1;
         }
         Ok(marked)
@@ -780,15 +802,9 @@ impl PodStore {
             let path = path.to_path_buf();
             move |error| StoreError::Io { path, error }
         };
-        create_state_dir(&self.dir).map_err(io(&self.dir))?;
+        create_state_dir(&self.dir)?;
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io(&path))?;
+        let file = open_state_file(&path, false).map_err(io(&path))?;
         let started = Instant::now();
         let mut pause = Duration::from_micros(200);
         loop {
@@ -826,11 +842,22 @@ pub fn check_state_dir(dir: &Path) -> Result<StateDirCheck, StoreError> {
         path: dir.to_path_buf(),
         reason,
     };
+    let us = nix::unistd::geteuid().as_raw();
+    // A symlink as state_dir is fine when we made it; one of another user's
+    // could be pointed elsewhere at any time.
+    if let Ok(link) = fs::symlink_metadata(dir) {
+        if link.file_type().is_symlink() && link.uid() != us {
+            return Err(unsafe_dir(format!(
+                "it is a symlink owned by uid {}, not by us",
+                link.uid()
+            )));
+        }
+    }
     match fs::metadata(dir) {
         Ok(meta) if !meta.is_dir() => Err(StoreError::NotADirectory { path: dir.into() }),
         Ok(meta) => {
             let mode = meta.permissions().mode() & 0o7777;
-            if meta.uid() != nix::unistd::geteuid().as_raw() {
+            if meta.uid() != us {
                 return Err(unsafe_dir(format!(
                     "it is owned by uid {}, not by us",
                     meta.uid()
@@ -899,12 +926,46 @@ pub fn check_state_dir(dir: &Path) -> Result<StateDirCheck, StoreError> {
 }
 
 /// Creates `state_dir` (and missing parents) readable by root alone: it holds
-/// the pod store, the last applied state and the daemon's sockets.
-pub fn create_state_dir(dir: &Path) -> std::io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+/// the pod store, the last applied state and the daemon's sockets. One that
+/// exists is used only if it is safe ([`require_safe_state_dir`]).
+pub fn create_state_dir(dir: &Path) -> Result<(), StoreError> {
+    if let StateDirCheck::WillBeCreated { .. } = check_state_dir(dir)? {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|error| StoreError::Io {
+                path: dir.into(),
+                error,
+            })?;
+    }
+    require_safe_state_dir(dir)
+}
+
+/// Refuses a state_dir that someone else could change under us, with the
+/// message `validate` gives: every path that reads or writes state_dir (the
+/// plugin, the daemon, apply, plan) calls this first. A state_dir a non-root
+/// user made could hold a planted store (pods root would wire) or symlinks
+/// (files root would overwrite).
+pub fn require_safe_state_dir(dir: &Path) -> Result<(), StoreError> {
+    match check_state_dir(dir)? {
+        StateDirCheck::Private | StateDirCheck::ReadableByOthers { .. } => Ok(()),
+        StateDirCheck::WillBeCreated { .. } => Err(StoreError::Io {
+            path: dir.into(),
+            error: std::io::ErrorKind::NotFound.into(),
+        }),
+    }
+}
+
+/// Opens a file in state_dir for writing without following a symlink there.
+fn open_state_file(path: &Path, truncate: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
 }
 
 fn pod_key_bytes(key: &PodKey) -> Vec<u8> {

@@ -314,15 +314,24 @@ pub struct CniOut {
 
 pub fn run_plugin(node_ns: &str, plugin: &str, call: &CniCall, stdin: &str) -> CniOut {
     use std::io::Write as _;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", node_ns, plugin])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", call.command)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    // Every call has a deadline: a hung plugin fails the test (exit 124).
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "--kill-after=5",
+        "60",
+        "ip",
+        "netns",
+        "exec",
+        node_ns,
+        plugin,
+    ])
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .env("CNI_COMMAND", call.command)
+    .env("CNI_PATH", "/usr/lib/cni")
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     if let Some(id) = call.container_id {
         cmd.env("CNI_CONTAINERID", id);
     }
@@ -419,6 +428,22 @@ impl Node {
             .unwrap()
             .len()
     }
+}
+
+/// The addresses (without prefix length) of a CNI ADD result, in order.
+pub fn result_ips(result: &serde_json::Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| {
+            ip["address"]
+                .as_str()?
+                .split('/')
+                .next()
+                .map(str::to_string)
+        })
+        .collect()
 }
 
 /// Runs `f` on a thread inside network namespace `ns` (test plumbing: TCP
