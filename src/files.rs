@@ -35,25 +35,92 @@ pub fn read_existing(paths: &[PathBuf]) -> Vec<ManagedFile> {
 /// `follow`: whether a symlink is followed (the node's /etc/resolv.conf
 /// usually is one; a file of ours never is).
 fn read_regular(path: &Path, follow: bool) -> std::io::Result<String> {
+    let bytes = read_regular_bytes(path, follow, READ_AT_MOST)?;
+    String::from_utf8(bytes).map_err(std::io::Error::other)
+}
+
+/// At most `limit` bytes of a regular file, opened without blocking (a
+/// FIFO there is refused, not waited on).
+fn read_regular_bytes(path: &Path, follow: bool, limit: u64) -> std::io::Result<Vec<u8>> {
     let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nofollow | libc::O_NONBLOCK)
+        .custom_flags(nofollow | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    let mut content = String::new();
-    file.take(READ_AT_MOST).read_to_string(&mut content)?;
+    let mut content = Vec::new();
+    file.take(limit).read_to_end(&mut content)?;
     Ok(content)
+}
+
+/// The node's resolv.conf files are the system's, not ours, and may be long
+/// (comments, search lists); a resolver list is what matters in them.
+const NODE_FILE_AT_MOST: u64 = 1024 * 1024;
+
+/// A node file's lines that are text: one bad byte costs its line (with a
+/// warning), not the whole file.
+fn read_text_lines(path: &Path) -> std::io::Result<String> {
+    let bytes = read_regular_bytes(path, true, NODE_FILE_AT_MOST)?;
+    let mut text = String::with_capacity(bytes.len());
+    for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        match std::str::from_utf8(line) {
+            Ok(line) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            Err(_) => tracing::warn!(
+                "{}:{}: not UTF-8; that line is skipped",
+                path.display(),
+                number + 1
+            ),
+        }
+    }
+    Ok(text)
 }
 
 /// The node's resolvers: its /etc/resolv.conf and, when it exists, the
 /// file `upstream` names (a loopback stub's upstream servers).
 pub fn node_resolvers(upstream: &Path) -> crate::spec::NodeResolvers {
+    let resolv_conf = Path::new("/etc/resolv.conf");
     crate::spec::NodeResolvers {
-        resolv_conf: read_regular(Path::new("/etc/resolv.conf"), true).unwrap_or_default(),
-        upstream: read_regular(upstream, true).ok(),
+        resolv_conf: read_text_lines(resolv_conf)
+            .inspect_err(|e| tracing::warn!("{}: {e}", resolv_conf.display()))
+            .unwrap_or_default(),
+        upstream: read_text_lines(upstream).ok(),
+    }
+}
+
+/// Whether `path` can be bound over a namespace's /etc/resolv.conf: it is
+/// missing (a placeholder is made there then), or a regular file, never a
+/// symlink (its target would be bound), a directory (the bind fails and
+/// tailscaled with it) or a FIFO (its readers would block).
+pub fn bindable_regular_file(path: &Path) -> std::io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => Ok(true),
+        Ok(meta) => Err(std::io::Error::other(format!(
+            "{} is {}, not a regular file; remove it",
+            path.display(),
+            describe(meta.file_type())
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn describe(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_symlink() {
+        "a symlink"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a device"
     }
 }
 
@@ -68,12 +135,16 @@ pub fn write_in_place(path: &Path, content: &str) -> std::io::Result<()> {
             .mode(0o755)
             .create(dir)?;
     }
+    // Non-blocking: a FIFO there (no reader) is an error, not a wait.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     // New bytes first, then the length: a reader never sees an empty file.
     file.write_all(content.as_bytes())?;
     file.set_len(content.len() as u64)?;
@@ -132,5 +203,47 @@ mod tests {
         let read = read_existing(std::slice::from_ref(&link));
         assert!(!read[0].is_owned(), "{:?}", read[0]);
         assert!(write_in_place(&link, "x").is_err());
+    }
+
+    #[test]
+    fn a_bad_byte_costs_its_line_not_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        let mut bytes = b"# comment\nsearch caf\xe9.example\nnameserver 192.0.2.53\n".to_vec();
+        // A nameserver line well past the first 64 KiB is still read.
+        bytes.extend(std::iter::repeat_n(b'#', 70 * 1024));
+        bytes.extend(b"\nnameserver 192.0.2.54\n");
+        std::fs::write(&path, bytes).unwrap();
+        let text = read_text_lines(&path).unwrap();
+        assert!(!text.contains("search"), "the bad line is skipped");
+        assert!(text.contains("nameserver 192.0.2.53\n"));
+        assert!(text.contains("nameserver 192.0.2.54\n"));
+    }
+
+    #[test]
+    fn only_a_regular_file_is_bound_or_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let sub = dir.path().join("dir");
+        std::fs::create_dir(&sub).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        for (path, what) in [
+            (&fifo, "a FIFO"),
+            (&sub, "a directory"),
+            (&link, "a symlink"),
+        ] {
+            let e = bindable_regular_file(path).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        assert!(
+            write_in_place(&fifo, "x").is_err(),
+            "a FIFO is not waited on"
+        );
+        assert!(!bindable_regular_file(&dir.path().join("absent")).unwrap());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(bindable_regular_file(&file).unwrap());
     }
 }

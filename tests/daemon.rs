@@ -517,3 +517,32 @@ fn host_mode_reports_what_the_host_tailscaled_lacks() {
     let text = n.headcni_ok(&["status"], 0);
     assert!(text.contains("host tailnet:"), "{text}");
 }
+
+/// The tailnet namespace's resolv.conf is bound over tailscaled's
+/// /etc/resolv.conf only when it is a regular file: a directory there (the
+/// bind would fail, and tailscaled with it) or a symlink (its target would
+/// be bound) is named in a warning, and tailscaled starts without it.
+/// (Stand-in tailscaled: this is about the supervisor, not the tailnet.)
+#[test]
+fn a_namespace_resolv_conf_that_is_not_a_file_is_not_bound() {
+    for make in ["directory", "symlink"] {
+        let (n, ts) = daemon_mode_node(0o600);
+        let path = std::path::Path::new("/etc/netns")
+            .join(&ts)
+            .join("resolv.conf");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match make {
+            "directory" => std::fs::create_dir(&path).unwrap(),
+            _ => std::os::unix::fs::symlink("/etc/hostname", &path).unwrap(),
+        }
+        let d = Daemon::start(&n);
+        wait_until(Duration::from_secs(10), "tailscaled running", || {
+            status(&n).is_some_and(|s| s["tailscaled"]["running"] == true)
+        });
+        wait_until(Duration::from_secs(5), "the warning", || {
+            d.log()
+                .contains(&format!("is a {make}, not a regular file"))
+        });
+        drop(d);
+    }
+}

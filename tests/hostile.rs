@@ -681,3 +681,107 @@ fn a_stopped_daemon_costs_a_call_its_budget_not_for_ever() {
     assert_eq!(status["cni_calls"], json!(0), "{}", daemon.log());
     assert_eq!(n.owned_links().len(), 2, "both pods are wired");
 }
+
+/// A pod range that holds the node's own uplink address passes as a spec
+/// (nothing in the file is wrong) but is refused on this node by apply,
+/// plan and the plugin, naming the address; and special-purpose or
+/// too-wide ranges are refused by `validate` with file, line and field.
+#[test]
+fn pod_ranges_that_would_take_the_node_s_traffic_are_refused() {
+    let mut n = Node::new();
+    let spec = std::fs::read_to_string(&n.spec).unwrap();
+    std::fs::write(&n.spec, spec.replace(common::POD_CIDR, "203.0.113.0/24")).unwrap();
+    for args in [&["apply"][..], &["plan"]] {
+        let out = n.headcni(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("pod_network.cidr 203.0.113.0/24 holds the node's own address 203.0.113.2/24 of eth0"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let b = n.lab.netns("b");
+    let path = Lab::ns_path(&b);
+    let out = n.cni(&CniCall::add(&b, &path), &n.cni_conf("1.1.0"));
+    assert_eq!(out.json["code"], json!(7), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("203.0.113.2/24 of eth0"),
+        "{}",
+        out.stdout
+    );
+    assert!(n.owned_links().is_empty() && n.owned_routes().is_empty());
+    // The node's way out is untouched.
+    assert!(n.lab.ping(&n.node, "203.0.113.1"));
+
+    for (cidr, says) in [("fe80::/64", "link-local"), ("::/1", "::/8")] {
+        std::fs::write(
+            &n.spec,
+            spec.replace("cidr = \"10.244.0.0/24\"", &format!("cidr6 = \"{cidr}\"")),
+        )
+        .unwrap();
+        let out = n.headcni(&["validate"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{cidr}");
+        assert!(
+            stderr.contains("headcni.toml:")
+                && stderr.contains("pod_network.cidr6")
+                && stderr.contains(says),
+            "{cidr}: {stderr}"
+        );
+    }
+}
+
+/// A pod with CAP_NET_ADMIN renames its eth0 and makes a veth of its own
+/// called eth0 with the same address and routes: the plan sees every
+/// object as desired, and CHECK still says the pod is not wired, because
+/// its eth0 is not the peer of the node's veth.
+#[test]
+fn check_sees_a_pod_s_own_fake_eth0() {
+    let mut n = Node::new();
+    let b = n.lab.netns("b");
+    let path = Lab::ns_path(&b);
+    let conf = n.cni_conf("1.1.0");
+    let out = n.cni(&CniCall::add(&b, &path), &conf);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let ip = common::result_ips(&out.json)[0].clone();
+    // The node-wide objects too (the firewall), so the plan below is empty.
+    n.headcni_ok(&["apply"], 0);
+    let check = CniCall {
+        command: "CHECK",
+        ..CniCall::add(&b, &path)
+    };
+    let out = n.cni(&check, &conf);
+    assert_eq!(out.code, 0, "the real eth0 passes: {}", out.stdout);
+
+    let routes = n.lab.ip(&b, &["-4", "route", "show", "dev", "eth0"]);
+    for args in [
+        vec!["link", "set", "eth0", "down"],
+        vec!["link", "set", "eth0", "name", "eth9"],
+        vec!["route", "flush", "dev", "eth9"],
+        vec![
+            "link", "add", "eth0", "type", "veth", "peer", "name", "fake1",
+        ],
+        vec!["addr", "add", &ip, "dev", "eth0"],
+        vec!["link", "set", "fake1", "up"],
+        vec!["link", "set", "eth0", "up"],
+    ] {
+        n.lab.ip(&b, &args);
+    }
+    // Link routes first, then the default route through them.
+    let mut lines: Vec<&str> = routes.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines.sort_by_key(|l| l.starts_with("default"));
+    for line in lines {
+        let mut args = vec!["route", "add"];
+        args.extend(line.split_whitespace());
+        args.extend(["dev", "eth0"]);
+        n.lab.ip(&b, &args);
+    }
+    n.headcni_ok(&["plan", "--detailed-exitcode"], 0);
+    let out = n.cni(&check, &conf);
+    assert_eq!(out.json["code"], json!(103), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("not the other end of the node's veth"),
+        "{}",
+        out.stdout
+    );
+}

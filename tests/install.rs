@@ -254,6 +254,10 @@ nodes = {
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         name = self.path.rsplit("/", 1)[-1]
+        if name == "moved":
+            self.send_response(302); self.send_header("Location", "https://127.0.0.1:6443/api/v1/nodes/ready"); self.end_headers(); return
+        if name == "noisy":
+            self.send_response(500); self.end_headers(); self.wfile.write(b"\x1b[2J\x1b[31mboom\n" * 100); return
         if self.headers.get("Authorization") != "Bearer lab-token" or name == "secret":
             self.send_response(403); self.end_headers(); self.wfile.write(b'{"kind":"Status","code":403}'); return
         if name not in nodes:
@@ -334,7 +338,7 @@ fn the_pod_cidr_comes_from_the_node_object() {
     )
     .unwrap();
     let install = |node: &str| {
-        let t = Target::new(&dir.join(node));
+        let t = Target::new(&dir.join(node.replace('/', "_")));
         let mut args = vec![
             "netns".to_string(),
             "exec".into(),
@@ -367,10 +371,18 @@ fn the_pod_cidr_comes_from_the_node_object() {
         ("young", "has no spec.podCIDR yet"),
         ("gone", "has no node gone (404)"),
         ("secret", "needs `get` on nodes"),
+        // Never followed, never the other node, never raw escapes.
+        ("moved", "a redirect, which headcni does not follow"),
+        ("x/../ready", "has no node x/../ready (404)"),
+        (
+            "noisy",
+            "answered 500 for node noisy: \\u{1b}[2J\\u{1b}[31mboom\\n",
+        ),
     ] {
         let (t, out) = install(node);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "{node}: {err}");
+        assert!(!err.contains('\u{1b}'), "{node}: no raw escapes: {err:?}");
         assert!(
             !t.conflist().exists() && !t.spec().exists(),
             "{node}: nothing written"

@@ -93,6 +93,7 @@ impl CniError {
                 CniError::new(STORE_FAILURE, crate::Chain(e).to_string())
             }
             EngineError::Observe(o) => CniError::new(OBSERVE_FAILED, crate::Chain(o).to_string()),
+            EngineError::CoversNode(why) => CniError::new(INVALID_CONFIG, why.clone()),
         }
     }
 }

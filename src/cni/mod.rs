@@ -323,6 +323,29 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
                 .with_details(crate::report::text::plan(&pod_steps, false)),
         );
     }
+    // Names alone can lie: a pod may rename its eth0 and make a veth of
+    // its own by that name (the plan then matches while the pod is cut off).
+    match observe::veth_pair(&intent.host_link, &intent.netns, &key.ifname) {
+        Ok(Some(true)) => {}
+        Ok(Some(false)) => {
+            return Err(mismatch(format!(
+                "{} in its namespace is not the other end of the node's veth {}",
+                key.ifname, intent.host_link
+            )))
+        }
+        Ok(None) => {
+            return Err(mismatch(format!(
+                "{} or the node's veth {} is missing",
+                key.ifname, intent.host_link
+            )))
+        }
+        Err(e) => {
+            return Err(CniError::new(
+                error::OBSERVE_FAILED,
+                format!("pod {key}: reading its veth: {}", crate::Chain(&e)),
+            ))
+        }
+    }
     if let Some(listed) = prev_ips {
         for ip in intent.addresses() {
             let want = crate::spec::host_prefix(ip).to_string();

@@ -339,9 +339,10 @@ fn undo_created(spec: &Spec, store: &crate::spec::PodStore, intents: &[PodIntent
 mod tests {
     use super::*;
 
-    fn pending(request: Request) -> Pending {
-        let (answer, _) = oneshot::channel();
-        Pending { request, answer }
+    /// A call, and the plugin's end of it (dropping that withdraws the call).
+    fn pending(request: Request) -> (Pending, oneshot::Receiver<Answer>) {
+        let (answer, waiting) = oneshot::channel();
+        (Pending { request, answer }, waiting)
     }
 
     fn key(id: &str) -> PodKey {
@@ -358,8 +359,11 @@ mod tests {
             key: key(id),
             netns: PathBuf::from("/run/netns/x"),
         };
+        let mut plugins = Vec::new();
         for request in [add("a"), add("b"), Request::Del { key: key("a") }, add("a")] {
-            assert!(queue.push(pending(request)));
+            let (call, plugin) = pending(request);
+            assert!(queue.push(call));
+            plugins.push(plugin);
         }
         let first: Vec<Request> = queue.take().into_iter().map(|p| p.request).collect();
         assert_eq!(first, vec![add("a"), add("b")]);
@@ -368,5 +372,18 @@ mod tests {
         let third: Vec<Request> = queue.take().into_iter().map(|p| p.request).collect();
         assert_eq!(third, vec![add("a")]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_call_whose_plugin_left_is_not_taken() {
+        let queue = Queue::default();
+        let del = |id: &str| Request::Del { key: key(id) };
+        let (a, plugin_a) = pending(del("a"));
+        let (b, gone) = pending(del("b"));
+        assert!(queue.push(a) && queue.push(b));
+        drop(gone);
+        let taken: Vec<Request> = queue.take().into_iter().map(|p| p.request).collect();
+        assert_eq!(taken, vec![del("a")]);
+        drop(plugin_a);
     }
 }

@@ -321,8 +321,13 @@ async fn start(
         .exists()
         .then(|| namespace_resolv_conf_placeholder(&d.resolv_conf_path()))
         .and_then(|made| {
-            made.map_err(|e| tracing::warn!("resolv.conf for {}: {e}", netns_path.display()))
-                .ok()
+            made.map_err(|e| {
+                tracing::warn!(
+                    "resolv.conf for {}: {e}; tailscaled starts without it (it sees the node's)",
+                    netns_path.display()
+                )
+            })
+            .ok()
         });
     let mut child = in_namespace(&d.tailscaled, &args, &netns, resolv.as_deref())
         .spawn()
@@ -384,7 +389,8 @@ async fn stop(child: &mut tokio::process::Child) {
 /// The namespace's resolv.conf path, made (empty but for headcni's mark)
 /// when the reconcile loop has not written it yet.
 fn namespace_resolv_conf_placeholder(path: &Path) -> std::io::Result<PathBuf> {
-    if !path.exists() {
+    // As the reconcile loop: only a regular file of ours, never followed.
+    if !crate::files::bindable_regular_file(path)? {
         let text = format!(
             "{} (filled in by the reconcile loop)\n",
             crate::model::FILE_MARK

@@ -42,6 +42,16 @@ pub enum PodScope {
 }
 
 impl PodScope {
+    /// Whether a pass of this scope may add objects (removals alone are
+    /// safe on any node: they take away only what headcni made).
+    pub fn adds(&self) -> bool {
+        match self {
+            PodScope::All | PodScope::HostOnly => true,
+            PodScope::Pods { wire, .. } => !wire.is_empty(),
+            PodScope::Prune => false,
+        }
+    }
+
     /// One pod's ADD or CHECK.
     pub fn one(key: PodKey) -> PodScope {
         PodScope::Pods {
@@ -69,6 +79,10 @@ pub enum EngineError {
     /// a moved or wiped state_dir must not read as "every pod is gone".
     #[error("no pod store at {}, yet the node has {} pod links headcni made ({}); refusing to remove them on no evidence. If state_dir moved, point it back; if these pods are gone for good, `headcni pod init` creates an empty store and the next apply removes them", store.display(), links.len(), preview(links))]
     NoStore { store: PathBuf, links: Vec<String> },
+    /// The spec's pod ranges hold the node's own uplink: wiring pods would
+    /// take the node's traffic.
+    #[error("{0}")]
+    CoversNode(String),
 }
 
 fn preview(names: &[String]) -> String {

@@ -49,6 +49,11 @@ pub(super) fn observe_and_diff(
         let intents = pods()?;
         let to_observe = namespaces_to_observe(spec, scope, &intents.pods);
         let mut partial = observe::observe_partial(&to_observe, firewall, families)?;
+        if scope.adds() {
+            if let Some(why) = crate::spec::covers_node(spec, &partial.observed.node) {
+                return Err(EngineError::CoversNode(why));
+            }
+        }
         links.take_ready();
         // The files headcni keeps are node-wide objects: looked at (and so
         // written or removed) only by node-wide passes.

@@ -40,6 +40,8 @@ pub enum KubeError {
     NoPodCidr { node: String },
     #[error("asking {url}: {reason}")]
     Transport { url: String, reason: String },
+    #[error("{0:?} is not a node name (NODE_NAME, --node-name)")]
+    BadNodeName(String),
     #[error("node {node}: the answer is not a Node object: {reason}")]
     Decode { node: String, reason: String },
 }
@@ -99,6 +101,9 @@ impl ApiServer {
         Ok(ureq::Agent::config_builder()
             .tls_config(tls)
             .timeout_global(Some(Duration::from_secs(15)))
+            // A redirect is never followed: it could lead off the API
+            // server, or from https to plain http, with the token.
+            .max_redirects(0)
             .http_status_as_error(false)
             .build()
             .into())
@@ -107,7 +112,7 @@ impl ApiServer {
     /// The node's pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`); an
     /// error when it has none yet.
     pub fn node_pod_cidrs(&self, node: &str, ca_path: &Path) -> Result<Vec<String>, KubeError> {
-        let url = format!("{}/api/v1/nodes/{node}", self.url);
+        let url = format!("{}/api/v1/nodes/{}", self.url, path_segment(node)?);
         let transport = |reason: String| KubeError::Transport {
             url: url.clone(),
             reason,
@@ -135,12 +140,48 @@ impl ApiServer {
                 return Err(KubeError::Status {
                     node: node_name,
                     status,
-                    body: body.chars().take(300).collect(),
+                    body: shown_body(status, &body),
                 })
             }
         }
         pod_cidrs_of(node, &body)
     }
+}
+
+/// The node name as one URL path segment: escaped, so that a name holding
+/// `/`, `?` or `#` cannot ask for another object; `.` and `..` alone would
+/// still be path steps and are refused.
+fn path_segment(node: &str) -> Result<String, KubeError> {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    if node.is_empty() || node == "." || node == ".." {
+        return Err(KubeError::BadNodeName(node.to_string()));
+    }
+    Ok(percent_encoding::utf8_percent_encode(node, KEEP).to_string())
+}
+
+/// At most this much of an error answer is shown.
+const SHOWN_BODY_CHARS: usize = 300;
+
+/// An error answer as it may be printed: control characters (terminal
+/// escapes, newlines) escaped, cut to a few hundred characters; a redirect
+/// says it was not followed.
+fn shown_body(status: u16, body: &str) -> String {
+    let mut shown: String = body
+        .chars()
+        .take(SHOWN_BODY_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if body.chars().nth(SHOWN_BODY_CHARS).is_some() {
+        shown.push_str("...");
+    }
+    if (300..400).contains(&status) {
+        shown = format!("a redirect, which headcni does not follow; --kube-api should name the API server itself ({shown})");
+    }
+    shown
 }
 
 #[derive(Deserialize)]
@@ -192,5 +233,25 @@ mod tests {
             pod_cidrs_of("n", none),
             Err(KubeError::NoPodCidr { .. })
         ));
+    }
+
+    #[test]
+    fn the_node_name_is_one_path_segment() {
+        assert_eq!(path_segment("node-1.example").unwrap(), "node-1.example");
+        assert_eq!(path_segment("x/../ready").unwrap(), "x%2F..%2Fready");
+        assert_eq!(path_segment("a?watch=1#b").unwrap(), "a%3Fwatch%3D1%23b");
+        for bad in ["", ".", ".."] {
+            assert!(matches!(path_segment(bad), Err(KubeError::BadNodeName(_))));
+        }
+    }
+
+    #[test]
+    fn an_error_body_is_escaped_and_cut() {
+        let body = "\u{1b}[31mred\nline\r".repeat(100);
+        let shown = shown_body(500, &body);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}[31mred\\n"), "{shown}");
+        assert!(shown.ends_with("..."), "{shown}");
+        assert!(shown_body(302, "").contains("does not follow"));
     }
 }

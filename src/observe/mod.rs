@@ -268,6 +268,45 @@ pub fn link_mac(netns: Option<&Path>, name: &str) -> Result<Option<String>, Netl
     }
 }
 
+/// Whether the link `pod_ifname` in the pod's namespace is the other end of
+/// the node's veth `host_link`: each end's peer index is the other's own,
+/// across namespaces. A veth the pod made and named like ours is not.
+/// Ok(None): one of the two links is missing.
+pub fn veth_pair(
+    host_link: &str,
+    pod_netns: &Path,
+    pod_ifname: &str,
+) -> Result<Option<bool>, NetlinkError> {
+    let one = |netns: Option<&Path>,
+               name: &str|
+     -> Result<Option<(u32, Option<u32>, bool)>, NetlinkError> {
+        let mut nl = match netns {
+            None => Netlink::open_current()?,
+            Some(path) => Netlink::open_in(path)?,
+        };
+        let mut found = None;
+        let request =
+            RouteNetlinkMessage::GetLink(rtnetlink::LinkUnspec::new_with_name(name).build());
+        match nl.query(request, |kind, payload| {
+            if kind == RTM_NEWLINK {
+                found = parse::link(payload).map(|l| (l.index, l.peer_index, l.peer_elsewhere));
+            }
+        }) {
+            Ok(()) => Ok(found),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let (Some(host), Some(pod)) = (one(None, host_link)?, one(Some(pod_netns), pod_ifname)?) else {
+        return Ok(None);
+    };
+    let (host_index, host_peer, host_across) = host;
+    let (pod_index, pod_peer, pod_across) = pod;
+    Ok(Some(
+        host_across && pod_across && host_peer == Some(pod_index) && pod_peer == Some(host_index),
+    ))
+}
+
 /// Names of the links in the caller's namespace (STATUS: is the tailnet interface there?).
 pub fn link_names() -> Result<Vec<String>, NetlinkError> {
     let mut nl = Netlink::open_current()?;

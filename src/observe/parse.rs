@@ -15,8 +15,8 @@ const RTMSG_LEN: usize = 12;
 
 use libc::{
     IFA_ADDRESS, IFA_LABEL, IFA_LOCAL, IFLA_ADDRESS, IFLA_AF_SPEC, IFLA_GROUP, IFLA_IFNAME,
-    IFLA_INFO_KIND, IFLA_LINKINFO, IFLA_MTU, RTA_DST, RTA_GATEWAY, RTA_OIF, RTA_PRIORITY,
-    RTA_TABLE,
+    IFLA_INFO_KIND, IFLA_LINK, IFLA_LINKINFO, IFLA_LINK_NETNSID, IFLA_MTU, RTA_DST, RTA_GATEWAY,
+    RTA_OIF, RTA_PRIORITY, RTA_TABLE,
 };
 
 const IFF_UP: u32 = libc::IFF_UP as u32;
@@ -43,6 +43,10 @@ pub struct IndexedLink<'a> {
     /// Hardware address, for CNI results (not part of the model: never
     /// diffed), raw: formatting it for every link of a dump costs.
     pub mac: Option<&'a [u8]>,
+    /// A veth's peer: its index (IFLA_LINK), and whether it lives in
+    /// another namespace (IFLA_LINK_NETNSID). CHECK compares the two ends.
+    pub peer_index: Option<u32>,
+    pub peer_elsewhere: bool,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -76,12 +80,15 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
     let (mut name, mut mtu, mut kind, mut mac, mut rp_filter) = (None, 0, None, None, None);
     let mut accept_ra = None;
     let mut group = 0;
+    let (mut peer_index, mut peer_elsewhere) = (None, false);
     for (attr, value) in attributes(payload.get(IFINFOMSG_LEN..)?) {
         match attr {
             IFLA_IFNAME => name = Some(c_string(value)),
             IFLA_ADDRESS => mac = Some(value),
             IFLA_MTU => mtu = u32_at(value, 0)?,
             IFLA_GROUP => group = u32_at(value, 0)?,
+            IFLA_LINK => peer_index = u32_at(value, 0),
+            IFLA_LINK_NETNSID => peer_elsewhere = true,
             IFLA_AF_SPEC => {
                 rp_filter = inet_devconf(value, IPV4_DEVCONF_RP_FILTER);
                 accept_ra = inet6_devconf(value, DEVCONF_ACCEPT_RA);
@@ -108,6 +115,8 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
         mac,
         rp_filter,
         accept_ra,
+        peer_index,
+        peer_elsewhere,
     })
 }
 

@@ -6,6 +6,7 @@ mod desired;
 mod error;
 pub mod firewall;
 mod names;
+mod ranges;
 mod raw;
 mod resolv;
 pub mod store;
@@ -22,6 +23,7 @@ pub use desired::{
 };
 pub use error::SpecError;
 pub use names::{host_link_name, validate_container_id, validate_ifname};
+pub use ranges::covers_node;
 pub use resolv::{namespace_resolv_conf, NodeResolvers};
 pub use store::{
     check_state_dir, create_state_dir, require_safe_state_dir, unowned_host_link, Intents,

@@ -62,6 +62,7 @@ struct RawPodNetwork {
     masquerade: Option<Spanned<Masquerade>>,
     mss_clamp: Option<bool>,
     source_check: Option<bool>,
+    allow_wide_cidrs: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -294,17 +295,18 @@ fn validate_pod_network(
     spanned: &Spanned<RawPodNetwork>,
 ) -> Result<PodNetwork, SpecError> {
     let raw = spanned.get_ref();
+    let wide_ok = raw.allow_wide_cidrs.unwrap_or(false);
     let ipv4 = match &raw.cidr {
         None => None,
         Some(v) => {
-            let cidr = pod_cidr(at, v, Family::V4)?;
+            let cidr = pod_cidr(at, v, Family::V4, wide_ok)?;
             let gateway = match &raw.gateway {
                 None => first_host(cidr),
                 Some(gw) => gateway(at, gw, cidr)?,
             };
             let cluster_cidr = match &raw.cluster_cidr {
                 None => None,
-                Some(c) => Some(cluster_cidr(at, c, cidr, Family::V4)?),
+                Some(c) => Some(cluster_cidr(at, c, cidr, Family::V4, wide_ok)?),
             };
             Some(PodRange {
                 cidr,
@@ -316,10 +318,10 @@ fn validate_pod_network(
     let ipv6 = match &raw.cidr6 {
         None => None,
         Some(v) => {
-            let cidr = pod_cidr(at, v, Family::V6)?;
+            let cidr = pod_cidr(at, v, Family::V6, wide_ok)?;
             let cluster_cidr = match &raw.cluster_cidr6 {
                 None => None,
-                Some(c) => Some(cluster_cidr(at, c, cidr, Family::V6)?),
+                Some(c) => Some(cluster_cidr(at, c, cidr, Family::V6, wide_ok)?),
             };
             Some(PodRange {
                 cidr,
@@ -452,9 +454,47 @@ fn network_of(
     Ok(net)
 }
 
-fn pod_cidr(at: &Locator, v: &Spanned<String>, family: Family) -> Result<IpNetwork, SpecError> {
+/// Refuses a pod or cluster CIDR that overlaps a special-purpose range, or
+/// is wider than pods may have unless the spec allows it.
+fn usable_range(
+    at: &Locator,
+    v: &Spanned<String>,
+    field: &str,
+    net: IpNetwork,
+    wide_ok: bool,
+) -> Result<IpNetwork, SpecError> {
+    if let Some(what) = super::ranges::special_purpose(&net) {
+        return Err(at.invalid(
+            v.span(),
+            field,
+            format!("{net} overlaps {what}, which pods cannot use"),
+        ));
+    }
+    if super::ranges::too_wide(&net) && !wide_ok {
+        let widest = match net {
+            IpNetwork::V4(_) => super::ranges::WIDEST_V4,
+            IpNetwork::V6(_) => super::ranges::WIDEST_V6,
+        };
+        return Err(at.invalid(
+            v.span(),
+            field,
+            format!(
+                "{net} is wider than a /{widest}: it would send a large share of all addresses to pods; if that is meant, set pod_network.allow_wide_cidrs = true"
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+fn pod_cidr(
+    at: &Locator,
+    v: &Spanned<String>,
+    family: Family,
+    wide_ok: bool,
+) -> Result<IpNetwork, SpecError> {
     let field = family.cidr_field();
     let cidr = network_of(at, v, field, family)?;
+    let cidr = usable_range(at, v, field, cidr, wide_ok)?;
     if cidr.prefix() > family.longest_prefix() {
         return Err(at.invalid(
             v.span(),
@@ -495,12 +535,14 @@ fn cluster_cidr(
     v: &Spanned<String>,
     cidr: IpNetwork,
     family: Family,
+    wide_ok: bool,
 ) -> Result<IpNetwork, SpecError> {
     let field = match family {
         Family::V4 => "pod_network.cluster_cidr",
         Family::V6 => "pod_network.cluster_cidr6",
     };
     let net = network_of(at, v, field, family)?;
+    let net = usable_range(at, v, field, net, wide_ok)?;
     if !(net.contains(cidr.network()) && net.prefix() <= cidr.prefix()) {
         return Err(at.invalid(
             v.span(),
@@ -887,6 +929,79 @@ via = "203.0.113.1"
         )
         .unwrap();
         assert!(!spec.daemon.transfer_cidr.ip().is_link_local());
+    }
+
+    #[test]
+    fn special_and_wide_pod_ranges_are_refused() {
+        for (from, to, says) in [
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"127.0.0.0/24\"",
+                "loopback",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"169.254.77.0/29\"",
+                "link-local",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"224.0.0.0/24\"",
+                "multicast",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"0.0.0.0/24\"",
+                "this network",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"255.255.255.248/29\"",
+                "broadcast",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"128.0.0.0/1\"",
+                "link-local",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr = \"10.244.0.0/24\"\ncluster_cidr = \"10.0.0.0/7\"",
+                "allow_wide_cidrs",
+            ),
+            ("cidr = \"10.244.0.0/24\"", "cidr6 = \"::/1\"", "::/8"),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr6 = \"fe80::/64\"",
+                "link-local",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr6 = \"ff02::/64\"",
+                "multicast",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr6 = \"::ffff:0:0/104\"",
+                "::/8",
+            ),
+            (
+                "cidr = \"10.244.0.0/24\"",
+                "cidr6 = \"2001:db8::/64\"\ncluster_cidr6 = \"2000::/3\"",
+                "wider than a /32",
+            ),
+        ] {
+            let e = err(&GOOD.replace(from, to)).to_string();
+            assert!(e.contains("pod_network.c") && e.contains(says), "{to}: {e}");
+        }
+        // The opt-in takes a wide range; a special one never.
+        let wide = GOOD.replace(
+            "cidr = \"10.244.0.0/24\"",
+            "cidr = \"10.244.0.0/24\"\ncluster_cidr = \"10.0.0.0/7\"\nallow_wide_cidrs = true",
+        );
+        Spec::parse(&wide, Path::new("x.toml")).unwrap();
+        let e = err(&wide.replace("10.0.0.0/7", "0.0.0.0/0")).to_string();
+        assert!(e.contains("this network"), "{e}");
     }
 
     #[test]
