@@ -3,7 +3,8 @@
 //! 110 DELs, whole processes, for the reference `ptp` + `host-local`,
 //! headcni alone, and headcni with its daemon running; rounds interleaved so
 //! all see the same machine. `cargo bench --bench burst` prints the figures;
-//! HEADCNI_BURST_PODS and HEADCNI_BURST_ROUNDS change the size.
+//! HEADCNI_BURST_PODS and HEADCNI_BURST_ROUNDS change the size;
+//! HEADCNI_BENCH_NO_SOURCE_CHECK=1 turns source validation off.
 
 mod common;
 
@@ -106,8 +107,14 @@ fn main() {
     std::fs::write(
         &spec,
         format!(
-            "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n",
-            state.display()
+            "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n{}",
+            state.display(),
+            // The cost of source validation: the same run with it off.
+            if std::env::var_os("HEADCNI_BENCH_NO_SOURCE_CHECK").is_some() {
+                "source_check = false\n"
+            } else {
+                ""
+            }
         ),
     )
     .expect("spec");

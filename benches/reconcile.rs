@@ -7,6 +7,7 @@
 //! `cargo bench --bench reconcile` prints the figures; docs/benchmarks.md keeps them.
 //! `HEADCNI_BENCH_DUAL_STACK=1`: the pods have IPv6 addresses too (the spec
 //! a `cidr6`), so every pass also dumps and diffs IPv6.
+//! `HEADCNI_BENCH_NO_SOURCE_CHECK=1`: the spec turns source validation off.
 
 mod common;
 
@@ -129,6 +130,10 @@ fn main() {
         "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n".to_string();
     if dual_stack {
         spec_text.push_str("cidr6 = \"fd00:10:244::/64\"\n");
+    }
+    // The cost of source validation: the same run with it off.
+    if std::env::var_os("HEADCNI_BENCH_NO_SOURCE_CHECK").is_some() {
+        spec_text.push_str("source_check = false\n");
     }
     let spec = Spec::parse(&spec_text, Path::new("bench.toml")).unwrap();
     let all: Vec<PodIntent> = (0..10_000)

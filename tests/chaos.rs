@@ -141,6 +141,11 @@ fn chaos_ends_converged_with_everything_accounted_for() {
         })
         .collect();
     let mut daemon = start_daemon(&n);
+    // Before any edit: a daemon whose first read finds an invalid spec
+    // rightly refuses to start.
+    common::wait_until(Duration::from_secs(10), "the daemon's first pass", || {
+        common::status(&n).is_some_and(|s| !s["last_pass"].is_null())
+    });
     let n = Arc::new(n);
     let stop = Arc::new(AtomicBool::new(false));
     let counts = Arc::new(Counts::default());

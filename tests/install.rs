@@ -272,71 +272,113 @@ srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 srv.serve_forever()
 "#;
 
+/// A namespace whose loopback holds a stand-in API server (python, TLS
+/// with a cluster CA of its own) and the service account's files for it.
+struct ApiLab {
+    ns: String,
+    dir: PathBuf,
+    sa: PathBuf,
+}
+
+impl ApiLab {
+    /// The namespace, the CA, the certificate and the token; no server yet.
+    fn new(lab: &mut Lab) -> ApiLab {
+        let ns = lab.netns("api");
+        lab.ip(&ns, &["link", "set", "lo", "up"]);
+        let dir = lab.dir.path().to_path_buf();
+        let sa = dir.join("serviceaccount");
+        std::fs::create_dir_all(&sa).unwrap();
+        // A cluster CA, and the API server's certificate signed by it.
+        let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+        let ca_crt = sa.join("ca.crt").to_str().unwrap().to_string();
+        let openssl = |args: &str| {
+            let args: Vec<&str> = args.split_whitespace().collect();
+            let mut full = vec!["timeout", "60", "openssl"];
+            full.extend(args);
+            sh(&full)
+        };
+        openssl(&format!(
+            "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=lab-ca -keyout {} -out {ca_crt}",
+            p("ca.key")
+        ));
+        openssl(&format!(
+            "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {} -out {}",
+            p("key.pem"),
+            p("server.csr")
+        ));
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&format!(
+            "x509 -req -in {} -CA {ca_crt} -CAkey {} -CAcreateserial -days 1 -extfile {} -out {}",
+            p("server.csr"),
+            p("ca.key"),
+            p("san.ext"),
+            p("server.crt")
+        ));
+        std::fs::write(sa.join("token"), "lab-token\n").unwrap();
+        ApiLab { ns, dir, sa }
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    fn serve(&self) -> common::Procs {
+        let server = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "python3", "-c", API_STANDIN])
+            .arg(self.dir.join("server.crt"))
+            .arg(self.dir.join("key.pem"))
+            .spawn()
+            .unwrap();
+        let server = common::Procs(vec![server]);
+        wait_until(Duration::from_secs(10), "the stand-in API server", || {
+            Command::new("timeout")
+                .args([
+                    "5",
+                    "ip",
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    "python3",
+                    "-c",
+                    "import socket; socket.create_connection(('127.0.0.1', 6443), 1)",
+                ])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        server
+    }
+
+    /// `--from-kubernetes` and its companions, for node `node`.
+    fn render_args(&self, template: &Path, node: &str) -> Vec<String> {
+        vec![
+            "--from-kubernetes".to_string(),
+            format!("--spec-template={}", template.display()),
+            format!("--node-name={node}"),
+            "--kube-api=https://127.0.0.1:6443".into(),
+            format!("--kube-sa-dir={}", self.sa.display()),
+        ]
+    }
+
+    fn template(&self) -> PathBuf {
+        let template = self.dir.join("template.toml");
+        std::fs::write(
+            &template,
+            format!(
+                "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n\n[pod_network]\ncluster_cidr = \"10.244.0.0/16\"\n",
+                self.dir.join("state").display()
+            ),
+        )
+        .unwrap();
+        template
+    }
+}
+
 #[test]
 fn the_pod_cidr_comes_from_the_node_object() {
     common::require_root();
     let mut lab = Lab::new();
-    let ns = lab.netns("api");
-    lab.ip(&ns, &["link", "set", "lo", "up"]);
-    let dir = lab.dir.path().to_path_buf();
-    let sa = dir.join("serviceaccount");
-    std::fs::create_dir_all(&sa).unwrap();
-    // A cluster CA, and the API server's certificate signed by it.
-    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    let ca_crt = sa.join("ca.crt").to_str().unwrap().to_string();
-    let openssl = |args: &str| {
-        let args: Vec<&str> = args.split_whitespace().collect();
-        let mut full = vec!["openssl"];
-        full.extend(args);
-        sh(&full)
-    };
-    openssl(&format!(
-        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=lab-ca -keyout {} -out {ca_crt}",
-        p("ca.key")
-    ));
-    openssl(&format!(
-        "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {} -out {}",
-        p("key.pem"),
-        p("server.csr")
-    ));
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&format!(
-        "x509 -req -in {} -CA {ca_crt} -CAkey {} -CAcreateserial -days 1 -extfile {} -out {}",
-        p("server.csr"),
-        p("ca.key"),
-        p("san.ext"),
-        p("server.crt")
-    ));
-    std::fs::write(sa.join("token"), "lab-token\n").unwrap();
-    let server = Command::new("ip")
-        .args(["netns", "exec", &ns, "python3", "-c", API_STANDIN])
-        .arg(dir.join("server.crt"))
-        .arg(dir.join("key.pem"))
-        .spawn()
-        .unwrap();
-    let _server = common::Procs(vec![server]);
-    wait_until(Duration::from_secs(10), "the stand-in API server", || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "python3",
-                "-c",
-                "import socket; socket.create_connection(('127.0.0.1', 6443), 1)",
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    let template = dir.join("template.toml");
-    std::fs::write(
-        &template,
-        format!(
-            "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n\n[pod_network]\ncluster_cidr = \"10.244.0.0/16\"\n",
-            dir.join("state").display()
-        ),
-    )
-    .unwrap();
+    let api = ApiLab::new(&mut lab);
+    let _server = api.serve();
+    let (ns, dir) = (api.ns.clone(), api.dir.clone());
+    let template = api.template();
     let install = |node: &str| {
         let t = Target::new(&dir.join(node.replace('/', "_")));
         let mut args = vec![
@@ -346,13 +388,7 @@ fn the_pod_cidr_comes_from_the_node_object() {
             headcni_bin().into(),
         ];
         args.extend(t.install_args());
-        args.extend([
-            "--from-kubernetes".to_string(),
-            format!("--spec-template={}", template.display()),
-            format!("--node-name={node}"),
-            "--kube-api=https://127.0.0.1:6443".into(),
-            format!("--kube-sa-dir={}", sa.display()),
-        ]);
+        args.extend(api.render_args(&template, node));
         let out = Command::new("ip")
             .args(&args)
             .env_remove("HEADCNI_SPEC")
@@ -388,4 +424,83 @@ fn the_pod_cidr_comes_from_the_node_object() {
             "{node}: nothing written"
         );
     }
+}
+
+/// An API server outage does not keep a restarted daemon down: with a spec
+/// it rendered earlier on disk it starts on that one (status says so),
+/// and renders anew once the API server answers. A spec headcni did not
+/// render is not taken for one: then the daemon refuses to start.
+#[test]
+fn a_daemon_starts_on_the_spec_rendered_last_while_the_api_server_is_down() {
+    common::require_root();
+    let mut lab = Lab::new();
+    let api = ApiLab::new(&mut lab);
+    let template = api.template();
+    let spec = api.dir.join("headcni.toml");
+    let daemon = |spec_text: &str| {
+        std::fs::write(&spec, spec_text).unwrap();
+        let log = api.dir.join("daemon.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &api.ns, headcni_bin(), "daemon"])
+            .args(api.render_args(&template, "ready"))
+            .env("HEADCNI_SPEC", &spec)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        (common::Procs(vec![child]), log)
+    };
+    let status = || -> Option<serde_json::Value> {
+        let out = Command::new("timeout")
+            .args([
+                "10",
+                "ip",
+                "netns",
+                "exec",
+                &api.ns,
+                headcni_bin(),
+                "status",
+                "--format",
+                "json",
+            ])
+            .env("HEADCNI_SPEC", &spec)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let body = std::fs::read_to_string(&template).unwrap() + "cidr = \"10.244.9.0/24\"\n";
+
+    // Hand-written: not a stand-in for a render.
+    let (mut hand, _) = daemon(&body);
+    wait_until(Duration::from_secs(10), "the daemon refuses", || {
+        matches!(hand.0[0].try_wait(), Ok(Some(_)))
+    });
+    drop(hand);
+
+    let (_daemon, log) = daemon(&format!(
+        "# Rendered by headcni from an earlier run\n{body}"
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        "the daemon on the old spec",
+        || {
+            status().is_some_and(|s| {
+                s["render_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("running on the spec rendered last"))
+                    && !s["last_pass"].is_null()
+            })
+        },
+    );
+    let _server = api.serve();
+    wait_until(
+        Duration::from_secs(30),
+        "the render once the API server answers",
+        || status().is_some_and(|s| s["render_error"].is_null()),
+    );
+    let rendered = std::fs::read_to_string(&spec).unwrap();
+    assert!(rendered.contains("cidr = \"10.244.7.0/24\""), "{rendered}");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("starting on the spec rendered last"), "{log}");
 }

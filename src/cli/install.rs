@@ -36,7 +36,7 @@ pub struct InstallArgs {
 }
 
 /// The spec from a template and the cluster.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct RenderArgs {
     /// A spec template (a ConfigMap's headcni.toml): written as the spec when
     /// the node has none; with --from-kubernetes, rendered with the node's
@@ -94,11 +94,36 @@ impl RenderArgs {
     }
 
     /// For the daemon: the spec rendered and written (when it changed)
-    /// before anything reads it.
-    pub fn render_before_start(&self, spec_path: &Path) -> anyhow::Result<()> {
+    /// before anything reads it. When the cluster cannot be asked (an API
+    /// server outage) but a spec rendered earlier is there, the daemon
+    /// starts on that one and keeps trying (the returned [`Rerender`]):
+    /// a node must not lose its pod network, nor its tailscaled, because
+    /// the control plane is down when the daemon restarts.
+    pub fn render_before_start(
+        &self,
+        spec_path: &Path,
+    ) -> anyhow::Result<Option<headcni::daemon::Rerender>> {
         if !self.from_kubernetes {
-            return Ok(());
+            return Ok(None);
         }
+        match self.render_and_write(spec_path) {
+            Ok(()) => Ok(None),
+            Err(e) if rendered_earlier(spec_path) => {
+                tracing::warn!(
+                    "cannot render the spec from the cluster: {e:#}; starting on the spec rendered last ({})",
+                    spec_path.display()
+                );
+                let (args, path) = (self.clone(), spec_path.to_path_buf());
+                Ok(Some(headcni::daemon::Rerender {
+                    why: format!("{e:#}"),
+                    attempt: Box::new(move || args.render_and_write(&path)),
+                }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn render_and_write(&self, spec_path: &Path) -> anyhow::Result<()> {
         if let Some(SpecContent::Rendered(text)) = self.spec_content(spec_path)? {
             let written = install::atomic::write(spec_path, text.as_bytes(), 0o644)
                 .with_context(|| format!("writing {}", spec_path.display()))?;
@@ -110,6 +135,17 @@ impl RenderArgs {
         }
         Ok(())
     }
+}
+
+/// Whether the spec at `path` is one headcni rendered (its first line says
+/// so): only such a spec stands in for a render that failed; a hand-written
+/// one at that path would be a different node's network.
+fn rendered_earlier(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 64];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .is_ok_and(|n| head[..n].starts_with(install::render::RENDERED_MARK.as_bytes()))
 }
 
 pub fn run_install(cli: &Cli, args: &InstallArgs) -> anyhow::Result<Exit> {

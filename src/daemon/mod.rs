@@ -35,15 +35,33 @@ const FILE_SETTLE: Duration = Duration::from_millis(50);
 /// and those arriving during a pass form the next batch anyway.
 const CNI_SETTLE: Duration = Duration::from_millis(1);
 
-pub fn run(spec_path: &Path) -> anyhow::Result<()> {
+/// A spec the daemon starts on that could not be rendered anew (the API
+/// server out of reach): why, and how to try again. Until `attempt`
+/// succeeds (it writes the spec file, which the file watch then reloads)
+/// the daemon runs on the spec rendered last and its status says so.
+pub struct Rerender {
+    pub why: String,
+    pub attempt: Box<dyn FnMut() -> anyhow::Result<()> + Send>,
+}
+
+/// How often a failed render is tried again: soon at first (an API server
+/// restarting with the node), then at most every minute.
+const RERENDER_FIRST: Duration = Duration::from_secs(1);
+const RERENDER_MAX: Duration = Duration::from_secs(60);
+
+pub fn run(spec_path: &Path, rerender: Option<Rerender>) -> anyhow::Result<()> {
     let spec = Spec::load(spec_path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(main(spec_path.to_path_buf(), spec))
+    runtime.block_on(main(spec_path.to_path_buf(), spec, rerender))
 }
 
-async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
+async fn main(
+    spec_path: PathBuf,
+    mut spec: Spec,
+    rerender: Option<Rerender>,
+) -> anyhow::Result<()> {
     crate::spec::create_state_dir(&spec.state_dir)
         .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", spec.state_dir.display()))?;
     // Held for the daemon's life: a second daemon would take over the
@@ -58,6 +76,9 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
         s.mode = format!("{:?}", spec.mode).to_lowercase();
         s.spec = spec_path.display().to_string();
         s.tailnet_interface.name = spec.tailnet.interface.clone();
+    }
+    if let Some(rerender) = rerender {
+        tokio::spawn(render_until_it_works(rerender, status.clone()));
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -161,6 +182,45 @@ async fn main(spec_path: PathBuf, mut spec: Spec) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&socket);
     }
     Ok(())
+}
+
+/// Tries the render again, with backoff, until it works; the status says
+/// meanwhile that the spec in force is the one rendered last.
+async fn render_until_it_works(rerender: Rerender, status: Shared) {
+    let Rerender { why, mut attempt } = rerender;
+    let set = |text: Option<String>| {
+        if let Ok(mut s) = status.lock() {
+            s.render_error = text;
+        }
+    };
+    set(Some(format!("running on the spec rendered last: {why}")));
+    let mut backoff = Backoff::new(RERENDER_FIRST, RERENDER_MAX);
+    loop {
+        tokio::time::sleep(backoff.next_delay()).await;
+        let tried = tokio::task::spawn_blocking(move || {
+            let result = attempt();
+            (attempt, result)
+        })
+        .await;
+        let Ok((again, result)) = tried else {
+            tracing::error!("rendering the spec panicked; running on the spec rendered last");
+            return;
+        };
+        attempt = again;
+        match result {
+            Ok(()) => {
+                tracing::info!("the spec is rendered from the cluster again");
+                set(None);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot render the spec yet (running on the one rendered last): {e:#}"
+                );
+                set(Some(format!("running on the spec rendered last: {e:#}")));
+            }
+        }
+    }
 }
 
 /// The status and CNI sockets in state_dir, and the metrics listener;
@@ -559,6 +619,9 @@ pub fn print_status(s: &Status) {
     }
     if let Some(e) = &s.spec_error {
         outln!("spec error (running on the last good spec): {e}");
+    }
+    if let Some(e) = &s.render_error {
+        outln!("not rendered from the cluster: {e}");
     }
     if let Some(e) = &s.last_error {
         outln!("last error: {e}");

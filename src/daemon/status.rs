@@ -25,6 +25,10 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Set while the spec file is invalid: the daemon runs on the last good one.
     pub spec_error: Option<String>,
+    /// Set while `--from-kubernetes` cannot render the spec anew (the API
+    /// server out of reach): the daemon runs on the spec rendered last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render_error: Option<String>,
     pub pods: usize,
     /// CNI calls handed to the daemon, and the passes that served them.
     #[serde(default)]

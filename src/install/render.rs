@@ -22,6 +22,9 @@ pub enum RenderError {
     },
 }
 
+/// The first words of every rendered spec.
+pub const RENDERED_MARK: &str = "# Rendered by headcni";
+
 /// `template` with `pod_network.cidr` and `cidr6` set to the node's IPv4
 /// and IPv6 pod CIDRs (a dual-stack cluster's Node has both); checked as a
 /// spec would be at `spec_path`.
@@ -69,7 +72,7 @@ pub fn render_spec(
     let cidrs: Vec<String> = ipv4.iter().chain(&ipv6).map(|c| c.to_string()).collect();
     let body = doc.to_string();
     let text = format!(
-        "# Rendered by headcni from {} for node {node} (spec.podCIDRs {}).\n# Edit the template, not this file: it is rewritten from it.\n{body}",
+        "{RENDERED_MARK} from {} for node {node} (spec.podCIDRs {}).\n# Edit the template, not this file: it is rewritten from it.\n{body}",
         template_path.display(),
         cidrs.join(", ")
     );
