@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{wait_until, Lab, Node};
+use common::{Lab, Node};
 
 /// A small deterministic generator (xorshift): replayable kill timings.
 struct Rng(u64);
@@ -72,12 +72,21 @@ fn spawn_cni(n: &Node, command: &str, ns: &str) -> Child {
 }
 
 fn spawn_headcni(n: &Node, args: &[&str]) -> Child {
+    spawn_headcni_logged(n, args, None)
+}
+
+/// As [`spawn_headcni`], its stderr into `log` when given.
+fn spawn_headcni_logged(n: &Node, args: &[&str], log: Option<&std::path::Path>) -> Child {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+        None => Stdio::null(),
+    };
     Command::new("ip")
         .args(["netns", "exec", &n.node, common::headcni_bin()])
         .args(args)
         .env("HEADCNI_SPEC", &n.spec)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn headcni")
 }
@@ -204,12 +213,25 @@ fn kill_9_anywhere_leaves_a_node_that_converges() {
             add_victim_intent();
             killed += usize::from(kill_after(spawn_headcni(&n, &["daemon"]), rng.below(150)));
             kills += 1;
-            let daemon = spawn_headcni(&n, &["daemon"]);
-            wait_until(
-                Duration::from_secs(5),
-                "the restarted daemon to converge",
-                || n.headcni(&["plan", "--detailed-exitcode"]).status.code() == Some(0),
-            );
+            let log = n.lab.dir.path().join(format!("daemon-{round}.log"));
+            let mut daemon = spawn_headcni_logged(&n, &["daemon"], Some(&log));
+            let started = std::time::Instant::now();
+            // Generous: the other test of this file kills processes beside
+            // this one on a 2-core machine. On failure: why.
+            let converged = || n.headcni(&["plan", "--detailed-exitcode"]).status.code() == Some(0);
+            while !converged() {
+                if started.elapsed() > Duration::from_secs(15) {
+                    let _ = daemon.kill();
+                    let _ = daemon.wait();
+                    panic!(
+                        "round {round}: the restarted daemon did not converge in 15 s (exited: {:?}); plan:\n{}\ndaemon log:\n{}",
+                        daemon.try_wait().ok().flatten(),
+                        String::from_utf8_lossy(&n.headcni(&["plan"]).stdout),
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             kill_after(daemon, 0);
             n.headcni_ok(&["pod", "del", "--id", &victim], 0);
             assert_consistent(&n, &format!("round {round}: killed daemon"));
