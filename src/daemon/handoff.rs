@@ -50,10 +50,7 @@ impl Queue {
         let waiting = queue.len();
         queue.retain(|p| !p.answer.is_closed());
         if queue.len() < waiting {
-            tracing::info!(
-                "dropped {} CNI calls whose plugins stopped waiting (they wire the pod themselves)",
-                waiting - queue.len()
-            );
+            log_withdrawn(waiting - queue.len());
         }
         let mut seen = std::collections::HashSet::new();
         let cut = queue
@@ -67,6 +64,22 @@ impl Queue {
     pub fn is_empty(&self) -> bool {
         self.0.lock().map_or(true, |q| q.is_empty())
     }
+}
+
+fn log_withdrawn(calls: usize) {
+    tracing::info!(
+        "dropped {calls} CNI calls whose plugins stopped waiting (they wire the pod themselves)"
+    );
+}
+
+/// Whether the client's end is already closed (or it sent more than its one
+/// line), polled once without waiting. The request line was just read, so
+/// the socket's readiness is still set and this read reaches the kernel.
+async fn already_closed<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> bool {
+    use std::future::Future;
+    let mut rest = [0u8; 1];
+    let mut read = std::pin::pin!(reader.read(&mut rest));
+    std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx).is_ready())).await
 }
 
 /// Serves the handoff socket: root-only, in state_dir (0700 already).
@@ -110,6 +123,14 @@ pub async fn serve(
             // the kernel passes the plugin's own checks here too.
             if let Some(answer) = check(&request) {
                 return write_answer(&mut write, &answer).await;
+            }
+            // A plugin that gave up while its request sat in the listen
+            // backlog (the daemon stopped or busy) has closed its end and
+            // wired the pod itself: the call is withdrawn before it is
+            // queued, not raced against the next batch.
+            if already_closed(&mut reader).await {
+                log_withdrawn(1);
+                return;
             }
             let (answer_tx, answer_rx) = oneshot::channel();
             if !queue.push(Pending {
@@ -385,5 +406,24 @@ mod tests {
         let taken: Vec<Request> = queue.take().into_iter().map(|p| p.request).collect();
         assert_eq!(taken, vec![del("a")]);
         drop(plugin_a);
+    }
+
+    /// A plugin that closed its end before the daemon read its request
+    /// (it gave up while the call sat in the backlog) is seen at once; one
+    /// still waiting is not, and the check does not wait for it.
+    #[tokio::test]
+    async fn a_request_whose_plugin_already_left_is_seen_without_waiting() {
+        for plugin_left in [true, false] {
+            let (daemon_end, mut plugin) = tokio::net::UnixStream::pair().unwrap();
+            plugin.write_all(b"{}\n").await.unwrap();
+            if plugin_left {
+                plugin.shutdown().await.unwrap();
+            }
+            let mut reader = BufReader::new(daemon_end);
+            let mut line = Vec::new();
+            reader.read_until(b'\n', &mut line).await.unwrap();
+            assert_eq!(already_closed(&mut reader).await, plugin_left);
+            drop(plugin);
+        }
     }
 }
