@@ -25,6 +25,7 @@ pub mod observe;
 pub mod report;
 pub mod snapshot;
 pub mod spec;
+pub mod store;
 
 /// An error with its causes, "what failed: why: why that", as headcni shows
 /// every error that leaves the library (CLI, CNI JSON, daemon status and

@@ -21,6 +21,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The file's text without its `#[cfg(test)]` module (tests may do IO).
+/// (The kernel check below still reads text; the purity check reads Rust.)
 fn code_of(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     match text.find("#[cfg(test)]\nmod ") {
@@ -36,51 +37,288 @@ fn relative(path: &Path) -> String {
         .into_owned()
 }
 
-/// spec/, diff/, drift.rs, report/ and model.rs are pure: they import no
-/// module that reads or changes the machine.
-#[test]
-fn the_pure_parts_import_no_io() {
-    const IO_MODULES: &[&str] = &[
-        "crate::observe",
-        "crate::apply",
-        "crate::netlink",
-        "crate::nft",
-        "crate::daemon",
-        "crate::engine",
-        "crate::files",
-        "crate::cni",
-        "crate::install",
-        "crate::hosttailnet",
-    ];
-    let mut files = Vec::new();
-    for dir in ["spec", "diff", "report"] {
-        rust_files(&src().join(dir), &mut files);
+/// The pure parts: they compute, and never read or change the machine.
+const PURE: &[&str] = &["spec", "diff", "report", "drift", "model"];
+
+/// What a pure part must not name, with why. A path is forbidden when it
+/// starts with one of these (as resolved from the file's module: `super::`,
+/// `self::` and `crate::` are followed).
+const IO_PATHS: &[(&str, &str)] = &[
+    ("std::fs", "files"),
+    ("std::process", "processes"),
+    ("std::env", "the environment"),
+    ("std::os", "file descriptors, unix sockets, file modes"),
+    ("std::net::TcpStream", "sockets"),
+    ("std::net::TcpListener", "sockets"),
+    ("std::net::UdpSocket", "sockets"),
+    ("std::io::stdin", "the terminal"),
+    ("std::io::stdout", "the terminal"),
+    ("std::io::stderr", "the terminal"),
+    (
+        "std::time::Instant",
+        "the clock: a pure part is deterministic",
+    ),
+    (
+        "std::time::SystemTime",
+        "the clock: a pure part is deterministic",
+    ),
+    ("std::thread::sleep", "waiting"),
+    ("libc", "system calls"),
+    ("nix", "system calls"),
+    ("sled", "the store"),
+    ("tokio", "the runtime"),
+    ("notify", "file watches"),
+    ("ureq", "HTTP"),
+    ("rtnetlink", "netlink"),
+    ("netlink_sys", "netlink"),
+    ("netlink_proto", "netlink"),
+    ("nftables::helper", "the nft process"),
+    ("tracing_subscriber", "log output"),
+    ("crate::observe", "the kernel"),
+    ("crate::apply", "the kernel"),
+    ("crate::netlink", "the kernel"),
+    ("crate::nft", "the kernel"),
+    ("crate::files", "files"),
+    ("crate::store", "the store"),
+    ("crate::snapshot", "files"),
+    ("crate::engine", "the pass"),
+    ("crate::daemon", "the daemon"),
+    ("crate::cni", "the CNI edge"),
+    ("crate::install", "the install edge"),
+    ("crate::hosttailnet", "the host tailscaled"),
+    ("crate::stdout", "the terminal"),
+    ("crate::fuzzing", "the fuzz edge"),
+];
+
+/// Macros that print: output is the edge's job.
+const IO_MACROS: &[&str] = &[
+    "print", "println", "eprint", "eprintln", "dbg", "out", "outln",
+];
+
+/// A module as the compiler sees it: its path from the crate root and the
+/// file holding it.
+struct Module {
+    path: Vec<String>,
+    file: PathBuf,
+}
+
+fn cfg_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("cfg") && a.parse_args::<syn::Ident>().is_ok_and(|i| i == "test")
+    })
+}
+
+fn parse(file: &Path) -> syn::File {
+    let text = std::fs::read_to_string(file).unwrap();
+    syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+/// Every module compiled outside tests, from `root` down its `mod x;`
+/// declarations (a `#[cfg(test)] mod x;` and its file are left out).
+fn modules_from(root: &Path) -> Vec<Module> {
+    let mut out = Vec::new();
+    let mut todo = vec![(vec!["crate".to_string()], root.to_path_buf())];
+    while let Some((path, file)) = todo.pop() {
+        let dir = match file.file_name().and_then(|n| n.to_str()) {
+            Some("lib.rs" | "mod.rs") => file.parent().unwrap().to_path_buf(),
+            _ => file.with_extension(""),
+        };
+        for item in parse(&file).items {
+            if let syn::Item::Mod(m) = item {
+                if m.content.is_some() || cfg_test(&m.attrs) {
+                    continue;
+                }
+                let name = m.ident.to_string();
+                let flat = dir.join(format!("{name}.rs"));
+                let child = if flat.exists() {
+                    flat
+                } else {
+                    dir.join(&name).join("mod.rs")
+                };
+                let mut child_path = path.clone();
+                child_path.push(name);
+                todo.push((child_path, child));
+            }
+        }
+        out.push(Module { path, file });
     }
-    files.push(src().join("drift.rs"));
-    files.push(src().join("model.rs"));
+    out
+}
+
+/// The forbidden paths a file names outside its `#[cfg(test)]` items, as
+/// "path (why)".
+fn io_named(module: &[String], mut file: syn::File) -> Vec<String> {
+    struct Names<'a> {
+        module: Vec<String>,
+        found: &'a mut Vec<String>,
+    }
+    impl Names<'_> {
+        fn check(&mut self, segments: Vec<String>) {
+            let mut resolved: Vec<String> = Vec::new();
+            for (i, s) in segments.iter().enumerate() {
+                match s.as_str() {
+                    "crate" if i == 0 => resolved.push(s.clone()),
+                    "self" if i == 0 => resolved.extend(self.module.iter().cloned()),
+                    "super"
+                        if i == 0
+                            || resolved.len() > 1 && segments[..i].iter().all(|s| s == "super") =>
+                    {
+                        if i == 0 {
+                            resolved.extend(self.module.iter().cloned());
+                        }
+                        resolved.pop();
+                    }
+                    _ => resolved.push(s.clone()),
+                }
+            }
+            for (prefix, why) in IO_PATHS {
+                let prefix: Vec<&str> = prefix.split("::").collect();
+                if resolved.len() >= prefix.len()
+                    && resolved.iter().zip(&prefix).all(|(a, b)| a == b)
+                {
+                    self.found.push(format!("{} ({why})", resolved.join("::")));
+                }
+            }
+        }
+        fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
+            match tree {
+                syn::UseTree::Path(p) => {
+                    prefix.push(p.ident.to_string());
+                    self.use_tree(prefix, &p.tree);
+                    prefix.pop();
+                }
+                syn::UseTree::Name(n) => {
+                    let mut full = prefix.clone();
+                    if n.ident != "self" {
+                        full.push(n.ident.to_string());
+                    }
+                    self.check(full);
+                }
+                syn::UseTree::Rename(r) => {
+                    let mut full = prefix.clone();
+                    full.push(r.ident.to_string());
+                    self.check(full);
+                }
+                syn::UseTree::Glob(_) => self.check(prefix.clone()),
+                syn::UseTree::Group(g) => g.items.iter().for_each(|t| self.use_tree(prefix, t)),
+            }
+        }
+    }
+    impl syn::visit_mut::VisitMut for Names<'_> {
+        fn visit_item_mut(&mut self, item: &mut syn::Item) {
+            let attrs = match item {
+                syn::Item::Fn(i) => &i.attrs,
+                syn::Item::Mod(i) => &i.attrs,
+                syn::Item::Impl(i) => &i.attrs,
+                syn::Item::Use(i) => &i.attrs,
+                syn::Item::Const(i) => &i.attrs,
+                syn::Item::Static(i) => &i.attrs,
+                syn::Item::Struct(i) => &i.attrs,
+                syn::Item::Enum(i) => &i.attrs,
+                syn::Item::Trait(i) => &i.attrs,
+                syn::Item::Macro(i) => &i.attrs,
+                _ => return syn::visit_mut::visit_item_mut(self, item),
+            };
+            if cfg_test(attrs) {
+                return;
+            }
+            if let syn::Item::Mod(m) = item {
+                if m.content.is_some() {
+                    self.module.push(m.ident.to_string());
+                    syn::visit_mut::visit_item_mod_mut(self, m);
+                    self.module.pop();
+                    return;
+                }
+            }
+            syn::visit_mut::visit_item_mut(self, item)
+        }
+        fn visit_item_use_mut(&mut self, item: &mut syn::ItemUse) {
+            let mut prefix = Vec::new();
+            self.use_tree(&mut prefix, &item.tree);
+        }
+        fn visit_path_mut(&mut self, path: &mut syn::Path) {
+            self.check(path.segments.iter().map(|s| s.ident.to_string()).collect());
+            syn::visit_mut::visit_path_mut(self, path)
+        }
+        fn visit_macro_mut(&mut self, mac: &mut syn::Macro) {
+            if let Some(name) = mac.path.get_ident() {
+                if IO_MACROS.iter().any(|m| name == m) {
+                    self.found.push(format!("{name}! (output)"));
+                }
+            }
+            syn::visit_mut::visit_macro_mut(self, mac)
+        }
+    }
     let mut found = Vec::new();
-    for file in &files {
-        let name = relative(file);
-        // The pod store is spec's one IO part (sled), by design; golden and
-        // property tests read files.
-        if matches!(
-            name.as_str(),
-            "spec/store.rs" | "diff/golden.rs" | "diff/tests.rs"
-        ) {
+    syn::visit_mut::VisitMut::visit_file_mut(
+        &mut Names {
+            module: module.to_vec(),
+            found: &mut found,
+        },
+        &mut file,
+    );
+    found
+}
+
+/// spec/, diff/, report/, drift.rs and model.rs name nothing that reads or
+/// changes the machine: no IO crate, no std module that does IO, no clock,
+/// no printing, no module of headcni's own that does any of it. Read as
+/// Rust (syn), so `use std::{fs, ..}`, `super::super::files`, a path in an
+/// expression and code after a file's test module are all seen.
+#[test]
+fn the_pure_parts_name_no_io() {
+    let mut found = Vec::new();
+    for module in modules_from(&src().join("lib.rs")) {
+        if !PURE.contains(&module.path.get(1).map_or("", String::as_str)) {
             continue;
         }
-        let code = code_of(file);
-        for module in IO_MODULES {
-            if code.contains(module) {
-                found.push(format!("{name} uses {module}"));
-            }
+        let name = relative(&module.file);
+        for hit in io_named(&module.path, parse(&module.file)) {
+            found.push(format!("{name}: {hit}"));
         }
     }
     assert!(
         found.is_empty(),
-        "pure modules doing IO:\n{}",
+        "pure modules naming IO (move it to the edge that calls them):\n{}",
         found.join("\n")
     );
+}
+
+/// The check fails on a planted breach of each kind, and passes what is
+/// allowed (the same names in a test module, pure std).
+#[test]
+fn the_purity_check_sees_each_kind_of_breach() {
+    let planted = r#"
+        use std::{collections::BTreeMap, fs};
+        use super::super::files::read_existing;
+        use crate::netlink as kernel;
+        use std::os::unix::fs::PermissionsExt;
+        pub fn f() {
+            let _ = std::process::Command::new("nft");
+            let _ = std::time::Instant::now();
+            println!("hi");
+        }
+        #[cfg(test)]
+        mod tests {
+            use std::fs;
+        }
+        pub fn g() {
+            let _ = nix::unistd::getpid();
+        }
+    "#;
+    let module = ["crate", "spec", "raw"].map(String::from);
+    let found = io_named(&module, syn::parse_file(planted).unwrap());
+    let expect = [
+        "std::fs (files)",
+        "crate::files::read_existing (files)",
+        "crate::netlink (the kernel)",
+        "std::os::unix::fs::PermissionsExt (file descriptors, unix sockets, file modes)",
+        "std::process::Command::new (processes)",
+        "std::time::Instant::now (the clock: a pure part is deterministic)",
+        "println! (output)",
+        "nix::unistd::getpid (system calls)",
+    ];
+    assert_eq!(found, expect.map(String::from).to_vec());
 }
 
 /// Kernel access lives in netlink/ (and observe/apply through it); the

@@ -13,7 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use headcni::{out, outln};
 
-use headcni::spec::{PodStore, Spec, DEFAULT_SPEC_PATH};
+use headcni::spec::{Spec, DEFAULT_SPEC_PATH};
+use headcni::store::PodStore;
 
 #[derive(Parser)]
 #[command(
@@ -183,9 +184,9 @@ impl Cli {
 /// state_dir must be usable before anything relies on it: a directory only
 /// we can write (or one we can create), holding a store that reads.
 fn state_dir_report(spec: &Spec) -> anyhow::Result<String> {
-    use headcni::spec::StateDirCheck;
+    use headcni::store::StateDirCheck;
     let context = || format!("{}: state_dir", spec.source.display());
-    let check = headcni::spec::check_state_dir(&spec.state_dir).with_context(context)?;
+    let check = headcni::store::check_state_dir(&spec.state_dir).with_context(context)?;
     let pods = spec.pod_store().read().with_context(context)?;
     let stored = match pods.missing_store {
         Some(_) => "no pod store yet".to_string(),

@@ -13,7 +13,8 @@ use headcni::engine::{self, Applied, PodScope};
 use headcni::observe::Observed;
 use headcni::report;
 use headcni::snapshot::{self, Fingerprints, LastApplied, ObservedDoc, SavedPlan};
-use headcni::spec::{compile, Desired, Intents, PodIntent, Spec, StoreError};
+use headcni::spec::{compile, Desired, Intents, PodIntent, Spec};
+use headcni::store::StoreError;
 
 use super::{Cli, Exit};
 
@@ -174,7 +175,7 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
             tracing::warn!("host tailnet: {finding}");
         }
     }
-    let color = report::want_color();
+    let color = want_color();
     if args.drift {
         let last = inputs.last.as_ref().map(|l| (&l.desired, l.applied_at));
         let drift = drift::report(last, &inputs.desired, &inputs.observed);
@@ -230,7 +231,7 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
         None => engine::apply(&spec, &pods, &scope(args.host_only))?,
         Some(file) => apply_saved(&spec, &pods, file)?,
     };
-    let color = report::want_color();
+    let color = want_color();
     match args.format {
         ReportFormat::Text => {
             out!("{}", report::text::plan(&applied.plan, color));
@@ -268,7 +269,7 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     }
     if applied.converged() {
         let record = LastApplied::new(&spec, &applied.pods, applied.desired.clone());
-        if let Err(e) = headcni::spec::create_state_dir(&spec.state_dir)
+        if let Err(e) = headcni::store::create_state_dir(&spec.state_dir)
             .map_err(anyhow::Error::from)
             .and_then(|()| {
                 snapshot::save(&LastApplied::path(&spec.state_dir), &record)
@@ -327,4 +328,10 @@ fn apply_saved(spec: &Spec, pods: engine::PodSource, file: &Path) -> anyhow::Res
         observed_after: again.observed,
         apply_took,
     })
+}
+
+/// Colour for people at a terminal who have not asked for none.
+fn want_color() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

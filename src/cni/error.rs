@@ -75,8 +75,8 @@ impl std::fmt::Display for CniError {
 impl CniError {
     /// A store failure: try again later while another process holds the
     /// lock, the pool's own code when it is exhausted.
-    pub fn from_store(e: &crate::spec::StoreError) -> CniError {
-        use crate::spec::StoreError;
+    pub fn from_store(e: &crate::store::StoreError) -> CniError {
+        use crate::store::StoreError;
         let code = match e {
             StoreError::LockTimeout { .. } => TRY_AGAIN_LATER,
             StoreError::Exhausted { .. } => POOL_EXHAUSTED,
@@ -98,8 +98,8 @@ impl CniError {
     }
 }
 
-impl From<crate::spec::StoreError> for CniError {
-    fn from(e: crate::spec::StoreError) -> Self {
+impl From<crate::store::StoreError> for CniError {
+    fn from(e: crate::store::StoreError) -> Self {
         CniError::from_store(&e)
     }
 }

@@ -134,7 +134,7 @@ pub enum Handoff {
 pub fn ask(state_dir: &Path, request: &Request, within: Duration) -> Handoff {
     // Whoever could plant a socket in an unsafe state_dir could answer for
     // the daemon; the store refuses such a state_dir with the reason.
-    if crate::spec::require_safe_state_dir(state_dir).is_err() {
+    if crate::store::require_safe_state_dir(state_dir).is_err() {
         return Handoff::NoDaemon;
     }
     let path = socket_path(state_dir);

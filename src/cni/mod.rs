@@ -26,7 +26,8 @@ use error::CniError;
 use crate::engine::{self, PodScope};
 use crate::model::{Attachment, PodKey};
 use crate::observe;
-use crate::spec::{alloc, unowned_host_link, Mode, PodIntent, PodStore, Spec};
+use crate::spec::{alloc, unowned_host_link, Mode, PodIntent, Spec};
+use crate::store::PodStore;
 
 /// The newest version, for answers when the request's version is unknown.
 const LATEST: &str = "1.1.0";

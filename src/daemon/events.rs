@@ -124,7 +124,7 @@ pub fn watch_files(
 ) -> notify::Result<notify::RecommendedWatcher> {
     let spec_name = spec.file_name().map(|n| n.to_os_string());
     // Not the db itself: sled touches its files on every open, reads included.
-    let store: PathBuf = state_dir.join(crate::spec::store::CHANGED_FILE);
+    let store: PathBuf = state_dir.join(crate::store::CHANGED_FILE);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         if event.kind.is_access() {
@@ -148,7 +148,7 @@ pub fn watch_files(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     watcher.watch(spec_dir, RecursiveMode::NonRecursive)?;
-    crate::spec::create_state_dir(state_dir).ok();
+    crate::store::create_state_dir(state_dir).ok();
     watcher.watch(state_dir, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }

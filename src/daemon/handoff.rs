@@ -350,7 +350,7 @@ fn answer(batch: Vec<Pending>, verdicts: Verdicts) {
 }
 
 /// Takes back the intents this batch created for calls that failed.
-fn undo_created(spec: &Spec, store: &crate::spec::PodStore, intents: &[PodIntent]) {
+fn undo_created(spec: &Spec, store: &crate::store::PodStore, intents: &[PodIntent]) {
     for intent in intents {
         crate::cni::undo(spec, store, &intent.key(), &intent.host_link);
     }

@@ -62,7 +62,7 @@ async fn main(
     mut spec: Spec,
     rerender: Option<Rerender>,
 ) -> anyhow::Result<()> {
-    crate::spec::create_state_dir(&spec.state_dir)
+    crate::store::create_state_dir(&spec.state_dir)
         .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", spec.state_dir.display()))?;
     // Held for the daemon's life: a second daemon would take over the
     // sockets and delete them when it exits.

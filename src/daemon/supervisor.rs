@@ -301,7 +301,7 @@ async fn start(
     if let Some(key) = &d.auth_key_file {
         check_key_file(key)?;
     }
-    crate::spec::create_state_dir(&spec.state_dir.join("tailscaled"))
+    crate::store::create_state_dir(&spec.state_dir.join("tailscaled"))
         .map_err(|e| format!("state dir: {e}"))?;
     let netns =
         std::fs::File::open(netns_path).map_err(|e| format!("{}: {e}", netns_path.display()))?;

@@ -18,7 +18,8 @@ use crate::apply::{self, ApplyReport};
 use crate::diff::{diff, Action, Object, Plan};
 use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
 use crate::observe::{self, Firewall, ObserveError, Observed};
-use crate::spec::{compile_on, Desired, Intents, PodIntent, Spec, StoreError};
+use crate::spec::{compile_on, Desired, Intents, PodIntent, Spec};
+use crate::store::StoreError;
 
 mod staged;
 
@@ -106,7 +107,7 @@ pub struct Planned {
 
 /// Where a pass gets the pod intents from; called again before removals.
 /// `Vec<PodIntent>` converts into complete [`Intents`] (`.into()`); a store
-/// says itself whether it exists ([`crate::spec::PodStore::read`]).
+/// says itself whether it exists ([`crate::store::PodStore::read`]).
 pub type PodSource<'a> = &'a dyn Fn() -> Result<Intents, StoreError>;
 
 pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, EngineError> {
@@ -321,7 +322,7 @@ pub fn purge(spec: &Spec) -> Result<(Plan, crate::apply::ApplyReport), EngineErr
 /// `observed` shows gone (a DEL whose process died before it could say so).
 /// A link still there keeps its address: its DEL is under way.
 pub fn release_gone(
-    store: &crate::spec::PodStore,
+    store: &crate::store::PodStore,
     observed: &Observed,
 ) -> Result<usize, StoreError> {
     let held = store.releasing()?;

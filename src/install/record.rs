@@ -52,7 +52,7 @@ impl Record {
             reason: e.to_string(),
         })?;
         if let Some(dir) = path.parent() {
-            crate::spec::create_state_dir(dir).map_err(|e| InstallError::Record {
+            crate::store::create_state_dir(dir).map_err(|e| InstallError::Record {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;

@@ -27,12 +27,6 @@ pub fn plan(plan: &Plan, desired: &Desired, format: Format, color: bool) -> Stri
     }
 }
 
-/// Colour for people at a terminal who have not asked for none.
-pub fn want_color() -> bool {
-    use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
 /// Renders a drift report. `last` is the last applied desired state (if any),
 /// `now` the desired state of the current spec and intents.
 pub fn drift(

@@ -1,15 +1,16 @@
-//! The node spec a person edits (TOML), its validation, the pod-intent store,
-//! and the pure compile `Spec + pods -> Desired`.
+//! The node spec a person edits (TOML), its validation, and the pure
+//! compile `Spec + pod intents -> Desired`. Pure: reading the file is
+//! `files::spec` (the kernel layer), the intents' store is `store`.
 
 pub mod alloc;
 mod desired;
 mod error;
 pub mod firewall;
+mod intent;
 mod names;
 mod ranges;
 mod raw;
 mod resolv;
-pub mod store;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -22,13 +23,10 @@ pub use desired::{
     TAILNET_MTU, TAILNET_PEER_LINK,
 };
 pub use error::SpecError;
+pub use intent::{unowned_host_link, Intents, PodIntent};
 pub use names::{host_link_name, validate_container_id, validate_ifname};
 pub use ranges::covers_node;
 pub use resolv::{namespace_resolv_conf, NodeResolvers};
-pub use store::{
-    check_state_dir, create_state_dir, require_safe_state_dir, unowned_host_link, Intents,
-    PodIntent, PodStore, StateDirCheck, StoreError,
-};
 
 /// Default location of the spec; `--spec` or `HEADCNI_SPEC` override it.
 pub const DEFAULT_SPEC_PATH: &str = "/etc/headcni/headcni.toml";
@@ -263,71 +261,7 @@ pub struct ExtraRoute {
 /// A spec is never more than this; anything larger is not a spec.
 pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 
-/// Reads a spec file: a regular file of bounded size. A FIFO would block
-/// the daemon until someone writes to it, `/dev/zero` would fill memory.
-fn read_spec_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        // Opening a FIFO without a writer would wait; this only opens.
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    if meta.len() > MAX_SPEC_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} bytes; a spec is at most {MAX_SPEC_BYTES}", meta.len()),
-        ));
-    }
-    let mut text = String::new();
-    file.take(MAX_SPEC_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_SPEC_BYTES {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("grew past {MAX_SPEC_BYTES} bytes while being read"),
-        ));
-    }
-    Ok(text)
-}
-
 impl Spec {
-    /// Reads and validates the spec at `path`.
-    pub fn load(path: &Path) -> Result<Spec, SpecError> {
-        let text = read_spec_file(path).map_err(|error| SpecError::Read {
-            file: path.to_path_buf(),
-            error,
-        })?;
-        Spec::parse(&text, path)
-    }
-
-    /// Where the state lives, even when the spec is invalid: `headcni status`
-    /// must reach a daemon that is reporting exactly that. Reads `state_dir`
-    /// leniently, else the default.
-    pub fn state_dir_of(path: &Path) -> PathBuf {
-        read_spec_file(path)
-            .ok()
-            .and_then(|text| text.parse::<toml::Table>().ok())
-            .and_then(|t| {
-                t.get("state_dir")
-                    .and_then(|v| v.as_str())
-                    .map(PathBuf::from)
-            })
-            .filter(|p| p.is_absolute())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-    }
-
-    /// The node's one pod store: in `state_dir`, allocating from the pod CIDR.
-    pub fn pod_store(&self) -> PodStore {
-        PodStore::new(&self.state_dir, store::Pools::of(&self.pod_network))
-    }
-
     /// Parses and validates spec text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Spec, SpecError> {
         raw::parse(text, path)

@@ -6,200 +6,40 @@
 //! opens the db, does its work in one atomic batch, flushes, and closes again.
 //! Nobody holds the db open between operations.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+mod error;
+mod layout;
+mod pools;
+mod state_dir;
+
+use std::fs::{self, File, TryLockError};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
 
-use super::alloc;
-use super::names::host_link_name;
 use crate::model::PodKey;
+use crate::spec::{alloc, host_link_name, Intents, PodIntent, Spec};
+pub use error::StoreError;
+use layout::*;
+pub use pools::{Pool, Pools};
+use state_dir::open_state_file;
+pub use state_dir::{check_state_dir, create_state_dir, require_safe_state_dir, StateDirCheck};
 
 const DB_DIR: &str = "pods.db";
 const LOCK_FILE: &str = "pods.lock";
 /// Rewritten after every committed change; watchers (the daemon) watch this
 /// file, because sled touches its own files on every open, reads included.
 pub const CHANGED_FILE: &str = "pods.changed";
-const POD_PREFIX: &[u8] = b"pod\0";
-const IP_PREFIX: &[u8] = b"ip\0";
-/// Host links of removed attachments whose address stays allocated until
-/// the link is known gone (`release`): no address is handed out again while
-/// a kernel object may still use it.
-const RELEASING_PREFIX: &[u8] = b"releasing\0";
 /// Marks of released links, folded in by the next operation (`release`).
 const RELEASED_DIR: &str = "released";
-/// A family's bookkeeping keys: the pod CIDR the store allocates from (a
-/// store holding pods is never used with another: their addresses would be
-/// handed out twice or not routed), the last address handed out and the
-/// last one freed.
-struct FamilyKeys {
-    cidr: &'static [u8],
-    cursor: &'static [u8],
-    last_freed: &'static [u8],
-}
-
-/// IPv4's keys are those of the stores from before IPv6.
-const V4_KEYS: FamilyKeys = FamilyKeys {
-    cidr: b"meta\0cidr",
-    cursor: b"meta\0cursor",
-    last_freed: b"meta\0last_freed",
-};
-const V6_KEYS: FamilyKeys = FamilyKeys {
-    cidr: b"meta\0cidr6",
-    cursor: b"meta\0cursor6",
-    last_freed: b"meta\0last_freed6",
-};
-
-fn keys_of(ip: IpAddr) -> &'static FamilyKeys {
-    if ip.is_ipv4() {
-        &V4_KEYS
-    } else {
-        &V6_KEYS
-    }
-}
-
-/// What a store allocates from: a pool per address family the spec has.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pools {
-    pub ipv4: Option<Pool>,
-    pub ipv6: Option<Pool>,
-}
-
-/// One family's addresses: every address of `cidr` but its network,
-/// broadcast and `gateway` addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pool {
-    pub cidr: IpNetwork,
-    pub gateway: IpAddr,
-}
-
-impl Pools {
-    pub fn of(net: &super::PodNetwork) -> Pools {
-        let pool = |r: &super::PodRange| Pool {
-            cidr: r.cidr,
-            gateway: r.gateway,
-        };
-        Pools {
-            ipv4: net.ipv4.as_ref().map(pool),
-            ipv6: net.ipv6.as_ref().map(pool),
-        }
-    }
-
-    /// An IPv4-only store's pools (tests, tools).
-    pub fn ipv4(cidr: ipnetwork::Ipv4Network, gateway: Ipv4Addr) -> Pools {
-        Pools {
-            ipv4: Some(Pool {
-                cidr: IpNetwork::V4(cidr),
-                gateway: IpAddr::V4(gateway),
-            }),
-            ipv6: None,
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Pool> {
-        self.ipv4.iter().chain(&self.ipv6)
-    }
-
-    /// The pool of each family's keys, present or not.
-    fn by_family(&self) -> [(&'static FamilyKeys, Option<&Pool>); 2] {
-        [
-            (&V4_KEYS, self.ipv4.as_ref()),
-            (&V6_KEYS, self.ipv6.as_ref()),
-        ]
-    }
-}
 /// The store is tiny; a small page cache keeps short-lived CNI processes lean.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One pod attachment as stored: what `Desired` is compiled from.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PodIntent {
-    /// Stored flat (`container_id`, `ifname`), as before the key had a type.
-    #[serde(flatten)]
-    pub key: PodKey,
-    pub netns: PathBuf,
-    /// The pod's IPv4 address, when the spec had IPv4 as it was added.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
-    /// The pod's IPv6 address, when the spec had IPv6 as it was added.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip6: Option<Ipv6Addr>,
-    pub host_link: String,
-}
-
-impl PodIntent {
-    /// The pod's addresses, IPv4 first.
-    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.ip
-            .map(IpAddr::V4)
-            .into_iter()
-            .chain(self.ip6.map(IpAddr::V6))
-    }
-
-    /// The pod's addresses as "10.244.0.5 fd00::5".
-    pub fn addresses_text(&self) -> String {
-        self.addresses()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    pub fn key(&self) -> PodKey {
-        self.key.clone()
-    }
-
-    pub fn attachment(&self) -> crate::model::Attachment {
-        crate::model::Attachment::Pod(self.key())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("timed out after {waited:?} waiting for the store lock {}; another headcni process holds it", path.display())]
-    LockTimeout { path: PathBuf, waited: Duration },
-    #[error("store I/O on {}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        error: std::io::Error,
-    },
-    #[error("pod store {}", path.display())]
-    Db {
-        path: PathBuf,
-        #[source]
-        error: sled::Error,
-    },
-    #[error("pod CIDR {cidr} is exhausted: all {capacity} addresses are allocated")]
-    Exhausted { cidr: IpNetwork, capacity: u64 },
-    #[error("pod store entry {key:?} is corrupt: {reason}")]
-    Corrupt { key: String, reason: String },
-    #[error("pod store {} is not a directory", path.display())]
-    NotADirectory { path: PathBuf },
-    #[error("state_dir {} is not safe: {reason}", path.display())]
-    Unsafe { path: PathBuf, reason: String },
-    #[error("pod store {} allocates from {stored}, where {pods} pods hold addresses, but the spec's pod CIDR of that family is {}; a store is never used with another CIDR: restore pod_network.{field}, or remove those pods first", path.display(), spec.map_or("not set".to_string(), |s| s.to_string()))]
-    CidrMismatch {
-        path: PathBuf,
-        stored: IpNetwork,
-        spec: Option<IpNetwork>,
-        field: &'static str,
-        pods: usize,
-    },
-    #[error("host link name {name} of pod {new} collides with pod {existing}")]
-    HostLinkCollision {
-        name: String,
-        new: PodKey,
-        existing: PodKey,
-    },
-}
 
 /// Handle on the store directory. Cheap: it opens nothing until used.
 #[derive(Clone, Debug)]
@@ -209,42 +49,6 @@ pub struct PodStore {
     lock_timeout: Duration,
     /// Whether changes touch the file the daemon watches (see [`PodStore::quiet`]).
     signal: bool,
-}
-
-/// The pod intents a pass plans from, and whether a store stood behind them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Intents {
-    pub pods: Vec<PodIntent>,
-    /// Set when no store exists at this path (never created): nothing was
-    /// read, so the absence of a pod is no evidence that it is gone.
-    pub missing_store: Option<PathBuf>,
-}
-
-/// Intents given whole (a file, one CNI attachment): complete as they are.
-impl From<Vec<PodIntent>> for Intents {
-    fn from(pods: Vec<PodIntent>) -> Self {
-        Intents {
-            pods,
-            missing_store: None,
-        }
-    }
-}
-
-/// The host link a DEL of `key` may remove when the store holds no intent
-/// for it: the link its name would have, unless another pod's intent owns
-/// that name. Runtimes DEL after every failed ADD, also one refused because
-/// its host-link name collided with an existing pod's; that DEL must not
-/// take the other pod's veth. (With no owner the link, if any, is a
-/// half-removed attachment of this key: intents go before their links.)
-pub fn unowned_host_link(key: &PodKey, intents: &[PodIntent]) -> Result<String, PodKey> {
-    let name = host_link_name(&key.container_id, &key.ifname);
-    match intents
-        .iter()
-        .find(|i| i.host_link == name && i.key != *key)
-    {
-        Some(owner) => Err(owner.key.clone()),
-        None => Ok(name),
-    }
 }
 
 /// What [`PodStore::change`] did, and the intents after it.
@@ -823,210 +627,6 @@ impl PodStore {
     }
 }
 
-/// What `headcni validate` found at state_dir.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StateDirCheck {
-    /// It exists as a private directory.
-    Private,
-    /// It exists, and others may read it (older versions made it 0755).
-    ReadableByOthers { mode: u32 },
-    /// It does not exist yet; its nearest existing parent lets us create it.
-    WillBeCreated { parent: PathBuf },
-}
-
-/// Checks that `dir` can serve as state_dir: a directory owned by us that no
-/// one else can write, or a path we can create. Reads nothing inside it.
-pub fn check_state_dir(dir: &Path) -> Result<StateDirCheck, StoreError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let unsafe_dir = |reason: String| StoreError::Unsafe {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    let us = nix::unistd::geteuid().as_raw();
-    // A symlink as state_dir is fine when we made it; one of another user's
-    // could be pointed elsewhere at any time.
-    if let Ok(link) = fs::symlink_metadata(dir) {
-        if link.file_type().is_symlink() && link.uid() != us {
-            return Err(unsafe_dir(format!(
-                "it is a symlink owned by uid {}, not by us",
-                link.uid()
-            )));
-        }
-    }
-    match fs::metadata(dir) {
-        Ok(meta) if !meta.is_dir() => Err(StoreError::NotADirectory { path: dir.into() }),
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o7777;
-            if meta.uid() != us {
-                return Err(unsafe_dir(format!(
-                    "it is owned by uid {}, not by us",
-                    meta.uid()
-                )));
-            }
-            if mode & 0o022 != 0 {
-                return Err(unsafe_dir(format!(
-                    "others can write it (mode {mode:04o}); chmod 700 it"
-                )));
-            }
-            nix::unistd::access(
-                dir,
-                nix::unistd::AccessFlags::R_OK
-                    | nix::unistd::AccessFlags::W_OK
-                    | nix::unistd::AccessFlags::X_OK,
-            )
-            .map_err(|e| StoreError::Io {
-                path: dir.into(),
-                error: e.into(),
-            })?;
-            Ok(if mode & 0o077 != 0 {
-                StateDirCheck::ReadableByOthers { mode }
-            } else {
-                StateDirCheck::Private
-            })
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let parent = dir
-                .ancestors()
-                .skip(1)
-                .find(|p| p.exists())
-                .unwrap_or(Path::new("/"));
-            match fs::metadata(parent) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(StoreError::NotADirectory {
-                        path: parent.into(),
-                    })
-                }
-                Err(error) => {
-                    return Err(StoreError::Io {
-                        path: parent.into(),
-                        error,
-                    })
-                }
-            }
-            nix::unistd::access(
-                parent,
-                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-            )
-            .map_err(|e| {
-                unsafe_dir(format!(
-                    "it does not exist and {} cannot be written: {e}",
-                    parent.display()
-                ))
-            })?;
-            Ok(StateDirCheck::WillBeCreated {
-                parent: parent.into(),
-            })
-        }
-        Err(error) => Err(StoreError::Io {
-            path: dir.into(),
-            error,
-        }),
-    }
-}
-
-/// Creates `state_dir` (and missing parents) readable by root alone: it holds
-/// the pod store, the last applied state and the daemon's sockets. One that
-/// exists is used only if it is safe ([`require_safe_state_dir`]).
-pub fn create_state_dir(dir: &Path) -> Result<(), StoreError> {
-    if let StateDirCheck::WillBeCreated { .. } = check_state_dir(dir)? {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|error| StoreError::Io {
-                path: dir.into(),
-                error,
-            })?;
-    }
-    require_safe_state_dir(dir)
-}
-
-/// Refuses a state_dir that someone else could change under us, with the
-/// message `validate` gives: every path that reads or writes state_dir (the
-/// plugin, the daemon, apply, plan) calls this first. A state_dir a non-root
-/// user made could hold a planted store (pods root would wire) or symlinks
-/// (files root would overwrite).
-pub fn require_safe_state_dir(dir: &Path) -> Result<(), StoreError> {
-    match check_state_dir(dir)? {
-        StateDirCheck::Private | StateDirCheck::ReadableByOthers { .. } => Ok(()),
-        StateDirCheck::WillBeCreated { .. } => Err(StoreError::Io {
-            path: dir.into(),
-            error: std::io::ErrorKind::NotFound.into(),
-        }),
-    }
-}
-
-/// Opens a file in state_dir for writing without following a symlink there.
-fn open_state_file(path: &Path, truncate: bool) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(truncate)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
-fn pod_key_bytes(key: &PodKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.container_id.len() + key.ifname.len() + 1);
-    out.extend_from_slice(key.container_id.as_bytes());
-    out.push(0);
-    out.extend_from_slice(key.ifname.as_bytes());
-    out
-}
-
-fn pod_db_key(key: &PodKey) -> Vec<u8> {
-    let mut out = POD_PREFIX.to_vec();
-    out.extend_from_slice(&pod_key_bytes(key));
-    out
-}
-
-/// Every intent in the db.
-fn list_in(db: &sled::Db, path: &Path) -> Result<Vec<PodIntent>, StoreError> {
-    db.scan_prefix(POD_PREFIX)
-        .map(|item| {
-            let (k, v) = item.map_err(|error| StoreError::Db {
-                path: path.into(),
-                error,
-            })?;
-            decode_intent(&k, &v)
-        })
-        .collect()
-}
-
-/// Removes the intents of `keys`, their addresses held by their host links.
-fn remove_in(
-    db: &sled::Db,
-    path: &Path,
-    keys: &[PodKey],
-) -> Result<Vec<Option<PodIntent>>, StoreError> {
-    let db_err = |error| StoreError::Db {
-        path: path.into(),
-        error,
-    };
-    let mut batch = sled::Batch::default();
-    let mut removed = Vec::with_capacity(keys.len());
-    for key in keys {
-        let pod_key = pod_db_key(key);
-        let Some(existing) = db.get(&pod_key).map_err(db_err)? else {
-            removed.push(None);
-            continue;
-        };
-        let intent = decode_intent(&pod_key, &existing)?;
-        batch.remove(pod_key);
-        batch.insert(
-            releasing_db_key(&intent.host_link),
-            intent.addresses_text().as_bytes(),
-        );
-        removed.push(Some(intent));
-    }
-    if removed.iter().any(Option::is_some) {
-        db.apply_batch(batch).map_err(db_err)?;
-    }
-    Ok(removed)
-}
-
 /// A link name that can be a file name (host links are `hc` + hex).
 fn is_mark_name(name: &str) -> bool {
     !name.is_empty()
@@ -1036,54 +636,17 @@ fn is_mark_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-fn releasing_db_key(host_link: &str) -> Vec<u8> {
-    let mut out = RELEASING_PREFIX.to_vec();
-    out.extend_from_slice(host_link.as_bytes());
-    out
-}
-
-/// IPv4 keys hold 4 bytes, IPv6 keys 16: the families never collide.
-fn ip_db_key(ip: IpAddr) -> Vec<u8> {
-    let mut out = IP_PREFIX.to_vec();
-    match ip {
-        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+impl Spec {
+    /// The node's one pod store: in `state_dir`, allocating from the pod CIDR.
+    pub fn pod_store(&self) -> PodStore {
+        PodStore::new(&self.state_dir, Pools::of(&self.pod_network))
     }
-    out
-}
-
-fn decode_intent(key: &[u8], value: &[u8]) -> Result<PodIntent, StoreError> {
-    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
-}
-
-fn read_ip(db: &sled::Db, key: &[u8], path: &Path) -> Result<Option<IpAddr>, StoreError> {
-    Ok(read_ips(db, key, path)?.and_then(|ips| ips.into_iter().next()))
-}
-
-/// Space-separated addresses (a released link holds one per family).
-fn read_ips(db: &sled::Db, key: &[u8], path: &Path) -> Result<Option<Vec<IpAddr>>, StoreError> {
-    let Some(raw) = db.get(key).map_err(|error| StoreError::Db {
-        path: path.into(),
-        error,
-    })?
-    else {
-        return Ok(None);
-    };
-    std::str::from_utf8(&raw)
-        .ok()
-        .and_then(|s| s.split_whitespace().map(|a| a.parse().ok()).collect())
-        .map(Some)
-        .ok_or_else(|| StoreError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
-            reason: "not IP addresses".into(),
-        })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     /// A store allocating from IPv4 `cidr`, its gateway the first address.

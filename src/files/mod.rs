@@ -1,6 +1,9 @@
 //! The node-local files headcni keeps (today: the tailnet namespace's
 //! resolv.conf under /etc/netns): read for `observe`, written and removed
-//! for `apply`. Nothing here decides anything.
+//! for `apply`; and the files it only reads (the spec, the node's
+//! resolv.conf). Nothing here decides anything.
+
+mod spec;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
