@@ -4,7 +4,9 @@
 //! headcni alone, and headcni with its daemon running; rounds interleaved so
 //! all see the same machine. `cargo bench --bench burst` prints the figures;
 //! HEADCNI_BURST_PODS and HEADCNI_BURST_ROUNDS change the size;
-//! HEADCNI_BENCH_NO_SOURCE_CHECK=1 turns source validation off.
+//! HEADCNI_BENCH_NO_SOURCE_CHECK=1 turns source validation off;
+//! HEADCNI_BENCH_BASELINE=PATH measures another headcni binary (an older
+//! build) in the same rounds, alone and with its daemon, for before/after.
 
 mod common;
 
@@ -52,8 +54,8 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(spec: &Path, state: &Path) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_headcni"))
+fn start_daemon(headcni: &Path, spec: &Path, state: &Path) -> Daemon {
+    let child = Command::new(headcni)
         .arg("daemon")
         .env("HEADCNI_SPEC", spec)
         .env(
@@ -132,39 +134,47 @@ fn main() {
     burst(&ptp, "ADD", 999, warm, &reference);
     burst(&ptp, "DEL", 999, warm, &reference);
 
-    let mut figures: [(Vec<Duration>, Vec<Duration>); 3] = Default::default();
+    // headcni, and the baseline build when one is given: each alone, then
+    // with its own daemon.
+    let mut builds = vec![("headcni", headcni.clone())];
+    if let Some(old) = std::env::var_os("HEADCNI_BENCH_BASELINE") {
+        builds.push(("baseline", PathBuf::from(old)));
+    }
+    let mut rows: Vec<(String, Vec<Duration>, Vec<Duration>)> =
+        vec![("ptp+host-local".into(), Vec::new(), Vec::new())];
+    for (name, _) in &builds {
+        rows.push((format!("{name} alone"), Vec::new(), Vec::new()));
+        rows.push((format!("{name} + daemon"), Vec::new(), Vec::new()));
+    }
     for round in 0..rounds {
         wait_for_idle(Duration::from_secs(10));
-        figures[0]
-            .0
+        rows[0]
+            .1
             .push(burst(&ptp, "ADD", round, &pod_names, &reference));
-        figures[0]
-            .1
+        rows[0]
+            .2
             .push(burst(&ptp, "DEL", round, &pod_names, &reference));
-        wait_for_idle(Duration::from_secs(10));
-        figures[1]
-            .0
-            .push(burst(&headcni, "ADD", round, &pod_names, &ours));
-        figures[1]
-            .1
-            .push(burst(&headcni, "DEL", round, &pod_names, &ours));
-        let daemon = start_daemon(&spec, &state);
-        wait_for_idle(Duration::from_secs(10));
-        figures[2]
-            .0
-            .push(burst(&headcni, "ADD", round + 100, &pod_names, &ours));
-        figures[2]
-            .1
-            .push(burst(&headcni, "DEL", round + 100, &pod_names, &ours));
-        drop(daemon);
+        for (i, (_, plugin)) in builds.iter().enumerate() {
+            wait_for_idle(Duration::from_secs(10));
+            let alone = &mut rows[1 + 2 * i];
+            alone.1.push(burst(plugin, "ADD", round, &pod_names, &ours));
+            alone.2.push(burst(plugin, "DEL", round, &pod_names, &ours));
+            let daemon = start_daemon(plugin, &spec, &state);
+            wait_for_idle(Duration::from_secs(10));
+            let with_daemon = &mut rows[2 + 2 * i];
+            with_daemon
+                .1
+                .push(burst(plugin, "ADD", round + 100, &pod_names, &ours));
+            with_daemon
+                .2
+                .push(burst(plugin, "DEL", round + 100, &pod_names, &ours));
+            drop(daemon);
+        }
     }
     let med = |v: &mut Vec<Duration>| percentile(v, 0.5);
     println!("{pods} parallel ADDs then {pods} parallel DELs, whole processes, median of {rounds} rounds");
-    let reference_total = med(&mut figures[0].0) + med(&mut figures[0].1);
-    for (name, (add, del)) in ["ptp+host-local", "headcni alone", "headcni + daemon"]
-        .iter()
-        .zip(figures.iter_mut())
-    {
+    let reference_total = med(&mut rows[0].1) + med(&mut rows[0].2);
+    for (name, add, del) in rows.iter_mut() {
         let total = med(add) + med(del);
         println!(
             "{name:<17} ADD {:>10}  DEL {:>10}  total {:>10}  ratio {:.2}x",

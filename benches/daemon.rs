@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{env_number, require_root, run_batch, sh};
-use headcni::netlink::Netlink;
+use headcni::kernel::netlink::Netlink;
 
 struct Cleanup {
     namespaces: Vec<String>,

@@ -176,7 +176,7 @@ fn main() {
         // (an `nft` process); repeated passes (the daemon) reuse the listing.
         let mut cold = Vec::new();
         for _ in 0..15 {
-            headcni::nft::forget_listing();
+            headcni::kernel::nft::forget_listing();
             let started = Instant::now();
             let planned =
                 engine::plan(&spec, &|| Ok(pods.to_vec().into()), &PodScope::HostOnly).unwrap();

@@ -47,7 +47,7 @@ pub fn snapshot(data: &[u8]) {
 /// A netlink answer datagram: a pod with CAP_NET_ADMIN in its namespace
 /// controls what its links, addresses and routes look like.
 pub fn netlink_answer(data: &[u8]) {
-    let _ = crate::netlink::walk(data, |kind, _seq, payload| {
+    let _ = crate::kernel::netlink::walk(data, |kind, _seq, payload| {
         crate::observe::decode_any(kind, payload);
         Ok(false)
     });

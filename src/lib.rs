@@ -13,14 +13,12 @@ pub mod daemon;
 pub mod diff;
 pub mod drift;
 pub mod engine;
-pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hosttailnet;
 pub mod install;
+pub mod kernel;
 pub mod model;
-pub mod netlink;
-pub mod nft;
 pub mod observe;
 pub mod report;
 pub mod snapshot;

@@ -250,7 +250,7 @@ fn firewall_probe_sees_only_headcnis_inet_table() {
     let ns = lab.netns("probe");
     let probe = |ns: &str| {
         common::in_ns(ns, || {
-            headcni::netlink::nfnetlink::inet_table_exists("headcni")
+            headcni::kernel::netlink::nfnetlink::inet_table_exists("headcni")
         })
         .join()
         .expect("probe thread")
@@ -292,8 +292,10 @@ fn firewall_listing_is_reused_until_the_ruleset_changes() {
     }
     let observe = |ns: &str| {
         common::in_ns(ns, || {
-            let table = headcni::nft::observe().expect("observe").expect("table");
-            (table, headcni::nft::listings())
+            let table = headcni::kernel::nft::observe()
+                .expect("observe")
+                .expect("table");
+            (table, headcni::kernel::nft::listings())
         })
         .join()
         .expect("observe thread")
@@ -326,7 +328,7 @@ fn forwarding_asked_over_netlink_matches_the_sysctl() {
     let ns = lab.netns("fwd");
     let ask = |ns: &str, ipv6: bool| {
         common::in_ns(ns, move || {
-            headcni::netlink::Netlink::open_current()
+            headcni::kernel::netlink::Netlink::open_current()
                 .expect("netlink")
                 .forwarding(ipv6)
                 .expect("netconf")

@@ -14,15 +14,15 @@ use std::collections::HashMap;
 use rustc_hash::FxHashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 
 use crate::diff::{Action, Object, Plan, Step};
+use crate::kernel::netlink::{Netlink, NetlinkError};
 use crate::model::LINK_GROUP;
 use crate::model::{Attachment, Netns, Sysctl};
-use crate::netlink::{Netlink, NetlinkError};
 use crate::observe::{link_indexes, LinkIndex};
 
 /// One failed step and why.
@@ -59,7 +59,7 @@ pub enum StepError {
     #[error("cannot enter the namespace to write a sysctl")]
     EnterForSysctl(#[source] NetlinkError),
     #[error("nftables")]
-    Nft(#[source] crate::nft::NftError),
+    Nft(#[source] crate::kernel::nft::NftError),
     #[error("file {}", .0.display())]
     File(PathBuf, #[source] std::io::Error),
 }
@@ -212,19 +212,21 @@ impl Executor {
         let result = match &step.object {
             Object::Sysctl(s) => match &step.netns {
                 Netns::Node => write_sysctl(s),
-                Netns::Attached { path, .. } => crate::netlink::in_netns(path, || write_sysctl(s))
-                    .map_err(StepError::EnterForSysctl)
-                    .and_then(|r| r),
+                Netns::Attached { path, .. } => {
+                    crate::kernel::netlink::in_netns(path, || write_sysctl(s))
+                        .map_err(StepError::EnterForSysctl)
+                        .and_then(|r| r)
+                }
             },
             Object::Link(_) => self.link_step(step),
             Object::Nft(table) => match step.action {
-                Action::Remove => crate::nft::replace(None),
-                _ => crate::nft::replace(Some(table)),
+                Action::Remove => crate::kernel::nft::replace(None),
+                _ => crate::kernel::nft::replace(Some(table)),
             }
             .map_err(StepError::Nft),
             Object::File(file) => match step.action {
-                Action::Remove => crate::files::remove(&file.path),
-                _ => crate::files::write_in_place(&file.path, &file.content),
+                Action::Remove => crate::kernel::files::remove(&file.path),
+                _ => crate::kernel::files::write_in_place(&file.path, &file.content),
             }
             .map_err(|e| StepError::File(file.path.clone(), e)),
             _ => unreachable!("batchable steps go through run_batch"),
@@ -495,6 +497,6 @@ fn accept(result: Result<(), NetlinkError>, ok_errno: i32) -> Result<(), StepErr
 }
 
 fn write_sysctl(s: &Sysctl) -> Result<(), StepError> {
-    let path = Path::new("/proc/sys").join(&s.key);
-    std::fs::write(&path, format!("{}\n", s.value)).map_err(|e| StepError::Sysctl(path, e))
+    crate::kernel::sysctl::write(&s.key, &s.value.to_string())
+        .map_err(|(path, e)| StepError::Sysctl(path, e))
 }

@@ -181,19 +181,18 @@ pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
     let mut code = 0;
     if args.purge {
         let spec = cli.load_spec()?;
-        let (plan, report) = headcni::engine::purge(&spec)?;
-        for step in &plan.steps {
+        let purged = headcni::engine::purge(&spec)?;
+        for step in &purged.plan.steps {
             outln!("{step}");
         }
-        for failure in &report.failed {
+        for failure in &purged.report.failed {
             eprintln!("headcni: {failure}");
             code = 1;
         }
-        let netns = spec.daemon.netns_path();
-        match headcni::netlink::netns::remove_netns(&netns) {
-            Ok(true) => outln!("- netns {}", netns.display()),
-            Ok(false) => {}
-            Err(e) => {
+        match purged.netns {
+            (netns, Ok(true)) => outln!("- netns {}", netns.display()),
+            (_, Ok(false)) => {}
+            (netns, Err(e)) => {
                 eprintln!("headcni: {}: {e}", netns.display());
                 code = 1;
             }

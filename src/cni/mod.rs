@@ -444,7 +444,7 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
         // The tailnet interface lives in the daemon's own namespace.
         let netns = spec.daemon.netns_path();
         let iface = &spec.tailnet.interface;
-        let names = crate::netlink::in_netns(&netns, observe::link_names)
+        let names = crate::kernel::netlink::in_netns(&netns, observe::link_names)
             .map_err(|e| {
                 unavailable(format!(
                     "tailnet interface {iface}: {} (is `headcni daemon` running?)",

@@ -86,7 +86,8 @@ fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
         libc::RTM_NEWNETCONF => true,
         _ => false,
     };
-    crate::netlink::walk(datagram, |kind, _, payload| Ok(touches(kind, payload))).unwrap_or(true)
+    crate::kernel::netlink::walk(datagram, |kind, _, payload| Ok(touches(kind, payload)))
+        .unwrap_or(true)
 }
 
 /// Any ruleset change is a reason to look (nft's own answers to headcni's

@@ -85,7 +85,7 @@ impl Metrics {
 
     /// Brings the listing count up to this process's.
     pub fn note_firewall_listings(&self) {
-        let listed = crate::nft::listings();
+        let listed = crate::kernel::nft::listings();
         self.firewall_listings
             .inc_by(listed.saturating_sub(self.firewall_listings.get()));
     }

@@ -273,20 +273,20 @@ fn listen_for_changes(
         .map_err(|e| tracing::error!("cannot watch the spec and store: {e}"))
         .ok();
     let interfaces = vec![spec.tailnet.interface.clone()];
-    match crate::netlink::events::event_socket(None) {
+    match crate::kernel::netlink::events::event_socket(None) {
         Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),
         Err(e) => tracing::error!("kernel events: {}", crate::Chain(&e)),
     }
-    match crate::netlink::events::nftables_socket() {
+    match crate::kernel::netlink::events::nftables_socket() {
         Ok(sock) => events::listen_nftables(sock, tx.clone()),
         Err(e) => tracing::warn!("nftables events (changes will wait for the resync): {e}"),
     }
     if spec.mode == Mode::Daemon {
         let netns = spec.daemon.netns_path();
-        if let Err(e) = crate::netlink::netns::ensure_netns(&netns) {
+        if let Err(e) = crate::kernel::netlink::netns::ensure_netns(&netns) {
             tracing::error!("tailnet namespace {}: {e}", netns.display());
         }
-        match crate::netlink::events::event_socket(Some(&netns)) {
+        match crate::kernel::netlink::events::event_socket(Some(&netns)) {
             Ok(sock) => events::listen(sock, interfaces, tx.clone()),
             Err(e) => tracing::error!(
                 "kernel events in the tailnet namespace: {}",

@@ -138,7 +138,7 @@ fn in_namespace(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    crate::netlink::netns::enter_before_exec(&mut cmd, netns, resolv);
+    crate::kernel::netlink::netns::enter_before_exec(&mut cmd, netns, resolv);
     cmd
 }
 
@@ -296,7 +296,7 @@ async fn start(
     netns_path: &Path,
     d: &crate::spec::DaemonConfig,
 ) -> Result<tokio::process::Child, String> {
-    crate::netlink::netns::ensure_netns(netns_path)
+    crate::kernel::netlink::netns::ensure_netns(netns_path)
         .map_err(|e| format!("cannot create namespace {}: {e}", netns_path.display()))?;
     if let Some(key) = &d.auth_key_file {
         check_key_file(key)?;
@@ -390,12 +390,12 @@ async fn stop(child: &mut tokio::process::Child) {
 /// when the reconcile loop has not written it yet.
 fn namespace_resolv_conf_placeholder(path: &Path) -> std::io::Result<PathBuf> {
     // As the reconcile loop: only a regular file of ours, never followed.
-    if !crate::files::bindable_regular_file(path)? {
+    if !crate::kernel::files::bindable_regular_file(path)? {
         let text = format!(
             "{} (filled in by the reconcile loop)\n",
             crate::model::FILE_MARK
         );
-        crate::files::write_in_place(path, &text)?;
+        crate::kernel::files::write_in_place(path, &text)?;
     }
     Ok(path.to_path_buf())
 }

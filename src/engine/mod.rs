@@ -307,15 +307,31 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
     })
 }
 
+/// What [`purge`] removed.
+pub struct Purged {
+    pub plan: Plan,
+    pub report: crate::apply::ApplyReport,
+    /// The tailnet namespace (daemon mode's /run/netns/NAME): whether there
+    /// was one to remove, or why it could not be.
+    pub netns: (PathBuf, std::io::Result<bool>),
+}
+
 /// Everything headcni made on the node, planned away and removed: the diff
 /// of an empty desired state against the node (owned routes, rules, links,
-/// the nftables table, files). What is anyone else's is never in such a plan.
-pub fn purge(spec: &Spec) -> Result<(Plan, crate::apply::ApplyReport), EngineError> {
+/// the nftables table, files), then the tailnet namespace those links
+/// joined. What is anyone else's is never in such a plan.
+pub fn purge(spec: &Spec) -> Result<Purged, EngineError> {
     let mut observed = observe::observe(&[], Firewall::Read, observe::Families::of(spec))?;
-    observed.node.files = crate::files::read_existing(&staged::owned_file_paths(spec));
+    observed.node.files = crate::kernel::files::read_existing(&staged::owned_file_paths(spec));
     let plan = diff(&Desired::default(), &observed);
     let report = crate::apply::apply(&plan);
-    Ok((plan, report))
+    let netns = spec.daemon.netns_path();
+    let removed = crate::kernel::netlink::netns::remove_netns(&netns);
+    Ok(Purged {
+        plan,
+        report,
+        netns: (netns, removed),
+    })
 }
 
 /// Frees the addresses still held by removed attachments whose host links

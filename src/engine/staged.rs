@@ -59,12 +59,13 @@ pub(super) fn observe_and_diff(
         // written or removed) only by node-wide passes.
         let node_wide = matches!(scope, PodScope::All | PodScope::HostOnly);
         if node_wide {
-            partial.observed.node.files = crate::files::read_existing(&owned_file_paths(spec));
+            partial.observed.node.files =
+                crate::kernel::files::read_existing(&owned_file_paths(spec));
         }
         let facts = NodeFacts {
             // Only daemon mode plans files from the node's resolvers.
             resolvers: (node_wide && spec.mode == Mode::Daemon)
-                .then(|| crate::files::node_resolvers(&spec.daemon.dns_upstream)),
+                .then(|| crate::kernel::files::node_resolvers(&spec.daemon.dns_upstream)),
             // Only node-wide passes keep node-wide sysctls.
             ipv6_uplinks: if node_wide && families.ipv6 {
                 partial.ipv6_uplinks()

@@ -16,11 +16,11 @@ pub use crate::model::{rp_filter_key, Observed, ObservedPod};
 pub(crate) use node::start_link_dump;
 pub use node::{LinkCollector, NodeLinks, Partial, SortOrder};
 
+use crate::kernel::netlink::{Netlink, NetlinkError};
 use crate::model::{
     is_kernel_link_local, Address, Attachment, Link, NetnsState, NftTable, Route, Sysctl,
     TABLE_LOCAL,
 };
-use crate::netlink::{Netlink, NetlinkError};
 
 /// The namespace-wide sysctls observed everywhere (the node and the tailnet
 /// namespace forward), asked over netlink.
@@ -106,8 +106,8 @@ pub(crate) fn observe_partial(
 ) -> Result<Partial, ObserveError> {
     // An `nft` listing, when one is needed, runs while we dump.
     let firewall_reading = match firewall {
-        Firewall::Read => Some(crate::nft::start_observe()),
-        Firewall::Known(table) => Some(crate::nft::Reading::known(table)),
+        Firewall::Read => Some(crate::kernel::nft::start_observe()),
+        Firewall::Known(table) => Some(crate::kernel::nft::Reading::known(table)),
         Firewall::Skip => None,
     };
     let mut nl = Netlink::open_current().map_err(ObserveError::Node)?;
@@ -137,7 +137,7 @@ pub(crate) fn observe_partial(
     // A table that cannot be read is unknown, not absent: this pass then
     // leaves the firewall as it is.
     let node = &mut partial.observed.node;
-    (node.nft, node.nft_unread) = match firewall_reading.map(crate::nft::Reading::finish) {
+    (node.nft, node.nft_unread) = match firewall_reading.map(crate::kernel::nft::Reading::finish) {
         Some(Ok(table)) => (table, false),
         Some(Err(e)) => {
             tracing::warn!(
@@ -162,7 +162,7 @@ fn observe_pods(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let threads = (pods.len() / PER_THREAD_AT_LEAST).clamp(1, cores);
     let paths: Vec<&Path> = pods.iter().map(|(_, path)| path.as_path()).collect();
-    let states = crate::netlink::in_each_netns(&paths, threads, |_| observe_here(families));
+    let states = crate::kernel::netlink::in_each_netns(&paths, threads, |_| observe_here(families));
     pods.iter()
         .zip(states)
         .map(|((key, path), state)| {

@@ -15,8 +15,8 @@ use std::sync::mpsc;
 use rustc_hash::FxHashMap;
 
 use super::{parse, rp_filter_key, Observed, RawAddresses, RawRoutes};
+use crate::kernel::netlink::{Netlink, NetlinkError};
 use crate::model::{is_owned_link_name, Address, Link, Route, Sysctl};
-use crate::netlink::{Netlink, NetlinkError};
 
 /// Links without an address whose names are asked for by index before the
 /// link dump is in; past this many, the dump names them.
@@ -151,7 +151,7 @@ impl LinkCollector<'_> {
     }
 
     fn decode(&mut self, datagram: Vec<u8>) {
-        let _ = crate::netlink::walk(&datagram, |kind, _, payload| {
+        let _ = crate::kernel::netlink::walk(&datagram, |kind, _, payload| {
             if kind == super::RTM_NEWLINK {
                 if let Some(l) = parse::link(payload) {
                     if self.ipv6 && !is_owned_link_name(&l.link.name) {

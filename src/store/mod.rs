@@ -609,20 +609,32 @@ impl PodStore {
         create_state_dir(&self.dir)?;
         let path = self.dir.join(LOCK_FILE);
         let file = open_state_file(&path, false).map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(error)) => return Err(StoreError::Io { path, error }),
+        }
+        // Contended (a burst of CNI calls without a daemon): wait in the
+        // kernel, which wakes waiters the moment the holder lets go, where
+        // polling leaves the lock idle between tries and lets late comers
+        // overtake; on a thread, so the wait has a deadline. A lock taken
+        // after the deadline is let go at once: the thread's send fails, or
+        // the channel drops what it sent, and the file closes with it.
         let started = Instant::now();
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(file),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(error)) => return Err(StoreError::Io { path, error }),
-            }
-            let waited = started.elapsed();
-            if waited >= self.lock_timeout {
-                return Err(StoreError::LockTimeout { path, waited });
-            }
-            std::thread::sleep(pause.min(self.lock_timeout - waited));
-            pause = (pause * 2).min(Duration::from_millis(20));
+        let (taken, waiting) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("store-lock".into())
+            .spawn(move || {
+                let _ = taken.send(file.lock().map(|()| file));
+            })
+            .map_err(io(&path))?;
+        match waiting.recv_timeout(self.lock_timeout) {
+            Ok(Ok(file)) => Ok(file),
+            Ok(Err(error)) => Err(StoreError::Io { path, error }),
+            Err(_) => Err(StoreError::LockTimeout {
+                path,
+                waited: started.elapsed(),
+            }),
         }
     }
 }

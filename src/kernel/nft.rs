@@ -77,7 +77,7 @@ enum ReadingState {
 /// where it was at the last listing; else starts `nft`.
 pub fn start_observe() -> Reading {
     // If the kernel cannot say, nft will.
-    let kernel = crate::netlink::nfnetlink::Nftables::open().ok();
+    let kernel = crate::kernel::netlink::nfnetlink::Nftables::open().ok();
     if let Some(Ok(false)) = kernel.as_ref().map(|k| k.inet_table_exists(TABLE)) {
         return Reading(ReadingState::Answered(Ok(None)));
     }
