@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::{ms, percentile, require_root, sh, wait_for_idle, Netns};
 
 use headcni::engine::{self, PodScope};
-use headcni::spec::{host_link_name, PodIntent, Spec};
+use headcni::spec::{PodIntent, Spec};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     percentile(&mut v, 0.5)
@@ -29,16 +29,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn intent(i: u32, pods_ns: &Path, dual_stack: bool) -> PodIntent {
     let id = format!("bench-{i:06}");
     PodIntent {
-        host_link: host_link_name(&id, "eth0"),
-        key: headcni::model::PodKey {
-            container_id: id,
-            ifname: "eth0".into(),
-        },
-        netns: pods_ns.to_path_buf(),
         ip: Some(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 2)) + i)),
         ip6: dual_stack.then(|| {
             std::net::Ipv6Addr::from(0xfd00_0010_0244_0000_0000_0000_0000_0002u128 + u128::from(i))
         }),
+        ..PodIntent::new(&id, "eth0", pods_ns)
     }
 }
 

@@ -355,3 +355,38 @@ fn only_the_kernel_layer_touches_the_kernel() {
         found.join("\n")
     );
 }
+
+/// The test harness runs no command without a deadline: a command run to
+/// completion goes through `common::bounded` (`timeout`), and the only
+/// other `Command::new` are long-running processes a guard ends, marked so.
+#[test]
+fn the_harness_bounds_every_command() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut found = Vec::new();
+    for harness in ["common/mod.rs", "tailnet/mod.rs", "realnet/mod.rs"] {
+        let text = std::fs::read_to_string(tests.join(harness)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.contains("Command::new(") {
+                continue;
+            }
+            let the_wrapper = line.contains("Command::new(\"timeout\")")
+                && lines[..i]
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .any(|l| l.contains("fn bounded("));
+            let marked = lines[i.saturating_sub(3)..i]
+                .iter()
+                .any(|l| l.contains("// long-running:"));
+            if !the_wrapper && !marked {
+                found.push(format!("tests/{harness}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "commands without a deadline (use common::bounded, or mark a long-running one with the guard that ends it):\n{}",
+        found.join("\n")
+    );
+}

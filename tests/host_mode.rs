@@ -252,14 +252,8 @@ fn a_pod_pass_leaves_the_unread_firewall_alone() {
         "a firewall is desired"
     );
     let intent = headcni::spec::PodIntent {
-        host_link: headcni::spec::host_link_name(&pod, "eth0"),
-        key: headcni::model::PodKey {
-            container_id: pod.clone(),
-            ifname: "eth0".into(),
-        },
-        netns: common::Lab::ns_path(&pod),
         ip: Some(ip.parse().expect("ip")),
-        ip6: None,
+        ..headcni::spec::PodIntent::new(&pod, "eth0", common::Lab::ns_path(&pod))
     };
     let key = intent.key();
     let applied = common::in_ns(&n.node, move || {

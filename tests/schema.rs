@@ -43,21 +43,15 @@ fn a_document_that_breaks_the_schema_is_caught() {
 #[test]
 fn drift_json_validates() {
     use headcni::diff::expected;
-    use headcni::spec::{compile, host_link_name, PodIntent, Spec};
+    use headcni::spec::{compile, PodIntent, Spec};
     let spec = Spec::parse(
         "version = 1\nmode = \"host\"\n[pod_network]\ncidr = \"10.244.0.0/24\"\n",
         Path::new("x.toml"),
     )
     .unwrap();
     let pod = PodIntent {
-        key: headcni::model::PodKey {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-        },
-        netns: "/run/netns/c1".into(),
         ip: Some("10.244.0.9".parse().unwrap()),
-        ip6: None,
-        host_link: host_link_name("c1", "eth0"),
+        ..PodIntent::new("c1", "eth0", "/run/netns/c1")
     };
     let last = compile(&spec, &[]);
     let now = compile(&spec, &[pod]);

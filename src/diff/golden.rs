@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use super::tests::{converged, route_on_eth0};
 use super::*;
-use crate::model::{Link, NetnsState, Observed, PodKey, Route, Sysctl};
+use crate::model::{Link, NetnsState, Observed, Route, Sysctl};
 use crate::spec::Desired;
-use crate::spec::{compile, host_link_name, PodIntent, Spec};
+use crate::spec::{compile, PodIntent, Spec};
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -103,14 +103,8 @@ via = "203.0.113.1"
 fn intent(i: u8) -> PodIntent {
     let id = format!("{i:02}c0ffee{i:02}");
     PodIntent {
-        host_link: host_link_name(&id, "eth0"),
-        key: PodKey {
-            container_id: id.clone(),
-            ifname: "eth0".into(),
-        },
-        netns: PathBuf::from(format!("/run/netns/pod{i}")),
         ip: Some(std::net::Ipv4Addr::new(10, 244, 0, 10 + i)),
-        ip6: None,
+        ..PodIntent::new(&id, "eth0", format!("/run/netns/pod{i}"))
     }
 }
 

@@ -7,12 +7,12 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::model::{
-    Address, Attachment, Link, Netns, NetnsState, Observed, PodKey, Route, Scope, Sysctl, VethPeer,
+    Address, Attachment, Link, Netns, NetnsState, Observed, Route, Scope, Sysctl, VethPeer,
     TABLE_MAIN,
 };
 use crate::observe::ObservedPod;
 use crate::spec::Desired;
-use crate::spec::{compile, host_link_name, PodIntent, Spec};
+use crate::spec::{compile, PodIntent, Spec};
 
 const SPEC: &str = r#"
 version = 1
@@ -52,14 +52,8 @@ fn pod_of(i: u8, dual: bool) -> PodIntent {
 fn pod(i: u8) -> PodIntent {
     let id = format!("pod{i}");
     PodIntent {
-        host_link: host_link_name(&id, "eth0"),
-        key: PodKey {
-            container_id: id.clone(),
-            ifname: "eth0".into(),
-        },
-        netns: PathBuf::from(format!("/run/netns/{id}")),
         ip: Some(Ipv4Addr::new(10, 244, 0, 10 + i)),
-        ip6: None,
+        ..PodIntent::new(&id, "eth0", format!("/run/netns/{id}"))
     }
 }
 

@@ -25,6 +25,21 @@ pub struct PodIntent {
 }
 
 impl PodIntent {
+    /// Pod `container_id`'s attachment `ifname` in `netns`, its host link
+    /// named as headcni names it, with no address yet (set `ip`, `ip6`).
+    pub fn new(container_id: &str, ifname: &str, netns: impl Into<PathBuf>) -> PodIntent {
+        PodIntent {
+            host_link: host_link_name(container_id, ifname),
+            key: PodKey {
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+            },
+            netns: netns.into(),
+            ip: None,
+            ip6: None,
+        }
+    }
+
     /// The pod's addresses, IPv4 first.
     pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.ip

@@ -40,16 +40,31 @@ pub fn require_root() {
     );
 }
 
-/// Runs a command; panics with its output if it fails.
+/// What a command a test runs to completion may take at most.
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// `timeout` around a command a test runs to completion: none may hang a
+/// test (add the program and its arguments). The harness makes every
+/// `Command` here or marks it long-running, ended by a guard's Drop
+/// (tests/architecture.rs checks that).
+pub fn bounded(limit: Duration) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", &limit.as_secs().max(1).to_string()]);
+    cmd
+}
+
+/// Runs a command (within [`LIMIT`]); panics with its output if it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
+    let out = bounded(LIMIT).args(args).output().expect("spawn timeout");
     assert!(
         out.status.success(),
-        "{:?} failed: {}{}",
+        "{:?} failed{}: {}{}",
         args,
+        if out.status.code() == Some(124) {
+            format!(" (timed out after {LIMIT:?})")
+        } else {
+            String::new()
+        },
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -108,8 +123,8 @@ impl Lab {
 
     /// Runs headcni inside namespace `ns` with `spec`.
     pub fn headcni(&self, ns: &str, spec: &Path, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", ns, headcni_bin()])
+        bounded(LIMIT)
+            .args(["ip", "netns", "exec", ns, headcni_bin()])
             .args(args)
             .env("HEADCNI_SPEC", spec)
             .output()
@@ -117,8 +132,8 @@ impl Lab {
     }
 
     pub fn ping(&self, ns: &str, target: &str) -> bool {
-        Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-c1", "-W2", target])
+        bounded(Duration::from_secs(10))
+            .args(["ip", "netns", "exec", ns, "ping", "-c1", "-W2", target])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
@@ -129,7 +144,9 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // Pods first, node last: deleting a namespace takes its links with it.
         for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            let _ = bounded(Duration::from_secs(30))
+                .args(["ip", "netns", "del", ns])
+                .output();
             // A daemon-mode daemon writes /etc/netns/NS/resolv.conf for its
             // tailnet namespace and removes it when it stops; a daemon that
             // was killed instead cannot.
@@ -315,23 +332,15 @@ pub struct CniOut {
 pub fn run_plugin(node_ns: &str, plugin: &str, call: &CniCall, stdin: &str) -> CniOut {
     use std::io::Write as _;
     // Every call has a deadline: a hung plugin fails the test (exit 124).
-    let mut cmd = Command::new("timeout");
-    cmd.args([
-        "--kill-after=5",
-        "60",
-        "ip",
-        "netns",
-        "exec",
-        node_ns,
-        plugin,
-    ])
-    .env_clear()
-    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    .env("CNI_COMMAND", call.command)
-    .env("CNI_PATH", "/usr/lib/cni")
-    .stdin(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    let mut cmd = bounded(Duration::from_secs(60));
+    cmd.args(["ip", "netns", "exec", node_ns, plugin])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     if let Some(id) = call.container_id {
         cmd.env("CNI_CONTAINERID", id);
     }
@@ -534,6 +543,7 @@ impl Daemon {
     pub fn start_under(n: &Node, wrapper: &[&str]) -> Daemon {
         let log = n.lab.dir.path().join("daemon.log");
         let out = std::fs::File::create(&log).unwrap();
+        // long-running: stopped by Daemon's Drop.
         let child = std::process::Command::new("ip")
             .args(["netns", "exec", &n.node])
             .args(wrapper)

@@ -73,12 +73,7 @@ pub fn bins() -> Bins {
     bins
 }
 
-/// `timeout` around every command a test runs: none may hang a test.
-fn bounded(limit: Duration) -> Command {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["-k", "2", &limit.as_secs().to_string()]);
-    cmd
-}
+use crate::common::bounded;
 
 /// The child dies with the thread that started it, whatever the test does.
 fn die_with_parent(cmd: &mut Command) -> &mut Command {
@@ -246,6 +241,7 @@ logtail:
             .append(true)
             .open(self.dir.join("headscale.log"))
             .unwrap();
+        // long-running: killed by Control's Drop.
         let child = die_with_parent(
             Command::new("ip")
                 .args(["netns", "exec", &self.ns])
@@ -436,6 +432,7 @@ impl Tailscaled {
             .append(true)
             .open(self.dir.join("tailscaled.log"))
             .unwrap();
+        // long-running: killed by Tailscaled's Drop.
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns])
             .arg(bins().tailscaled)
@@ -548,8 +545,8 @@ impl Tailscaled {
             &format!("{} to accept a route to {prefix}", self.name),
             || {
                 let family = if prefix.contains(':') { "-6" } else { "-4" };
-                Command::new("ip")
-                    .args(["-n", &self.ns, family, "route", "show", "table", "52"])
+                bounded(Duration::from_secs(10))
+                    .args(["ip", "-n", &self.ns, family, "route", "show", "table", "52"])
                     .output()
                     .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(prefix))
             },
@@ -584,8 +581,8 @@ pub fn wait_ping(ns: &str, target: &str, what: &str, context: impl Fn() -> Strin
         Duration::from_secs(30),
         what,
         || {
-            Command::new("ip")
-                .args(["netns", "exec", ns, "ping", "-c1", "-W1", target])
+            bounded(Duration::from_secs(10))
+                .args(["ip", "netns", "exec", ns, "ping", "-c1", "-W1", target])
                 .output()
                 .is_ok_and(|o| o.status.success())
         },
@@ -633,6 +630,7 @@ pub fn start_daemon(
 ) -> Child {
     private_resolv_conf(node);
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+    // long-running: the caller's guard kills it.
     let mut cmd = Command::new("ip");
     cmd.args([
         "netns",

@@ -14,8 +14,8 @@ use crate::common::{self, run_plugin, sh, wait_until, CniCall, Lab, Procs};
 
 /// `headcni apply` in namespace `node` with `spec`; it must succeed.
 pub fn apply(node: &str, spec: &Path) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", node, common::headcni_bin(), "apply"])
+    let out = common::bounded(common::LIMIT)
+        .args(["ip", "netns", "exec", node, common::headcni_bin(), "apply"])
         .env("HEADCNI_SPEC", spec)
         .output()
         .unwrap();
@@ -41,8 +41,8 @@ pub fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     let file = dir.join(format!("{name}.key"));
     std::fs::write(&file, private.trim()).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut child = Command::new("wg")
-        .arg("pubkey")
+    let mut child = common::bounded(Duration::from_secs(10))
+        .args(["wg", "pubkey"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -130,8 +130,9 @@ pub fn bulk(
 
 pub fn assert_converged(node: &str, spec: &Path) {
     wait_until(Duration::from_secs(5), "the node to converge", || {
-        Command::new("ip")
+        common::bounded(common::LIMIT)
             .args([
+                "ip",
                 "netns",
                 "exec",
                 node,
@@ -222,6 +223,7 @@ pub fn daemon_node(
     .unwrap();
     let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
     procs.0.push(
+        // long-running: killed by Procs' Drop.
         Command::new("ip")
             .args(["netns", "exec", node, common::headcni_bin(), "daemon"])
             .env("HEADCNI_SPEC", &spec)
@@ -277,6 +279,7 @@ pub fn host_tailscaled(dir: &Path, node: &str, wg_conf: &str, procs: &mut Procs)
     let conf = dir.join("host.wg");
     std::fs::write(&conf, wg_conf).unwrap();
     procs.0.push(
+        // long-running: killed by Procs' Drop.
         Command::new("ip")
             .args(["netns", "exec", node])
             .arg(common::standin_bin())
@@ -288,8 +291,8 @@ pub fn host_tailscaled(dir: &Path, node: &str, wg_conf: &str, procs: &mut Procs)
             .unwrap(),
     );
     wait_until(Duration::from_secs(10), "the host's tailscale0", || {
-        Command::new("ip")
-            .args(["-n", node, "route", "show", "dev", "tailscale0"])
+        common::bounded(Duration::from_secs(10))
+            .args(["ip", "-n", node, "route", "show", "dev", "tailscale0"])
             .output()
             .is_ok_and(|o| !o.stdout.is_empty())
     });
