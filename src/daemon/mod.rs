@@ -9,22 +9,25 @@ pub mod events;
 mod handoff;
 mod listen;
 pub mod metrics;
+mod pass;
+mod rerender;
 mod single;
 pub mod status;
 pub mod supervisor;
 
+pub use rerender::Rerender;
+pub use status::print_status;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{self, PodScope};
-use crate::snapshot::{self, LastApplied};
 use crate::spec::{Mode, Spec};
 use events::Trigger;
 use metrics::Metrics;
-use status::{InterfaceStatus, PassStatus, Shared, Status};
+use status::Shared;
 use supervisor::Backoff;
 
 /// How long a trigger waits for company before the pass starts: kernel events
@@ -34,20 +37,6 @@ const FILE_SETTLE: Duration = Duration::from_millis(50);
 /// CNI calls wait for company only briefly: a runtime is waiting on each,
 /// and those arriving during a pass form the next batch anyway.
 const CNI_SETTLE: Duration = Duration::from_millis(1);
-
-/// A spec the daemon starts on that could not be rendered anew (the API
-/// server out of reach): why, and how to try again. Until `attempt`
-/// succeeds (it writes the spec file, which the file watch then reloads)
-/// the daemon runs on the spec rendered last and its status says so.
-pub struct Rerender {
-    pub why: String,
-    pub attempt: Box<dyn FnMut() -> anyhow::Result<()> + Send>,
-}
-
-/// How often a failed render is tried again: soon at first (an API server
-/// restarting with the node), then at most every minute.
-const RERENDER_FIRST: Duration = Duration::from_secs(1);
-const RERENDER_MAX: Duration = Duration::from_secs(60);
 
 pub fn run(spec_path: &Path, rerender: Option<Rerender>) -> anyhow::Result<()> {
     let spec = Spec::load(spec_path)?;
@@ -78,7 +67,7 @@ async fn main(
         s.tailnet_interface.name = spec.tailnet.interface.clone();
     }
     if let Some(rerender) = rerender {
-        tokio::spawn(render_until_it_works(rerender, status.clone()));
+        tokio::spawn(rerender::render_until_it_works(rerender, status.clone()));
     }
     let (tx, mut rx) = mpsc::unbounded_channel::<Trigger>();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -155,7 +144,7 @@ async fn main(
             }
         }
         if triggers.remove(&Trigger::Cni) {
-            cni_batch(&spec, &queue, &status).await;
+            pass::cni_batch(&spec, &queue, &status).await;
             if !queue.is_empty() {
                 let _ = tx.send(Trigger::Cni);
             }
@@ -164,7 +153,7 @@ async fn main(
             }
         }
         retry_at = None;
-        let ok = pass(&spec, &triggers, &status, &metrics).await;
+        let ok = pass::pass(&spec, &triggers, &status, &metrics).await;
         wired_tx.send_replace(true);
         if ok {
             backoff.reset();
@@ -182,45 +171,6 @@ async fn main(
         let _ = std::fs::remove_file(&socket);
     }
     Ok(())
-}
-
-/// Tries the render again, with backoff, until it works; the status says
-/// meanwhile that the spec in force is the one rendered last.
-async fn render_until_it_works(rerender: Rerender, status: Shared) {
-    let Rerender { why, mut attempt } = rerender;
-    let set = |text: Option<String>| {
-        if let Ok(mut s) = status.lock() {
-            s.render_error = text;
-        }
-    };
-    set(Some(format!("running on the spec rendered last: {why}")));
-    let mut backoff = Backoff::new(RERENDER_FIRST, RERENDER_MAX);
-    loop {
-        tokio::time::sleep(backoff.next_delay()).await;
-        let tried = tokio::task::spawn_blocking(move || {
-            let result = attempt();
-            (attempt, result)
-        })
-        .await;
-        let Ok((again, result)) = tried else {
-            tracing::error!("rendering the spec panicked; running on the spec rendered last");
-            return;
-        };
-        attempt = again;
-        match result {
-            Ok(()) => {
-                tracing::info!("the spec is rendered from the cluster again");
-                set(None);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "cannot render the spec yet (running on the one rendered last): {e:#}"
-                );
-                set(Some(format!("running on the spec rendered last: {e:#}")));
-            }
-        }
-    }
 }
 
 /// The status and CNI sockets in state_dir, and the metrics listener;
@@ -320,310 +270,5 @@ fn reload_spec(spec_path: &Path, spec: &mut Spec, status: &Shared) -> bool {
             }
             false
         }
-    }
-}
-
-/// The CNI calls waiting, as one batch on a blocking thread (awaited like a
-/// pass: they never overlap).
-async fn cni_batch(spec: &Spec, queue: &handoff::Queue, status: &Shared) {
-    let batch = queue.take();
-    if batch.is_empty() {
-        return;
-    }
-    let owned = spec.clone();
-    let size = batch.len();
-    let started = Instant::now();
-    let done = tokio::task::spawn_blocking(move || handoff::run_batch(&owned, batch));
-    if let Err(e) = done.await {
-        tracing::error!("CNI batch panicked: {e}");
-    }
-    tracing::debug!(
-        calls = size,
-        took_ms = started.elapsed().as_secs_f64() * 1e3,
-        "CNI batch"
-    );
-    if let Ok(mut s) = status.lock() {
-        s.cni_calls += size as u64;
-        s.cni_batches += 1;
-    }
-}
-
-/// One reconcile pass on a blocking thread; the loop awaits it, so passes never overlap.
-async fn pass(
-    spec: &Spec,
-    triggers: &BTreeSet<Trigger>,
-    status: &Shared,
-    metrics: &Metrics,
-) -> bool {
-    // Kernel events need only the node (and the tailnet namespace); anything
-    // else looks into every pod too.
-    let kernel_only = triggers
-        .iter()
-        .all(|t| matches!(t, Trigger::Kernel | Trigger::Tailscaled));
-    let scope = if kernel_only {
-        PodScope::HostOnly
-    } else {
-        PodScope::All
-    };
-    let repair = triggers.iter().any(|t| {
-        matches!(
-            t,
-            Trigger::Kernel
-                | Trigger::Resync
-                | Trigger::Overrun
-                | Trigger::Tailscaled
-                | Trigger::Retry
-        )
-    });
-    let label = triggers
-        .iter()
-        .map(|t| format!("{t:?}").to_lowercase())
-        .collect::<Vec<_>>()
-        .join("+");
-    let started = Instant::now();
-    let owned = spec.clone();
-    // Host mode leans on the host's tailscaled: ask it now and then (not on
-    // every kernel event: it costs two processes).
-    let ask_host = spec.mode == Mode::Host
-        && triggers
-            .iter()
-            .any(|t| matches!(t, Trigger::Start | Trigger::Resync | Trigger::Spec));
-    let host_spec = spec.clone();
-    let host_tailnet = ask_host.then(|| {
-        tokio::task::spawn_blocking(move || {
-            crate::hosttailnet::check(
-                &host_spec.daemon.tailscale,
-                &host_spec.pod_network.cidrs(),
-                host_spec.pod_network.has_cluster(),
-            )
-        })
-    });
-    // Now and then, addresses held by DELs that never finished are freed.
-    let sweep = triggers
-        .iter()
-        .any(|t| matches!(t, Trigger::Start | Trigger::Resync | Trigger::Pods));
-    let result = tokio::task::spawn_blocking(move || {
-        let store = owned.pod_store();
-        engine::apply(&owned, &|| store.read(), &scope).map(|applied| {
-            if sweep {
-                match engine::release_gone(&store, &applied.observed_after) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!("released {n} addresses of attachments whose links are gone")
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot free released addresses: {}", crate::Chain(&e))
-                    }
-                }
-            }
-            let interface = interface_status(&owned, &applied.observed_after);
-            if applied.converged() {
-                let record = LastApplied::new(&owned, &applied.pods, applied.desired.clone());
-                if let Err(e) = snapshot::save(&LastApplied::path(&owned.state_dir), &record) {
-                    tracing::warn!("cannot record the applied state: {}", crate::Chain(&e));
-                }
-            }
-            (applied, interface)
-        })
-    })
-    .await;
-    let took = started.elapsed();
-    metrics.pass_duration.observe(took.as_secs_f64());
-    let now = crate::report::timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    );
-    let host_tailnet = match host_tailnet {
-        Some(task) => task.await.ok(),
-        None => None,
-    };
-    let Ok(mut s) = status.lock() else {
-        return false;
-    };
-    if let Some(findings) = host_tailnet {
-        for f in &findings {
-            tracing::warn!("host tailnet: {f}");
-        }
-        s.host_tailnet = findings;
-    }
-    match result {
-        Ok(Ok((applied, interface))) => {
-            // Waiting (the tailnet interface is away) is not a failure: the
-            // pass did all it could; the interface's return triggers the next.
-            let ok = applied.report.failed.is_empty() && applied.remaining.is_empty();
-            let steps = applied.report.applied;
-            if steps > 0 {
-                tracing::info!(
-                    "pass ({label}): applied {steps} steps in {:.1} ms",
-                    took.as_secs_f64() * 1000.0
-                );
-            }
-            for f in &applied.report.failed {
-                tracing::warn!("step failed: {f}");
-            }
-            if repair && steps > 0 {
-                s.drift_repairs += steps as u64;
-                metrics.drift_repairs.inc_by(steps as u64);
-            }
-            s.pods = applied.pods.len();
-            metrics.pods.set(applied.pods.len() as i64);
-            metrics.note_firewall_listings();
-            metrics
-                .interface_up
-                .set(i64::from(interface.present && interface.up));
-            s.tailnet_interface = interface;
-            s.last_pass = Some(PassStatus {
-                at: now,
-                ok,
-                duration_ms: took.as_secs_f64() * 1000.0,
-                trigger: label,
-                applied: steps,
-                remaining: applied.remaining.steps.len(),
-                conflicts: applied.remaining.conflicts.len(),
-                waiting: applied.remaining.waiting.len(),
-            });
-            let result = if ok { "ok" } else { "error" };
-            metrics
-                .passes
-                .get_or_create(&metrics::ResultLabel {
-                    result: result.into(),
-                })
-                .inc();
-            if ok {
-                s.passes_ok += 1;
-                if s.spec_error.is_none() {
-                    s.last_error = None;
-                }
-            } else {
-                s.passes_failed += 1;
-                s.last_error = applied
-                    .report
-                    .failed
-                    .first()
-                    .map(|f| f.to_string())
-                    .or(Some("did not converge".into()));
-            }
-            ok
-        }
-        Ok(Err(e)) => {
-            let text = crate::Chain(&e).to_string();
-            tracing::error!("pass ({label}) failed: {text}");
-            s.passes_failed += 1;
-            s.last_error = Some(text);
-            metrics
-                .passes
-                .get_or_create(&metrics::ResultLabel {
-                    result: "error".into(),
-                })
-                .inc();
-            false
-        }
-        Err(e) => {
-            s.passes_failed += 1;
-            s.last_error = Some(format!("pass panicked: {e}"));
-            false
-        }
-    }
-}
-
-/// The tailnet interface as the last pass saw it.
-fn interface_status(spec: &Spec, observed: &crate::observe::Observed) -> InterfaceStatus {
-    let name = spec.tailnet.interface.clone();
-    let state = match spec.mode {
-        Mode::Host => Some(&observed.node),
-        Mode::Daemon => observed
-            .pods
-            .iter()
-            .find(|p| p.key == crate::model::Attachment::TailnetNamespace)
-            .and_then(|p| p.state.as_ref()),
-    };
-    let Some(state) = state else {
-        return InterfaceStatus {
-            name,
-            ..Default::default()
-        };
-    };
-    let link = state.links.iter().find(|l| l.name == name);
-    InterfaceStatus {
-        present: link.is_some(),
-        up: link.is_some_and(|l| l.up),
-        addresses: state
-            .addresses
-            .iter()
-            .filter(|a| a.dev == name)
-            .map(|a| a.addr.to_string())
-            .collect(),
-        name,
-    }
-}
-
-/// Prints a status for people.
-pub fn print_status(s: &Status) {
-    outln!("mode: {} (spec {})", s.mode, s.spec);
-    for finding in &s.host_tailnet {
-        outln!("host tailnet: {finding}");
-    }
-    let i = &s.tailnet_interface;
-    let state = if !i.present {
-        "absent"
-    } else if i.up {
-        "up"
-    } else {
-        "down"
-    };
-    outln!(
-        "tailnet interface: {} {state} {}",
-        i.name,
-        i.addresses.join(" ")
-    );
-    match &s.last_pass {
-        Some(p) => outln!(
-            "last pass: {} {} in {:.1} ms (trigger {}; {} applied, {} remaining, {} conflicts, {} waiting)",
-            p.at,
-            if p.ok { "converged" } else { "FAILED" },
-            p.duration_ms,
-            p.trigger,
-            p.applied,
-            p.remaining,
-            p.conflicts,
-            p.waiting
-        ),
-        None => outln!("last pass: none yet"),
-    }
-    outln!(
-        "passes: {} ok, {} failed; drift repairs: {}",
-        s.passes_ok,
-        s.passes_failed,
-        s.drift_repairs
-    );
-    if s.tailscaled.supervised {
-        outln!(
-            "tailscaled: {} (pid {}), {} restarts",
-            if s.tailscaled.running {
-                "running"
-            } else {
-                "not running"
-            },
-            s.tailscaled.pid.map_or("-".into(), |p| p.to_string()),
-            s.tailscaled.restarts
-        );
-    }
-    outln!("pods: {}", s.pods);
-    if s.cni_calls > 0 {
-        outln!(
-            "CNI calls handed over: {} in {} batches",
-            s.cni_calls,
-            s.cni_batches
-        );
-    }
-    if let Some(e) = &s.spec_error {
-        outln!("spec error (running on the last good spec): {e}");
-    }
-    if let Some(e) = &s.render_error {
-        outln!("not rendered from the cluster: {e}");
-    }
-    if let Some(e) = &s.last_error {
-        outln!("last error: {e}");
     }
 }

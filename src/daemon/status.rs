@@ -131,3 +131,73 @@ pub fn query(state_dir: &Path) -> std::io::Result<Status> {
     })?;
     serde_json::from_slice(&buf).map_err(std::io::Error::other)
 }
+
+/// Prints a status for people.
+pub fn print_status(s: &Status) {
+    outln!("mode: {} (spec {})", s.mode, s.spec);
+    for finding in &s.host_tailnet {
+        outln!("host tailnet: {finding}");
+    }
+    let i = &s.tailnet_interface;
+    let state = if !i.present {
+        "absent"
+    } else if i.up {
+        "up"
+    } else {
+        "down"
+    };
+    outln!(
+        "tailnet interface: {} {state} {}",
+        i.name,
+        i.addresses.join(" ")
+    );
+    match &s.last_pass {
+        Some(p) => outln!(
+            "last pass: {} {} in {:.1} ms (trigger {}; {} applied, {} remaining, {} conflicts, {} waiting)",
+            p.at,
+            if p.ok { "converged" } else { "FAILED" },
+            p.duration_ms,
+            p.trigger,
+            p.applied,
+            p.remaining,
+            p.conflicts,
+            p.waiting
+        ),
+        None => outln!("last pass: none yet"),
+    }
+    outln!(
+        "passes: {} ok, {} failed; drift repairs: {}",
+        s.passes_ok,
+        s.passes_failed,
+        s.drift_repairs
+    );
+    if s.tailscaled.supervised {
+        outln!(
+            "tailscaled: {} (pid {}), {} restarts",
+            if s.tailscaled.running {
+                "running"
+            } else {
+                "not running"
+            },
+            s.tailscaled.pid.map_or("-".into(), |p| p.to_string()),
+            s.tailscaled.restarts
+        );
+    }
+    outln!("pods: {}", s.pods);
+    if s.cni_calls > 0 {
+        outln!(
+            "CNI calls handed over: {} in {} batches",
+            s.cni_calls,
+            s.cni_batches
+        );
+    }
+    if let Some(e) = &s.spec_error {
+        outln!("spec error (running on the last good spec): {e}");
+    }
+    if let Some(e) = &s.render_error {
+        outln!("not rendered from the cluster: {e}");
+    }
+    if let Some(e) = &s.last_error {
+        outln!("last error: {e}");
+    }
+}
