@@ -271,8 +271,7 @@ fn firewall_probe_sees_only_headcnis_inet_table() {
 }
 
 /// Listing the table takes an `nft` process: while the namespace's ruleset
-/// stays as it was, the last listing stands; any change is seen. (The only
-/// test here that lists in-process, so the process-wide count is its own.)
+/// stays as it was, the last listing stands; any change is seen.
 #[test]
 fn firewall_listing_is_reused_until_the_ruleset_changes() {
     let mut lab = Lab::new();
@@ -290,12 +289,15 @@ fn firewall_listing_is_reused_until_the_ruleset_changes() {
             "add chain inet headcni post { type nat hook postrouting priority 100 ; }",
         );
     }
+    // One caller's listings, as the daemon keeps them across passes.
+    let listings = std::sync::Arc::new(headcni::kernel::nft::Listings::default());
     let observe = |ns: &str| {
-        common::in_ns(ns, || {
-            let table = headcni::kernel::nft::observe()
+        let listings = listings.clone();
+        common::in_ns(ns, move || {
+            let table = headcni::kernel::nft::observe(&listings)
                 .expect("observe")
                 .expect("table");
-            (table, headcni::kernel::nft::listings())
+            (table, listings.count())
         })
         .join()
         .expect("observe thread")

@@ -83,9 +83,8 @@ impl Metrics {
         }
     }
 
-    /// Brings the listing count up to this process's.
-    pub fn note_firewall_listings(&self) {
-        let listed = crate::kernel::nft::listings();
+    /// Brings the listing count up to the daemon's `listed`.
+    pub fn note_firewall_listings(&self, listed: u64) {
         self.firewall_listings
             .inc_by(listed.saturating_sub(self.firewall_listings.get()));
     }

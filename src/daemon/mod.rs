@@ -58,6 +58,8 @@ async fn main(
     let _only_daemon = single::claim(&spec.state_dir)?;
     let status: Shared = Default::default();
     let metrics = Metrics::new();
+    // The firewall table's last listing, reused while the ruleset stays.
+    let listings = std::sync::Arc::new(crate::kernel::nft::Listings::default());
     {
         let mut s = status
             .lock()
@@ -153,7 +155,7 @@ async fn main(
             }
         }
         retry_at = None;
-        let ok = pass::pass(&spec, &triggers, &status, &metrics).await;
+        let ok = pass::pass(&spec, &triggers, &status, &metrics, &listings).await;
         wired_tx.send_replace(true);
         if ok {
             backoff.reset();

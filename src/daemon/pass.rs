@@ -3,6 +3,7 @@
 //! with what it updates in the status and metrics.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::events::Trigger;
@@ -10,6 +11,7 @@ use super::handoff;
 use super::metrics::{self, Metrics};
 use super::status::{InterfaceStatus, PassStatus, Shared};
 use crate::engine::{self, PodScope};
+use crate::kernel::nft::Listings;
 use crate::snapshot::{self, LastApplied};
 use crate::spec::{Mode, Spec};
 
@@ -44,6 +46,7 @@ pub(super) async fn pass(
     triggers: &BTreeSet<Trigger>,
     status: &Shared,
     metrics: &Metrics,
+    listings: &Arc<Listings>,
 ) -> bool {
     // Kernel events need only the node (and the tailnet namespace); anything
     // else looks into every pod too.
@@ -92,9 +95,10 @@ pub(super) async fn pass(
     let sweep = triggers
         .iter()
         .any(|t| matches!(t, Trigger::Start | Trigger::Resync | Trigger::Pods));
+    let kept = listings.clone();
     let result = tokio::task::spawn_blocking(move || {
         let store = owned.pod_store();
-        engine::apply(&owned, &|| store.read(), &scope).map(|applied| {
+        engine::apply_with(&owned, &|| store.read(), &scope, &kept).map(|applied| {
             if sweep {
                 match engine::release_gone(&store, &applied.observed_after) {
                     Ok(0) => {}
@@ -158,7 +162,7 @@ pub(super) async fn pass(
             }
             s.pods = applied.pods.len();
             metrics.pods.set(applied.pods.len() as i64);
-            metrics.note_firewall_listings();
+            metrics.note_firewall_listings(listings.count());
             metrics
                 .interface_up
                 .set(i64::from(interface.present && interface.up));

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::{self, ApplyReport};
 use crate::diff::{diff, Action, Object, Plan};
+use crate::kernel::nft::Listings;
 use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
 use crate::observe::{self, Firewall, ObserveError, Observed};
 use crate::spec::{compile_on, Desired, Intents, PodIntent, Spec};
@@ -110,8 +111,20 @@ pub struct Planned {
 /// says itself whether it exists ([`crate::store::PodStore::read`]).
 pub type PodSource<'a> = &'a dyn Fn() -> Result<Intents, StoreError>;
 
+/// One pass's plan, as a one-shot process makes it (the firewall table
+/// listed afresh when there is one).
 pub fn plan(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Planned, EngineError> {
-    plan_knowing(spec, pods, scope, None)
+    plan_with(spec, pods, scope, &Listings::default())
+}
+
+/// [`plan`], reusing the firewall listings a long-lived caller keeps.
+pub fn plan_with(
+    spec: &Spec,
+    pods: PodSource,
+    scope: &PodScope,
+    listings: &Listings,
+) -> Result<Planned, EngineError> {
+    plan_knowing(spec, pods, scope, None, listings)
 }
 
 /// `known_firewall`: the nftables table as already read in this pass (when
@@ -121,6 +134,7 @@ fn plan_knowing(
     pods: PodSource,
     scope: &PodScope,
     known_firewall: Option<Option<crate::model::NftTable>>,
+    listings: &Listings,
 ) -> Result<Planned, EngineError> {
     let started = Instant::now();
     let staged::Pass {
@@ -129,7 +143,7 @@ fn plan_knowing(
         mut desired,
         observed,
         mut plan,
-    } = staged::observe_and_diff(spec, pods, scope, known_firewall)?;
+    } = staged::observe_and_diff(spec, pods, scope, known_firewall, listings)?;
     tracing::debug!(took_ms = started.elapsed().as_secs_f64() * 1e3, "planned");
     if removes_node_objects(&plan) {
         let fresh = pods()?;
@@ -263,8 +277,20 @@ impl Applied {
     }
 }
 
+/// One pass, planned, applied and verified, as a one-shot process runs it.
 pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, EngineError> {
-    let planned = plan(spec, pods, scope)?;
+    apply_with(spec, pods, scope, &Listings::default())
+}
+
+/// [`apply`], reusing the firewall listings a long-lived caller (the
+/// daemon) keeps.
+pub fn apply_with(
+    spec: &Spec,
+    pods: PodSource,
+    scope: &PodScope,
+    listings: &Listings,
+) -> Result<Applied, EngineError> {
+    let planned = plan_with(spec, pods, scope, listings)?;
     let started = Instant::now();
     let report = apply::apply(&planned.plan);
     let apply_took = started.elapsed();
@@ -293,7 +319,7 @@ pub fn apply(spec: &Spec, pods: PodSource, scope: &PodScope) -> Result<Applied, 
         // (Only a table that was read: unknown stays unknown.)
         let known = (!touched_firewall && !planned.observed.node.nft_unread)
             .then(|| planned.observed.node.nft.clone());
-        let again = plan_knowing(spec, pods, scope, known)?;
+        let again = plan_knowing(spec, pods, scope, known, listings)?;
         (again.plan, again.observed)
     };
     Ok(Applied {
@@ -321,7 +347,9 @@ pub struct Purged {
 /// the nftables table, files), then the tailnet namespace those links
 /// joined. What is anyone else's is never in such a plan.
 pub fn purge(spec: &Spec) -> Result<Purged, EngineError> {
-    let mut observed = observe::observe(&[], Firewall::Read, observe::Families::of(spec))?;
+    let listings = Listings::default();
+    let mut observed =
+        observe::observe(&[], Firewall::Read(&listings), observe::Families::of(spec))?;
     observed.node.files = crate::kernel::files::read_existing(&staged::owned_file_paths(spec));
     let plan = diff(&Desired::default(), &observed);
     let report = crate::apply::apply(&plan);

@@ -35,11 +35,12 @@ pub(super) fn observe_and_diff(
     pods: PodSource,
     scope: &PodScope,
     known_firewall: Option<Option<NftTable>>,
+    listings: &crate::kernel::nft::Listings,
 ) -> Result<Pass, EngineError> {
     let firewall = match known_firewall {
         Some(table) => Firewall::Known(table),
         None if matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune) => {
-            Firewall::Read
+            Firewall::Read(listings)
         }
         None => Firewall::Skip,
     };

@@ -35,47 +35,48 @@ pub enum NftError {
     Replace(#[source] nftables::helper::NftablesError),
 }
 
-/// The last table listed, by the ruleset version it was listed at: while
-/// the version stays, so does the table, and a daemon pass needs no `nft`.
-static LAST_LISTED: Mutex<Option<(RulesetVersion, Option<NftTable>)>> = Mutex::new(None);
+/// The listings a caller keeps between passes: the last table listed, by
+/// the ruleset version it was listed at (while the version stays, so does
+/// the table, and a pass needs no `nft`), and how many listings were made.
+/// The daemon holds one for its life; a one-shot pass starts empty.
+#[derive(Default)]
+pub struct Listings {
+    last: Mutex<Option<(RulesetVersion, Option<NftTable>)>>,
+    count: AtomicU64,
+}
+
 /// (namespace cookie, ruleset generation): see `nfnetlink::Nftables::ruleset_version`.
 type RulesetVersion = (u64, u32);
-static LISTINGS: AtomicU64 = AtomicU64::new(0);
 
-/// Forgets the last listing: the next read lists again, as the first read
-/// of a one-shot process does (benchmarks measure both).
-pub fn forget_listing() {
-    if let Ok(mut last) = LAST_LISTED.lock() {
-        *last = None;
+impl Listings {
+    /// How many times `nft` was run to list the table.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
     }
 }
 
-/// How many times this process has run `nft` to list the table.
-pub fn listings() -> u64 {
-    LISTINGS.load(Ordering::Relaxed)
-}
-
 /// The table as it is now; None when it does not exist.
-pub fn observe() -> Result<Option<NftTable>, NftError> {
-    start_observe().finish()
+pub fn observe(listings: &Listings) -> Result<Option<NftTable>, NftError> {
+    start_observe(listings).finish()
 }
 
 /// A read of the table under way: answered already, or an `nft` listing
 /// running beside the caller, which goes on with its own work meanwhile.
-pub struct Reading(ReadingState);
+pub struct Reading<'a>(ReadingState<'a>);
 
-enum ReadingState {
+enum ReadingState<'a> {
     Answered(Result<Option<NftTable>, NftError>),
     Listing {
         nft: std::process::Child,
         version: Option<RulesetVersion>,
+        listings: &'a Listings,
     },
 }
 
 /// Starts reading the table. Answers at once when the kernel says there is
 /// none (most nodes without masquerade or clamping), or when the ruleset is
 /// where it was at the last listing; else starts `nft`.
-pub fn start_observe() -> Reading {
+pub fn start_observe(listings: &Listings) -> Reading<'_> {
     // If the kernel cannot say, nft will.
     let kernel = crate::kernel::netlink::nfnetlink::Nftables::open().ok();
     if let Some(Ok(false)) = kernel.as_ref().map(|k| k.inet_table_exists(TABLE)) {
@@ -84,12 +85,12 @@ pub fn start_observe() -> Reading {
     // Read before listing: a change in between leaves a stale version in
     // the cache, which only costs the next pass a listing.
     let version = kernel.and_then(|k| k.ruleset_version().ok());
-    if let (Some(version), Ok(last)) = (version, LAST_LISTED.lock()) {
+    if let (Some(version), Ok(last)) = (version, listings.last.lock()) {
         if let Some((_, table)) = last.as_ref().filter(|(v, _)| *v == version) {
             return Reading(ReadingState::Answered(Ok(table.clone())));
         }
     }
-    LISTINGS.fetch_add(1, Ordering::Relaxed);
+    listings.count.fetch_add(1, Ordering::Relaxed);
     let listing = std::process::Command::new("nft")
         .args(["-j", "list", "table", "inet", TABLE])
         .stdin(std::process::Stdio::null())
@@ -97,26 +98,34 @@ pub fn start_observe() -> Reading {
         .stderr(std::process::Stdio::piped())
         .spawn();
     Reading(match listing {
-        Ok(nft) => ReadingState::Listing { nft, version },
+        Ok(nft) => ReadingState::Listing {
+            nft,
+            version,
+            listings,
+        },
         Err(e) => ReadingState::Answered(Err(NftError::Spawn(e))),
     })
 }
 
-impl Reading {
+impl Reading<'_> {
     /// A table already read earlier in the pass.
-    pub fn known(table: Option<NftTable>) -> Reading {
+    pub fn known(table: Option<NftTable>) -> Reading<'static> {
         Reading(ReadingState::Answered(Ok(table)))
     }
 
     /// The table (waiting for `nft` if it is still listing).
     pub fn finish(self) -> Result<Option<NftTable>, NftError> {
-        let (nft, version) = match self.0 {
+        let (nft, version, listings) = match self.0 {
             ReadingState::Answered(answer) => return answer,
-            ReadingState::Listing { nft, version } => (nft, version),
+            ReadingState::Listing {
+                nft,
+                version,
+                listings,
+            } => (nft, version, listings),
         };
         let out = nft.wait_with_output().map_err(NftError::Spawn)?;
         let table = parse_listing(&out)?;
-        if let (Some(version), Ok(mut last)) = (version, LAST_LISTED.lock()) {
+        if let (Some(version), Ok(mut last)) = (version, listings.last.lock()) {
             *last = Some((version, table.clone()));
         }
         Ok(table)

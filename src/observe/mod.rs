@@ -72,10 +72,10 @@ pub enum ObserveError {
 }
 
 /// What a pass does about headcni's nftables table.
-pub enum Firewall {
+pub enum Firewall<'a> {
     /// Reads it: an nfnetlink question, and an `nft` listing when the
-    /// ruleset changed.
-    Read,
+    /// ruleset changed since the last of these listings.
+    Read(&'a crate::kernel::nft::Listings),
     /// Already known from earlier in this pass (nothing since could have
     /// changed it).
     Known(Option<NftTable>),
@@ -87,7 +87,7 @@ pub enum Firewall {
 /// Reads the node namespace (the caller's) and the namespaces of `pods`.
 pub fn observe(
     pods: &[(Attachment, PathBuf)],
-    firewall: Firewall,
+    firewall: Firewall<'_>,
     families: Families,
 ) -> Result<Observed, ObserveError> {
     std::thread::scope(|threads| {
@@ -101,12 +101,12 @@ pub fn observe(
 /// Everything but the node's links (see [`node`]).
 pub(crate) fn observe_partial(
     pods: &[(Attachment, PathBuf)],
-    firewall: Firewall,
+    firewall: Firewall<'_>,
     families: Families,
 ) -> Result<Partial, ObserveError> {
     // An `nft` listing, when one is needed, runs while we dump.
     let firewall_reading = match firewall {
-        Firewall::Read => Some(crate::kernel::nft::start_observe()),
+        Firewall::Read(listings) => Some(crate::kernel::nft::start_observe(listings)),
         Firewall::Known(table) => Some(crate::kernel::nft::Reading::known(table)),
         Firewall::Skip => None,
     };
