@@ -89,13 +89,6 @@ fn scope(host_only: bool) -> PodScope {
     }
 }
 
-fn scope_name(scope: &PodScope) -> &'static str {
-    match scope {
-        PodScope::HostOnly => "host-only",
-        _ => "all",
-    }
-}
-
 fn read_pods(file: &Path) -> anyhow::Result<Vec<PodIntent>> {
     let text = std::fs::read(file)
         .with_context(|| format!("reading pod intents from {}", file.display()))?;
@@ -195,7 +188,7 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
     if let Some(out) = &args.out {
         let fingerprints = Fingerprints::of(&inputs.observed, &inputs.spec, &inputs.pods);
         let saved = SavedPlan::new(
-            scope_name(&scope(args.host_only)),
+            scope(args.host_only).name(),
             fingerprints,
             inputs.plan.clone(),
             inputs.observed.clone(),

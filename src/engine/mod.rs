@@ -17,59 +17,15 @@ use std::time::{Duration, Instant};
 use crate::apply::{self, ApplyReport};
 use crate::diff::{diff, Action, Object, Plan};
 use crate::kernel::nft::Listings;
-use crate::model::{Netns, PodKey, RTPROT_HEADCNI, RTPROT_NAME};
+use crate::model::{Netns, RTPROT_HEADCNI, RTPROT_NAME};
 use crate::observe::{self, Firewall, ObserveError, Observed};
 use crate::spec::{compile_on, Desired, Intents, PodIntent, Spec};
 use crate::store::StoreError;
 
+mod scope;
 mod staged;
 
-/// Which part of the node a pass looks at and may change.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PodScope {
-    /// Every pod's namespace as well as the node.
-    All,
-    /// The node namespace only: the host side of every pod (cheap at scale).
-    HostOnly,
-    /// CNI calls, one or a batch of them: the node plus the namespaces of the
-    /// pods to `wire` (their steps and node-wide additions, never node-wide
-    /// removals), and the removal of the host links of attachments whose
-    /// intents were just removed (`release`) with what hangs off them.
-    Pods {
-        wire: Vec<PodKey>,
-        release: Vec<String>,
-    },
-    /// Node-level removals only: owned objects no intent wants (CNI GC).
-    Prune,
-}
-
-impl PodScope {
-    /// Whether a pass of this scope may add objects (removals alone are
-    /// safe on any node: they take away only what headcni made).
-    pub fn adds(&self) -> bool {
-        match self {
-            PodScope::All | PodScope::HostOnly => true,
-            PodScope::Pods { wire, .. } => !wire.is_empty(),
-            PodScope::Prune => false,
-        }
-    }
-
-    /// One pod's ADD or CHECK.
-    pub fn one(key: PodKey) -> PodScope {
-        PodScope::Pods {
-            wire: vec![key],
-            release: Vec::new(),
-        }
-    }
-
-    /// DELs: the removal of these host links.
-    pub fn released(links: Vec<String>) -> PodScope {
-        PodScope::Pods {
-            wire: Vec::new(),
-            release: links,
-        }
-    }
-}
+pub use scope::PodScope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -153,7 +109,7 @@ fn plan_knowing(
             intents = fresh;
         }
     }
-    let plan = restrict(plan, scope);
+    let plan = scope.restrict(plan);
     refuse_removals_without_store(&plan, &intents)?;
     let intents = intents.pods;
     Ok(Planned {
@@ -197,60 +153,6 @@ fn removes_node_objects(plan: &Plan) -> bool {
     plan.steps
         .iter()
         .any(|s| s.action == Action::Remove && s.attachment.is_none())
-}
-
-/// Keeps what `scope` may touch.
-fn restrict(plan: Plan, scope: &PodScope) -> Plan {
-    match scope {
-        PodScope::All | PodScope::HostOnly => plan,
-        PodScope::Pods { wire, release } => {
-            let mut mine = if wire.is_empty() {
-                Plan::default()
-            } else {
-                plan.for_pods(wire)
-            };
-            let on_link = |dev: &str| release.iter().any(|l| l == dev);
-            let released = |s: &crate::diff::Step| {
-                s.action == Action::Remove
-                    && s.netns == Netns::Node
-                    && match &s.object {
-                        Object::Link(l) => on_link(&l.name),
-                        Object::Address(a) => on_link(&a.dev),
-                        Object::Route(r) => r.dev.as_deref().is_some_and(on_link),
-                        Object::Sysctl(_) | Object::Rule(_) | Object::Nft(_) | Object::File(_) => {
-                            false
-                        }
-                    }
-            };
-            // Node-wide additions when wiring (the firewall is not among
-            // them: this scope does not read it, so the diff plans nothing
-            // for it).
-            let node_wide = |s: &crate::diff::Step| {
-                !wire.is_empty() && s.attachment.is_none() && s.action != Action::Remove
-            };
-            mine.steps.extend(
-                plan.steps
-                    .into_iter()
-                    .filter(|s| node_wide(s) || released(s)),
-            );
-            if !wire.is_empty() {
-                mine.waiting
-                    .extend(plan.waiting.into_iter().filter(|w| w.attachment.is_none()));
-            }
-            crate::diff::order(&mut mine);
-            mine
-        }
-        PodScope::Prune => Plan {
-            steps: plan
-                .steps
-                .into_iter()
-                .filter(|s| {
-                    s.action == Action::Remove && s.attachment.is_none() && s.netns == Netns::Node
-                })
-                .collect(),
-            ..Plan::default()
-        },
-    }
 }
 
 /// What an apply did and what is left.
@@ -297,9 +199,7 @@ pub fn apply_with(
     // A pass that only releases links (DEL) trusts the kernel's acks: a
     // link whose deletion was acknowledged is unregistered, and this scope
     // plans nothing else; a second look would cost a DEL a whole observation.
-    let acked_removals = matches!(scope, PodScope::Pods { wire, .. } if wire.is_empty())
-        && report.failed.is_empty()
-        && report.skipped == 0;
+    let acked_removals = scope.trusts_acks() && report.failed.is_empty() && report.skipped == 0;
     let (remaining, observed_after) = if planned.plan.is_empty() {
         (planned.plan.clone(), planned.observed)
     } else if acked_removals {

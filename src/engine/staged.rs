@@ -39,9 +39,7 @@ pub(super) fn observe_and_diff(
 ) -> Result<Pass, EngineError> {
     let firewall = match known_firewall {
         Some(table) => Firewall::Known(table),
-        None if matches!(scope, PodScope::All | PodScope::HostOnly | PodScope::Prune) => {
-            Firewall::Read(listings)
-        }
+        None if scope.reads_firewall() => Firewall::Read(listings),
         None => Firewall::Skip,
     };
     std::thread::scope(|threads| {
@@ -58,7 +56,7 @@ pub(super) fn observe_and_diff(
         links.take_ready();
         // The files headcni keeps are node-wide objects: looked at (and so
         // written or removed) only by node-wide passes.
-        let node_wide = matches!(scope, PodScope::All | PodScope::HostOnly);
+        let node_wide = scope.node_wide();
         if node_wide {
             partial.observed.node.files =
                 crate::kernel::files::read_existing(&owned_file_paths(spec));
@@ -129,11 +127,7 @@ fn namespaces_to_observe(
 ) -> Vec<(Attachment, PathBuf)> {
     intents
         .iter()
-        .filter(|p| match scope {
-            PodScope::All => true,
-            PodScope::HostOnly | PodScope::Prune => false,
-            PodScope::Pods { wire, .. } => wire.contains(&p.key),
-        })
+        .filter(|p| scope.observes_pod(&p.key))
         .map(|p| (Attachment::Pod(p.key()), p.netns.clone()))
         .chain(system_namespaces(spec, scope))
         .collect()
@@ -148,8 +142,7 @@ pub(super) fn owned_file_paths(spec: &Spec) -> Vec<PathBuf> {
 /// Namespaces that are part of the node's own plumbing (daemon mode: the
 /// tailnet namespace), observed in every node-wide pass.
 fn system_namespaces(spec: &Spec, scope: &PodScope) -> Vec<(Attachment, PathBuf)> {
-    let node_wide = matches!(scope, PodScope::All | PodScope::HostOnly);
-    if spec.mode == Mode::Daemon && node_wide {
+    if spec.mode == Mode::Daemon && scope.node_wide() {
         vec![(Attachment::TailnetNamespace, spec.daemon.netns_path())]
     } else {
         Vec::new()
