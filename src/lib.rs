@@ -8,6 +8,7 @@
 #[macro_use]
 pub mod stdout;
 pub mod apply;
+pub mod attach;
 pub mod cni;
 pub mod daemon;
 pub mod diff;

@@ -9,7 +9,6 @@ mod config;
 pub mod error;
 pub mod handoff;
 mod result;
-pub mod verdict;
 
 use std::io::Read;
 use std::path::Path;
@@ -18,15 +17,14 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use config::same_namespace;
+pub(crate) use config::same_namespace;
 use config::CniEnv;
 pub use config::{validate_netns, NetConf, SUPPORTED_VERSIONS};
 use error::CniError;
 
-use crate::engine::{self, PodScope};
-use crate::model::{Attachment, PodKey};
+use crate::model::PodKey;
 use crate::observe;
-use crate::spec::{alloc, unowned_host_link, Mode, PodIntent, Spec};
+use crate::spec::{alloc, Mode, Spec};
 use crate::store::PodStore;
 
 /// The newest version, for answers when the request's version is unknown.
@@ -153,10 +151,12 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
                 format!("the daemon wired {key} but did not say how"),
             )
         })?,
-        handoff::Handoff::NoDaemon => add_here(&spec, conf, &key, &netns)?,
+        handoff::Handoff::NoDaemon => {
+            crate::attach::add_here(&spec, &store(&spec, conf), &key, &netns)?
+        }
         handoff::Handoff::Lost(why) => {
             tracing::warn!("{why}; wiring pod {key} here");
-            add_here(&spec, conf, &key, &netns)?
+            crate::attach::add_here(&spec, &store(&spec, conf), &key, &netns)?
         }
     };
     let result = result::Wired {
@@ -172,115 +172,18 @@ fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     ))
 }
 
-/// ADD without the daemon: store the intent, wire the pod, read its MACs.
-fn add_here(
-    spec: &Spec,
-    conf: &NetConf,
-    key: &PodKey,
-    netns: &Path,
-) -> Result<handoff::Wired, CniError> {
-    let store = store(spec, conf);
-    let added = store.add(key, netns)?;
-    let intent = added.intent;
-    check_netns(&intent, netns)?;
-    if let Err(e) = wire(spec, &intent) {
-        if added.created {
-            undo(spec, &store, key, &intent.host_link);
-        }
-        return Err(e);
-    }
-    Ok(wired_links(intent))
-}
-
-/// An attachment stored earlier in another namespace is not moved.
-pub(crate) fn check_netns(intent: &PodIntent, netns: &Path) -> Result<(), CniError> {
-    if intent.netns == netns {
-        return Ok(());
-    }
-    Err(CniError::new(
-        error::INVALID_ENV,
-        format!(
-            "CNI_NETNS: {} is already attached in {}, not {}",
-            intent.key(),
-            intent.netns.display(),
-            netns.display()
-        ),
-    ))
-}
-
-/// A wired attachment with its links' hardware addresses (for the result).
-pub(crate) fn wired_links(intent: PodIntent) -> handoff::Wired {
-    handoff::Wired {
-        host_mac: observe::link_mac(None, &intent.host_link).ok().flatten(),
-        pod_mac: observe::link_mac(Some(&intent.netns), &intent.key.ifname)
-            .ok()
-            .flatten(),
-        intent,
-    }
-}
-
-/// Plans and applies this pod (and node-wide additions), then verifies.
-fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
-    let key = intent.key();
-    let only_this = || Ok(vec![intent.clone()].into());
-    let applied = engine::apply(spec, &only_this, &PodScope::one(key.clone()))?;
-    verdict::wired(&applied, &key)
-}
-
-/// Takes back what a failed ADD made, so that a retry starts clean.
-pub(crate) fn undo(spec: &Spec, store: &PodStore, key: &PodKey, host_link: &str) {
-    if let Err(e) = store.remove(key) {
-        tracing::warn!("undo of {key}: removing its intent: {}", crate::Chain(&e));
-    }
-    if let Err(e) = release(spec, store, key, host_link) {
-        tracing::warn!("undo of {key}: {e}");
-    }
-}
-
-/// Removes a released attachment's host link here, and frees its address
-/// once the link is gone.
-fn release(spec: &Spec, store: &PodStore, key: &PodKey, host_link: &str) -> Result<(), CniError> {
-    // With the netns gone the veth went with it and this plan is empty.
-    let applied = engine::apply(
-        spec,
-        &|| Ok(Vec::new().into()),
-        &PodScope::released(vec![host_link.to_string()]),
-    )?;
-    verdict::released(&applied, key, host_link)?;
-    store.release(&[host_link.to_string()])?;
-    Ok(())
-}
-
 fn del(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let key = env.pod_key()?;
     let spec = load_spec(conf)?;
     let request = handoff::Request::Del { key: key.clone() };
     match handoff::ask(&spec.state_dir, &request, handoff::ANSWER_WITHIN) {
         handoff::Handoff::Answered(verdict) => verdict.map(|_| ()),
-        handoff::Handoff::NoDaemon => del_here(&spec, conf, &key),
+        handoff::Handoff::NoDaemon => crate::attach::del_here(&spec, &store(&spec, conf), &key),
         handoff::Handoff::Lost(why) => {
             tracing::warn!("{why}; removing pod {key} here");
-            del_here(&spec, conf, &key)
+            crate::attach::del_here(&spec, &store(&spec, conf), &key)
         }
     }
-}
-
-/// DEL without the daemon: remove the intent, then the link, then free the address.
-fn del_here(spec: &Spec, conf: &NetConf, key: &PodKey) -> Result<(), CniError> {
-    let store = store(spec, conf);
-    let host_link = match store.remove(key)? {
-        Some(intent) => intent.host_link,
-        None => match unowned_host_link(key, &store.list()?) {
-            Ok(name) => name,
-            Err(owner) => {
-                tracing::info!(
-                    "DEL {key}: nothing of its own; its host-link name belongs to {owner}"
-                );
-                return Ok(());
-            }
-        },
-    };
-    release(spec, &store, key, &host_link)
 }
 
 fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
@@ -298,66 +201,7 @@ fn check(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             format!("no attachment {key} is known"),
         )
     })?;
-    let mismatch =
-        |what: String| CniError::new(error::CHECK_MISMATCH, format!("pod {key}: {what}"));
-    if !same_namespace(&netns, &intent.netns) {
-        return Err(mismatch(format!(
-            "CNI_NETNS {} is not the namespace it was attached in ({})",
-            netns.display(),
-            intent.netns.display()
-        )));
-    }
-    let only_this = || Ok(vec![intent.clone()].into());
-    let planned = engine::plan(&spec, &only_this, &PodScope::one(key.clone()))?;
-    if let Some(w) = planned
-        .plan
-        .waiting
-        .iter()
-        .find(|w| w.attachment.as_ref().and_then(Attachment::pod) == Some(&key))
-    {
-        return Err(mismatch(w.reason.clone()));
-    }
-    let pod_steps = planned.plan.for_pod(&key);
-    if !pod_steps.is_empty() || !pod_steps.conflicts.is_empty() {
-        return Err(
-            mismatch("its network differs from the desired state".into())
-                .with_details(crate::report::text::plan(&pod_steps, false)),
-        );
-    }
-    // Names alone can lie: a pod may rename its eth0 and make a veth of
-    // its own by that name (the plan then matches while the pod is cut off).
-    match observe::veth_pair(&intent.host_link, &intent.netns, &key.ifname) {
-        Ok(Some(true)) => {}
-        Ok(Some(false)) => {
-            return Err(mismatch(format!(
-                "{} in its namespace is not the other end of the node's veth {}",
-                key.ifname, intent.host_link
-            )))
-        }
-        Ok(None) => {
-            return Err(mismatch(format!(
-                "{} or the node's veth {} is missing",
-                key.ifname, intent.host_link
-            )))
-        }
-        Err(e) => {
-            return Err(CniError::new(
-                error::OBSERVE_FAILED,
-                format!("pod {key}: reading its veth: {}", crate::Chain(&e)),
-            ))
-        }
-    }
-    if let Some(listed) = prev_ips {
-        for ip in intent.addresses() {
-            let want = crate::spec::host_prefix(ip).to_string();
-            if !listed.contains(&want) {
-                return Err(mismatch(format!(
-                    "prevResult lists {listed:?} but the pod has {want}"
-                )));
-            }
-        }
-    }
-    Ok(())
+    crate::attach::check(&spec, &intent, &netns, prev_ips.as_deref())
 }
 
 /// The addresses a prevResult lists; anything that is not a CNI result
@@ -393,36 +237,14 @@ fn gc(conf: &NetConf) -> Result<(), CniError> {
     })?;
     let spec = load_spec(conf)?;
     let store = store(&spec, conf);
-    let mut errors = Vec::new();
-    for intent in store.list()? {
-        let keep = valid
-            .iter()
-            .any(|a| a.container_id == intent.key.container_id && a.ifname == intent.key.ifname);
-        if !keep {
-            if let Err(e) = store.remove(&intent.key()) {
-                errors.push(format!("{}: {}", intent.key(), crate::Chain(&e)));
-            }
-        }
-    }
-    // Then every owned link, route and address that no remaining intent wants.
-    match engine::apply(&spec, &|| store.read(), &PodScope::Prune) {
-        Ok(applied) => {
-            errors.extend(applied.report.failed.iter().map(|f| f.to_string()));
-            if let Err(e) = engine::release_gone(&store, &applied.observed_after) {
-                errors.push(crate::Chain(&e).to_string());
-            }
-        }
-        Err(e) => errors.push(crate::Chain(&e).to_string()),
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            error::APPLY_FAILED,
-            format!("GC left {} problems", errors.len()),
-        )
-        .with_details(errors.join("; ")))
-    }
+    let valid: Vec<PodKey> = valid
+        .iter()
+        .map(|a| PodKey {
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+        })
+        .collect();
+    crate::attach::gc(&spec, &store, &valid)
 }
 
 fn status(conf: &NetConf) -> Result<(), CniError> {

@@ -13,11 +13,8 @@ use tokio::sync::oneshot;
 
 use super::events::Trigger;
 use crate::cni::error::CniError;
-use crate::cni::handoff::{Answer, Request, Wired, MAX_LINE};
-use crate::cni::verdict;
-use crate::engine::{self, PodScope};
-use crate::model::PodKey;
-use crate::spec::{PodIntent, Spec};
+use crate::cni::handoff::{Answer, Request, MAX_LINE};
+use crate::spec::Spec;
 
 /// Requests served at once: a node's worth of pods arriving together
 /// (kubelet's default max pods is 110) with room to spare; more wait in the
@@ -190,175 +187,22 @@ fn check(request: &Request) -> Option<Answer> {
     }
 }
 
-/// A batch's calls as they go: each settles once, in order.
-type Verdicts = Vec<Option<Result<Option<Wired>, CniError>>>;
-
-/// Stores and removes a batch's intents under one lock, wires and releases
-/// them in one pass, and answers each call with the verdict the plugin
-/// would have reached itself. Runs on a blocking thread (it drives netlink).
+/// Runs a batch (`attach::batch`) and answers each call with its verdict.
+/// Runs on a blocking thread (it drives netlink).
 pub fn run_batch(spec: &Spec, batch: Vec<Pending>) {
-    let mut verdicts: Verdicts = batch.iter().map(|_| None).collect();
-    let adds: Vec<(PodKey, PathBuf)> = batch
-        .iter()
-        .filter_map(|p| match &p.request {
-            Request::Add { key, netns } => Some((key.clone(), netns.clone())),
-            Request::Del { .. } => None,
-        })
-        .collect();
-    let dels: Vec<PodKey> = batch
-        .iter()
-        .filter_map(|p| match &p.request {
-            Request::Del { key } => Some(key.clone()),
-            Request::Add { .. } => None,
-        })
-        .collect();
-    // The daemon is told directly: its own file watch need not hear of it.
-    let store = spec.pod_store().quiet();
-    let changed = match store.change_and_list(&adds, &dels) {
-        Ok(changed) => changed,
-        Err(e) => {
-            let e = CniError::from_store(&e);
-            return answer(batch, batch_failed(&mut verdicts, &e));
-        }
-    };
-    // What each call stands for now: an intent to wire, a link to release.
-    let mut added = changed.added.into_iter();
-    let mut removed = changed.removed.into_iter();
-    let mut wire = Vec::new();
-    let mut release = Vec::new();
-    let mut created = Vec::new();
-    let mut targets: Vec<Target> = Vec::with_capacity(batch.len());
-    for (p, verdict) in batch.iter().zip(verdicts.iter_mut()) {
-        match &p.request {
-            Request::Add { netns, .. } => match added.next() {
-                Some(Ok(a)) => match crate::cni::check_netns(&a.intent, netns) {
-                    Ok(()) => {
-                        wire.push(a.intent.key());
-                        if a.created {
-                            created.push(a.intent.clone());
-                        }
-                        targets.push(Target::Wire(a.intent));
-                    }
-                    Err(e) => {
-                        *verdict = Some(Err(e));
-                        targets.push(Target::Settled);
-                    }
-                },
-                Some(Err(e)) => {
-                    *verdict = Some(Err(CniError::from_store(&e)));
-                    targets.push(Target::Settled);
-                }
-                None => targets.push(Target::Settled),
-            },
-            Request::Del { key } => match removed.next().flatten() {
-                Some(intent) => {
-                    release.push(intent.host_link.clone());
-                    targets.push(Target::Release(intent.host_link));
-                }
-                None => match crate::spec::unowned_host_link(key, &changed.pods) {
-                    Ok(name) => {
-                        release.push(name.clone());
-                        targets.push(Target::Release(name));
-                    }
-                    Err(owner) => {
-                        tracing::info!(
-                            "DEL {key}: nothing of its own; its host-link name belongs to {owner}"
-                        );
-                        *verdict = Some(Ok(None));
-                        targets.push(Target::Settled);
-                    }
-                },
-            },
-        }
-    }
-    // Other pods' intents are read with these, under the same lock; this
-    // scope never removes anything but the released links, so intents
-    // added meanwhile by someone else are safe.
-    let pods: crate::spec::Intents = changed.pods.into();
-    let scope = PodScope::Pods { wire, release };
-    let applied = match engine::apply(spec, &|| Ok(pods.clone()), &scope) {
-        Ok(applied) => applied,
-        Err(e) => {
-            let e = CniError::from_engine(&e);
-            undo_created(spec, &store, &created);
-            return answer(batch, batch_failed(&mut verdicts, &e));
-        }
-    };
-    let mut failed_adds = Vec::new();
-    let mut gone = Vec::new();
-    for ((p, verdict), target) in batch.iter().zip(verdicts.iter_mut()).zip(targets) {
-        if verdict.is_some() {
-            continue;
-        }
-        *verdict = Some(match (target, &p.request) {
-            (Target::Wire(intent), _) => match verdict::wired(&applied, &intent.key()) {
-                Ok(()) => Ok(Some(crate::cni::wired_links(intent))),
-                Err(e) => {
-                    failed_adds.push(intent);
-                    Err(e)
-                }
-            },
-            (Target::Release(link), Request::Del { key }) => {
-                let v = verdict::released(&applied, key, &link);
-                if v.is_ok() {
-                    gone.push(link);
-                }
-                v.map(|()| None)
-            }
-            (_, _) => Ok(None),
-        });
-    }
-    // Addresses of released attachments whose links are gone are free again.
-    if let Err(e) = store.release(&gone) {
-        let e = CniError::from_store(&e);
-        for (p, v) in batch.iter().zip(verdicts.iter_mut()) {
-            if matches!(p.request, Request::Del { .. }) && matches!(v, Some(Ok(_))) {
-                *v = Some(Err(e.clone()));
-            }
-        }
-    }
-    // A failed ADD is taken back, so that the runtime's retry starts clean.
-    let failed_created: Vec<PodIntent> = failed_adds
-        .into_iter()
-        .filter(|i| created.iter().any(|c| c.key == i.key))
-        .collect();
-    undo_created(spec, &store, &failed_created);
-    answer(batch, verdicts)
-}
-
-/// What a call of the batch asks of the pass.
-enum Target {
-    Wire(PodIntent),
-    Release(String),
-    /// Already answered (refused by the store).
-    Settled,
-}
-
-/// Every call not yet settled fails with `e`.
-fn batch_failed(verdicts: &mut Verdicts, e: &CniError) -> Verdicts {
-    verdicts
-        .iter_mut()
-        .map(|v| Some(v.take().unwrap_or_else(|| Err(e.clone()))))
-        .collect()
-}
-
-fn answer(batch: Vec<Pending>, verdicts: Verdicts) {
+    let calls: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
+    let verdicts = crate::attach::batch::run(spec, &calls);
     for (p, v) in batch.into_iter().zip(verdicts) {
-        let v = v.unwrap_or(Ok(None));
         let _ = p.answer.send(Answer::of(v));
-    }
-}
-
-/// Takes back the intents this batch created for calls that failed.
-fn undo_created(spec: &Spec, store: &crate::store::PodStore, intents: &[PodIntent]) {
-    for intent in intents {
-        crate::cni::undo(spec, store, &intent.key(), &intent.host_link);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::model::PodKey;
 
     /// A call, and the plugin's end of it (dropping that withdraws the call).
     fn pending(request: Request) -> (Pending, oneshot::Receiver<Answer>) {
