@@ -260,22 +260,7 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
         eprintln!("headcni: the node did not converge; still to do:");
         eprint!("{}", report::text::plan(&applied.remaining, false));
     }
-    if applied.converged() {
-        let record = LastApplied::new(&spec, &applied.pods, applied.desired.clone());
-        if let Err(e) = headcni::store::create_state_dir(&spec.state_dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| {
-                snapshot::save(&LastApplied::path(&spec.state_dir), &record)
-                    .map_err(anyhow::Error::from)
-            })
-        {
-            tracing::warn!("cannot record the applied state for drift reports: {e:#}");
-        }
-        // Addresses of removed pods whose links are now gone are free again.
-        if let Err(e) = engine::release_gone(&spec.pod_store(), &applied.observed_after) {
-            tracing::warn!("cannot free released addresses: {}", headcni::Chain(&e));
-        }
-    }
+    engine::settle(&spec, &spec.pod_store(), &applied, applied.converged());
     Ok(Exit(if applied.converged() { 0 } else { 1 }))
 }
 

@@ -12,7 +12,6 @@ use super::metrics::{self, Metrics};
 use super::status::{InterfaceStatus, PassStatus, Shared};
 use crate::engine::{self, PodScope};
 use crate::kernel::nft::Listings;
-use crate::snapshot::{self, LastApplied};
 use crate::spec::{Mode, Spec};
 
 /// The CNI calls waiting, as one batch on a blocking thread (awaited like a
@@ -99,24 +98,8 @@ pub(super) async fn pass(
     let result = tokio::task::spawn_blocking(move || {
         let store = owned.pod_store();
         engine::apply_with(&owned, &|| store.read(), &scope, &kept).map(|applied| {
-            if sweep {
-                match engine::release_gone(&store, &applied.observed_after) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!("released {n} addresses of attachments whose links are gone")
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot free released addresses: {}", crate::Chain(&e))
-                    }
-                }
-            }
+            engine::settle(&owned, &store, &applied, sweep);
             let interface = interface_status(&owned, &applied.observed_after);
-            if applied.converged() {
-                let record = LastApplied::new(&owned, &applied.pods, applied.desired.clone());
-                if let Err(e) = snapshot::save(&LastApplied::path(&owned.state_dir), &record) {
-                    tracing::warn!("cannot record the applied state: {}", crate::Chain(&e));
-                }
-            }
             (applied, interface)
         })
     })

@@ -265,6 +265,34 @@ pub fn purge(spec: &Spec) -> Result<Purged, EngineError> {
 /// Frees the addresses still held by removed attachments whose host links
 /// `observed` shows gone (a DEL whose process died before it could say so).
 /// A link still there keeps its address: its DEL is under way.
+/// What follows an applied pass, for `headcni apply` and the daemon alike:
+/// a converged node's state is recorded (what drift reports compare
+/// against), and, when `release` says so, the addresses of removed pods
+/// whose links are now gone are freed. Both are best effort (logged): the
+/// pass itself stands either way.
+pub fn settle(spec: &Spec, store: &crate::store::PodStore, applied: &Applied, release: bool) {
+    if applied.converged() {
+        let record =
+            crate::snapshot::LastApplied::new(spec, &applied.pods, applied.desired.clone());
+        let path = crate::snapshot::LastApplied::path(&spec.state_dir);
+        let saved = crate::store::create_state_dir(&spec.state_dir)
+            .map_err(|e| crate::Chain(&e).to_string())
+            .and_then(|()| {
+                crate::snapshot::save(&path, &record).map_err(|e| crate::Chain(&e).to_string())
+            });
+        if let Err(e) = saved {
+            tracing::warn!("cannot record the applied state for drift reports: {e}");
+        }
+    }
+    if release {
+        match release_gone(store, &applied.observed_after) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("released {n} addresses of attachments whose links are gone"),
+            Err(e) => tracing::warn!("cannot free released addresses: {}", crate::Chain(&e)),
+        }
+    }
+}
+
 pub fn release_gone(
     store: &crate::store::PodStore,
     observed: &Observed,

@@ -35,7 +35,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "up") {
         let socket = flag(&args, "socket").expect("--socket");
-        std::fs::write(format!("{socket}.up.args"), args.join("\n")).expect("record args");
+        // Whole or not at all: a test waits for the file and reads it at once.
+        let tmp = format!("{socket}.up.args.tmp");
+        std::fs::write(&tmp, args.join("\n")).expect("record args");
+        std::fs::rename(&tmp, format!("{socket}.up.args")).expect("record args");
         return;
     }
     let name = flag(&args, "tun").expect("--tun");
