@@ -390,3 +390,80 @@ fn the_harness_bounds_every_command() {
         found.join("\n")
     );
 }
+
+/// The layers docs/architecture.md's code map lists, lowest first: a module
+/// names only modules of its own layer or below.
+const LAYERS: &[&[&str]] = &[
+    &["model", "spec", "diff", "drift", "report"],
+    &["store", "snapshot"],
+    &["kernel"],
+    &["observe", "apply"],
+    &["engine"],
+    &["attach", "hosttailnet"],
+    &["cni", "daemon", "install", "stdout", "fuzzing"],
+];
+
+/// (from, to, why) a module may name above its layer.
+const LAYER_EXCEPTIONS: &[(&str, &str, &str)] = &[
+    (
+        "attach",
+        "crate::cni::error",
+        "verdicts are CNI errors, with the protocol's codes",
+    ),
+    (
+        "attach",
+        "crate::cni::handoff",
+        "a batch is the hand-off's requests; an ADD's answer is its `Wired`",
+    ),
+    (
+        "attach",
+        "crate::cni::same_namespace",
+        "CHECK compares namespaces as the plugin's env checks do",
+    ),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&module))
+}
+
+#[test]
+fn each_layer_names_only_layers_below_it() {
+    let mut found = Vec::new();
+    for module in modules_from(&src().join("lib.rs")) {
+        let Some(top) = module.path.get(1) else {
+            continue;
+        };
+        let Some(own) = layer_of(top) else {
+            found.push(format!(
+                "{top}: in no layer (add it to LAYERS and the code map)"
+            ));
+            continue;
+        };
+        let code = code_of(&module.file);
+        for (at, _) in code.match_indices("crate::") {
+            let named: String = code[at + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let Some(theirs) = layer_of(&named) else {
+                continue;
+            };
+            let allowed = LAYER_EXCEPTIONS
+                .iter()
+                .any(|(from, to, _)| from == top && code[at..].starts_with(to));
+            if theirs > own && !allowed {
+                found.push(format!(
+                    "{}: {top} (layer {own}) names crate::{named} (layer {theirs})",
+                    relative(&module.file)
+                ));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    assert!(
+        found.is_empty(),
+        "a module names a layer above its own:\n{}",
+        found.join("\n")
+    );
+}
