@@ -1,7 +1,9 @@
 //! CNI latency, one run, real kernel, throwaway namespaces (root): ADD and DEL
 //! as whole-process invocations, headcni against the reference `ptp` +
 //! `host-local` plugins (Debian's containernetworking-plugins), interleaved
-//! so both see the same machine. `cargo bench --bench cni` prints the figures.
+//! so both see the same machine. `cargo bench --bench cni` prints the figures;
+//! HEADCNI_BENCH_BASELINE=PATH measures another headcni binary (an older
+//! build) in the same rounds, on a state_dir of its own, for before/after.
 
 mod common;
 
@@ -66,44 +68,58 @@ fn main() {
         dir.path().join("host-local").display()
     );
 
+    // headcni, the reference, and the baseline build when one is given (its
+    // own spec and state_dir: two builds never share a store).
+    let mut plugins = vec![("headcni".to_string(), headcni.clone(), ours.clone())];
+    plugins.push(("ptp+host-local".to_string(), ptp.clone(), reference.clone()));
+    if let Some(old) = std::env::var_os("HEADCNI_BENCH_BASELINE") {
+        let old_spec = dir.path().join("baseline.toml");
+        std::fs::write(
+            &old_spec,
+            format!("version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"10.246.0.0/16\"\n", dir.path().join("baseline-state").display()),
+        )
+        .unwrap();
+        let conf = format!(
+            r#"{{"cniVersion":"1.1.0","name":"headcni","type":"headcni","spec":"{}"}}"#,
+            old_spec.display()
+        );
+        plugins.push(("baseline".to_string(), PathBuf::from(old), conf));
+    }
     // Warm the page cache and the stores once.
-    invoke(&headcni, "ADD", "warm", &pod_path, &ours);
-    invoke(&headcni, "DEL", "warm", &pod_path, &ours);
-    invoke(&ptp, "ADD", "warm", &pod_path, &reference);
-    invoke(&ptp, "DEL", "warm", &pod_path, &reference);
-
-    let (mut our_add, mut our_del, mut ref_add, mut ref_del) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (_, plugin, conf) in &plugins {
+        invoke(plugin, "ADD", "warm", &pod_path, conf);
+        invoke(plugin, "DEL", "warm", &pod_path, conf);
+    }
+    let mut adds: Vec<Vec<Duration>> = plugins.iter().map(|_| Vec::new()).collect();
+    let mut dels = adds.clone();
     for i in 0..ROUNDS {
         let id = format!("bench{i:04}");
-        our_add.push(invoke(&headcni, "ADD", &id, &pod_path, &ours));
-        our_del.push(invoke(&headcni, "DEL", &id, &pod_path, &ours));
-        ref_add.push(invoke(&ptp, "ADD", &id, &pod_path, &reference));
-        ref_del.push(invoke(&ptp, "DEL", &id, &pod_path, &reference));
+        for (k, (_, plugin, conf)) in plugins.iter().enumerate() {
+            adds[k].push(invoke(plugin, "ADD", &id, &pod_path, conf));
+            dels[k].push(invoke(plugin, "DEL", &id, &pod_path, conf));
+        }
     }
     let med = |v: &mut Vec<Duration>| percentile(v, 0.5);
     let p90 = |v: &mut Vec<Duration>| percentile(v, 0.9);
     println!("CNI latency, {ROUNDS} rounds, whole-process invocations");
-    println!(
-        "headcni      ADD median {}  p90 {}   DEL median {}  p90 {}",
-        ms(med(&mut our_add)),
-        ms(p90(&mut our_add)),
-        ms(med(&mut our_del)),
-        ms(p90(&mut our_del))
-    );
-    println!(
-        "ptp+host-local ADD median {}  p90 {}   DEL median {}  p90 {}",
-        ms(med(&mut ref_add)),
-        ms(p90(&mut ref_add)),
-        ms(med(&mut ref_del)),
-        ms(p90(&mut ref_del))
-    );
-    let ours_total = med(&mut our_add) + med(&mut our_del);
-    let ref_total = med(&mut ref_add) + med(&mut ref_del);
-    println!(
-        "ADD+DEL median: headcni {}  reference {}  ratio {:.2}x  (target <= 1.0x)",
-        ms(ours_total),
-        ms(ref_total),
-        ours_total.as_secs_f64() / ref_total.as_secs_f64()
-    );
+    for (k, (name, _, _)) in plugins.iter().enumerate() {
+        println!(
+            "{name:<14} ADD median {}  p90 {}   DEL median {}  p90 {}",
+            ms(med(&mut adds[k])),
+            ms(p90(&mut adds[k])),
+            ms(med(&mut dels[k])),
+            ms(p90(&mut dels[k]))
+        );
+    }
+    let ref_total = med(&mut adds[1]) + med(&mut dels[1]);
+    for k in (0..plugins.len()).filter(|k| *k != 1) {
+        let total = med(&mut adds[k]) + med(&mut dels[k]);
+        println!(
+            "ADD+DEL median: {} {}  reference {}  ratio {:.2}x  (target <= 1.0x)",
+            plugins[k].0,
+            ms(total),
+            ms(ref_total),
+            total.as_secs_f64() / ref_total.as_secs_f64()
+        );
+    }
 }
