@@ -20,21 +20,7 @@ impl Cluster {
         let mut lab = Lab::new();
         let a = lab.netns("a");
         let b = lab.netns("b");
-        lab.ip(
-            &a,
-            &[
-                "link",
-                "add",
-                "tailscale0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "tailscale0",
-                "netns",
-                &b,
-            ],
-        );
+        lab.veth_pair(&a, "tailscale0", &b, "tailscale0");
         for (ns, ip) in [(&a, "100.64.0.1/32"), (&b, "100.64.0.2/32")] {
             lab.ip(ns, &["addr", "add", ip, "dev", "tailscale0"]);
             lab.ip(ns, &["link", "set", "tailscale0", "up"]);

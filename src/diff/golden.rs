@@ -84,21 +84,7 @@ fn golden_plans() {
     );
 }
 
-const SPEC: &str = r#"version = 1
-mode = "host"
-state_dir = "/var/lib/headcni"
-
-[pod_network]
-cidr = "10.244.0.0/24"
-mtu = 1500
-
-[tailnet]
-interface = "tailscale0"
-
-[[route]]
-destination = "198.51.100.0/24"
-via = "203.0.113.1"
-"#;
+const SPEC: &str = crate::spec::example_spec!();
 
 fn intent(i: u8) -> PodIntent {
     let id = format!("{i:02}c0ffee{i:02}");

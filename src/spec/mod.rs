@@ -258,6 +258,30 @@ pub struct ExtraRoute {
     pub metric: u32,
 }
 
+/// The host-mode spec the unit tests start from (golden plans, validation).
+#[cfg(test)]
+macro_rules! example_spec {
+    () => {
+        r#"version = 1
+mode = "host"
+state_dir = "/var/lib/headcni"
+
+[pod_network]
+cidr = "10.244.0.0/24"
+mtu = 1500
+
+[tailnet]
+interface = "tailscale0"
+
+[[route]]
+destination = "198.51.100.0/24"
+via = "203.0.113.1"
+"#
+    };
+}
+#[cfg(test)]
+pub(crate) use example_spec;
+
 /// A spec is never more than this; anything larger is not a spec.
 pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 

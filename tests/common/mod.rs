@@ -131,6 +131,16 @@ impl Lab {
             .expect("spawn headcni")
     }
 
+    /// A veth pair: `a_if` in namespace `a`, its peer `b_if` in `b` (both down).
+    pub fn veth_pair(&self, a: &str, a_if: &str, b: &str, b_if: &str) {
+        self.ip(
+            a,
+            &[
+                "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
+            ],
+        );
+    }
+
     pub fn ping(&self, ns: &str, target: &str) -> bool {
         bounded(Duration::from_secs(10))
             .args(["ip", "netns", "exec", ns, "ping", "-c1", "-W2", target])
@@ -174,21 +184,7 @@ impl Node {
         let node = lab.netns("node");
         let peer = lab.netns("peer");
         let gw = lab.netns("gw");
-        lab.ip(
-            &node,
-            &[
-                "link",
-                "add",
-                "tailscale0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "ts-peer",
-                "netns",
-                &peer,
-            ],
-        );
+        lab.veth_pair(&node, "tailscale0", &peer, "ts-peer");
         lab.ip(
             &node,
             &["addr", "add", "100.64.0.1/32", "dev", "tailscale0"],

@@ -61,12 +61,7 @@ pub fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
 }
 
 pub fn veth(lab: &Lab, a: &str, a_if: &str, b: &str, b_if: &str) {
-    lab.ip(
-        a,
-        &[
-            "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
-        ],
-    );
+    lab.veth_pair(a, a_if, b, b_if);
     lab.ip(a, &["link", "set", a_if, "up"]);
     lab.ip(b, &["link", "set", b_if, "up"]);
 }

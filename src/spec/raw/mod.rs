@@ -183,22 +183,8 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
-version = 1
-mode = "host"
-state_dir = "/var/lib/headcni"
-
-[pod_network]
-cidr = "10.244.0.0/24"
-mtu = 1500
-
-[tailnet]
-interface = "tailscale0"
-
-[[route]]
-destination = "198.51.100.0/24"
-via = "203.0.113.1"
-"#;
+    /// (Its first line is blank: the line numbers below count it.)
+    const GOOD: &str = concat!("\n", crate::spec::example_spec!());
 
     fn err(text: &str) -> SpecError {
         Spec::parse(text, Path::new("/etc/headcni/headcni.toml")).unwrap_err()
