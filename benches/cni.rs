@@ -30,6 +30,28 @@ fn invoke(plugin: &Path, command: &str, id: &str, netns: &str, conf: &str) -> Du
     took
 }
 
+/// Where ptp + host-local stands among the plugins measured.
+const REFERENCE: usize = 1;
+
+/// A host-mode spec with its own state_dir in `dir` (`NAME.toml`,
+/// `NAME-state`), and the network config that names it.
+fn headcni_conf(dir: &Path, name: &str, cidr: &str) -> String {
+    let spec = dir.join(format!("{name}.toml"));
+    let state = dir.join(format!("{name}-state"));
+    std::fs::write(
+        &spec,
+        format!(
+            "version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"{cidr}\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    format!(
+        r#"{{"cniVersion":"1.1.0","name":"headcni","type":"headcni","spec":"{}"}}"#,
+        spec.display()
+    )
+}
+
 fn main() {
     require_root();
     if std::env::args().any(|a| a == "--list") {
@@ -53,16 +75,7 @@ fn main() {
     sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
     sh(&["ip", "link", "set", "tailscale0", "up"]);
 
-    let spec = dir.path().join("headcni.toml");
-    std::fs::write(
-        &spec,
-        format!("version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"10.244.0.0/16\"\n", dir.path().join("state").display()),
-    )
-    .unwrap();
-    let ours = format!(
-        r#"{{"cniVersion":"1.1.0","name":"headcni","type":"headcni","spec":"{}"}}"#,
-        spec.display()
-    );
+    let ours = headcni_conf(dir.path(), "headcni", "10.244.0.0/16");
     let reference = format!(
         r#"{{"cniVersion":"1.0.0","name":"ref","type":"ptp","ipMasq":false,"mtu":1500,"ipam":{{"type":"host-local","subnet":"10.245.0.0/16","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}}"#,
         dir.path().join("host-local").display()
@@ -70,19 +83,12 @@ fn main() {
 
     // headcni, the reference, and the baseline build when one is given (its
     // own spec and state_dir: two builds never share a store).
-    let mut plugins = vec![("headcni".to_string(), headcni.clone(), ours.clone())];
-    plugins.push(("ptp+host-local".to_string(), ptp.clone(), reference.clone()));
+    let mut plugins = vec![
+        ("headcni".to_string(), headcni.clone(), ours),
+        ("ptp+host-local".to_string(), ptp.clone(), reference),
+    ];
     if let Some(old) = std::env::var_os("HEADCNI_BENCH_BASELINE") {
-        let old_spec = dir.path().join("baseline.toml");
-        std::fs::write(
-            &old_spec,
-            format!("version = 1\nmode = \"host\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"10.246.0.0/16\"\n", dir.path().join("baseline-state").display()),
-        )
-        .unwrap();
-        let conf = format!(
-            r#"{{"cniVersion":"1.1.0","name":"headcni","type":"headcni","spec":"{}"}}"#,
-            old_spec.display()
-        );
+        let conf = headcni_conf(dir.path(), "baseline", "10.246.0.0/16");
         plugins.push(("baseline".to_string(), PathBuf::from(old), conf));
     }
     // Warm the page cache and the stores once.
@@ -115,8 +121,8 @@ fn main() {
             ms(p90(&mut dels[k]))
         );
     }
-    let ref_total = med(&mut adds[1]) + med(&mut dels[1]);
-    for k in (0..plugins.len()).filter(|k| *k != 1) {
+    let ref_total = med(&mut adds[REFERENCE]) + med(&mut dels[REFERENCE]);
+    for k in (0..plugins.len()).filter(|k| *k != REFERENCE) {
         let total = med(&mut adds[k]) + med(&mut dels[k]);
         println!(
             "ADD+DEL median: {} {}  reference {}  ratio {:.2}x  (target <= 1.0x)",

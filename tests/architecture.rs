@@ -152,23 +152,19 @@ fn io_named(module: &[String], mut file: syn::File) -> Vec<String> {
     }
     impl Names<'_> {
         fn check(&mut self, segments: Vec<String>) {
-            let mut resolved: Vec<String> = Vec::new();
-            for (i, s) in segments.iter().enumerate() {
-                match s.as_str() {
-                    "crate" if i == 0 => resolved.push(s.clone()),
-                    "self" if i == 0 => resolved.extend(self.module.iter().cloned()),
-                    "super"
-                        if i == 0
-                            || resolved.len() > 1 && segments[..i].iter().all(|s| s == "super") =>
-                    {
-                        if i == 0 {
-                            resolved.extend(self.module.iter().cloned());
-                        }
-                        resolved.pop();
-                    }
-                    _ => resolved.push(s.clone()),
-                }
-            }
+            // `self::` and leading `super::`s are relative to this module.
+            let supers = segments.iter().take_while(|s| *s == "super").count();
+            let mut resolved: Vec<String> = match segments.first().map(String::as_str) {
+                Some("self") => self.module.clone(),
+                Some("super") => self.module[..self.module.len().saturating_sub(supers)].to_vec(),
+                _ => Vec::new(),
+            };
+            let skip = if segments.first().is_some_and(|s| s == "self") {
+                1
+            } else {
+                supers
+            };
+            resolved.extend(segments[skip..].iter().cloned());
             for (prefix, why) in IO_PATHS {
                 let prefix: Vec<&str> = prefix.split("::").collect();
                 if resolved.len() >= prefix.len()
