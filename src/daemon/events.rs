@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use notify::{RecursiveMode, Watcher};
-use rtnetlink::sys::Socket;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::kernel::netlink::socket::{Netfilter, Protocol, Route, Socket};
 use crate::model::{LINK_PREFIX, RTPROT_HEADCNI};
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,34 +35,47 @@ pub enum Trigger {
 /// Reads events forever on a thread of its own, sending a trigger for each
 /// datagram that touches something relevant. `interfaces`: links that matter
 /// besides headcni's own (the tailnet interface).
-pub fn listen(socket: Socket, interfaces: Vec<String>, tx: UnboundedSender<Trigger>) {
-    std::thread::Builder::new()
-        .name("headcni-events".into())
-        .spawn(move || {
-            let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
-            loop {
-                buf.clear();
-                let n = match socket.recv(&mut buf, 0) {
-                    Ok(n) => n,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                        tracing::warn!("netlink event socket overran; resyncing");
-                        if tx.send(Trigger::Overrun).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!("netlink event socket: {e}");
-                        return;
-                    }
-                };
-                if relevant(&buf[..n], &interfaces) && tx.send(Trigger::Kernel).is_err() {
+pub fn listen(socket: Socket<Route>, interfaces: Vec<String>, tx: UnboundedSender<Trigger>) {
+    read_events(
+        "headcni-events",
+        socket,
+        tx,
+        Trigger::Overrun,
+        move |datagram| relevant(datagram, &interfaces),
+    );
+}
+
+/// Reads a subscription on a thread named `name`, sending `Trigger::Kernel`
+/// for each datagram `relevant` keeps, and `overrun` when the socket overran
+/// (events were lost).
+fn read_events<P: Protocol + 'static>(
+    name: &'static str,
+    mut socket: Socket<P>,
+    tx: UnboundedSender<Trigger>,
+    overrun: Trigger,
+    relevant: impl Fn(&[u8]) -> bool + Send + 'static,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            let trigger = match socket.receive() {
+                Ok(datagram) => relevant(datagram).then_some(Trigger::Kernel),
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!("{name}: the event socket overran");
+                    Some(overrun.clone())
+                }
+                Err(e) => {
+                    tracing::error!("{name}: {e}");
                     return;
                 }
+            };
+            if trigger.is_some_and(|t| tx.send(t).is_err()) {
+                return;
             }
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| tracing::error!("cannot start the event thread: {e}"));
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the thread {name}: {e}");
+    }
 }
 
 /// Does a datagram of events touch headcni's objects or the interfaces it
@@ -92,28 +105,8 @@ fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
 
 /// Any ruleset change is a reason to look (nft's own answers to headcni's
 /// transactions included: the next pass then finds nothing to do).
-pub fn listen_nftables(socket: Socket, tx: UnboundedSender<Trigger>) {
-    std::thread::Builder::new()
-        .name("headcni-nft-events".into())
-        .spawn(move || {
-            let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-            loop {
-                buf.clear();
-                match socket.recv(&mut buf, 0) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                    Err(e) => {
-                        tracing::error!("nftables event socket: {e}");
-                        return;
-                    }
-                }
-                if tx.send(Trigger::Kernel).is_err() {
-                    return;
-                }
-            }
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| tracing::error!("cannot start the nftables event thread: {e}"));
+pub fn listen_nftables(socket: Socket<Netfilter>, tx: UnboundedSender<Trigger>) {
+    read_events("headcni-nft-events", socket, tx, Trigger::Kernel, |_| true);
 }
 
 /// Watches the spec file's directory (editors replace files) and the pod

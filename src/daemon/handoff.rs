@@ -85,23 +85,11 @@ pub async fn serve(
     queue: Queue,
     tx: UnboundedSender<Trigger>,
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = super::listen::bind_root_only(&path)?;
     let limit = super::listen::Limit::with(MAX_WAITING);
-    loop {
-        let slot = limit.slot().await;
-        let conn = match listener.accept().await {
-            Ok((conn, _)) => conn,
-            Err(e) => {
-                super::listen::accept_failed("CNI handoff socket", &e).await;
-                continue;
-            }
-        };
+    super::listen::serve_each(listener, "CNI handoff socket", limit, |conn| {
         let (queue, tx) = (queue.clone(), tx.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             let (read, mut write) = conn.into_split();
             let mut line = Vec::new();
             let mut reader = BufReader::new(read.take(MAX_LINE));
@@ -149,8 +137,9 @@ pub async fn serve(
                 },
                 _ = reader.read(&mut rest) => {}
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// One answer line, then the end of the connection (a plugin gone

@@ -113,19 +113,10 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("metrics and health on http://{addr}");
     let limit = super::listen::Limit::new();
-    loop {
-        let slot = limit.slot().await;
-        let mut conn = match listener.accept().await {
-            Ok((conn, _)) => conn,
-            Err(e) => {
-                super::listen::accept_failed("metrics listener", &e).await;
-                continue;
-            }
-        };
+    super::listen::serve_each(listener, "metrics listener", limit, |mut conn| {
         let metrics = metrics.clone();
         let status = status.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             // The request line may come in pieces (a client's several
             // writes, TCP's segments): read up to the end of the headers.
             let mut buf = [0u8; 1024];
@@ -187,6 +178,7 @@ pub async fn serve(
                 let _ = conn.write_all(body.as_bytes()).await;
             }
             let _ = conn.shutdown().await;
-        });
-    }
+        }
+    })
+    .await
 }

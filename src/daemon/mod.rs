@@ -231,7 +231,10 @@ fn listen_for_changes(
     }
     match crate::kernel::netlink::events::nftables_socket() {
         Ok(sock) => events::listen_nftables(sock, tx.clone()),
-        Err(e) => tracing::warn!("nftables events (changes will wait for the resync): {e}"),
+        Err(e) => tracing::warn!(
+            "nftables events (changes will wait for the resync): {}",
+            crate::Chain(&e)
+        ),
     }
     if spec.mode == Mode::Daemon {
         let netns = spec.daemon.netns_path();

@@ -81,35 +81,22 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_FILE)
 }
 
-/// Serves the status to every connection, then closes it. The socket is
-/// made root-only; it lives in state_dir, which is 0700 already, so the
-/// moment between bind and chmod exposes nothing (and no process-wide umask
-/// flip races the daemon's other threads' file creation).
+/// Serves the status socket: the status as JSON to whoever connects (root
+/// only).
 pub async fn serve(path: PathBuf, status: Shared) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = super::listen::bind_root_only(&path)?;
     let limit = super::listen::Limit::new();
-    loop {
-        let slot = limit.slot().await;
-        let mut conn = match listener.accept().await {
-            Ok((conn, _)) => conn,
-            Err(e) => {
-                super::listen::accept_failed("status socket", &e).await;
-                continue;
-            }
-        };
+    super::listen::serve_each(listener, "status socket", limit, |mut conn| {
         let doc = {
             let s = status.lock().map(|s| s.clone()).unwrap_or_default();
             serde_json::to_vec(&s).unwrap_or_default()
         };
-        tokio::spawn(async move {
-            let _slot = slot;
+        async move {
             let _ = conn.write_all(&doc).await;
             let _ = conn.shutdown().await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Reads the daemon's status (for `headcni status`).

@@ -78,13 +78,13 @@ enum ReadingState<'a> {
 /// where it was at the last listing; else starts `nft`.
 pub fn start_observe(listings: &Listings) -> Reading<'_> {
     // If the kernel cannot say, nft will.
-    let kernel = crate::kernel::netlink::nfnetlink::Nftables::open().ok();
-    if let Some(Ok(false)) = kernel.as_ref().map(|k| k.inet_table_exists(TABLE)) {
+    let mut kernel = crate::kernel::netlink::nfnetlink::Nftables::open().ok();
+    if let Some(Ok(false)) = kernel.as_mut().map(|k| k.inet_table_exists(TABLE)) {
         return Reading(ReadingState::Answered(Ok(None)));
     }
     // Read before listing: a change in between leaves a stale version in
     // the cache, which only costs the next pass a listing.
-    let version = kernel.and_then(|k| k.ruleset_version().ok());
+    let version = kernel.and_then(|mut k| k.ruleset_version().ok());
     if let (Some(version), Ok(last)) = (version, listings.last.lock()) {
         if let Some((_, table)) = last.as_ref().filter(|(v, _)| *v == version) {
             return Reading(ReadingState::Answered(Ok(table.clone())));

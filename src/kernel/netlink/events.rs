@@ -2,11 +2,9 @@
 //! (links, addresses, routes, rules, netconf) and nftables changes. Made
 //! here, at the kernel boundary; read and judged in daemon/events.rs.
 
-use std::io;
 use std::path::Path;
 
-use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-
+use super::socket::{Netfilter, Route, Socket};
 use super::NetlinkError;
 
 const EVENT_BUFFER_BYTES: libc::c_int = 4 * 1024 * 1024;
@@ -21,32 +19,28 @@ const GROUPS: u32 = (libc::RTMGRP_LINK
     | libc::RTMGRP_IPV4_RULE
     | libc::RTMGRP_IPV6_IFADDR
     | libc::RTMGRP_IPV6_ROUTE) as u32;
+/// Beyond the legacy bits: IPv6 rules, and forwarding and rp_filter changes
+/// (RTM_NEWNETCONF).
+const MEMBERSHIPS: [u32; 3] = [
+    libc::RTNLGRP_IPV6_RULE,
+    libc::RTNLGRP_IPV4_NETCONF,
+    libc::RTNLGRP_IPV6_NETCONF,
+];
 
 /// A multicast socket for link, address, route and rule events, made in the
 /// namespace at `netns` (None: the caller's). Its receive buffer is raised so
 /// bursts (a pod churn, a flap) fit; an overrun still means a full resync.
-pub fn event_socket(netns: Option<&Path>) -> Result<Socket, NetlinkError> {
-    let make = || -> io::Result<Socket> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind(&SocketAddr::new(0, GROUPS))?;
-        socket.add_membership(libc::RTNLGRP_IPV6_RULE)?;
-        // Forwarding and rp_filter changes (RTM_NEWNETCONF).
-        socket.add_membership(libc::RTNLGRP_IPV4_NETCONF)?;
-        socket.add_membership(libc::RTNLGRP_IPV6_NETCONF)?;
-        super::force_receive_buffer(&socket, EVENT_BUFFER_BYTES);
-        Ok(socket)
-    };
-    match netns {
-        None => make().map_err(NetlinkError::Socket),
-        Some(path) => super::in_netns(path, make)?.map_err(NetlinkError::Socket),
-    }
+pub fn event_socket(netns: Option<&Path>) -> Result<Socket<Route>, NetlinkError> {
+    Socket::subscribe(netns, GROUPS, &MEMBERSHIPS, EVENT_BUFFER_BYTES)
 }
 
 /// A socket for nftables change events in the caller's namespace: someone
 /// flushing headcni's table is drift like a deleted route.
-pub fn nftables_socket() -> io::Result<Socket> {
-    let mut socket = Socket::new(libc::NETLINK_NETFILTER as isize)?;
-    socket.bind_auto()?;
-    socket.add_membership(libc::NFNLGRP_NFTABLES as u32)?;
-    Ok(socket)
+pub fn nftables_socket() -> Result<Socket<Netfilter>, NetlinkError> {
+    Socket::subscribe(
+        None,
+        0,
+        &[libc::NFNLGRP_NFTABLES as u32],
+        EVENT_BUFFER_BYTES,
+    )
 }

@@ -8,13 +8,16 @@
 //! answers in place, decoding only the attributes headcni uses (the link
 //! dump's per-interface inet6 configuration alone is most of its bytes).
 //!
-//! Entering a namespace happens only in [`Netlink::open_in`], on a
-//! short-lived thread: a netlink socket stays bound to the namespace it was
-//! created in, so that thread creates it there and hands it back.
+//! Entering a namespace happens only in [`in_netns`] and [`in_each_netns`], on
+//! short-lived threads: a netlink socket stays bound to the namespace it was
+//! created in, so that thread creates it there and hands it back. The socket
+//! itself, and the loop that reads answers, are [`socket::Socket`]'s, for
+//! rtnetlink and nfnetlink alike.
 
 pub mod events;
 pub mod netns;
 pub mod nfnetlink;
+pub mod socket;
 
 use std::fs::File;
 use std::io;
@@ -22,10 +25,11 @@ use std::path::{Path, PathBuf};
 
 use rtnetlink::packet_core::{NetlinkBuffer, NetlinkMessage, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use socket::{Route, Socket, Until};
 
 pub(crate) const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
-const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+pub(crate) const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 /// Most requests per datagram. Every one is answered by an ack that holds
 /// about a kilobyte of receive buffer until read, so a batch must fit it.
 const MAX_BATCH: usize = 512;
@@ -78,25 +82,20 @@ impl NetlinkError {
 
 /// A connection to rtnetlink in one namespace. Dropping it closes the socket.
 pub struct Netlink {
-    socket: Socket,
-    seq: u32,
+    socket: Socket<Route>,
     batch: usize,
-    rx: Vec<u8>,
     tx: Vec<u8>,
 }
 
 impl Netlink {
     /// Connects in the caller's own namespace.
     pub fn open_current() -> Result<Netlink, NetlinkError> {
-        Self::from_socket(Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?)
+        Self::configure(Socket::connect(None, READ_CHUNK)?)
     }
 
     /// Connects inside the namespace at `path` (a /run/netns file or /proc/PID/ns/net).
     pub fn open_in(path: &Path) -> Result<Netlink, NetlinkError> {
-        let socket = in_netns(path, || {
-            Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)
-        })??;
-        Self::from_socket(socket)
+        Self::configure(Socket::connect(Some(path), READ_CHUNK)?)
     }
 
     /// Strict checking of requests (NETLINK_GET_STRICT_CHK): the kernel
@@ -104,25 +103,23 @@ impl Netlink {
     /// instead of ignoring them.
     pub fn strict(self) -> Result<Netlink, NetlinkError> {
         self.socket
+            .raw()
             .set_netlink_get_strict_chk(true)
             .map_err(NetlinkError::Socket)?;
         Ok(self)
     }
 
-    fn from_socket(mut socket: Socket) -> Result<Netlink, NetlinkError> {
-        socket.bind_auto().map_err(NetlinkError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(NetlinkError::Socket)?;
+    fn configure(mut socket: Socket<Route>) -> Result<Netlink, NetlinkError> {
         // Acks without a copy of the request: smaller, so batches fit better.
-        socket.set_cap_ack(true).map_err(NetlinkError::Socket)?;
-        let buffer = force_receive_buffer(&socket, RECV_BUFFER_BYTES);
+        socket
+            .raw_mut()
+            .set_cap_ack(true)
+            .map_err(NetlinkError::Socket)?;
+        let buffer = socket::force_receive_buffer(socket.raw(), RECV_BUFFER_BYTES);
         let batch = (buffer / ACK_TRUESIZE).clamp(1, MAX_BATCH);
         Ok(Netlink {
             socket,
-            seq: 0,
             batch,
-            rx: Vec::with_capacity(READ_CHUNK),
             tx: Vec::new(),
         })
     }
@@ -132,24 +129,10 @@ impl Netlink {
     pub fn dump(
         &mut self,
         request: RouteNetlinkMessage,
-        mut each: impl FnMut(u16, &[u8]),
+        each: impl FnMut(u16, &[u8]),
     ) -> Result<(), NetlinkError> {
         let seq = self.send_one(request, NLM_F_REQUEST | NLM_F_DUMP)?;
-        self.read_until(|kind, msg_seq, payload| {
-            if msg_seq != seq {
-                return Ok(false);
-            }
-            match kind {
-                NLMSG_DONE => Ok(true),
-                NLMSG_ERROR => {
-                    error_code(payload).map_or(Ok(false), |e| Err(NetlinkError::Kernel(e)))
-                }
-                kind => {
-                    each(kind, payload);
-                    Ok(false)
-                }
-            }
-        })
+        self.socket.answers(seq, Until::Done, each)
     }
 
     /// Runs a dump and hands each datagram of answers, whole, to `each`,
@@ -163,12 +146,8 @@ impl Netlink {
         let seq = self.send_one(request, NLM_F_REQUEST | NLM_F_DUMP)?;
         let mut buf = each(Vec::new());
         loop {
-            buf.clear();
             buf.reserve(DATAGRAM_BYTES);
-            let n = self
-                .socket
-                .recv(&mut buf, 0)
-                .map_err(NetlinkError::Socket)?;
+            let n = self.socket.receive_into(&mut buf)?;
             let mut done = false;
             walk(&buf[..n], |kind, msg_seq, payload| {
                 if msg_seq == seq {
@@ -196,24 +175,10 @@ impl Netlink {
     pub fn query(
         &mut self,
         request: RouteNetlinkMessage,
-        mut each: impl FnMut(u16, &[u8]),
+        each: impl FnMut(u16, &[u8]),
     ) -> Result<(), NetlinkError> {
         let seq = self.send_one(request, NLM_F_REQUEST | NLM_F_ACK)?;
-        self.read_until(|kind, msg_seq, payload| {
-            if msg_seq != seq {
-                return Ok(false);
-            }
-            match kind {
-                NLMSG_ERROR => {
-                    error_code(payload).map_or(Ok(true), |e| Err(NetlinkError::Kernel(e)))
-                }
-                NLMSG_DONE => Ok(true),
-                kind => {
-                    each(kind, payload);
-                    Ok(false)
-                }
-            }
-        })
+        self.socket.answers(seq, Until::Ack, each)
     }
 
     /// Forwarding of this namespace (`net.ipv4.ip_forward`, which is
@@ -230,65 +195,32 @@ impl Netlink {
         const NETCONFA_IFINDEX_ALL: i32 = -1;
 
         let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
+        let seq = self.socket.next_seq();
         let request = raw_request(
             RTM_GETNETCONF,
             seq,
             [family, 0, 0, 0], // struct netconfmsg, padded
             &[(NETCONFA_IFINDEX, &NETCONFA_IFINDEX_ALL.to_ne_bytes())],
         );
-        self.socket
-            .send(&request, 0)
-            .map_err(NetlinkError::Socket)?;
+        self.socket.send(&request)?;
         let mut forwarding = None;
-        self.read_until(|kind, msg_seq, payload| {
-            if msg_seq != seq {
-                return Ok(false);
-            }
-            match kind {
-                RTM_NEWNETCONF => {
-                    forwarding = attributes(payload.get(4..).unwrap_or_default())
-                        .find(|(attr, _)| *attr == NETCONFA_FORWARDING)
-                        .and_then(|(_, v)| Some(i32::from_ne_bytes(v.get(..4)?.try_into().ok()?)))
-                        .map(|v| v != 0);
-                    Ok(false)
-                }
-                NLMSG_ERROR => {
-                    error_code(payload).map_or(Ok(true), |e| Err(NetlinkError::Kernel(e)))
-                }
-                _ => Ok(false),
+        self.socket.answers(seq, Until::Ack, |kind, payload| {
+            if kind == RTM_NEWNETCONF {
+                forwarding = attributes(payload.get(4..).unwrap_or_default())
+                    .find(|(attr, _)| *attr == NETCONFA_FORWARDING)
+                    .and_then(|(_, v)| Some(i32::from_ne_bytes(v.get(..4)?.try_into().ok()?)))
+                    .map(|v| v != 0);
             }
         })?;
         Ok(forwarding)
     }
 
     fn send_one(&mut self, request: RouteNetlinkMessage, flags: u16) -> Result<u32, NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
+        let seq = self.socket.next_seq();
         self.tx.clear();
-        encode(&mut self.tx, request, flags, self.seq);
-        self.socket
-            .send(&self.tx, 0)
-            .map_err(NetlinkError::Socket)?;
-        Ok(self.seq)
-    }
-
-    /// Receives datagrams and walks their messages, handing (type, sequence,
-    /// payload) to `on` until it says done (Ok(true)) or fails.
-    fn read_until(
-        &mut self,
-        mut on: impl FnMut(u16, u32, &[u8]) -> Result<bool, NetlinkError>,
-    ) -> Result<(), NetlinkError> {
-        loop {
-            self.rx.clear();
-            let n = self
-                .socket
-                .recv(&mut self.rx, 0)
-                .map_err(NetlinkError::Socket)?;
-            if walk(&self.rx[..n], &mut on)? {
-                return Ok(());
-            }
-        }
+        encode(&mut self.tx, request, flags, seq);
+        self.socket.send(&self.tx)?;
+        Ok(seq)
     }
 
     /// Sends one request and waits for its ack.
@@ -310,24 +242,24 @@ impl Netlink {
         let mut results = Vec::with_capacity(requests.len());
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
-            let first = self.seq.wrapping_add(1);
+            let first = self.socket.last_seq().wrapping_add(1);
             self.tx.clear();
             let mut count = 0usize;
             for (request, flags) in requests.by_ref().take(self.batch) {
-                self.seq = self.seq.wrapping_add(1);
+                let seq = self.socket.next_seq();
                 encode(
                     &mut self.tx,
                     request,
                     NLM_F_REQUEST | NLM_F_ACK | flags,
-                    self.seq,
+                    seq,
                 );
                 count += 1;
             }
             let mut answers: Vec<Option<Result<(), NetlinkError>>> =
                 (0..count).map(|_| None).collect();
-            let failure = match self.socket.send(&self.tx, 0) {
-                Err(e) => Some(NetlinkError::Socket(e)),
-                Ok(_) => self.collect_acks(first, &mut answers).err(),
+            let failure = match self.socket.send(&self.tx) {
+                Err(e) => Some(e),
+                Ok(()) => self.collect_acks(first, &mut answers).err(),
             };
             // The first unanswered request carries the failure; the rest
             // of its batch say they were not answered.
@@ -351,7 +283,7 @@ impl Netlink {
         answers: &mut [Option<Result<(), NetlinkError>>],
     ) -> Result<(), NetlinkError> {
         let mut pending = answers.len();
-        self.read_until(|kind, seq, payload| {
+        self.socket.read_until(|kind, seq, payload| {
             if kind == NLMSG_ERROR {
                 let index = seq.wrapping_sub(first) as usize;
                 if let Some(slot) = answers.get_mut(index).filter(|s| s.is_none()) {
@@ -501,16 +433,4 @@ fn encode(out: &mut Vec<u8>, payload: RouteNetlinkMessage, flags: u16, seq: u32)
     let start = out.len();
     out.resize(start + msg.buffer_len(), 0);
     msg.serialize(&mut out[start..]);
-}
-
-/// Makes room in a socket's receive buffer (many acks wait there during a
-/// batch; bursts of events in a listener's): past rmem_max when we may
-/// (root), else as much as the system allows. Returns the size in effect.
-pub(crate) fn force_receive_buffer(socket: &Socket, size: libc::c_int) -> usize {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let size = usize::try_from(size).unwrap_or(0);
-    if setsockopt(socket, sockopt::RcvBufForce, &size).is_err() {
-        let _ = setsockopt(socket, sockopt::RcvBuf, &size);
-    }
-    socket.get_rx_buf_sz().unwrap_or(212_992)
 }

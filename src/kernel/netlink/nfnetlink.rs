@@ -4,9 +4,8 @@
 
 use std::os::fd::AsRawFd;
 
-use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
-
-use super::{attributes, error_code, raw_request, walk, NetlinkError, NLMSG_ERROR};
+use super::socket::{Netfilter, Socket, Until};
+use super::{attributes, raw_request, NetlinkError};
 
 const NFNL_SUBSYS_NFTABLES: u16 = libc::NFNL_SUBSYS_NFTABLES as u16;
 const NFT_MSG_GETTABLE: u16 = libc::NFT_MSG_GETTABLE as u16;
@@ -23,22 +22,19 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 /// An nfnetlink connection in the caller's namespace: one socket for both
 /// questions a pass asks.
 pub struct Nftables {
-    socket: Socket,
+    socket: Socket<Netfilter>,
 }
 
 impl Nftables {
     pub fn open() -> Result<Nftables, NetlinkError> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NetlinkError::Socket)?;
-        socket.bind_auto().map_err(NetlinkError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(NetlinkError::Socket)?;
-        Ok(Nftables { socket })
+        Ok(Nftables {
+            socket: Socket::connect(None, 64 * 1024)?,
+        })
     }
 
     /// Does the `inet` table `name` exist?
-    pub fn inet_table_exists(&self, name: &str) -> Result<bool, NetlinkError> {
-        let answer = ask(&self.socket, NFT_MSG_GETTABLE, NFPROTO_INET, Some(name))?;
+    pub fn inet_table_exists(&mut self, name: &str) -> Result<bool, NetlinkError> {
+        let answer = ask(&mut self.socket, NFT_MSG_GETTABLE, NFPROTO_INET, Some(name))?;
         Ok(answer.is_some())
     }
 
@@ -46,13 +42,13 @@ impl Nftables {
     /// generation changes with every change to any table, and the cookie
     /// tells namespaces apart (an inode number can come back after a
     /// namespace is gone; a cookie cannot). Equal versions, equal rulesets.
-    pub fn ruleset_version(&self) -> Result<(u64, u32), NetlinkError> {
+    pub fn ruleset_version(&mut self) -> Result<(u64, u32), NetlinkError> {
         let mut cookie: u64 = 0;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
         // SAFETY: a valid fd, and a pointer to a live u64 with its size in len.
         let rc = unsafe {
             libc::getsockopt(
-                self.socket.as_raw_fd(),
+                self.socket.raw().as_raw_fd(),
                 libc::SOL_SOCKET,
                 SO_NETNS_COOKIE,
                 (&mut cookie as *mut u64).cast(),
@@ -62,7 +58,7 @@ impl Nftables {
         if rc != 0 {
             return Err(NetlinkError::Socket(std::io::Error::last_os_error()));
         }
-        let answer = ask(&self.socket, NFT_MSG_GETGEN, NFPROTO_UNSPEC, None)?
+        let answer = ask(&mut self.socket, NFT_MSG_GETGEN, NFPROTO_UNSPEC, None)?
             .ok_or_else(|| NetlinkError::Decode("no ruleset generation".into()))?;
         let generation = attributes(answer.get(NFGENMSG_LEN..).unwrap_or_default())
             .find(|(kind, _)| *kind == NFTA_GEN_ID)
@@ -80,44 +76,31 @@ pub fn inet_table_exists(name: &str) -> Result<bool, NetlinkError> {
 /// Sends one nftables GET and returns the payload of its answer (the NEW
 /// message of the same object), or None when the kernel says ENOENT.
 fn ask(
-    socket: &Socket,
+    socket: &mut Socket<Netfilter>,
     get: u16,
     family: u8,
     name: Option<&str>,
 ) -> Result<Option<Vec<u8>>, NetlinkError> {
     let name = name.map(|n| [n.as_bytes(), &[0]].concat()); // NUL-terminated
     let attrs: Vec<(u16, &[u8])> = name.iter().map(|n| (NFTA_TABLE_NAME, &n[..])).collect();
+    let seq = socket.next_seq();
     // nfgenmsg: family, version, res_id.
     let request = raw_request(
         (NFNL_SUBSYS_NFTABLES << 8) | get,
-        1,
+        seq,
         [family, 0, 0, 0],
         &attrs,
     );
-    socket.send(&request, 0).map_err(NetlinkError::Socket)?;
+    socket.send(&request)?;
     let answer_kind = (NFNL_SUBSYS_NFTABLES << 8) | (get - 1); // GETx is NEWx + 1
     let mut answer = None;
-    let mut outcome = None;
-    let mut buf = Vec::with_capacity(64 * 1024);
-    loop {
-        buf.clear();
-        let n = socket.recv(&mut buf, 0).map_err(NetlinkError::Socket)?;
-        walk(&buf[..n], |kind, _, payload| {
-            if kind == answer_kind {
-                answer = Some(payload.to_vec());
-            } else if kind == NLMSG_ERROR {
-                // The ack that ends the answer, or the refusal.
-                outcome = Some(match error_code(payload) {
-                    None => Ok(answer.take()),
-                    Some(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-                    Some(e) => Err(NetlinkError::Kernel(e)),
-                });
-                return Ok(true);
-            }
-            Ok(false)
-        })?;
-        if let Some(outcome) = outcome {
-            return outcome;
+    match socket.answers(seq, Until::Ack, |kind, payload| {
+        if kind == answer_kind {
+            answer = Some(payload.to_vec());
         }
+    }) {
+        Ok(()) => Ok(answer),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
