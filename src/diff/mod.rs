@@ -34,6 +34,6 @@ pub fn diff(desired: &Desired, observed: &Observed) -> Plan {
 }
 
 #[cfg(test)]
-mod golden;
+mod golden_inputs;
 #[cfg(test)]
 mod tests;

@@ -392,22 +392,27 @@ fn missing_pod_netns_waits_and_keeps_its_host_side() {
     assert_eq!(plan.waiting.len(), 1);
 }
 
+/// Pod `index`'s inside drifted: its default route gone, its eth0 down.
+pub(crate) fn drift_inside(observed: &mut Observed, index: usize) -> &mut NetnsState {
+    let inside = observed.pods[index]
+        .state
+        .as_mut()
+        .expect("the pod's namespace observed");
+    inside.routes.retain(|r| r.via.is_none());
+    if let Some(eth0) = inside.links.iter_mut().find(|l| l.name == "eth0") {
+        eth0.up = false;
+    }
+    inside
+}
+
 #[test]
 fn pod_side_drift_is_repaired_in_the_pod() {
     let desired = compile(&spec(), &[pod(1)]);
     let mut observed = converged(&desired);
-    let inside = observed.pods[0].state.as_mut().unwrap();
-    inside.routes.retain(|r| r.via.is_none());
-    inside.addresses.push(Address {
+    drift_inside(&mut observed, 0).addresses.push(Address {
         dev: "eth0".into(),
         addr: "10.244.0.99/32".parse().unwrap(),
     });
-    inside
-        .links
-        .iter_mut()
-        .find(|l| l.name == "eth0")
-        .unwrap()
-        .up = false;
     let plan = diff(&desired, &observed);
     let text: Vec<String> = plan.steps.iter().map(|s| s.to_string()).collect();
     assert_eq!(

@@ -1,88 +1,15 @@
-//! Golden files: tests/golden/<case>/{spec.toml, pods.json, observed.json}
-//! (and, optionally, the node's resolvers: node-resolv.conf,
-//! upstream-resolv.conf) in, {plan.txt, plan.json, plan.diff,
-//! plan.junit.xml} out. Adding a case is adding a folder.
-//! `UPDATE_GOLDEN=1 cargo test golden` rewrites the expected outputs;
-//! `cargo test -- --ignored write_golden_inputs` recreates the scenario inputs.
+//! The inputs of the golden cases, tests/golden/<case>/{spec.toml,
+//! pods.json, observed.json}, built from the diff tests' helpers (a
+//! converged node, then what each case changes in it). The runner is
+//! tests/golden.rs, beside the cases.
+//! `cargo test --lib -- --ignored write_golden_inputs` recreates them.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::tests::{converged, route_on_eth0};
-use super::*;
+use super::tests::{converged, drift_inside, route_on_eth0};
 use crate::model::{Link, NetnsState, Observed, Route, Sysctl};
-use crate::spec::Desired;
 use crate::spec::{compile, PodIntent, Spec};
-
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-fn load(case: &Path) -> (Desired, Observed) {
-    let spec_path = case.join("spec.toml");
-    let spec = Spec::parse(
-        &fs::read_to_string(&spec_path).unwrap(),
-        Path::new("spec.toml"),
-    )
-    .unwrap();
-    let pods: Vec<PodIntent> =
-        serde_json::from_str(&fs::read_to_string(case.join("pods.json")).unwrap()).unwrap();
-    let observed: Observed =
-        serde_json::from_str(&fs::read_to_string(case.join("observed.json")).unwrap()).unwrap();
-    // A case that gives the node's resolvers gets the files compiled from them.
-    let facts = crate::spec::NodeFacts {
-        resolvers: fs::read_to_string(case.join("node-resolv.conf"))
-            .ok()
-            .map(|resolv_conf| crate::spec::NodeResolvers {
-                resolv_conf,
-                upstream: fs::read_to_string(case.join("upstream-resolv.conf")).ok(),
-            }),
-        ipv6_uplinks: fs::read_to_string(case.join("ipv6-uplinks"))
-            .map(|l| l.split_whitespace().map(str::to_string).collect())
-            .unwrap_or_default(),
-    };
-    (crate::spec::compile_on(&spec, &pods, &facts), observed)
-}
-
-#[test]
-fn golden_plans() {
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut cases: Vec<PathBuf> = fs::read_dir(golden_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 15, "golden cases missing");
-    let mut failures = Vec::new();
-    for case in cases {
-        let (desired, observed) = load(&case);
-        let plan = diff(&desired, &observed);
-        for (file, got) in [
-            ("plan.txt", crate::report::text::plan(&plan, false)),
-            ("plan.json", crate::report::json::plan(&plan)),
-            ("plan.diff", crate::report::unified::diff(&plan, &desired)),
-            ("plan.junit.xml", crate::report::junit::plan(&plan)),
-        ] {
-            let path = case.join(file);
-            if update {
-                fs::write(&path, &got).unwrap();
-                continue;
-            }
-            let want = fs::read_to_string(&path).unwrap_or_default();
-            if want != got {
-                failures.push(format!(
-                    "{}:\n--- want\n{want}\n--- got\n{got}",
-                    path.display()
-                ));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "golden mismatches (UPDATE_GOLDEN=1 to accept):\n{}",
-        failures.join("\n")
-    );
-}
 
 const SPEC: &str = crate::spec::example_spec!();
 
@@ -222,14 +149,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
     ));
 
     let mut o = converged(&compile(&spec(), &three));
-    let inside = o.pods[0].state.as_mut().unwrap();
-    inside.routes.retain(|r| r.via.is_none());
-    inside
-        .links
-        .iter_mut()
-        .find(|l| l.name == "eth0")
-        .unwrap()
-        .up = false;
+    drift_inside(&mut o, 0);
     o.node.sysctls[0].value = "0".into();
     out.push((
         "11-pod-side-drift-and-forwarding-off",
@@ -397,7 +317,9 @@ fn dual_stack_scenarios(out: &mut Vec<(&'static str, String, Vec<PodIntent>, Obs
 #[ignore = "writes golden inputs; run on purpose"]
 fn write_golden_inputs() {
     for (name, spec_text, pods, observed) in scenarios() {
-        let dir = golden_dir().join(name);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("spec.toml"), spec_text).unwrap();
         fs::write(
