@@ -105,6 +105,43 @@ pub struct Link {
     /// Serialized as `type`, as `ip link ... type veth` says it.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// The hardware address, as observed (for the CNI result).
+    #[serde(skip)]
+    pub mac: Seen<[u8; 6]>,
+}
+
+impl Link {
+    /// The observed hardware address as `aa:bb:cc:dd:ee:ff`.
+    pub fn mac_text(&self) -> Option<String> {
+        let hex: Vec<String> = self.mac.0?.iter().map(|b| format!("{b:02x}")).collect();
+        Some(hex.join(":"))
+    }
+}
+
+/// A value an observation reports that no plan compares: it takes no part
+/// in equality, order or hashing (so desired and observed objects still
+/// match whatever it holds), and snapshots leave it out.
+#[derive(Clone, Debug, Default)]
+pub struct Seen<T>(pub Option<T>);
+
+impl<T> PartialEq for Seen<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<T> Eq for Seen<T> {}
+impl<T> PartialOrd for Seen<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Seen<T> {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+impl<T> std::hash::Hash for Seen<T> {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
 }
 
 /// The pod end of a host veth: created inside the pod's namespace under the pod's ifname.

@@ -32,6 +32,7 @@ fn add_check_del_with_connectivity() {
         Lab::ns_path(&pods[0]).to_str().unwrap()
     );
     assert_eq!(r["interfaces"][1]["mac"].as_str().unwrap().len(), 17);
+    common::assert_result_macs(r, &n.node, &pods[0]);
     assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
 
     for p in &pods {

@@ -116,7 +116,7 @@ pub fn run(spec: &Spec, batch: &[Request]) -> Vec<Verdict> {
         }
         *verdict = Some(match (target, p) {
             (Target::Wire(intent), _) => match verdict::wired(&applied, &intent.key()) {
-                Ok(()) => Ok(Some(super::wired_links(intent))),
+                Ok(()) => Ok(Some(super::wired_links(intent, &applied.observed_after))),
                 Err(e) => {
                     failed_adds.push(intent);
                     Err(e)

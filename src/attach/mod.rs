@@ -11,8 +11,8 @@ use std::path::Path;
 
 use crate::cni::error::{self, CniError};
 use crate::cni::handoff::Wired;
-use crate::engine::{self, PodScope};
-use crate::model::{Attachment, PodKey};
+use crate::engine::{self, Applied, PodScope};
+use crate::model::{Attachment, Link, Observed, PodKey};
 use crate::observe;
 use crate::spec::{unowned_host_link, PodIntent, Spec};
 use crate::store::PodStore;
@@ -27,13 +27,15 @@ pub fn add_here(
     let added = store.add(key, netns)?;
     let intent = added.intent;
     check_netns(&intent, netns)?;
-    if let Err(e) = wire(spec, &intent) {
-        if added.created {
-            undo(spec, store, key, &intent.host_link);
+    match wire(spec, &intent) {
+        Ok(applied) => Ok(wired_links(intent, &applied.observed_after)),
+        Err(e) => {
+            if added.created {
+                undo(spec, store, key, &intent.host_link);
+            }
+            Err(e)
         }
-        return Err(e);
     }
-    Ok(wired_links(intent))
 }
 
 /// An attachment stored earlier in another namespace is not moved.
@@ -52,23 +54,34 @@ pub fn check_netns(intent: &PodIntent, netns: &Path) -> Result<(), CniError> {
     ))
 }
 
-/// A wired attachment with its links' hardware addresses (for the result).
-pub fn wired_links(intent: PodIntent) -> Wired {
+/// A wired attachment with its links' hardware addresses (for the result),
+/// as the pass's last observation saw them: no look-up of its own.
+pub fn wired_links(intent: PodIntent, seen: &Observed) -> Wired {
+    let mac = |links: &[Link], name: &str| {
+        links
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(Link::mac_text)
+    };
+    let pod_links = seen
+        .attached(&intent.attachment())
+        .and_then(|p| p.state.as_ref())
+        .map(|s| &s.links[..])
+        .unwrap_or_default();
     Wired {
-        host_mac: observe::link_mac(None, &intent.host_link).ok().flatten(),
-        pod_mac: observe::link_mac(Some(&intent.netns), &intent.key.ifname)
-            .ok()
-            .flatten(),
+        host_mac: mac(&seen.node.links, &intent.host_link),
+        pod_mac: mac(pod_links, &intent.key.ifname),
         intent,
     }
 }
 
 /// Plans and applies this pod (and node-wide additions), then verifies.
-fn wire(spec: &Spec, intent: &PodIntent) -> Result<(), CniError> {
+fn wire(spec: &Spec, intent: &PodIntent) -> Result<Applied, CniError> {
     let key = intent.key();
     let only_this = || Ok(vec![intent.clone()].into());
     let applied = engine::apply(spec, &only_this, &PodScope::one(key.clone()))?;
-    verdict::wired(&applied, &key)
+    verdict::wired(&applied, &key)?;
+    Ok(applied)
 }
 
 /// Takes back what a failed ADD made, so that a retry starts clean.

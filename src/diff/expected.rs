@@ -17,6 +17,7 @@ pub fn expected(desired: &Desired) -> Observed {
             mtu: 0,
             up: true,
             kind: None,
+            mac: Default::default(),
         });
     }
     node.routes.extend(desired.node_routes.iter().cloned());

@@ -168,6 +168,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
         mtu: 1500,
         up: true,
         kind: Some("veth".into()),
+        mac: Default::default(),
     });
     out.push((
         "12-stale-owned-route-and-link",
@@ -217,6 +218,7 @@ fn scenarios() -> Vec<(&'static str, String, Vec<PodIntent>, Observed)> {
         mtu: 1500,
         up: true,
         kind: Some("macvlan".into()),
+        mac: Default::default(),
     });
     out.push((
         "16-conflict-pod-interface-name-taken",

@@ -75,12 +75,14 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
         mtu: 1500,
         up: true,
         kind: None,
+        mac: Default::default(),
     });
     node.links.push(Link {
         name: "tailscale0".into(),
         mtu: 1280,
         up: true,
         kind: Some("tun".into()),
+        mac: Default::default(),
     });
     node.sysctls = desired.node_sysctls.clone();
     node.nft = desired.nft.clone();
@@ -106,6 +108,7 @@ pub(crate) fn converged(desired: &Desired) -> Observed {
             mtu: 65536,
             up: true,
             kind: None,
+            mac: Default::default(),
         });
         state.links.push(p.pod_link.clone());
         state.addresses.extend(p.pod_addresses.iter().cloned());
@@ -563,6 +566,7 @@ fn perturb(observed: &mut Observed, desired: &Desired, perturbation: &Perturb) {
                     mtu: 1500,
                     up: true,
                     kind: Some("veth".into()),
+                    mac: Default::default(),
                 });
             }
         }

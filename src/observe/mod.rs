@@ -222,11 +222,7 @@ pub fn parse_link_name(payload: &[u8]) -> Option<String> {
 /// the decoders face what a pod's namespace answers.
 pub fn decode_any(kind: u16, payload: &[u8]) {
     match kind {
-        RTM_NEWLINK => {
-            if let Some(l) = parse::link(payload) {
-                let _ = l.mac.map(parse::format_mac);
-            }
-        }
+        RTM_NEWLINK => drop(parse::link(payload)),
         RTM_NEWADDR => drop(parse::address(payload)),
         RTM_NEWROUTE => {
             let _ = parse::route_table_hint(payload);
@@ -246,26 +242,6 @@ pub fn is_kernel_link_local_address(payload: &[u8]) -> bool {
 /// The rule in an RTM_NEWRULE/RTM_DELRULE payload (for event filters).
 pub fn parse_rule(payload: &[u8]) -> Option<crate::model::Rule> {
     parse::rule(payload)
-}
-
-/// One link's hardware address, by name, in the node namespace (`netns`
-/// None) or a pod's. None when there is no such link.
-pub fn link_mac(netns: Option<&Path>, name: &str) -> Result<Option<String>, NetlinkError> {
-    let mut nl = match netns {
-        None => Netlink::open_current()?,
-        Some(path) => Netlink::open_in(path)?,
-    };
-    let mut mac = None;
-    let request = RouteNetlinkMessage::GetLink(rtnetlink::LinkUnspec::new_with_name(name).build());
-    match nl.query(request, |kind, payload| {
-        if kind == RTM_NEWLINK {
-            mac = parse::link(payload).and_then(|l| l.mac.map(parse::format_mac));
-        }
-    }) {
-        Ok(()) => Ok(mac),
-        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Whether the link `pod_ifname` in the pod's namespace is the other end of

@@ -384,6 +384,7 @@ mod tests {
             mtu: 1500,
             up: true,
             kind: Some("veth".into()),
+            mac: Default::default(),
         }
     }
 

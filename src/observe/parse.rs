@@ -31,7 +31,7 @@ const IFLA_INET6_CONF: u16 = 2;
 const DEVCONF_ACCEPT_RA: usize = 3;
 
 /// A link plus its kernel index (the index never leaves observe).
-pub struct IndexedLink<'a> {
+pub struct IndexedLink {
     pub index: u32,
     pub link: Link,
     /// net.ipv4.conf.<link>.rp_filter, from the link's IPv4 devconf.
@@ -40,19 +40,10 @@ pub struct IndexedLink<'a> {
     pub accept_ra: Option<i32>,
     /// The link's group (IFLA_GROUP): apply deletes many links at once by group.
     pub group: u32,
-    /// Hardware address, for CNI results (not part of the model: never
-    /// diffed), raw: formatting it for every link of a dump costs.
-    pub mac: Option<&'a [u8]>,
     /// A veth's peer: its index (IFLA_LINK), and whether it lives in
     /// another namespace (IFLA_LINK_NETNSID). CHECK compares the two ends.
     pub peer_index: Option<u32>,
     pub peer_elsewhere: bool,
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(bytes: &[u8]) -> String {
-    let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    hex.join(":")
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -74,7 +65,7 @@ fn ip(v: &[u8]) -> Option<IpAddr> {
 }
 
 /// RTM_NEWLINK payload.
-pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
+pub fn link(payload: &[u8]) -> Option<IndexedLink> {
     let index = u32_at(payload, 4)?;
     let flags = u32_at(payload, 8)?;
     let (mut name, mut mtu, mut kind, mut mac, mut rp_filter) = (None, 0, None, None, None);
@@ -110,9 +101,9 @@ pub fn link(payload: &[u8]) -> Option<IndexedLink<'_>> {
             mtu,
             up: flags & IFF_UP != 0,
             kind,
+            mac: crate::model::Seen(mac.and_then(|m| m.try_into().ok())),
         },
         group,
-        mac,
         rp_filter,
         accept_ra,
         peer_index,

@@ -295,6 +295,7 @@ fn compile_pod(spec: &Spec, intent: &PodIntent) -> DesiredPod {
         mtu: net.mtu,
         up: true,
         kind: Some("veth".into()),
+        mac: Default::default(),
     };
     let mut desired = DesiredPod {
         key: Attachment::Pod(intent.key()),
@@ -476,6 +477,7 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
         mtu: net.mtu,
         up: true,
         kind: Some("veth".into()),
+        mac: Default::default(),
     };
     desired.pods.push(DesiredPod {
         key: Attachment::TailnetNamespace,
@@ -492,12 +494,14 @@ fn compile_tailnet_namespace(spec: &Spec, desired: &mut Desired) {
                 mtu: 65536,
                 up: true,
                 kind: None,
+                mac: Default::default(),
             },
             Link {
                 name: spec.tailnet.interface.clone(),
                 mtu: TAILNET_MTU,
                 up: true,
                 kind: None,
+                mac: Default::default(),
             },
         ],
         sysctls,

@@ -435,6 +435,32 @@ impl Node {
     }
 }
 
+/// A link's hardware address as the kernel reports it (`ip -j link`).
+pub fn kernel_mac(ns: &str, link: &str) -> String {
+    let out = sh(&["ip", "-n", ns, "-j", "link", "show", "dev", link]);
+    let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j link");
+    links[0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address for {link} in {ns}: {out}"))
+        .to_string()
+}
+
+/// An ADD result names both veth ends with the MACs the kernel has: the
+/// host end in `node`, the pod end (eth0) in `pod`.
+pub fn assert_result_macs(result: &serde_json::Value, node: &str, pod: &str) {
+    let host = result["interfaces"][0]["name"].as_str().expect("host end");
+    assert_eq!(
+        result["interfaces"][0]["mac"].as_str(),
+        Some(kernel_mac(node, host).as_str()),
+        "host end {host}: {result}"
+    );
+    assert_eq!(
+        result["interfaces"][1]["mac"].as_str(),
+        Some(kernel_mac(pod, "eth0").as_str()),
+        "pod end: {result}"
+    );
+}
+
 /// The addresses (without prefix length) of a CNI ADD result, in order.
 pub fn result_ips(result: &serde_json::Value) -> Vec<String> {
     result["ips"]
