@@ -33,12 +33,7 @@ fn burst(
                 let answered = &answered;
                 s.spawn(move || {
                     let path = Lab::ns_path(ns);
-                    let call = CniCall {
-                        command,
-                        container_id: Some(ns),
-                        netns: path.to_str(),
-                        ifname: Some("eth0"),
-                    };
+                    let call = CniCall::of(command, ns, &path);
                     let out = n.cni(&call, &n.cni_conf("1.1.0"));
                     answered.fetch_add(1, Ordering::SeqCst);
                     out

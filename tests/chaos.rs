@@ -66,12 +66,7 @@ fn spec_text(n: &Node, variant: u64) -> String {
 
 fn cni(n: &Node, command: &str, ns: &str) -> i64 {
     let path = Lab::ns_path(ns);
-    let call = CniCall {
-        command,
-        container_id: Some(ns),
-        netns: path.to_str(),
-        ifname: Some("eth0"),
-    };
+    let call = CniCall::of(command, ns, &path);
     let out = run_plugin(
         &n.node,
         common::headcni_bin(),

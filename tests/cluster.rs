@@ -72,7 +72,7 @@ impl Cluster {
     }
 
     fn headcni(&self, i: usize, args: &[&str]) -> std::process::Output {
-        self.lab.headcni(&self.nodes[i], &self.specs[i], args)
+        common::headcni_in(&self.nodes[i], &self.specs[i], args)
     }
 }
 

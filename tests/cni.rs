@@ -37,15 +37,7 @@ fn add_check_del_with_connectivity() {
 
     for p in &pods {
         let path = Lab::ns_path(p);
-        let out = n.cni(
-            &CniCall {
-                command: "CHECK",
-                container_id: Some(p),
-                netns: path.to_str(),
-                ifname: Some("eth0"),
-            },
-            &n.cni_conf("1.1.0"),
-        );
+        let out = n.cni(&CniCall::of("CHECK", p, &path), &n.cni_conf("1.1.0"));
         assert_eq!((out.code, &out.json), (0, &Value::Null), "{}", out.stderr);
     }
     assert!(n.lab.ping(&pods[0], &ip_of(&results[1])), "pod to pod");
@@ -63,15 +55,7 @@ fn add_check_del_with_connectivity() {
     // CHECK notices drift inside the pod.
     n.lab.ip(&pods[1], &["route", "del", "default"]);
     let path = Lab::ns_path(&pods[1]);
-    let out = n.cni(
-        &CniCall {
-            command: "CHECK",
-            container_id: Some(&pods[1]),
-            netns: path.to_str(),
-            ifname: Some("eth0"),
-        },
-        &n.cni_conf("1.1.0"),
-    );
+    let out = n.cni(&CniCall::of("CHECK", &pods[1], &path), &n.cni_conf("1.1.0"));
     assert_eq!(out.json["code"], 103, "{}", out.stdout);
     assert!(
         out.json["details"]

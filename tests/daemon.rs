@@ -443,9 +443,7 @@ fn a_spec_that_is_not_a_regular_file_is_refused() {
     let readable = n.lab.dir.path().join("readable.toml");
     std::fs::copy(&n.spec, &readable).unwrap();
     let spec_error = || {
-        let out = n
-            .lab
-            .headcni(&n.node, &readable, &["status", "--format", "json"]);
+        let out = common::headcni_in(&n.node, &readable, &["status", "--format", "json"]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout)
             .ok()
             .and_then(|s| s["spec_error"].as_str().map(str::to_string))
@@ -467,9 +465,7 @@ fn a_spec_that_is_not_a_regular_file_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
     assert_eq!(d.stop(), Some(0), "SIGTERM ends the daemon at once");
     // /dev/zero: refused at once, not read until memory runs out.
-    let out = n
-        .lab
-        .headcni(&n.node, std::path::Path::new("/dev/zero"), &["validate"]);
+    let out = common::headcni_in(&n.node, std::path::Path::new("/dev/zero"), &["validate"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::{run_plugin, sh, wait_until, CniCall, Lab, Procs};
 use tailnet::{
-    assert_converged, bulk, cni_add_result, daemon_node, host_spec, host_tailscaled, internet,
-    keypair, uplink, uplink6, veth,
+    bulk, cni_add_result, daemon_node, host_spec, host_tailscaled, internet, keypair, uplink,
+    uplink6,
 };
 
 const POD_CIDR: &str = "10.244.0.0/24";
@@ -68,7 +68,7 @@ fn around() -> Around {
     uplink(&lab, &inet, &node, "203.0.113.2", "203.0.113.1");
     uplink6(&lab, &inet, &node, NODE_UPLINK6, "2001:db8:1::1");
     uplink(&lab, &inet, &peer, PEER_UPLINK, "198.51.100.1");
-    veth(&lab, &web, "eth0", &inet, "to-web");
+    lab.veth_up(&web, "eth0", &inet, "to-web");
     lab.ip(
         &web,
         &["addr", "add", &format!("{WEB6}/64"), "dev", "eth0", "nodad"],
@@ -228,7 +228,7 @@ fn host_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
         // The pod's side, as the result says.
         let inside = around.lab.ip(&pod, &["-6", "route", "show", "default"]);
         assert!(inside.contains("via fe80::1 dev eth0"), "{inside}");
-        tailnet::apply(&node, &spec);
+        common::apply_in(&node, &spec);
         pod_reaches_everything(&around, &pod, &ips, stack);
         let table = sh(&[
             "ip", "netns", "exec", &node, "nft", "list", "table", "inet", "headcni",
@@ -242,7 +242,7 @@ fn host_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
             stack == Stack::Dual,
             "IPv4 rules only with IPv4 pods: {table}"
         );
-        assert_converged(&node, &spec);
+        common::wait_converged(&node, &spec);
         check_then_delete(&around, &spec, &pod, &result);
         drop(procs);
     }
@@ -365,7 +365,7 @@ fn daemon_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
             .any(|l| l == format!("--advertise-routes={POD_CIDR},{POD_CIDR6}")),
         "both pod CIDRs advertised: {up}"
     );
-    assert_converged(&node, &spec);
+    common::wait_converged(&node, &spec);
     drop(procs);
 }
 

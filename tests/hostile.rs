@@ -189,7 +189,7 @@ fn private_state_and_checked_inputs() {
         ),
     )
     .unwrap();
-    let out = n.lab.headcni(&n.node, &spec, &["validate"]);
+    let out = common::headcni_in(&n.node, &spec, &["validate"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -450,14 +450,7 @@ fn a_del_after_a_refused_add_leaves_the_other_pod_alone() {
         let _daemon = with_daemon.then(|| common::Daemon::start(&n));
         let (a, b) = (n.lab.netns("a"), n.lab.netns("b"));
         let (path_a, path_b) = (Lab::ns_path(&a), Lab::ns_path(&b));
-        fn call<'a>(command: &'a str, id: &'a str, path: &'a Path) -> CniCall<'a> {
-            CniCall {
-                command,
-                container_id: Some(id),
-                netns: Some(path.to_str().unwrap()),
-                ifname: Some("eth0"),
-            }
-        }
+        let call = CniCall::of;
         let conf = n.cni_conf("1.1.0");
         let out = n.cni(&call("ADD", &first, &path_a), &conf);
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);

@@ -194,24 +194,12 @@ fn daemon_mode_logs_in_to_headscale_and_carries_pod_traffic() {
         },
         || w.control.log(),
     );
-    tailnet::assert_converged(&node, &spec);
+    common::wait_converged(&node, &spec);
 }
 
 /// `headcni plan` in `node`: its stderr, where host-tailnet findings go.
 fn plan_findings(node: &str, spec: &std::path::Path) -> String {
-    let out = std::process::Command::new("timeout")
-        .args([
-            "30",
-            "ip",
-            "netns",
-            "exec",
-            node,
-            common::headcni_bin(),
-            "plan",
-        ])
-        .env("HEADCNI_SPEC", spec)
-        .output()
-        .unwrap();
+    let out = common::headcni_in(node, spec, &["plan"]);
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -270,7 +258,7 @@ fn host_mode_beside_a_real_host_tailscaled() {
         || !plan_findings(&node, &spec).contains("host tailnet"),
         || plan_findings(&node, &spec),
     );
-    tailnet::apply(&node, &spec);
+    common::apply_in(&node, &spec);
     let (pod, ips) = tailnet::cni_add_all(&mut w.lab, &node, &spec, "pod1");
     let (ip, ip6) = (ips[0].clone(), ips[1].clone());
     w.peer.wait_for_route("10.244.2.0/24");
@@ -294,7 +282,7 @@ fn host_mode_beside_a_real_host_tailscaled() {
             "the pod sees the peer's own address"
         );
     }
-    tailnet::assert_converged(&node, &spec);
+    common::wait_converged(&node, &spec);
 
     // masquerade = "all": a peer that accepts no routes still answers, and
     // sees the node's tailnet address.
@@ -316,7 +304,7 @@ fn host_mode_beside_a_real_host_tailscaled() {
         "cidr6 = \"fd00:10:244:2::/64\"\nmasquerade = \"all\"",
         &host_ts,
     );
-    tailnet::apply(&node, &spec);
+    common::apply_in(&node, &spec);
     wait_ping(
         &pod,
         &plain_ip,
@@ -393,7 +381,7 @@ fn a_peer_route_over_the_pod_cidr_does_not_capture_local_pod_traffic() {
         "cluster_cidr = \"10.244.0.0/16\"",
         &host_ts,
     );
-    tailnet::apply(&node, &spec);
+    common::apply_in(&node, &spec);
     let (a, ip_a) = cni_add(&mut w.lab, &node, &spec, "poda");
     let (_b, ip_b) = cni_add(&mut w.lab, &node, &spec, "podb");
     let logs = || host_ts.log();
@@ -413,7 +401,7 @@ fn a_peer_route_over_the_pod_cidr_does_not_capture_local_pod_traffic() {
         !w.lab.ping(&node, &ip_a),
         "captured by table 52 without the rule"
     );
-    tailnet::apply(&node, &spec);
+    common::apply_in(&node, &spec);
     wait_ping(&a, &ip_b, "pod -> pod once headcni put its rule back", logs);
     wait_ping(
         &w.peer.ns,
@@ -586,7 +574,7 @@ fn two_host_mode_nodes_carry_pod_to_pod_traffic_through_derp() {
             &dual_pod_lines(n),
             &ts,
         );
-        tailnet::apply(&node, &spec);
+        common::apply_in(&node, &spec);
         nodes.push((node, spec, ts));
     }
     nodes[0].2.wait_for_route("10.244.4.0/24");

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use common::{sh, wait_until, Lab, Procs};
 use tailnet::{
-    assert_converged, bulk, cni_add, cni_add_all, daemon_node, host_spec, host_tailscaled, keypair,
-    uplink,
+    bulk, cni_add, cni_add_all, daemon_node, host_spec, host_tailscaled, keypair, uplink,
 };
 
 const POD_CIDR: &str = "10.244.0.0/24";
@@ -206,7 +205,7 @@ fn daemon_mode_carries_pod_traffic_over_wireguard() {
     );
     let seen = bulk(&pod, &t.peer, PEER_TAILNET, 7003, 1 << 20);
     assert_eq!(seen.ip().to_string(), ip);
-    assert_converged(&t.node, &t.spec);
+    common::wait_converged(&t.node, &t.spec);
 }
 
 /// A stand-in DNS server: answers every A question with 192.0.2.80.
@@ -306,7 +305,7 @@ fn the_tailnet_namespace_resolves_through_the_stub_s_upstream_servers() {
         t.log()
     );
     // `plan` shows the file as headcni's and in place.
-    assert_converged(&t.node, &t.spec);
+    common::wait_converged(&t.node, &t.spec);
     let plan = || {
         let out = Command::new("ip")
             .args(["netns", "exec", &t.node, common::headcni_bin(), "plan"])
@@ -475,8 +474,8 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic_of_both_families() {
         rules.contains("udp dport 41642") && rules.contains("dnat ip to 198.18.77.2"),
         "{rules}"
     );
-    assert_converged(&a, &spec_a);
-    assert_converged(&b, &spec_b);
+    common::wait_converged(&a, &spec_a);
+    common::wait_converged(&b, &spec_b);
     drop(procs);
 }
 
@@ -523,7 +522,7 @@ fn host_mode_carries_pod_traffic_over_wireguard() {
         );
         let spec = host_spec(&dir, POD_CIDR, masquerade);
         let (pod, ip) = cni_add(&mut lab, &node, &spec, "pod");
-        tailnet::apply(&node, &spec);
+        common::apply_in(&node, &spec);
         wait_until(
             Duration::from_secs(20),
             "pod -> peer over WireGuard (host mode)",
@@ -549,7 +548,7 @@ fn host_mode_carries_pod_traffic_over_wireguard() {
                 "the peer never approved the pod CIDR"
             );
         }
-        assert_converged(&node, &spec);
+        common::wait_converged(&node, &spec);
         drop(procs);
     }
 }
@@ -587,7 +586,7 @@ fn two_host_mode_nodes_carry_pod_to_pod_traffic() {
     let (pod_a, ip_a) = cni_add(&mut lab, &a, &spec_a, "poda");
     let (pod_b, ip_b) = cni_add(&mut lab, &b, &spec_b, "podb");
     for (node, spec) in [(&a, &spec_a), (&b, &spec_b)] {
-        tailnet::apply(node, spec);
+        common::apply_in(node, spec);
     }
     wait_until(
         Duration::from_secs(20),

@@ -121,16 +121,6 @@ impl Lab {
         sh(&full)
     }
 
-    /// Runs headcni inside namespace `ns` with `spec`.
-    pub fn headcni(&self, ns: &str, spec: &Path, args: &[&str]) -> Output {
-        bounded(LIMIT)
-            .args(["ip", "netns", "exec", ns, headcni_bin()])
-            .args(args)
-            .env("HEADCNI_SPEC", spec)
-            .output()
-            .expect("spawn headcni")
-    }
-
     /// A veth pair: `a_if` in namespace `a`, its peer `b_if` in `b` (both down).
     pub fn veth_pair(&self, a: &str, a_if: &str, b: &str, b_if: &str) {
         self.ip(
@@ -139,6 +129,13 @@ impl Lab {
                 "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
             ],
         );
+    }
+
+    /// [`Lab::veth_pair`], both ends up.
+    pub fn veth_up(&self, a: &str, a_if: &str, b: &str, b_if: &str) {
+        self.veth_pair(a, a_if, b, b_if);
+        self.ip(a, &["link", "set", a_if, "up"]);
+        self.ip(b, &["link", "set", b_if, "up"]);
     }
 
     pub fn ping(&self, ns: &str, target: &str) -> bool {
@@ -239,7 +236,7 @@ impl Node {
     }
 
     pub fn headcni(&self, args: &[&str]) -> Output {
-        self.lab.headcni(&self.node, &self.spec, args)
+        headcni_in(&self.node, &self.spec, args)
     }
 
     /// Runs headcni and expects exit code `code`; returns stdout.
@@ -297,14 +294,20 @@ pub struct CniCall<'a> {
 }
 
 impl<'a> CniCall<'a> {
-    /// ADD of `container_id` with its namespace at `netns`, as eth0.
-    pub fn add(container_id: &'a str, netns: &'a std::path::Path) -> CniCall<'a> {
+    /// `command` (ADD, CHECK, DEL) of `container_id` with its namespace at
+    /// `netns`, as eth0.
+    pub fn of(command: &'a str, container_id: &'a str, netns: &'a std::path::Path) -> CniCall<'a> {
         CniCall {
-            command: "ADD",
+            command,
             container_id: Some(container_id),
             netns: netns.to_str(),
             ifname: Some("eth0"),
         }
+    }
+
+    /// ADD of `container_id` with its namespace at `netns`, as eth0.
+    pub fn add(container_id: &'a str, netns: &'a std::path::Path) -> CniCall<'a> {
+        CniCall::of("ADD", container_id, netns)
     }
 
     pub fn new(command: &'a str) -> CniCall<'a> {
@@ -372,12 +375,7 @@ pub fn run_plugin(node_ns: &str, plugin: &str, call: &CniCall, stdin: &str) -> C
 impl Node {
     /// The network configuration a runtime would pass to headcni.
     pub fn cni_conf(&self, version: &str) -> serde_json::Value {
-        serde_json::json!({
-            "cniVersion": version,
-            "name": "headcni",
-            "type": "headcni",
-            "spec": self.spec,
-        })
+        cni_conf(version, &self.spec)
     }
 
     pub fn cni(&self, call: &CniCall, conf: &serde_json::Value) -> CniOut {
@@ -433,6 +431,51 @@ impl Node {
             .unwrap()
             .len()
     }
+}
+
+/// Runs headcni inside namespace `ns` with `spec`.
+pub fn headcni_in(ns: &str, spec: &Path, args: &[&str]) -> Output {
+    bounded(LIMIT)
+        .args(["ip", "netns", "exec", ns, headcni_bin()])
+        .args(args)
+        .env("HEADCNI_SPEC", spec)
+        .output()
+        .expect("spawn headcni")
+}
+
+/// `headcni apply` in namespace `ns` with `spec`; it must succeed.
+pub fn apply_in(ns: &str, spec: &Path) {
+    let out = headcni_in(ns, spec, &["apply"]);
+    assert!(
+        out.status.success(),
+        "apply in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `headcni plan` in `ns` finds nothing to do.
+pub fn wait_converged(ns: &str, spec: &Path) {
+    wait_until(Duration::from_secs(5), "the node to converge", || {
+        headcni_in(ns, spec, &["plan", "--detailed-exitcode"])
+            .status
+            .code()
+            == Some(0)
+    });
+}
+
+/// The network configuration a runtime would pass to headcni with `spec`.
+pub fn cni_conf(version: &str, spec: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": version,
+        "name": "headcni",
+        "type": "headcni",
+        "spec": spec,
+    })
+}
+
+/// `sysctl -w SETTING` inside namespace `ns`.
+pub fn sysctl_in(ns: &str, setting: &str) {
+    sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]);
 }
 
 /// A link's hardware address as the kernel reports it (`ip -j link`).

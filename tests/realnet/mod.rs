@@ -113,7 +113,7 @@ pub fn private_resolv_conf(ns: &str) {
 /// Joins `ns` to "the internet" `inet`: `ip`/28 on its eth0, `gw` the
 /// internet's end (`inet_if`) and `ns`'s default route.
 pub fn join(lab: &Lab, inet: &str, ns: &str, inet_if: &str, ip: &str, gw: &str) {
-    crate::tailnet::veth(lab, ns, "eth0", inet, inet_if);
+    lab.veth_up(ns, "eth0", inet, inet_if);
     lab.ip(ns, &["addr", "add", &format!("{ip}/28"), "dev", "eth0"]);
     lab.ip(inet, &["addr", "add", &format!("{gw}/28"), "dev", inet_if]);
     lab.ip(ns, &["route", "add", "default", "via", gw]);

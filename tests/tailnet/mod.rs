@@ -1,6 +1,7 @@
-//! The WireGuard tailnet lab's parts, shared by the tailnet tests of each
-//! address family: an "internet" namespace that routes no pod CIDR, uplinks
-//! to it, tailscaled stand-ins on wireguard-go, specs and CNI calls.
+//! The tailnet lab's parts, on top of tests/common (namespaces, commands,
+//! headcni and CNI calls): an "internet" namespace that routes no pod CIDR,
+//! uplinks to it, tailscaled stand-ins on wireguard-go, the specs of a
+//! daemon-mode or host-mode node, pods added by a node name and a spec.
 
 #![allow(dead_code)]
 
@@ -11,20 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{self, run_plugin, sh, wait_until, CniCall, Lab, Procs};
-
-/// `headcni apply` in namespace `node` with `spec`; it must succeed.
-pub fn apply(node: &str, spec: &Path) {
-    let out = common::bounded(common::LIMIT)
-        .args(["ip", "netns", "exec", node, common::headcni_bin(), "apply"])
-        .env("HEADCNI_SPEC", spec)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `cidr = "..."`, or nothing for an IPv6-only spec (an empty `cidr`).
 fn cidr_line(cidr: &str) -> String {
@@ -58,12 +45,6 @@ pub fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
         file,
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
     )
-}
-
-pub fn veth(lab: &Lab, a: &str, a_if: &str, b: &str, b_if: &str) {
-    lab.veth_pair(a, a_if, b, b_if);
-    lab.ip(a, &["link", "set", a_if, "up"]);
-    lab.ip(b, &["link", "set", b_if, "up"]);
 }
 
 /// Sends `bytes` from `client_ns` to a listener in `server_ns` at `ip`;
@@ -123,28 +104,10 @@ pub fn bulk(
     server.join().expect("server")
 }
 
-pub fn assert_converged(node: &str, spec: &Path) {
-    wait_until(Duration::from_secs(5), "the node to converge", || {
-        common::bounded(common::LIMIT)
-            .args([
-                "ip",
-                "netns",
-                "exec",
-                node,
-                common::headcni_bin(),
-                "plan",
-                "--detailed-exitcode",
-            ])
-            .env("HEADCNI_SPEC", spec)
-            .output()
-            .is_ok_and(|o| o.status.code() == Some(0))
-    });
-}
-
 /// Joins `ns` to the internet namespace with `ip`/24, its gateway `gw` there.
 pub fn uplink(lab: &Lab, inet: &str, ns: &str, ip: &str, gw: &str) {
     let inside = uplink_peer(ns);
-    veth(lab, ns, "eth0", inet, &inside);
+    lab.veth_up(ns, "eth0", inet, &inside);
     lab.ip(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
     lab.ip(inet, &["addr", "add", &format!("{gw}/24"), "dev", &inside]);
     lab.ip(ns, &["route", "add", "default", "via", gw]);
@@ -174,15 +137,11 @@ pub fn uplink6(lab: &Lab, inet: &str, ns: &str, ip: &str, gw: &str) {
 /// when `ipv6`).
 pub fn internet(lab: &mut Lab, ipv6: bool) -> String {
     let inet = lab.netns("inet");
-    sysctl(&inet, "net.ipv4.ip_forward=1");
+    common::sysctl_in(&inet, "net.ipv4.ip_forward=1");
     if ipv6 {
-        sysctl(&inet, "net.ipv6.conf.all.forwarding=1");
+        common::sysctl_in(&inet, "net.ipv6.conf.all.forwarding=1");
     }
     inet
-}
-
-pub fn sysctl(ns: &str, setting: &str) {
-    crate::common::sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", setting]);
 }
 
 /// A daemon-mode node of the lab: writes its WireGuard file (`wg_conf`)
@@ -239,15 +198,8 @@ pub fn cni_add(lab: &mut Lab, node: &str, spec: &Path, name: &str) -> (String, S
 /// (without prefix lengths), IPv4 first.
 pub fn cni_add_all(lab: &mut Lab, node: &str, spec: &Path, name: &str) -> (String, Vec<String>) {
     let (ns, result) = cni_add_result(lab, node, spec, name);
-    let ips = result["ips"]
-        .as_array()
-        .expect("ips")
-        .iter()
-        .map(|ip| {
-            let address = ip["address"].as_str().expect("an address");
-            address.split('/').next().unwrap_or(address).to_string()
-        })
-        .collect();
+    let ips = common::result_ips(&result);
+    assert!(!ips.is_empty(), "ADD {ns}: no address in {result}");
     (ns, ips)
 }
 
@@ -261,7 +213,7 @@ pub fn cni_add_result(
     let ns = lab.netns(name);
     let path = Lab::ns_path(&ns);
     let call = CniCall::add(&ns, &path);
-    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "headcni", "type": "headcni", "spec": spec});
+    let conf = common::cni_conf("1.0.0", spec);
     let out = run_plugin(node, common::headcni_bin(), &call, &conf.to_string());
     assert_eq!(out.code, 0, "ADD {ns}: {}\n{}", out.stdout, out.stderr);
     (ns, out.json)
