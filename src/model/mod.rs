@@ -1,6 +1,10 @@
 //! Plain data shared by `Desired`, `Observed` and `Plan`: the kernel objects
 //! headcni reasons about, keyed the way the kernel keys them.
 
+mod display;
+pub use display::protocol_name;
+pub(crate) use display::write_link;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
