@@ -230,6 +230,7 @@ fn host_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
         assert!(inside.contains("via fe80::1 dev eth0"), "{inside}");
         common::apply_in(&node, &spec);
         pod_reaches_everything(&around, &pod, &ips, stack);
+        host_veth_has_headcnis_ipv6_only(&around.lab, &node, &result);
         let table = sh(&[
             "ip", "netns", "exec", &node, "nft", "list", "table", "inet", "headcni",
         ]);
@@ -246,6 +247,22 @@ fn host_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
         check_then_delete(&around, &spec, &pod, &result);
         drop(procs);
     }
+}
+
+/// The host veth carries headcni's fe80::1 and nothing of the kernel's:
+/// no link-local address of its own (addr_gen_mode none), no fe80::/64
+/// route (the gateway address makes no prefix route), so the node's IPv6
+/// dumps grow by what headcni owns alone.
+fn host_veth_has_headcnis_ipv6_only(lab: &Lab, node: &str, result: &serde_json::Value) {
+    let host = result["interfaces"][0]["name"].as_str().expect("host veth");
+    let addresses = lab.ip(node, &["-6", "-o", "addr", "show", "dev", host]);
+    let link_locals: Vec<&str> = addresses
+        .split_whitespace()
+        .filter(|w| w.starts_with("fe80:"))
+        .collect();
+    assert_eq!(link_locals, ["fe80::1/64"], "{addresses}");
+    let routes = lab.ip(node, &["-6", "route", "show", "dev", host]);
+    assert!(!routes.contains("fe80::/64"), "{routes}");
 }
 
 /// CHECK with the ADD's result agrees; DEL leaves no owned address or
@@ -332,6 +349,7 @@ fn daemon_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
     let (pod, result) = cni_add_result(&mut around.lab, &node, &spec, "pod");
     let ips = check_result(&result, Stack::Dual);
     pod_reaches_everything(&around, &pod, &ips, Stack::Dual);
+    host_veth_has_headcnis_ipv6_only(&around.lab, &node, &result);
     // IPv6 drift is a kernel event the daemon acts on at once (its resync
     // is 30 s away): a deleted host route and gateway address come back.
     let host_link = result["interfaces"][0]["name"].as_str().expect("host link");
@@ -358,6 +376,7 @@ fn daemon_mode_pods_reach_the_tailnet_and_the_internet_over_ipv6() {
         around.lab.ping(&pod, PEER_TAILNET6),
         "and traffic with them"
     );
+    host_veth_has_headcnis_ipv6_only(&around.lab, &node, &result);
     let up = std::fs::read_to_string(around.dir.join("node/state/tailscaled.sock.up.args"))
         .unwrap_or_default();
     assert!(

@@ -4,7 +4,10 @@ use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
+use rtnetlink::packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+    LinkMessage,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -39,6 +42,20 @@ pub fn new_veth(host: &Link, peer_name: &str, peer_netns: RawFd) -> LinkMessage 
         builder.down()
     }
     .build()
+}
+
+/// No IPv6 address of the kernel's own on the link `name` (addr_gen_mode
+/// none): a host veth has headcni's fe80::1 and needs no other, and the
+/// kernel's would add an address and a route per pod to every dump. Sent
+/// before the link has a carrier (its pod end still down), when the kernel
+/// would make it.
+pub fn no_kernel_link_local(name: &str) -> LinkMessage {
+    let mut msg = LinkUnspec::new_with_name(name).build();
+    msg.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
+    msg
 }
 
 pub fn set_link(index: u32, link: &Link) -> LinkMessage {
@@ -84,8 +101,16 @@ pub fn address(index: u32, addr: &Address) -> AddressMessage {
         // allocation (pods) or by construction (a link-local gateway alone
         // on its veth), and a tentative address cannot be used for a second
         // or so: a pod's first packets, or its gateway's answers, would be lost.
-        msg.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        // A link-local gateway (fe80::1 on a host veth) routes nothing: the
+        // pod's /128 route is headcni's own, and the kernel's fe80::/64 per
+        // link would only double the node's route dump.
+        let flags = match addr.addr.ip() {
+            IpAddr::V6(ip) if ip.is_unicast_link_local() => {
+                AddressFlags::Nodad | AddressFlags::Noprefixroute
+            }
+            _ => AddressFlags::Nodad,
+        };
+        msg.attributes.push(AddressAttribute::Flags(flags));
     }
     msg
 }

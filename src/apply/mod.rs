@@ -254,6 +254,12 @@ impl Executor {
                 drop(netns);
                 conn.forget_links();
                 accept(result, libc::EEXIST)?;
+                // (EAFNOSUPPORT: a kernel without IPv6 makes no address anyway.)
+                let no_ll = messages::no_kernel_link_local(&link.name);
+                accept(
+                    conn.nl.request(RouteNetlinkMessage::SetLink(no_ll), 0),
+                    libc::EAFNOSUPPORT,
+                )?;
                 // The kernel refuses IFF_UP for a peer created in another
                 // namespace (ENOTCONN), so the pod end is raised from inside.
                 let pod_conn = self.conn_at(Some(peer.netns_path.clone()))?;
