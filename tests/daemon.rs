@@ -414,11 +414,7 @@ fn listeners_survive_running_out_of_file_descriptors() {
         drop(conns);
     });
     assert!(opened.recv_timeout(Duration::from_secs(10)).unwrap() >= 40);
-    wait_until(
-        Duration::from_secs(5),
-        "the daemon to run out of descriptors",
-        || d.log().contains("accept failed"),
-    );
+    d.wait_for_log(Duration::from_secs(5), "accept failed");
     release.send(()).unwrap();
     holder.join().unwrap();
     wait_until(Duration::from_secs(10), "/healthz back", || {

@@ -665,11 +665,7 @@ fn a_stopped_daemon_costs_a_call_its_budget_not_for_ever() {
     add("c", "did not take the connection");
     drop(fillers);
     drop(resume);
-    common::wait_until(
-        std::time::Duration::from_secs(20),
-        "the resumed daemon drops the abandoned call",
-        || daemon.log().contains("dropped 1 CNI calls"),
-    );
+    daemon.wait_for_log(std::time::Duration::from_secs(20), "dropped 1 CNI calls");
     let status = common::status(&n).unwrap();
     assert_eq!(status["cni_calls"], json!(0), "{}", daemon.log());
     assert_eq!(n.owned_links().len(), 2, "both pods are wired");

@@ -3,6 +3,7 @@
 //! of calls becomes a few passes, not one each) and answers every request
 //! with the same verdict the plugin would have reached itself.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,14 +70,19 @@ fn log_withdrawn(calls: usize) {
     );
 }
 
-/// Whether the client's end is already closed (or it sent more than its one
-/// line), polled once without waiting. The request line was just read, so
-/// the socket's readiness is still set and this read reaches the kernel.
-async fn already_closed<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> bool {
-    use std::future::Future;
-    let mut rest = [0u8; 1];
-    let mut read = std::pin::pin!(reader.read(&mut rest));
-    std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx).is_ready())).await
+/// Whether the client has closed its end (it gave up and left), asked of
+/// the kernel with a poll that does not wait. Not of the runtime's cached
+/// readiness: for a connection accepted after its client had left, that was
+/// seen to say "readable" but not "closed" (with several daemons busy on the
+/// machine), so a one-shot read stayed pending and the withdrawn call ran.
+/// A client that only shut its writing half still waits for its answer.
+fn already_closed(conn: &impl AsFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(conn.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
 }
 
 /// Serves the handoff socket: root-only, in state_dir (0700 already).
@@ -113,7 +119,7 @@ pub async fn serve(
             // backlog (the daemon stopped or busy) has closed its end and
             // wired the pod itself: the call is withdrawn before it is
             // queued, not raced against the next batch.
-            if already_closed(&mut reader).await {
+            if already_closed(reader.get_ref().get_ref().as_ref()) {
                 log_withdrawn(1);
                 return;
             }
@@ -243,19 +249,21 @@ mod tests {
 
     /// A plugin that closed its end before the daemon read its request
     /// (it gave up while the call sat in the backlog) is seen at once; one
-    /// still waiting is not, and the check does not wait for it.
+    /// still waiting is not (also when it shut only its writing half), and
+    /// the check does not wait for it.
     #[tokio::test]
     async fn a_request_whose_plugin_already_left_is_seen_without_waiting() {
-        for plugin_left in [true, false] {
+        for (plugin_left, half_closed) in [(true, false), (false, false), (false, true)] {
             let (daemon_end, mut plugin) = tokio::net::UnixStream::pair().unwrap();
             plugin.write_all(b"{}\n").await.unwrap();
-            if plugin_left {
+            if half_closed {
                 plugin.shutdown().await.unwrap();
             }
+            let plugin = (!plugin_left).then_some(plugin);
             let mut reader = BufReader::new(daemon_end);
             let mut line = Vec::new();
             reader.read_until(b'\n', &mut line).await.unwrap();
-            assert_eq!(already_closed(&mut reader).await, plugin_left);
+            assert_eq!(already_closed(reader.get_ref()), plugin_left);
             drop(plugin);
         }
     }

@@ -654,6 +654,19 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until the daemon's log says `line`; a timeout shows the log.
+    pub fn wait_for_log(&self, deadline: Duration, line: &str) {
+        let start = Instant::now();
+        while !self.log().contains(line) {
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for the daemon to log {line:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Daemon {
