@@ -1,41 +1,150 @@
-//! CNI latency, one run, real kernel, throwaway namespaces (root): ADD and DEL
-//! as whole-process invocations, headcni against the reference `ptp` +
-//! `host-local` plugins (Debian's containernetworking-plugins), interleaved
-//! so both see the same machine. `cargo bench --bench cni` prints the figures;
+//! CNI latency, one pod at a time, one run, real kernel, throwaway namespaces
+//! (root): ADD and DEL as whole-process invocations, headcni alone and with
+//! its daemon running (as on every Kubernetes node), against the reference
+//! `ptp` + `host-local` plugins (Debian's containernetworking-plugins) and
+//! the kernel's own cost (`ip -batch` doing the same veth, address and route
+//! work), interleaved so all see the same machine. Each plugin has a node
+//! namespace and a pod namespace of its own (a daemon owns its node's
+//! links). `cargo bench --bench cni` prints the figures;
 //! HEADCNI_BENCH_BASELINE=PATH measures another headcni binary (an older
-//! build) in the same rounds, on a state_dir of its own, for before/after.
+//! build), alone and with its daemon, in the same rounds, for before/after;
+//! HEADCNI_BENCH_ROUNDS sets the rounds (default 100).
 
 mod common;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ms, percentile, reference_plugin, require_root, sh, start_plugin, Netns};
+use common::{env_number, ms, percentile, reference_plugin, require_root, sh, start_plugin, Netns};
 
-const ROUNDS: usize = 150;
-
-/// Runs one plugin invocation the way a runtime does; returns its wall time.
-fn invoke(plugin: &Path, command: &str, id: &str, netns: &str, conf: &str) -> Duration {
-    let started = Instant::now();
-    let child = start_plugin(plugin, command, id, netns, conf);
-    let out = child.wait_with_output().expect("plugin");
-    let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{} {command}: {}{}",
-        plugin.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
+/// How a plugin is run.
+enum Kind {
+    /// A CNI plugin binary with its network configuration.
+    Cni { binary: PathBuf, conf: String },
+    /// `ip -batch` doing the kernel work of an ADD, `ip link del` of a DEL.
+    IpBatch,
 }
 
-/// Where ptp + host-local stands among the plugins measured.
-const REFERENCE: usize = 1;
+struct Plugin {
+    name: String,
+    kind: Kind,
+    /// The node namespace it runs in, entered before each invocation.
+    node: File,
+    pod: String,
+}
+
+/// A daemon to run beside a plugin: its binary and spec.
+struct Daemon {
+    binary: PathBuf,
+    spec: PathBuf,
+}
+
+/// Daemons stopped (SIGTERM) when dropped, also when the benchmark panics.
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for d in &mut self.0 {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            let _ = d.wait();
+        }
+    }
+}
+
+/// Runs `args` with `input` on stdin; panics unless it succeeds.
+fn feed(args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("stdin");
+    assert!(child.wait().expect("wait").success(), "{args:?} failed");
+}
+
+/// Runs one invocation the way a runtime does; returns its wall time.
+fn invoke(p: &Plugin, command: &str, id: &str) -> Duration {
+    nix::sched::setns(&p.node, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let netns = format!("/run/netns/{}", p.pod);
+    let started = Instant::now();
+    match &p.kind {
+        Kind::Cni { binary, conf } => {
+            let out = start_plugin(binary, command, id, &netns, conf)
+                .wait_with_output()
+                .expect("plugin");
+            let took = started.elapsed();
+            assert!(
+                out.status.success(),
+                "{} {command}: {}{}",
+                p.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            took
+        }
+        Kind::IpBatch if command == "ADD" => {
+            feed(
+                &["ip", "-batch", "-"],
+                &format!(
+                    "link add hcb0 type veth peer name eth0 netns {pod}\n\
+                     addr add 10.248.0.1/32 dev hcb0\n\
+                     link set hcb0 up\n\
+                     route add 10.248.0.2/32 dev hcb0\n",
+                    pod = p.pod
+                ),
+            );
+            feed(
+                &["ip", "-n", &p.pod, "-batch", "-"],
+                "addr add 10.248.0.2/32 dev eth0\n\
+                 link set eth0 up\n\
+                 route add 10.248.0.1/32 dev eth0 scope link\n\
+                 route add default via 10.248.0.1 dev eth0\n",
+            );
+            started.elapsed()
+        }
+        Kind::IpBatch => {
+            sh(&["ip", "link", "del", "hcb0"]);
+            started.elapsed()
+        }
+    }
+}
+
+/// Waits (untimed) until the pod's interface is gone: a DEL answered before
+/// the kernel's teardown leaves it to the daemon, and the next ADD in the
+/// same namespace needs the name free.
+fn wait_for_teardown(pod: &str) {
+    let started = Instant::now();
+    loop {
+        let present = Command::new("ip")
+            .args(["-n", pod, "link", "show", "dev", "eth0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !present {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{pod}: eth0 still there 10 s after its DEL"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
 
 /// A host-mode spec with its own state_dir in `dir` (`NAME.toml`,
 /// `NAME-state`), and the network config that names it.
-fn headcni_conf(dir: &Path, name: &str, cidr: &str) -> String {
+fn headcni_conf(dir: &Path, name: &str, cidr: &str) -> (PathBuf, String) {
     let spec = dir.join(format!("{name}.toml"));
     let state = dir.join(format!("{name}-state"));
     std::fs::write(
@@ -46,10 +155,47 @@ fn headcni_conf(dir: &Path, name: &str, cidr: &str) -> String {
         ),
     )
     .unwrap();
-    format!(
+    let conf = format!(
         r#"{{"cniVersion":"1.1.0","name":"headcni","type":"headcni","spec":"{}"}}"#,
         spec.display()
-    )
+    );
+    (spec, conf)
+}
+
+/// Creates a node namespace with lo and a tailscale0, enters it, and
+/// returns it.
+fn node_namespace(name: &str) -> File {
+    sh(&["ip", "netns", "add", name]);
+    let node = File::open(format!("/run/netns/{name}")).unwrap();
+    nix::sched::setns(&node, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    sh(&["ip", "link", "set", "lo", "up"]);
+    sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
+    sh(&["ip", "link", "set", "tailscale0", "up"]);
+    node
+}
+
+/// Starts `headcni daemon` for `spec` in the current namespace and waits
+/// until its CNI socket answers.
+fn start_daemon(binary: &Path, spec: &Path, daemons: &mut Daemons) {
+    let child = Command::new(binary)
+        .arg("daemon")
+        .env("HEADCNI_SPEC", spec)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("daemon");
+    daemons.0.push(child);
+    let state = headcni::spec::Spec::load(spec).expect("spec").state_dir;
+    let socket = headcni::cni::handoff::socket_path(&state);
+    let started = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the daemon for {} did not listen within 10 s",
+            spec.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn main() {
@@ -57,79 +203,125 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let rounds: usize = env_number("HEADCNI_BENCH_ROUNDS", 100);
     let ptp = reference_plugin();
     let headcni = PathBuf::from(env!("CARGO_BIN_EXE_headcni"));
     let tag = format!("hcc{}", std::process::id());
-    let (node, pod) = (format!("{tag}-node"), format!("{tag}-pod"));
-    let _guard = Netns(vec![pod.clone(), node.clone()]);
-    sh(&["ip", "netns", "add", &node]);
-    sh(&["ip", "netns", "add", &pod]);
-    let pod_path = format!("/run/netns/{pod}");
     let dir = tempfile::tempdir().unwrap();
-
-    // The plugins run in the node namespace, as under a kubelet: enter it here
-    // (children inherit it), so no `ip netns exec` sits in the measurement.
-    let netns = std::fs::File::open(format!("/run/netns/{node}")).unwrap();
-    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    sh(&["ip", "link", "set", "lo", "up"]);
-    sh(&["ip", "tuntap", "add", "tailscale0", "mode", "tun"]);
-    sh(&["ip", "link", "set", "tailscale0", "up"]);
-
-    let ours = headcni_conf(dir.path(), "headcni", "10.244.0.0/16");
     let reference = format!(
         r#"{{"cniVersion":"1.0.0","name":"ref","type":"ptp","ipMasq":false,"mtu":1500,"ipam":{{"type":"host-local","subnet":"10.245.0.0/16","routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{}"}}}}"#,
         dir.path().join("host-local").display()
     );
 
-    // headcni, the reference, and the baseline build when one is given (its
-    // own spec and state_dir: two builds never share a store).
-    let mut plugins = vec![
-        ("headcni".to_string(), headcni.clone(), ours),
-        ("ptp+host-local".to_string(), ptp.clone(), reference),
-    ];
-    if let Some(old) = std::env::var_os("HEADCNI_BENCH_BASELINE") {
-        let conf = headcni_conf(dir.path(), "baseline", "10.246.0.0/16");
-        plugins.push(("baseline".to_string(), PathBuf::from(old), conf));
+    let mut wanted: Vec<(String, Kind, Option<Daemon>)> = Vec::new();
+    let mut builds = vec![("headcni", headcni.clone(), "10.244")];
+    let baseline = std::env::var_os("HEADCNI_BENCH_BASELINE").map(PathBuf::from);
+    if let Some(old) = &baseline {
+        builds.push(("baseline", old.clone(), "10.246"));
     }
+    for (name, binary, net) in &builds {
+        let (_, conf) = headcni_conf(dir.path(), name, &format!("{net}.0.0/17"));
+        let cni = Kind::Cni {
+            binary: binary.clone(),
+            conf,
+        };
+        wanted.push((name.to_string(), cni, None));
+        let with = format!("{name}-daemon");
+        let (spec, conf) = headcni_conf(dir.path(), &with, &format!("{net}.128.0/17"));
+        let cni = Kind::Cni {
+            binary: binary.clone(),
+            conf,
+        };
+        let daemon = Daemon {
+            binary: binary.clone(),
+            spec,
+        };
+        wanted.push((format!("{name}+daemon"), cni, Some(daemon)));
+    }
+    let cni = Kind::Cni {
+        binary: ptp,
+        conf: reference,
+    };
+    wanted.insert(2, ("ptp+host-local".into(), cni, None));
+    wanted.push(("ip -batch".into(), Kind::IpBatch, None));
+    let reference_at = 2;
+    let kernel_at = wanted.len() - 1;
+
+    // Declared before the daemons: dropped after them.
+    let mut namespaces = Netns(Vec::new());
+    let mut plugins = Vec::new();
+    let mut daemons = Daemons(Vec::new());
+    for (k, (name, kind, daemon)) in wanted.into_iter().enumerate() {
+        let (node, pod) = (format!("{tag}-n{k}"), format!("{tag}-p{k}"));
+        // Registered first: removed even if what follows fails.
+        namespaces.0.push(pod.clone());
+        namespaces.0.push(node.clone());
+        let node_ns = node_namespace(&node);
+        sh(&["ip", "netns", "add", &pod]);
+        if let Some(d) = daemon {
+            start_daemon(&d.binary, &d.spec, &mut daemons);
+        }
+        plugins.push(Plugin {
+            name,
+            kind,
+            node: node_ns,
+            pod,
+        });
+    }
+
     // Warm the page cache and the stores once.
-    for (_, plugin, conf) in &plugins {
-        invoke(plugin, "ADD", "warm", &pod_path, conf);
-        invoke(plugin, "DEL", "warm", &pod_path, conf);
+    for p in &plugins {
+        invoke(p, "ADD", "warm");
+        invoke(p, "DEL", "warm");
+        wait_for_teardown(&p.pod);
     }
     let mut adds: Vec<Vec<Duration>> = plugins.iter().map(|_| Vec::new()).collect();
     let mut dels = adds.clone();
-    for i in 0..ROUNDS {
+    for i in 0..rounds {
         let id = format!("bench{i:04}");
-        // Each round starts with the next plugin: the first of a round
-        // pays for the previous round's teardown (about 4 ms of DEL here,
-        // measured with one binary in two places).
+        // Each round starts with the next plugin, so none always follows
+        // the same one.
         for k in (0..plugins.len()).map(|j| (i + j) % plugins.len()) {
-            let (_, plugin, conf) = &plugins[k];
-            adds[k].push(invoke(plugin, "ADD", &id, &pod_path, conf));
-            dels[k].push(invoke(plugin, "DEL", &id, &pod_path, conf));
+            let p = &plugins[k];
+            adds[k].push(invoke(p, "ADD", &id));
+            dels[k].push(invoke(p, "DEL", &id));
+            wait_for_teardown(&p.pod);
         }
     }
+    drop(daemons);
     let med = |v: &mut Vec<Duration>| percentile(v, 0.5);
     let p90 = |v: &mut Vec<Duration>| percentile(v, 0.9);
-    println!("CNI latency, {ROUNDS} rounds, whole-process invocations");
-    for (k, (name, _, _)) in plugins.iter().enumerate() {
+    println!("CNI latency, one pod at a time, {rounds} rounds, whole-process invocations");
+    for (k, p) in plugins.iter().enumerate() {
         println!(
-            "{name:<14} ADD median {}  p90 {}   DEL median {}  p90 {}",
+            "{:<17} ADD median {}  p90 {}   DEL median {}  p90 {}",
+            p.name,
             ms(med(&mut adds[k])),
             ms(p90(&mut adds[k])),
             ms(med(&mut dels[k])),
             ms(p90(&mut dels[k]))
         );
     }
-    let ref_total = med(&mut adds[REFERENCE]) + med(&mut dels[REFERENCE]);
-    for k in (0..plugins.len()).filter(|k| *k != REFERENCE) {
-        let total = med(&mut adds[k]) + med(&mut dels[k]);
+    let ref_add = med(&mut adds[reference_at]).as_secs_f64();
+    let ref_del = med(&mut dels[reference_at]).as_secs_f64();
+    let kernel_add = med(&mut adds[kernel_at]).as_secs_f64();
+    for k in (0..plugins.len()).filter(|k| *k != reference_at && *k != kernel_at) {
+        let (add, del) = (
+            med(&mut adds[k]).as_secs_f64(),
+            med(&mut dels[k]).as_secs_f64(),
+        );
+        let targets = if plugins[k].name.ends_with("+daemon") {
+            "targets ADD <= 0.5x, DEL <= 0.3x"
+        } else {
+            "target ADD+DEL <= 1.0x"
+        };
         println!(
-            "ADD+DEL median: {} {}  reference {}  ratio {:.2}x  (target <= 1.0x)",
-            plugins[k].0,
-            ms(total),
-            ms(ref_total),
-            total.as_secs_f64() / ref_total.as_secs_f64()
+            "{:<17} vs ptp+host-local: ADD {:.2}x  DEL {:.2}x  ADD+DEL {:.2}x   ADD vs ip -batch {:.2}x  ({targets})",
+            plugins[k].name,
+            add / ref_add,
+            del / ref_del,
+            (add + del) / (ref_add + ref_del),
+            add / kernel_add
         );
     }
 }

@@ -17,10 +17,31 @@ type Verdicts = Vec<Option<Verdict>>;
 /// attachment, for a DEL nothing; or the error the plugin would report.
 pub type Verdict = Result<Option<Wired>, CniError>;
 
-/// Stores and removes a batch's intents under one lock, wires and releases
-/// them in one pass, and judges each call as the plugin would have judged
-/// it alone. Blocking (it drives netlink).
-pub fn run(spec: &Spec, batch: &[Request]) -> Vec<Verdict> {
+/// A batch run: each call's verdict, in order, and the host links of DELs
+/// still to delete (their routes are gone; the daemon's next node-wide pass
+/// deletes the links and frees their addresses).
+pub struct Ran {
+    pub verdicts: Vec<Verdict>,
+    pub retired: Vec<String>,
+}
+
+impl Ran {
+    fn settled(verdicts: Verdicts) -> Ran {
+        Ran {
+            verdicts: settle(verdicts),
+            retired: Vec::new(),
+        }
+    }
+}
+
+/// Stores and removes a batch's intents under one lock, wires them and
+/// retires the released ones in one pass, and judges each call as the
+/// plugin would have judged it alone. A DEL is answered once its pod can
+/// neither send nor receive (its host routes gone: the source check drops
+/// what it sends); its link is left to the daemon's next pass, so the DEL
+/// does not wait for the kernel's teardown, and its address stays held
+/// until the link is gone. Blocking (it drives netlink).
+pub fn run(spec: &Spec, batch: &[Request]) -> Ran {
     let mut verdicts: Verdicts = batch.iter().map(|_| None).collect();
     let adds: Vec<(PodKey, PathBuf)> = batch
         .iter()
@@ -38,18 +59,24 @@ pub fn run(spec: &Spec, batch: &[Request]) -> Vec<Verdict> {
         .collect();
     // The daemon is told directly: its own file watch need not hear of it.
     let store = spec.pod_store().quiet();
-    let changed = match store.change_and_list(&adds, &dels) {
+    let started = std::time::Instant::now();
+    let changed = store.change_and_list(&adds, &dels);
+    tracing::debug!(
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "batch: intents stored"
+    );
+    let changed = match changed {
         Ok(changed) => changed,
         Err(e) => {
             let e = CniError::from_store(&e);
-            return settle(batch_failed(&mut verdicts, &e));
+            return Ran::settled(batch_failed(&mut verdicts, &e));
         }
     };
     // What each call stands for now: an intent to wire, a link to release.
     let mut added = changed.added.into_iter();
     let mut removed = changed.removed.into_iter();
     let mut wire = Vec::new();
-    let mut release = Vec::new();
+    let mut retire = Vec::new();
     let mut created = Vec::new();
     let mut targets: Vec<Target> = Vec::with_capacity(batch.len());
     for (p, verdict) in batch.iter().zip(verdicts.iter_mut()) {
@@ -76,12 +103,12 @@ pub fn run(spec: &Spec, batch: &[Request]) -> Vec<Verdict> {
             },
             Request::Del { key } => match removed.next().flatten() {
                 Some(intent) => {
-                    release.push(intent.host_link.clone());
+                    retire.push(intent.host_link.clone());
                     targets.push(Target::Release(intent.host_link));
                 }
                 None => match crate::spec::unowned_host_link(key, &changed.pods) {
                     Ok(name) => {
-                        release.push(name.clone());
+                        retire.push(name.clone());
                         targets.push(Target::Release(name));
                     }
                     Err(owner) => {
@@ -99,17 +126,22 @@ pub fn run(spec: &Spec, batch: &[Request]) -> Vec<Verdict> {
     // scope never removes anything but the released links, so intents
     // added meanwhile by someone else are safe.
     let pods: crate::spec::Intents = changed.pods.into();
-    let scope = PodScope::Pods { wire, release };
+    let scope = PodScope::Pods {
+        wire,
+        release: Vec::new(),
+        retire,
+    };
     let applied = match engine::apply(spec, &|| Ok(pods.clone()), &scope) {
         Ok(applied) => applied,
         Err(e) => {
             let e = CniError::from_engine(&e);
             undo_created(spec, &store, &created);
-            return settle(batch_failed(&mut verdicts, &e));
+            return Ran::settled(batch_failed(&mut verdicts, &e));
         }
     };
     let mut failed_adds = Vec::new();
     let mut gone = Vec::new();
+    let mut retired = Vec::new();
     for ((p, verdict), target) in batch.iter().zip(verdicts.iter_mut()).zip(targets) {
         if verdict.is_some() {
             continue;
@@ -124,8 +156,16 @@ pub fn run(spec: &Spec, batch: &[Request]) -> Vec<Verdict> {
             },
             (Target::Release(link), Request::Del { key }) => {
                 let v = verdict::released(&applied, key, &link);
-                if v.is_ok() {
-                    gone.push(link);
+                let present = applied
+                    .observed_after
+                    .node
+                    .links
+                    .iter()
+                    .any(|l| l.name == link);
+                match (&v, present) {
+                    (Ok(()), false) => gone.push(link),
+                    (Ok(()), true) => retired.push(link),
+                    (Err(_), _) => {}
                 }
                 v.map(|()| None)
             }
@@ -147,7 +187,10 @@ pub fn run(spec: &Spec, batch: &[Request]) -> Vec<Verdict> {
         .filter(|i| created.iter().any(|c| c.key == i.key))
         .collect();
     undo_created(spec, &store, &failed_created);
-    settle(verdicts)
+    Ran {
+        verdicts: settle(verdicts),
+        retired,
+    }
 }
 
 /// What a call of the batch asks of the pass.

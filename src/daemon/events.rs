@@ -30,6 +30,9 @@ pub enum Trigger {
     Retry,
     /// CNI calls handed over wait to be wired or released.
     Cni,
+    /// DELs were answered with their host links still there (routes gone):
+    /// a node-wide pass deletes the links and frees their addresses.
+    Retired,
 }
 
 /// Reads events forever on a thread of its own, sending a trigger for each

@@ -182,14 +182,16 @@ fn check(request: &Request) -> Option<Answer> {
     }
 }
 
-/// Runs a batch (`attach::batch`) and answers each call with its verdict.
+/// Runs a batch (`attach::batch`) and answers each call with its verdict;
+/// returns the host links of DELs left for the next pass to delete.
 /// Runs on a blocking thread (it drives netlink).
-pub fn run_batch(spec: &Spec, batch: Vec<Pending>) {
+pub fn run_batch(spec: &Spec, batch: Vec<Pending>) -> Vec<String> {
     let calls: Vec<Request> = batch.iter().map(|p| p.request.clone()).collect();
-    let verdicts = crate::attach::batch::run(spec, &calls);
-    for (p, v) in batch.into_iter().zip(verdicts) {
+    let ran = crate::attach::batch::run(spec, &calls);
+    for (p, v) in batch.into_iter().zip(ran.verdicts) {
         let _ = p.answer.send(Answer::of(v));
     }
+    ran.retired
 }
 
 #[cfg(test)]

@@ -146,7 +146,9 @@ async fn main(
             }
         }
         if triggers.remove(&Trigger::Cni) {
-            pass::cni_batch(&spec, &queue, &status).await;
+            if pass::cni_batch(&spec, &queue, &status).await {
+                let _ = tx.send(Trigger::Retired);
+            }
             if !queue.is_empty() {
                 let _ = tx.send(Trigger::Cni);
             }

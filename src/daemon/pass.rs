@@ -15,19 +15,24 @@ use crate::kernel::nft::Listings;
 use crate::spec::{Mode, Spec};
 
 /// The CNI calls waiting, as one batch on a blocking thread (awaited like a
-/// pass: they never overlap).
-pub(super) async fn cni_batch(spec: &Spec, queue: &handoff::Queue, status: &Shared) {
+/// pass: they never overlap). True when DELs left host links for the next
+/// pass to delete.
+pub(super) async fn cni_batch(spec: &Spec, queue: &handoff::Queue, status: &Shared) -> bool {
     let batch = queue.take();
     if batch.is_empty() {
-        return;
+        return false;
     }
     let owned = spec.clone();
     let size = batch.len();
     let started = Instant::now();
     let done = tokio::task::spawn_blocking(move || handoff::run_batch(&owned, batch));
-    if let Err(e) = done.await {
-        tracing::error!("CNI batch panicked: {e}");
-    }
+    let retired = match done.await {
+        Ok(retired) => retired,
+        Err(e) => {
+            tracing::error!("CNI batch panicked: {e}");
+            Vec::new()
+        }
+    };
     tracing::debug!(
         calls = size,
         took_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -37,6 +42,7 @@ pub(super) async fn cni_batch(spec: &Spec, queue: &handoff::Queue, status: &Shar
         s.cni_calls += size as u64;
         s.cni_batches += 1;
     }
+    !retired.is_empty()
 }
 
 /// One reconcile pass on a blocking thread; the loop awaits it, so passes never overlap.
@@ -51,7 +57,7 @@ pub(super) async fn pass(
     // else looks into every pod too.
     let kernel_only = triggers
         .iter()
-        .all(|t| matches!(t, Trigger::Kernel | Trigger::Tailscaled));
+        .all(|t| matches!(t, Trigger::Kernel | Trigger::Tailscaled | Trigger::Retired));
     let scope = if kernel_only {
         PodScope::HostOnly
     } else {
@@ -91,9 +97,12 @@ pub(super) async fn pass(
         })
     });
     // Now and then, addresses held by DELs that never finished are freed.
-    let sweep = triggers
-        .iter()
-        .any(|t| matches!(t, Trigger::Start | Trigger::Resync | Trigger::Pods));
+    let sweep = triggers.iter().any(|t| {
+        matches!(
+            t,
+            Trigger::Start | Trigger::Resync | Trigger::Pods | Trigger::Retired
+        )
+    });
     let kept = listings.clone();
     let result = tokio::task::spawn_blocking(move || {
         let store = owned.pod_store();

@@ -109,7 +109,7 @@ fn plan_knowing(
             intents = fresh;
         }
     }
-    let plan = scope.restrict(plan);
+    let plan = scope.restrict(plan, &observed);
     refuse_removals_without_store(&plan, &intents)?;
     let intents = intents.pods;
     Ok(Planned {
@@ -200,6 +200,7 @@ pub fn apply_with(
     // link whose deletion was acknowledged is unregistered, and this scope
     // plans nothing else; a second look would cost a DEL a whole observation.
     let acked_removals = scope.trusts_acks() && report.failed.is_empty() && report.skipped == 0;
+    let verify_started = Instant::now();
     let (remaining, observed_after) = if planned.plan.is_empty() {
         (planned.plan.clone(), planned.observed)
     } else if acked_removals {
@@ -222,6 +223,12 @@ pub fn apply_with(
         let again = plan_knowing(spec, pods, scope, known, listings)?;
         (again.plan, again.observed)
     };
+    tracing::debug!(
+        apply_ms = apply_took.as_secs_f64() * 1e3,
+        verify_ms = verify_started.elapsed().as_secs_f64() * 1e3,
+        steps = planned.plan.steps.len(),
+        "applied"
+    );
     Ok(Applied {
         plan: planned.plan,
         desired: planned.desired,

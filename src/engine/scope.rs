@@ -1,8 +1,8 @@
 //! What a pass looks at and may change: every question a pass asks of its
 //! scope is answered here, so the engine never matches on it itself.
 
-use crate::diff::{Action, Object, Plan};
-use crate::model::{Netns, PodKey};
+use crate::diff::{Action, Object, Plan, Step};
+use crate::model::{Netns, Observed, PodKey};
 
 /// Which part of the node a pass looks at and may change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,10 +14,14 @@ pub enum PodScope {
     /// CNI calls, one or a batch of them: the node plus the namespaces of the
     /// pods to `wire` (their steps and node-wide additions, never node-wide
     /// removals), and the removal of the host links of attachments whose
-    /// intents were just removed (`release`) with what hangs off them.
+    /// intents were just removed (`release`) with what hangs off them, or
+    /// of only their routes (`retire`: the pod can neither send nor receive,
+    /// and the daemon's next node-wide pass deletes the links, many in one
+    /// kernel grace period, instead of the DEL waiting for it).
     Pods {
         wire: Vec<PodKey>,
         release: Vec<String>,
+        retire: Vec<String>,
     },
     /// Node-level removals only: owned objects no intent wants (CNI GC).
     Prune,
@@ -78,6 +82,7 @@ impl PodScope {
         PodScope::Pods {
             wire: vec![key],
             release: Vec::new(),
+            retire: Vec::new(),
         }
     }
 
@@ -86,21 +91,35 @@ impl PodScope {
         PodScope::Pods {
             wire: Vec::new(),
             release: links,
+            retire: Vec::new(),
         }
     }
 
-    /// Keeps of `plan` what this scope may touch.
-    pub(super) fn restrict(&self, plan: Plan) -> Plan {
+    /// DELs the daemon finishes later: these host links' routes only.
+    pub fn retired(links: Vec<String>) -> PodScope {
+        PodScope::Pods {
+            wire: Vec::new(),
+            release: Vec::new(),
+            retire: links,
+        }
+    }
+
+    /// Keeps of `plan` (made from `observed`) what this scope may touch.
+    pub(super) fn restrict(&self, plan: Plan, observed: &Observed) -> Plan {
         match self {
             PodScope::All | PodScope::HostOnly => plan,
-            PodScope::Pods { wire, release } => {
+            PodScope::Pods {
+                wire,
+                release,
+                retire,
+            } => {
                 let mut mine = if wire.is_empty() {
                     Plan::default()
                 } else {
                     plan.for_pods(wire)
                 };
                 let on_link = |dev: &str| release.iter().any(|l| l == dev);
-                let released = |s: &crate::diff::Step| {
+                let released = |s: &Step| {
                     s.action == Action::Remove
                         && s.netns == Netns::Node
                         && match &s.object {
@@ -113,6 +132,7 @@ impl PodScope {
                             | Object::File(_) => false,
                         }
                 };
+                let retiring = retired_routes(&plan, observed, retire);
                 // Node-wide additions when wiring (the firewall is not among
                 // them: this scope does not read it, so the diff plans nothing
                 // for it).
@@ -124,6 +144,7 @@ impl PodScope {
                         .into_iter()
                         .filter(|s| node_wide(s) || released(s)),
                 );
+                mine.steps.extend(retiring);
                 if !wire.is_empty() {
                     mine.waiting
                         .extend(plan.waiting.into_iter().filter(|w| w.attachment.is_none()));
@@ -145,6 +166,39 @@ impl PodScope {
             },
         }
     }
+}
+
+/// The removals of the owned routes on the `retire`d host links that the
+/// plan removes (a link removal carries its routes with it, so the plan
+/// has no steps of their own): the pod is cut off, its link left for later.
+/// A link the plan keeps (its pod added again meanwhile) keeps its routes.
+fn retired_routes(plan: &Plan, observed: &Observed, retire: &[String]) -> Vec<Step> {
+    if retire.is_empty() {
+        return Vec::new();
+    }
+    let removed: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.action == Action::Remove && s.netns == Netns::Node)
+        .filter_map(|s| match &s.object {
+            Object::Link(l) if retire.contains(&l.name) => Some(l.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    observed
+        .node
+        .routes
+        .iter()
+        .filter(|r| r.is_owned() && r.dev.as_deref().is_some_and(|d| removed.contains(&d)))
+        .map(|r| Step {
+            action: Action::Remove,
+            netns: Netns::Node,
+            object: Object::Route(r.clone()),
+            before: None,
+            attachment: None,
+            reason: "its pod is deleted; the link goes in the daemon's next pass".into(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -169,6 +223,14 @@ mod tests {
             (PodScope::one(pod.clone()), false, false, true, false, true),
             (
                 PodScope::released(vec!["hc1".into()]),
+                false,
+                false,
+                false,
+                true,
+                false,
+            ),
+            (
+                PodScope::retired(vec!["hc1".into()]),
                 false,
                 false,
                 false,

@@ -623,11 +623,15 @@ impl Daemon {
             child: Some(child),
             log,
         };
-        wait_until(
-            std::time::Duration::from_secs(5),
-            "the daemon's first pass",
-            || status(n).is_some_and(|s| !s["last_pass"].is_null()),
-        );
+        let start = Instant::now();
+        while status(n).is_none_or(|s| s["last_pass"].is_null()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "timed out after 5s waiting for the daemon's first pass; its log:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         d
     }
 
