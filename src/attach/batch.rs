@@ -60,12 +60,14 @@ pub fn run(spec: &Spec, batch: &[Request]) -> Ran {
     // The daemon is told directly: its own file watch need not hear of it.
     let store = spec.pod_store().quiet();
     let started = std::time::Instant::now();
-    let changed = store.change_and_list(&adds, &dels);
+    // The pass runs while the change goes to disk; no call is answered
+    // before it is there.
+    let changed = store.change_and_list_flushing(&adds, &dels);
     tracing::debug!(
         took_ms = started.elapsed().as_secs_f64() * 1e3,
-        "batch: intents stored"
+        "batch: intents changed"
     );
-    let changed = match changed {
+    let (changed, flushing) = match changed {
         Ok(changed) => changed,
         Err(e) => {
             let e = CniError::from_store(&e);
@@ -131,7 +133,19 @@ pub fn run(spec: &Spec, batch: &[Request]) -> Ran {
         release: Vec::new(),
         retire,
     };
-    let applied = match engine::apply(spec, &|| Ok(pods.clone()), &scope) {
+    let applied = engine::apply(spec, &|| Ok(pods.clone()), &scope);
+    let durable = flushing.durable();
+    tracing::debug!(
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "batch: applied and durable"
+    );
+    if let Err(e) = durable {
+        // Not on disk: nothing may be answered as done. What was wired
+        // without an intent behind it is removed by the next pass.
+        let e = CniError::from_store(&e);
+        return Ran::settled(batch_failed(&mut verdicts, &e));
+    }
+    let applied = match applied {
         Ok(applied) => applied,
         Err(e) => {
             let e = CniError::from_engine(&e);

@@ -34,9 +34,10 @@ use supervisor::Backoff;
 /// come in bursts (one `ip` command can send several), file edits in longer ones.
 const KERNEL_SETTLE: Duration = Duration::from_millis(3);
 const FILE_SETTLE: Duration = Duration::from_millis(50);
-/// CNI calls wait for company only briefly: a runtime is waiting on each,
-/// and those arriving during a pass form the next batch anyway.
-const CNI_SETTLE: Duration = Duration::from_millis(1);
+/// CNI calls do not wait for company: a runtime is waiting on each, and
+/// those arriving during a batch form the next one anyway (a 1 ms settle
+/// is a timer tick or more on every lone ADD and DEL).
+const CNI_SETTLE: Duration = Duration::ZERO;
 
 pub fn run(spec_path: &Path, rerender: Option<Rerender>) -> anyhow::Result<()> {
     let spec = Spec::load(spec_path)?;
@@ -134,7 +135,9 @@ async fn main(
         } else {
             KERNEL_SETTLE
         };
-        tokio::time::sleep(settle).await;
+        if !settle.is_zero() {
+            tokio::time::sleep(settle).await;
+        }
         while let Ok(t) = rx.try_recv() {
             triggers.insert(t);
         }

@@ -62,6 +62,78 @@ pub struct Changed {
     pub pods: Vec<PodIntent>,
 }
 
+/// A db changed under the store's lock, not yet flushed.
+struct OpenDb {
+    db: sled::Db,
+    path: PathBuf,
+    /// Release marks folded in: removed once the fold is on disk.
+    marks: Vec<PathBuf>,
+    _lock: File,
+}
+
+impl OpenDb {
+    /// Flushes, closes, removes the folded marks, unlocks.
+    fn close(self) -> Result<(), StoreError> {
+        let OpenDb {
+            db,
+            path,
+            marks,
+            _lock,
+        } = self;
+        db.flush().map_err(|error| StoreError::Db { path, error })?;
+        drop(db);
+        // Gone only once what they stand for is on disk.
+        for mark in marks {
+            let _ = fs::remove_file(mark);
+        }
+        Ok(())
+    }
+}
+
+/// A change whose flush is under way on a thread of its own (see
+/// [`PodStore::change_and_list_flushing`]).
+pub enum Flushing {
+    Running(std::thread::JoinHandle<Result<(), StoreError>>),
+    Done(Result<(), StoreError>),
+}
+
+impl Flushing {
+    fn start(open: OpenDb) -> Flushing {
+        type Slot = std::sync::Mutex<Option<OpenDb>>;
+        let close = |slot: &Slot| {
+            let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            taken.map_or(Ok(()), OpenDb::close)
+        };
+        let ours = std::sync::Arc::new(Slot::new(Some(open)));
+        let theirs = ours.clone();
+        match std::thread::Builder::new()
+            .name("store-flush".into())
+            .spawn(move || close(&theirs))
+        {
+            Ok(thread) => Flushing::Running(thread),
+            // No thread to be had: flush here.
+            Err(_) => Flushing::Done(close(&ours)),
+        }
+    }
+
+    fn done() -> Flushing {
+        Flushing::Done(Ok(()))
+    }
+
+    /// Waits until the change is on disk (or says why it is not).
+    pub fn durable(self) -> Result<(), StoreError> {
+        match self {
+            Flushing::Done(result) => result,
+            Flushing::Running(thread) => thread.join().unwrap_or_else(|_| {
+                Err(StoreError::Io {
+                    path: PathBuf::new(),
+                    error: std::io::Error::other("the store's flush thread panicked"),
+                })
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Fold {
     Yes,
@@ -270,7 +342,9 @@ impl PodStore {
         add: &[(PodKey, PathBuf)],
         remove: &[PodKey],
     ) -> Result<Changed, StoreError> {
-        self.change_in(add, remove, Listing::Skip)
+        let (changed, flushing) = self.change_in(add, remove, Listing::Skip)?;
+        flushing.durable()?;
+        Ok(changed)
     }
 
     /// [`change`](Self::change), then every intent (`Changed::pods`), under
@@ -280,6 +354,22 @@ impl PodStore {
         add: &[(PodKey, PathBuf)],
         remove: &[PodKey],
     ) -> Result<Changed, StoreError> {
+        let (changed, flushing) = self.change_and_list_flushing(add, remove)?;
+        flushing.durable()?;
+        Ok(changed)
+    }
+
+    /// [`change_and_list`](Self::change_and_list), returning before the
+    /// change is on disk: the flush runs on a thread of its own, holding the
+    /// store's lock (nobody reads the store before it is durable), while the
+    /// caller wires what it stands for; [`Flushing::durable`] waits for it.
+    /// Nothing is answered before that: a crash meanwhile leaves links
+    /// without intents, which the next pass removes.
+    pub fn change_and_list_flushing(
+        &self,
+        add: &[(PodKey, PathBuf)],
+        remove: &[PodKey],
+    ) -> Result<(Changed, Flushing), StoreError> {
         self.change_in(add, remove, Listing::After)
     }
 
@@ -288,17 +378,18 @@ impl PodStore {
         add: &[(PodKey, PathBuf)],
         remove: &[PodKey],
         listing: Listing,
-    ) -> Result<Changed, StoreError> {
+    ) -> Result<(Changed, Flushing), StoreError> {
         // A state_dir that is a file or out of reach says so, not "File exists".
         if !self.exists()? && add.is_empty() {
-            return Ok(Changed {
+            let changed = Changed {
                 added: Vec::new(),
                 removed: remove.iter().map(|_| None).collect(),
                 pods: Vec::new(),
-            });
+            };
+            return Ok((changed, Flushing::done()));
         }
         let fold = if add.is_empty() { Fold::No } else { Fold::Yes };
-        self.with_db_folding(fold, |db, path| {
+        let (changed, open) = self.with_db_open(fold, |db, path| {
             let mut taken: Option<FxHashMap<String, PodKey>> = None;
             let mut added = Vec::with_capacity(add.len());
             for (key, netns) in add {
@@ -319,7 +410,8 @@ impl PodStore {
                 removed,
                 pods,
             })
-        })
+        })?;
+        Ok((changed, Flushing::start(open)))
     }
 
     /// One attachment of [`change`](Self::change). `taken`: the host links
@@ -550,8 +642,20 @@ impl PodStore {
         fold: Fold,
         f: impl FnOnce(&sled::Db, &Path) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let (result, open) = self.with_db_open(fold, f)?;
+        open.close()?;
+        Ok(result)
+    }
+
+    /// [`with_db_folding`](Self::with_db_folding) up to the flush: the db,
+    /// still open and locked, is the caller's to close.
+    fn with_db_open<T>(
+        &self,
+        fold: Fold,
+        f: impl FnOnce(&sled::Db, &Path) -> Result<T, StoreError>,
+    ) -> Result<(T, OpenDb), StoreError> {
         let started = Instant::now();
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         let path = self.dir.join(DB_DIR);
         let db = self.open_db(&path, started)?;
         let marks = match fold {
@@ -559,16 +663,13 @@ impl PodStore {
             Fold::No => Vec::new(),
         };
         let result = f(&db, &path)?;
-        db.flush().map_err(|error| StoreError::Db {
-            path: path.clone(),
-            error,
-        })?;
-        drop(db);
-        // Gone only once what they stand for is on disk.
-        for mark in marks {
-            let _ = fs::remove_file(mark);
-        }
-        Ok(result)
+        let open = OpenDb {
+            db,
+            path,
+            marks,
+            _lock: lock,
+        };
+        Ok((result, open))
     }
 
     /// Opens sled under our lock. sled's own file lock can outlive a closed
@@ -581,6 +682,9 @@ impl PodStore {
             match sled::Config::new()
                 .path(path)
                 .cache_capacity(CACHE_BYTES)
+                // Every operation flushes before it closes the db: no
+                // background flusher thread to start (and stop) per open.
+                .flush_every_ms(None)
                 .open()
             {
                 Ok(db) => return Ok(db),
@@ -682,6 +786,26 @@ mod tests {
                 }),
             },
         )
+    }
+
+    /// The daemon's batches: the change is read by nobody (the lock is
+    /// held) until its flush is done, and then by everyone.
+    #[test]
+    fn a_change_flushing_holds_the_store_until_it_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = v4_store(dir.path(), "10.9.0.0/29");
+        let add = [(key("a"), PathBuf::from("/x"))];
+        let (changed, flushing) = store.change_and_list_flushing(&add, &[]).unwrap();
+        assert_eq!(changed.pods.len(), 1);
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || store.list().unwrap())
+        };
+        flushing.durable().unwrap();
+        assert_eq!(reader.join().unwrap(), changed.pods);
+        // Another opener (as another process) sees it on disk.
+        let again = v4_store(dir.path(), "10.9.0.0/29").list().unwrap();
+        assert_eq!(again, changed.pods);
     }
 
     #[test]
