@@ -33,6 +33,8 @@ struct Plugin {
     /// The node namespace it runs in, entered before each invocation.
     node: File,
     pod: String,
+    /// With a daemon: its spec, whose store says when a DEL's link is gone.
+    daemon_spec: Option<PathBuf>,
 }
 
 /// A daemon to run beside a plugin: its binary and spec.
@@ -118,10 +120,29 @@ fn invoke(p: &Plugin, command: &str, id: &str) -> Duration {
     }
 }
 
-/// Waits (untimed) until the pod's interface is gone: a DEL answered before
-/// the kernel's teardown leaves it to the daemon, and the next ADD in the
-/// same namespace needs the name free.
-fn wait_for_teardown(pod: &str) {
+/// Waits (untimed) until the pod's interface is gone and, with a daemon,
+/// its address freed: a DEL answered before the kernel's teardown leaves
+/// that to the daemon (so its DEL figure leaves out the teardown that
+/// ptp's includes), whose pass must not run into the next plugin's timing,
+/// and the next ADD in the same namespace needs the name free.
+fn wait_for_teardown(p: &Plugin) {
+    wait_for_link_gone(&p.pod);
+    let Some(spec) = &p.daemon_spec else {
+        return;
+    };
+    let store = headcni::spec::Spec::load(spec).expect("spec").pod_store();
+    let started = Instant::now();
+    while !store.releasing().expect("store").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{}: an address still held 10 s after its DEL",
+            p.name
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn wait_for_link_gone(pod: &str) {
     let started = Instant::now();
     loop {
         let present = Command::new("ip")
@@ -258,14 +279,16 @@ fn main() {
         namespaces.0.push(node.clone());
         let node_ns = node_namespace(&node);
         sh(&["ip", "netns", "add", &pod]);
-        if let Some(d) = daemon {
+        let daemon_spec = daemon.map(|d| {
             start_daemon(&d.binary, &d.spec, &mut daemons);
-        }
+            d.spec
+        });
         plugins.push(Plugin {
             name,
             kind,
             node: node_ns,
             pod,
+            daemon_spec,
         });
     }
 
@@ -273,7 +296,7 @@ fn main() {
     for p in &plugins {
         invoke(p, "ADD", "warm");
         invoke(p, "DEL", "warm");
-        wait_for_teardown(&p.pod);
+        wait_for_teardown(p);
     }
     let mut adds: Vec<Vec<Duration>> = plugins.iter().map(|_| Vec::new()).collect();
     let mut dels = adds.clone();
@@ -285,7 +308,7 @@ fn main() {
             let p = &plugins[k];
             adds[k].push(invoke(p, "ADD", &id));
             dels[k].push(invoke(p, "DEL", &id));
-            wait_for_teardown(&p.pod);
+            wait_for_teardown(p);
         }
     }
     drop(daemons);

@@ -18,8 +18,9 @@ type Verdicts = Vec<Option<Verdict>>;
 pub type Verdict = Result<Option<Wired>, CniError>;
 
 /// A batch run: each call's verdict, in order, and the host links of DELs
-/// still to delete (their routes are gone; the daemon's next node-wide pass
-/// deletes the links and frees their addresses).
+/// still there (their routes removed, unless their pod was added again;
+/// the daemon's next node-wide pass deletes the intent-less ones and frees
+/// their addresses).
 pub struct Ran {
     pub verdicts: Vec<Verdict>,
     pub retired: Vec<String>,
@@ -36,9 +37,11 @@ impl Ran {
 
 /// Stores and removes a batch's intents under one lock, wires them and
 /// retires the released ones in one pass, and judges each call as the
-/// plugin would have judged it alone. A DEL is answered once its pod can
-/// neither send nor receive (its host routes gone: the source check drops
-/// what it sends); its link is left to the daemon's next pass, so the DEL
+/// plugin would have judged it alone. A DEL is answered once its pod is
+/// cut off (its host routes gone: nothing routes to it, and the source
+/// check, on by default, drops what it sends beyond its link; IPv6
+/// link-local traffic with the node stays possible until the link goes);
+/// its link is left to the daemon's next pass, so the DEL
 /// does not wait for the kernel's teardown, and its address stays held
 /// until the link is gone. Blocking (it drives netlink).
 pub fn run(spec: &Spec, batch: &[Request]) -> Ran {

@@ -100,7 +100,7 @@ pub(super) async fn pass(
     let sweep = triggers.iter().any(|t| {
         matches!(
             t,
-            Trigger::Start | Trigger::Resync | Trigger::Pods | Trigger::Retired
+            Trigger::Start | Trigger::Resync | Trigger::Pods | Trigger::Retired | Trigger::Retry
         )
     });
     let kept = listings.clone();

@@ -57,7 +57,8 @@ pub fn claim(state_dir: &Path) -> anyhow::Result<Claim> {
                 // A daemon that just died can leave its lock held a moment
                 // longer (a child it was starting holds the open file until
                 // it execs): a restart right after a crash waits for that,
-                // a live holder is named at once.
+                // a live holder is named at once. A file naming nobody (a
+                // holder that has not written its pid yet) is waited for too.
                 if holder.is_some_and(alive) || started.elapsed() >= DEAD_HOLDER_GRACE {
                     let who = match holder {
                         Some(pid) => format!("pid {pid}"),

@@ -15,8 +15,8 @@ pub enum PodScope {
     /// pods to `wire` (their steps and node-wide additions, never node-wide
     /// removals), and the removal of the host links of attachments whose
     /// intents were just removed (`release`) with what hangs off them, or
-    /// of only their routes (`retire`: the pod can neither send nor receive,
-    /// and the daemon's next node-wide pass deletes the links, many in one
+    /// of only their routes (`retire`: the pod is cut off, nothing routed
+    /// to it, and the daemon's next node-wide pass deletes the links, many in one
     /// kernel grace period, instead of the DEL waiting for it).
     Pods {
         wire: Vec<PodKey>,

@@ -91,10 +91,19 @@ pub(super) fn remove_in(
         };
         let intent = decode_intent(&pod_key, &existing)?;
         batch.remove(pod_key);
-        batch.insert(
-            releasing_db_key(&intent.host_link),
-            intent.addresses_text().as_bytes(),
-        );
+        // The link may still hold what an earlier attachment of the same
+        // name left (a DEL answered before its link was gone, then an ADD
+        // of the same pod): both stay held until the link is gone, and
+        // both are freed then, never overwritten and lost.
+        let releasing = releasing_db_key(&intent.host_link);
+        let mut held = read_ips(db, &releasing, path)?.unwrap_or_default();
+        for ip in intent.addresses() {
+            if !held.contains(&ip) {
+                held.push(ip);
+            }
+        }
+        let text: Vec<String> = held.iter().map(IpAddr::to_string).collect();
+        batch.insert(releasing, text.join(" ").as_bytes());
         removed.push(Some(intent));
     }
     if removed.iter().any(Option::is_some) {

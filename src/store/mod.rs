@@ -91,7 +91,9 @@ impl OpenDb {
 }
 
 /// A change whose flush is under way on a thread of its own (see
-/// [`PodStore::change_and_list_flushing`]).
+/// [`PodStore::change_and_list_flushing`]). Dropped unawaited, the flush
+/// still finishes, but its error is lost and nobody knows when.
+#[must_use = "nothing may be answered before `durable()` says the change is on disk"]
 pub enum Flushing {
     Running(std::thread::JoinHandle<Result<(), StoreError>>),
     Done(Result<(), StoreError>),
@@ -806,6 +808,28 @@ mod tests {
         // Another opener (as another process) sees it on disk.
         let again = v4_store(dir.path(), "10.9.0.0/29").list().unwrap();
         assert_eq!(again, changed.pods);
+    }
+
+    /// A DEL answered before its link is gone, an ADD of the same pod
+    /// (same link name) meanwhile, then its DEL: both addresses stay held
+    /// by the link and both are freed with it.
+    #[test]
+    fn a_link_removed_twice_before_it_is_gone_frees_both_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = v4_store(dir.path(), "10.9.0.0/29");
+        let first = store.add(&key("a"), Path::new("/x")).unwrap().intent;
+        store.remove(&key("a")).unwrap().unwrap();
+        let second = store.add(&key("a"), Path::new("/x")).unwrap().intent;
+        assert_ne!(first.ip, second.ip, "the held address is not handed out");
+        store.remove(&key("a")).unwrap().unwrap();
+        store
+            .release(std::slice::from_ref(&first.host_link))
+            .unwrap();
+        assert!(store.releasing().unwrap().is_empty());
+        // The whole pool (.2 to .6) is free again.
+        for i in 0..5 {
+            store.add(&key(&format!("p{i}")), Path::new("/x")).unwrap();
+        }
     }
 
     #[test]
