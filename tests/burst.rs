@@ -83,11 +83,6 @@ fn assert_wired(n: &Node, pods: &[String], addresses: &[String]) {
     assert_eq!(n.intents(), pods.len());
 }
 
-fn releasing(n: &Node) -> Vec<String> {
-    let spec = headcni::spec::Spec::load(&n.spec).unwrap();
-    spec.pod_store().releasing().unwrap()
-}
-
 fn assert_all_ok(outs: &[CniOut], what: &str) {
     for o in outs {
         assert_eq!(o.code, 0, "{what}: {}\n{}", o.stdout, o.stderr);
@@ -108,7 +103,7 @@ fn assert_emptied(n: &Node) {
         n.owned_links().is_empty()
     });
     wait_until(Duration::from_secs(10), "their addresses free", || {
-        releasing(n).is_empty()
+        n.releasing().is_empty()
     });
 }
 

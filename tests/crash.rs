@@ -359,11 +359,10 @@ fn a_del_answered_before_its_link_is_gone_survives_a_kill() {
             "the restarted daemon deletes the link",
             || !n.owned_links().contains(&link),
         );
-        let spec = headcni::spec::Spec::load(&n.spec).unwrap();
         common::wait_until(
             std::time::Duration::from_secs(10),
             "its address freed",
-            || spec.pod_store().releasing().unwrap().is_empty(),
+            || n.releasing().is_empty(),
         );
         let wired = n.cni_add(&next);
         assert_eq!(

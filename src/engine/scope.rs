@@ -95,15 +95,6 @@ impl PodScope {
         }
     }
 
-    /// DELs the daemon finishes later: these host links' routes only.
-    pub fn retired(links: Vec<String>) -> PodScope {
-        PodScope::Pods {
-            wire: Vec::new(),
-            release: Vec::new(),
-            retire: links,
-        }
-    }
-
     /// Keeps of `plan` (made from `observed`) what this scope may touch.
     pub(super) fn restrict(&self, plan: Plan, observed: &Observed) -> Plan {
         match self {
@@ -230,7 +221,11 @@ mod tests {
                 false,
             ),
             (
-                PodScope::retired(vec!["hc1".into()]),
+                PodScope::Pods {
+                    wire: Vec::new(),
+                    release: Vec::new(),
+                    retire: vec!["hc1".into()],
+                },
                 false,
                 false,
                 false,

@@ -431,6 +431,12 @@ impl Node {
             .unwrap()
             .len()
     }
+
+    /// Host links whose addresses the store still holds (their pods deleted).
+    pub fn releasing(&self) -> Vec<String> {
+        let spec = headcni::spec::Spec::load(&self.spec).unwrap();
+        spec.pod_store().releasing().unwrap()
+    }
 }
 
 /// Runs headcni inside namespace `ns` with `spec`.
