@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{status, wait_until, Daemon, Node};
+use common::{bounded, status, wait_until, Daemon, Node};
 
 #[test]
 fn host_mode_repairs_drift_follows_spec_and_pods_and_stops_cleanly() {
@@ -88,7 +88,25 @@ fn host_mode_repairs_drift_follows_spec_and_pods_and_stops_cleanly() {
     );
 
     // (5) A pod added with `headcni pod add` is wired with no apply call.
+    // The daemon keeps the store open, lock and all, between its
+    // operations; `pod add` asks for it and has it long before its lock
+    // timeout (10 s) would end the wait.
+    let lock = n.lab.dir.path().join("state/pods.lock");
+    let lock_taken = || {
+        let out = bounded(Duration::from_secs(5))
+            .args(["flock", "-n", lock.to_str().unwrap(), "true"])
+            .output()
+            .expect("spawn flock");
+        !out.status.success()
+    };
+    assert!(lock_taken(), "an idle daemon keeps the store");
+    let asked = std::time::Instant::now();
     let (pod2, ip2) = n.add_pod("pod2");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "pod add waited {:?} for the daemon's store",
+        asked.elapsed()
+    );
     wait_until(Duration::from_secs(3), "pod2 wired by the daemon", || {
         n.lab.ping(&pod2, &ip1)
     });

@@ -113,7 +113,8 @@ pub fn listen_nftables(socket: Socket<Netfilter>, tx: UnboundedSender<Trigger>) 
 }
 
 /// Watches the spec file's directory (editors replace files) and the pod
-/// store; the watcher must be kept alive by the caller.
+/// store, and lets go of the store when another process asks for it (see
+/// `store::keep_open`); the watcher must be kept alive by the caller.
 pub fn watch_files(
     spec: &Path,
     state_dir: &Path,
@@ -122,12 +123,19 @@ pub fn watch_files(
     let spec_name = spec.file_name().map(|n| n.to_os_string());
     // Not the db itself: sled touches its files on every open, reads included.
     let store: PathBuf = state_dir.join(crate::store::CHANGED_FILE);
+    let wanted: PathBuf = state_dir.join(crate::store::WANTED_FILE);
+    let dir = state_dir.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         if event.kind.is_access() {
             return;
         }
         for path in &event.paths {
+            if *path == wanted {
+                // Here, not in the loop: a pass under way must not delay it.
+                crate::store::let_go(&dir);
+                continue;
+            }
             let trigger = if *path == store {
                 Some(Trigger::Pods)
             } else if path.file_name().map(|n| n.to_os_string()) == spec_name {

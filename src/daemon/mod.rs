@@ -229,6 +229,10 @@ fn listen_for_changes(
     let watcher = events::watch_files(spec_path, &spec.state_dir, tx.clone())
         .map_err(|e| tracing::error!("cannot watch the spec and store: {e}"))
         .ok();
+    // Only a daemon that hears others ask for the store may keep it open.
+    if watcher.is_some() {
+        crate::store::keep_open(&spec.state_dir);
+    }
     let interfaces = vec![spec.tailnet.interface.clone()];
     match crate::kernel::netlink::events::event_socket(None) {
         Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),

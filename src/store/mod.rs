@@ -4,9 +4,11 @@
 //! sled refuses a second opener at once instead of waiting, so every access
 //! first takes an exclusive flock on `pods.lock` (waiting up to a timeout),
 //! opens the db, does its work in one atomic batch, flushes, and closes again.
-//! Nobody holds the db open between operations.
+//! Only the daemon keeps the db open (and locked) between its operations,
+//! and lets go as soon as anyone else asks (see [`kept`]).
 
 mod error;
+mod kept;
 mod layout;
 mod pools;
 mod state_dir;
@@ -24,6 +26,7 @@ use rustc_hash::FxHashMap;
 use crate::model::PodKey;
 use crate::spec::{alloc, host_link_name, Intents, PodIntent, Spec};
 pub use error::StoreError;
+pub use kept::{keep_open, let_go, WANTED_FILE};
 use layout::*;
 pub use pools::{Pool, Pools};
 use state_dir::open_state_file;
@@ -68,24 +71,27 @@ struct OpenDb {
     path: PathBuf,
     /// Release marks folded in: removed once the fold is on disk.
     marks: Vec<PathBuf>,
-    _lock: File,
+    lock: File,
+    in_use: kept::InUse,
 }
 
 impl OpenDb {
-    /// Flushes, closes, removes the folded marks, unlocks.
+    /// Flushes, removes the folded marks, and closes and unlocks (or, in
+    /// the daemon, keeps the db for its next operation: see [`kept`]).
     fn close(self) -> Result<(), StoreError> {
         let OpenDb {
             db,
             path,
             marks,
-            _lock,
+            lock,
+            in_use,
         } = self;
         db.flush().map_err(|error| StoreError::Db { path, error })?;
-        drop(db);
         // Gone only once what they stand for is on disk.
         for mark in marks {
             let _ = fs::remove_file(mark);
         }
+        in_use.put_back(kept::Held { db, lock });
         Ok(())
     }
 }
@@ -657,9 +663,15 @@ impl PodStore {
         f: impl FnOnce(&sled::Db, &Path) -> Result<T, StoreError>,
     ) -> Result<(T, OpenDb), StoreError> {
         let started = Instant::now();
-        let lock = self.lock()?;
         let path = self.dir.join(DB_DIR);
-        let db = self.open_db(&path, started)?;
+        let in_use = kept::InUse::new(&self.dir);
+        let (db, lock) = match kept::take(&self.dir, &self.dir.join(LOCK_FILE), &path) {
+            Some(held) => (held.db, held.lock),
+            None => {
+                let lock = self.lock()?;
+                (self.open_db(&path, started)?, lock)
+            }
+        };
         let marks = match fold {
             Fold::Yes => self.fold_released(&db, &path)?,
             Fold::No => Vec::new(),
@@ -669,7 +681,8 @@ impl PodStore {
             db,
             path,
             marks,
-            _lock: lock,
+            lock,
+            in_use,
         };
         Ok((result, open))
     }
@@ -720,6 +733,14 @@ impl PodStore {
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(error)) => return Err(StoreError::Io { path, error }),
         }
+        // The daemon may be keeping the store open (see `kept`): ask it,
+        // and again now and then while waiting, in case it did not hear.
+        let ask = || {
+            if !kept::keeps(&self.dir) {
+                kept::ask(&self.dir);
+            }
+        };
+        ask();
         // Contended (a burst of CNI calls without a daemon): wait in the
         // kernel, which wakes waiters the moment the holder lets go, where
         // polling leaves the lock idle between tries and lets late comers
@@ -734,13 +755,20 @@ impl PodStore {
                 let _ = taken.send(file.lock().map(|()| file));
             })
             .map_err(io(&path))?;
-        match waiting.recv_timeout(self.lock_timeout) {
-            Ok(Ok(file)) => Ok(file),
-            Ok(Err(error)) => Err(StoreError::Io { path, error }),
-            Err(_) => Err(StoreError::LockTimeout {
-                path,
-                waited: started.elapsed(),
-            }),
+        const ASK_AGAIN: Duration = Duration::from_millis(100);
+        loop {
+            let left = self.lock_timeout.saturating_sub(started.elapsed());
+            match waiting.recv_timeout(left.min(ASK_AGAIN)) {
+                Ok(Ok(file)) => return Ok(file),
+                Ok(Err(error)) => return Err(StoreError::Io { path, error }),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => ask(),
+                Err(_) => {
+                    return Err(StoreError::LockTimeout {
+                        path,
+                        waited: started.elapsed(),
+                    })
+                }
+            }
         }
     }
 }
@@ -941,6 +969,48 @@ mod tests {
         let next = store.add(&key("p6"), Path::new("/x")).unwrap().intent.ip;
         assert_eq!(next, older);
         assert_ne!(next, newer);
+    }
+
+    /// The daemon's way (see `kept`), in one test: the keeper is process-wide.
+    #[test]
+    fn a_kept_store_stays_locked_between_operations_and_is_let_go_when_asked() {
+        use kept::testing::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = v4_store(dir.path(), "10.9.0.0/29");
+        kept::keep_open(dir.path());
+        let a = store.add(&key("a"), Path::new("/x")).unwrap().intent;
+        assert!(keeps_idle(dir.path()));
+        let other = File::open(dir.path().join(LOCK_FILE)).unwrap();
+        let lock_is_free = || match other.try_lock() {
+            Ok(()) => {
+                other.unlock().unwrap();
+                true
+            }
+            Err(TryLockError::WouldBlock) => false,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(!lock_is_free(), "kept between operations, lock and all");
+        // The next operation has the same db, what the first wrote included.
+        assert_eq!(store.list().unwrap(), vec![a.clone()]);
+        assert!(keeps_idle(dir.path()));
+        // Asked by someone else: let go at once, and not kept for a while.
+        kept::let_go(dir.path());
+        assert!(lock_is_free());
+        assert_eq!(store.list().unwrap(), vec![a.clone()]);
+        assert!(!keeps_idle(dir.path()) && lock_is_free());
+        stop_yielding();
+        assert_eq!(store.list().unwrap(), vec![a]);
+        assert!(keeps_idle(dir.path()));
+        // The state_dir made anew (`uninstall --purge`, then pods again):
+        // the kept db is the old one, and its lock excludes nobody.
+        fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
+        fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        store.init().unwrap();
+        assert_eq!(store.list().unwrap(), vec![], "the new store, not the kept");
+        let other = File::open(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
+        stop_keeping();
+        other.try_lock().unwrap();
     }
 
     #[test]
