@@ -107,9 +107,9 @@ pub(super) async fn pass(
     let result = tokio::task::spawn_blocking(move || {
         let store = owned.pod_store();
         engine::apply_with(&owned, &|| store.read(), &scope, &kept).map(|applied| {
-            engine::settle(&owned, &store, &applied, sweep);
+            let releasing = engine::settle(&owned, &store, &applied, sweep);
             let interface = interface_status(&owned, &applied.observed_after);
-            (applied, interface)
+            (applied, interface, releasing)
         })
     })
     .await;
@@ -134,7 +134,7 @@ pub(super) async fn pass(
         s.host_tailnet = findings;
     }
     match result {
-        Ok(Ok((applied, interface))) => {
+        Ok(Ok((applied, interface, releasing))) => {
             // Waiting (the tailnet interface is away) is not a failure: the
             // pass did all it could; the interface's return triggers the next.
             let ok = applied.report.failed.is_empty() && applied.remaining.is_empty();
@@ -153,6 +153,9 @@ pub(super) async fn pass(
                 metrics.drift_repairs.inc_by(steps as u64);
             }
             s.pods = applied.pods.len();
+            if let Some(held) = releasing {
+                s.releasing = held;
+            }
             metrics.pods.set(applied.pods.len() as i64);
             metrics.note_firewall_listings(listings.count());
             metrics

@@ -30,6 +30,10 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub render_error: Option<String>,
     pub pods: usize,
+    /// Addresses still held by deleted pods whose host links the daemon has
+    /// yet to delete (as of the last pass that looked).
+    #[serde(default)]
+    pub releasing: usize,
     /// CNI calls handed to the daemon, and the passes that served them.
     #[serde(default)]
     pub cni_calls: u64,
@@ -171,6 +175,12 @@ pub fn print_status(s: &Status) {
         );
     }
     outln!("pods: {}", s.pods);
+    if s.releasing > 0 {
+        outln!(
+            "addresses held by deleted pods' links not yet deleted: {}",
+            s.releasing
+        );
+    }
     if s.cni_calls > 0 {
         outln!(
             "CNI calls handed over: {} in {} batches",

@@ -277,7 +277,16 @@ pub fn purge(spec: &Spec) -> Result<Purged, EngineError> {
 /// against), and, when `release` says so, the addresses of removed pods
 /// whose links are now gone are freed. Both are best effort (logged): the
 /// pass itself stands either way.
-pub fn settle(spec: &Spec, store: &crate::store::PodStore, applied: &Applied, release: bool) {
+/// Records a converged pass for drift reports and, with `release`, frees
+/// the addresses of released attachments whose links are gone; returns how
+/// many addresses stay held by links not yet gone (None: not asked, or the
+/// store failed).
+pub fn settle(
+    spec: &Spec,
+    store: &crate::store::PodStore,
+    applied: &Applied,
+    release: bool,
+) -> Option<usize> {
     if applied.converged() {
         let record =
             crate::snapshot::LastApplied::new(spec, &applied.pods, applied.desired.clone());
@@ -291,25 +300,49 @@ pub fn settle(spec: &Spec, store: &crate::store::PodStore, applied: &Applied, re
             tracing::warn!("cannot record the applied state for drift reports: {e}");
         }
     }
-    if release {
-        match release_gone(store, &applied.observed_after) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("released {n} addresses of attachments whose links are gone"),
-            Err(e) => tracing::warn!("cannot free released addresses: {}", crate::Chain(&e)),
+    if !release {
+        return None;
+    }
+    match release_gone(store, &applied.observed_after) {
+        Ok(released) => {
+            if released.freed > 0 {
+                tracing::info!(
+                    "released {} addresses of attachments whose links are gone",
+                    released.freed
+                );
+            }
+            Some(released.still_held)
+        }
+        Err(e) => {
+            tracing::warn!("cannot free released addresses: {}", crate::Chain(&e));
+            None
         }
     }
+}
+
+/// What [`release_gone`] did.
+pub struct Released {
+    /// Links whose addresses were freed.
+    pub freed: usize,
+    /// Released attachments whose links are still there.
+    pub still_held: usize,
 }
 
 pub fn release_gone(
     store: &crate::store::PodStore,
     observed: &Observed,
-) -> Result<usize, StoreError> {
+) -> Result<Released, StoreError> {
     let held = store.releasing()?;
-    let gone: Vec<String> = held
+    let links: rustc_hash::FxHashSet<&str> =
+        observed.node.links.iter().map(|l| l.name.as_str()).collect();
+    let (present, gone): (Vec<String>, Vec<String>) = held
         .into_iter()
-        .filter(|link| !observed.node.links.iter().any(|l| &l.name == link))
-        .collect();
-    store.release(&gone)
+        .partition(|link| links.contains(link.as_str()));
+    let freed = store.release(&gone)?;
+    Ok(Released {
+        freed,
+        still_held: present.len(),
+    })
 }
 
 /// Registers headcni's route protocol name so `ip route` prints `proto headcni`.
