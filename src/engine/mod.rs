@@ -333,8 +333,12 @@ pub fn release_gone(
     observed: &Observed,
 ) -> Result<Released, StoreError> {
     let held = store.releasing()?;
-    let links: rustc_hash::FxHashSet<&str> =
-        observed.node.links.iter().map(|l| l.name.as_str()).collect();
+    let links: rustc_hash::FxHashSet<&str> = observed
+        .node
+        .links
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
     let (present, gone): (Vec<String>, Vec<String>) = held
         .into_iter()
         .partition(|link| links.contains(link.as_str()));
