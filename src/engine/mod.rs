@@ -269,18 +269,12 @@ pub fn purge(spec: &Spec) -> Result<Purged, EngineError> {
     })
 }
 
-/// Frees the addresses still held by removed attachments whose host links
-/// `observed` shows gone (a DEL whose process died before it could say so).
-/// A link still there keeps its address: its DEL is under way.
 /// What follows an applied pass, for `headcni apply` and the daemon alike:
 /// a converged node's state is recorded (what drift reports compare
 /// against), and, when `release` says so, the addresses of removed pods
 /// whose links are now gone are freed. Both are best effort (logged): the
-/// pass itself stands either way.
-/// Records a converged pass for drift reports and, with `release`, frees
-/// the addresses of released attachments whose links are gone; returns how
-/// many addresses stay held by links not yet gone (None: not asked, or the
-/// store failed).
+/// pass itself stands either way. Returns how many addresses stay held by
+/// links not yet gone (None: not asked, or the store failed).
 pub fn settle(
     spec: &Spec,
     store: &crate::store::PodStore,
@@ -328,24 +322,36 @@ pub struct Released {
     pub still_held: usize,
 }
 
+/// Frees the addresses still held by removed attachments whose host links
+/// `observed` shows gone (a DEL whose process died before it could say so).
+/// A link still there keeps its address: its DEL is under way.
 pub fn release_gone(
     store: &crate::store::PodStore,
     observed: &Observed,
 ) -> Result<Released, StoreError> {
     let held = store.releasing()?;
+    if held.is_empty() {
+        // The usual pass: no set of the node's links to build.
+        return Ok(Released {
+            freed: 0,
+            still_held: 0,
+        });
+    }
     let links: rustc_hash::FxHashSet<&str> = observed
         .node
         .links
         .iter()
         .map(|l| l.name.as_str())
         .collect();
-    let (present, gone): (Vec<String>, Vec<String>) = held
-        .into_iter()
-        .partition(|link| links.contains(link.as_str()));
+    let gone: Vec<String> = held
+        .iter()
+        .filter(|link| !links.contains(link.as_str()))
+        .cloned()
+        .collect();
     let freed = store.release(&gone)?;
     Ok(Released {
         freed,
-        still_held: present.len(),
+        still_held: held.len() - gone.len(),
     })
 }
 
