@@ -6,7 +6,6 @@
 //! missing, each with the command that fixes it.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -104,33 +103,7 @@ pub fn assess(prefs: &str, status: &str, pod_cidrs: &[IpNetwork], cluster: bool)
 /// or does not answer is one finding itself.
 pub fn check(tailscale: &Path, pod_cidrs: &[IpNetwork], cluster: bool) -> Vec<String> {
     let ask = |args: &[&str]| -> Result<String, String> {
-        let mut child = Command::new(tailscale)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", tailscale.display()))?;
-        // A hung tailscaled must not hang a plan.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "{} {} did not answer in 5 s",
-                        tailscale.display(),
-                        args.join(" ")
-                    ));
-                }
-            }
-        }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let out = crate::headscale::tailscaled::ask(tailscale, args, Duration::from_secs(5))?;
         if !out.status.success() {
             return Err(format!(
                 "{} {} failed ({})",

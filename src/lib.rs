@@ -16,6 +16,7 @@ pub mod drift;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod headscale;
 pub mod hosttailnet;
 pub mod install;
 pub mod kernel;

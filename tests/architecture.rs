@@ -395,7 +395,7 @@ const LAYERS: &[&[&str]] = &[
     &["kernel"],
     &["observe", "apply"],
     &["engine"],
-    &["attach", "hosttailnet"],
+    &["attach", "hosttailnet", "headscale"],
     &["cni", "daemon", "install", "stdout", "fuzzing"],
 ];
 

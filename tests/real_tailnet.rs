@@ -7,7 +7,7 @@ mod common;
 mod realnet;
 mod tailnet;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Lab, Procs};
@@ -28,9 +28,14 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(&policy(&[CLUSTER, CLUSTER6]))
+}
+
+/// [`world`] with Headscale's `policy`.
+fn world_with(policy: &str) -> World {
     let mut lab = Lab::new();
     let inet = tailnet::internet(&mut lab, false);
-    let control = Control::start(&mut lab, &inet, &policy(&[CLUSTER, CLUSTER6]));
+    let control = Control::start(&mut lab, &inet, policy);
     let key = control.auth_key_file(&lab.dir.path().join("keys"));
     let peer_ns = lab.netns("peer");
     join(
@@ -461,19 +466,7 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic_directly() {
         (1u8, "node-a", "203.0.113.2", "203.0.113.1"),
         (3, "node-b", "203.0.113.18", "203.0.113.17"),
     ] {
-        let node = w.lab.netns(name);
-        let ts = w.lab.netns(&format!("ts{n}"));
-        join(&w.lab, &w.inet, &node, &format!("to-{name}"), ip, gw);
-        let dir = w.lab.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let spec = realnet::daemon_spec(
-            &dir,
-            &ts,
-            &format!("cidr = \"10.244.{n}.0/24\"\n{}", dual_pod_lines(n)),
-            &format!("hostname = \"{name}\""),
-            &w.control,
-            &w.key,
-        );
+        let (node, spec, dir, ts) = daemon_node(&mut w, (n, name, ip, gw));
         procs
             .0
             .push(realnet::start_daemon(&node, &spec, &dir, &w.control, &[]));
@@ -514,13 +507,20 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic_directly() {
     pods_reach_each_other(&mut w.lab, (&a.0, &a.1), (&b.0, &b.1), 7201, logs);
     // node-a's tailscaled, asked through its socket: node-b is reached
     // directly (disco may take a moment after the first packets).
+    wait_for_direct_path(&a.3, &a.2, ("node-b", "203.0.113.18"));
+}
+
+/// Waits until the supervised tailscaled of the daemon in `dir` (asked in
+/// namespace `netns` through its socket) reaches `peer` directly at its
+/// node address `at` (disco may take a moment after the first packets).
+fn wait_for_direct_path(netns: &str, dir: &Path, (peer, at): (&str, &str)) {
     let status = || {
         let out = std::process::Command::new("timeout")
-            .args(["20", "ip", "netns", "exec", &a.3])
+            .args(["20", "ip", "netns", "exec", netns])
             .arg(realnet::bins().tailscale)
             .arg(format!(
                 "--socket={}",
-                a.2.join("state/tailscaled.sock").display()
+                dir.join("state/tailscaled.sock").display()
             ))
             .args(["status", "--json"])
             .output()
@@ -529,13 +529,13 @@ fn two_daemon_mode_nodes_carry_pod_to_pod_traffic_directly() {
     };
     realnet::wait_for(
         Duration::from_secs(30),
-        "a direct path to node-b's forwarded port",
+        &format!("a direct path to {peer}'s forwarded port"),
         || {
-            peer_named(&status(), "node-b")
+            peer_named(&status(), peer)
                 .and_then(|p| {
                     p["CurAddr"]
                         .as_str()
-                        .map(|a| a.starts_with("203.0.113.18:"))
+                        .map(|a| a.starts_with(&format!("{at}:")))
                 })
                 .unwrap_or(false)
         },
@@ -589,4 +589,363 @@ fn two_host_mode_nodes_carry_pod_to_pod_traffic_through_derp() {
         peer["Relay"], "lab",
         "through the lab's DERP region: {peer}"
     );
+}
+
+/// A daemon-mode node `name` (pod CIDRs `10.244.n.0/24` and
+/// `fd00:10:244:n::/64`) on "the internet" at `ip`/`gw`, logging in with
+/// the lab's shared key: its namespace, spec, dir and tailnet namespace.
+fn daemon_node(
+    w: &mut World,
+    (n, name, ip, gw): (u8, &str, &str, &str),
+) -> (String, PathBuf, PathBuf, String) {
+    let node = w.lab.netns(name);
+    let ts = w.lab.netns(&format!("ts{n}"));
+    join(&w.lab, &w.inet, &node, &format!("to-{name}"), ip, gw);
+    let dir = w.lab.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = realnet::daemon_spec(
+        &dir,
+        &ts,
+        &format!("cidr = \"10.244.{n}.0/24\"\n{}", dual_pod_lines(n)),
+        &format!("hostname = \"{name}\""),
+        &w.control,
+        &w.key,
+    );
+    (node, spec, dir, ts)
+}
+
+/// [`daemon_node`] with `extra` appended to its spec, resync every 5 s,
+/// and without the shared key unless `shared_key`.
+fn zero_touch_node(
+    w: &mut World,
+    at: (u8, &str, &str, &str),
+    shared_key: bool,
+    extra: &str,
+) -> (String, PathBuf, PathBuf) {
+    let (node, spec, dir, _) = daemon_node(w, at);
+    let mut text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("resync_seconds = 30", "resync_seconds = 5");
+    if !shared_key {
+        text = text
+            .lines()
+            .filter(|l| !l.starts_with("auth_key_file"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    std::fs::write(&spec, format!("{text}\n{extra}")).unwrap();
+    (node, spec, dir)
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Zero-touch join with an API key and no autoApprovers: each daemon finds
+/// its own node at Headscale and approves exactly its own pod CIDRs (no
+/// `headscale` command run for it); node-b logs in with a single-use key it
+/// minted; a route unapproved by hand is drift, logged, and approved again
+/// within a resync; Headscale stopped leaves pods working and CNI calls as
+/// fast as before, and approval resumes when it is back; `uninstall --purge`
+/// deletes the node from Headscale.
+#[test]
+fn daemons_with_an_api_key_approve_their_own_routes_and_leave_nothing_behind() {
+    // Every node may talk to every other; nothing is approved by policy.
+    let mut w = world_with(&policy(&[]));
+    let api_key = w.control.api_key_file(&w.lab.dir.path().join("api"));
+    let headscale = |mint: bool| {
+        format!(
+            "[headscale]\napi_key_file = \"{}\"\nca_file = \"{}\"\n{}",
+            api_key.display(),
+            w.control.ca_file().display(),
+            if mint { "user = \"lab\"\n" } else { "" }
+        )
+    };
+    let (with_shared, with_minted) = (headscale(false), headscale(true));
+    let mut procs = Procs(Vec::new());
+    let mut nodes = Vec::new();
+    for (n, name, ip, gw) in [
+        (1u8, "node-a", "203.0.113.2", "203.0.113.1"),
+        (3, "node-b", "203.0.113.18", "203.0.113.17"),
+        (5, "node-c", "203.0.113.34", "203.0.113.33"),
+    ] {
+        let minted = name == "node-b";
+        let extra = if minted { &with_minted } else { &with_shared };
+        let (node, spec, dir) = zero_touch_node(&mut w, (n, name, ip, gw), !minted, extra);
+        procs
+            .0
+            .push(realnet::start_daemon(&node, &spec, &dir, &w.control, &[]));
+        nodes.push((name, n, node, spec, dir));
+    }
+    let logs = || {
+        nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(n.4.join("daemon.log")).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let own = |n: u8| {
+        sorted(vec![
+            format!("10.244.{n}.0/24"),
+            format!("fd00:10:244:{n}::/64"),
+        ])
+    };
+    for (name, n, ..) in &nodes {
+        realnet::wait_for(
+            Duration::from_secs(60),
+            &format!("{name} to approve its own pod CIDRs"),
+            || sorted(w.control.approved_routes(name)) == own(*n),
+            || format!("{:#?}\n{}\n{}", w.control.nodes(), logs(), w.control.log()),
+        );
+    }
+    assert!(
+        logs().contains("minted a single-use pre-auth key"),
+        "node-b joined with a key of its own\n{}",
+        logs()
+    );
+    // Each daemon sent its own CIDRs only: no node holds another's.
+    for (name, n, ..) in &nodes {
+        assert_eq!(sorted(w.control.approved_routes(name)), own(*n), "{name}");
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (pa, ips_a) = tailnet::cni_add_all(&mut w.lab, &a.2, &a.3, "pa");
+    let (pb, ips_b) = tailnet::cni_add_all(&mut w.lab, &b.2, &b.3, "pb");
+    for (ip_a, ip_b) in ips_a.iter().zip(&ips_b) {
+        wait_ping(&pa, ip_b, "pod a -> pod b", logs);
+        wait_ping(&pb, ip_a, "pod b -> pod a", logs);
+    }
+    let status_a = || realnet::daemon_status(&a.2, &a.3).unwrap_or_default();
+    assert_eq!(status_a()["approval"]["by"], "api", "{}", status_a());
+
+    // An operator unapproves node-a's IPv4 CIDR by hand: drift, repaired.
+    w.control.set_approved("node-a", "fd00:10:244:1::/64");
+    realnet::wait_for(
+        Duration::from_secs(15),
+        "node-a's unapproved route approved again",
+        || sorted(w.control.approved_routes("node-a")) == own(1),
+        logs,
+    );
+    // The repair is logged as drift (the line follows the call it reports).
+    realnet::wait_for(
+        Duration::from_secs(5),
+        "node-a to log the drift it repaired",
+        || logs().contains("drift at Headscale: this node's pod CIDR 10.244.1.0/24"),
+        logs,
+    );
+    realnet::wait_for(
+        Duration::from_secs(10),
+        "the repair in node-a's status",
+        || status_a()["approval"]["drift_repairs"].as_u64() >= Some(1),
+        || status_a().to_string(),
+    );
+    // Headscale's netmap carries the repair to node-b: its pod reaches node-a's again.
+    wait_ping(&pb, &ips_a[0], "pod b -> pod a after the repair", logs);
+
+    // Headscale down: CNI calls as fast, pods still reach each other. The
+    // lab's only DERP server is Headscale's own, so what survives it is the
+    // direct path between the two tailscaleds: wait for it first.
+    wait_for_direct_path(&a.2, &a.4, ("node-b", "203.0.113.18"));
+    let timed_add = |lab: &mut Lab, name: &str| {
+        let started = std::time::Instant::now();
+        tailnet::cni_add_all(lab, &a.2, &a.3, name);
+        started.elapsed()
+    };
+    let up = timed_add(&mut w.lab, "up1").min(timed_add(&mut w.lab, "up2"));
+    w.control.stop();
+    realnet::wait_for(
+        Duration::from_secs(20),
+        "node-a's status to say Headscale is out of reach",
+        || {
+            status_a()["approval"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("cannot reach Headscale"))
+        },
+        || status_a().to_string(),
+    );
+    let down = timed_add(&mut w.lab, "down1").min(timed_add(&mut w.lab, "down2"));
+    eprintln!("CNI ADD (both families) with Headscale up {up:?}, down {down:?}");
+    assert!(
+        down < up * 2 + Duration::from_millis(200),
+        "ADD with Headscale down took {down:?} against {up:?}"
+    );
+    let pass_ms = status_a()["last_pass"]["duration_ms"]
+        .as_f64()
+        .unwrap_or(0.0);
+    eprintln!("the last pass with Headscale down took {pass_ms} ms");
+    assert!(pass_ms < 1000.0, "a pass with Headscale down: {pass_ms} ms");
+    wait_ping(&pa, &ips_b[0], "pod a -> pod b with Headscale down", logs);
+
+    // Back: approval resumes (a route unapproved while it was down).
+    w.control.start_again();
+    w.control.set_approved("node-b", "10.244.3.0/24");
+    realnet::wait_for(
+        Duration::from_secs(30),
+        "node-b's route approved again once Headscale is back",
+        || sorted(w.control.approved_routes("node-b")) == own(3),
+        logs,
+    );
+
+    // node-c leaves: its daemon stopped, `uninstall --purge` deletes it there.
+    let c = &nodes[2];
+    let mut daemon_c = procs.0.remove(2);
+    // SAFETY: signalling our own child; SIGTERM lets it stop its tailscaled.
+    unsafe { libc::kill(daemon_c.id() as i32, libc::SIGTERM) };
+    common::wait_until(Duration::from_secs(15), "node-c's daemon to stop", || {
+        matches!(daemon_c.try_wait(), Ok(Some(_)))
+    });
+    let out = common::bounded(Duration::from_secs(60))
+        .args(["ip", "netns", "exec", &c.2, common::headcni_bin()])
+        .args(["uninstall", "--purge", "--record"])
+        .arg(c.4.join("install.json"))
+        .env("HEADCNI_SPEC", &c.3)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("- headscale node node-c"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        w.control.node_id("node-c"),
+        None,
+        "{:#?}",
+        w.control.nodes()
+    );
+}
+
+/// No API key: the autoApprovers stanza `headcni headscale-policy` prints,
+/// loaded into Headscale, approves node-a's pod CIDRs and pods reach the
+/// peer; node-d, outside those prefixes and with neither, is told in its
+/// status what is missing and the command or policy that fixes it.
+#[test]
+fn the_printed_policy_approves_and_a_node_without_either_is_told_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("cluster.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version = 1\nmode = \"daemon\"\n[pod_network]\ncidr = \"10.244.1.0/24\"\n{}\n",
+            dual_pod_lines(1)
+        ),
+    )
+    .unwrap();
+    let out = common::bounded(Duration::from_secs(10))
+        .args([common::headcni_bin(), "headscale-policy", "--owner", "lab@"])
+        .env("HEADCNI_SPEC", &spec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stanza: String = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut policy: serde_json::Value =
+        serde_json::from_str(&stanza).unwrap_or_else(|e| panic!("{e}: {stanza}"));
+    policy["acls"] = serde_json::json!([{"action": "accept", "src": ["*"], "dst": ["*:*"]}]);
+    let mut w = world_with(&policy.to_string());
+    let mut procs = Procs(Vec::new());
+    let (a_node, a_spec, a_dir) = zero_touch_node(
+        &mut w,
+        (1, "node-a", "203.0.113.2", "203.0.113.1"),
+        true,
+        "",
+    );
+    procs.0.push(realnet::start_daemon(
+        &a_node,
+        &a_spec,
+        &a_dir,
+        &w.control,
+        &[],
+    ));
+    // node-d's pod CIDR is outside the cluster's: no policy approves it.
+    let (d_node, d_spec, d_dir) = zero_touch_node(
+        &mut w,
+        (9, "node-d", "203.0.113.18", "203.0.113.17"),
+        true,
+        "",
+    );
+    let text = std::fs::read_to_string(&d_spec)
+        .unwrap()
+        .replace("10.244.9.0/24", "10.250.9.0/24")
+        .replace(
+            "cluster_cidr = \"10.244.0.0/16\"",
+            "cluster_cidr = \"10.250.0.0/16\"",
+        )
+        .replace("fd00:10:244:9::/64", "fd00:10:250:9::/64")
+        .replace(
+            "cluster_cidr6 = \"fd00:10:244::/56\"",
+            "cluster_cidr6 = \"fd00:10:250::/56\"",
+        );
+    std::fs::write(&d_spec, text).unwrap();
+    procs.0.push(realnet::start_daemon(
+        &d_node,
+        &d_spec,
+        &d_dir,
+        &w.control,
+        &[],
+    ));
+    let logs = || {
+        [&a_dir, &d_dir]
+            .iter()
+            .map(|d| std::fs::read_to_string(d.join("daemon.log")).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let status_of =
+        |node: &str, spec: &PathBuf| realnet::daemon_status(node, spec).unwrap_or_default();
+    realnet::wait_for(
+        Duration::from_secs(60),
+        "node-a approved by the printed policy, in its status",
+        || {
+            let s = status_of(&a_node, &a_spec);
+            s["approval"]["by"] == "control server"
+                && s["approval"]["routes"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == 2 && r.iter().all(|r| r["approved"] == true))
+        },
+        || format!("{}\n{}", status_of(&a_node, &a_spec), logs()),
+    );
+    w.peer.wait_for_route("10.244.1.0/24");
+    let (pod, ip) = cni_add(&mut w.lab, &a_node, &a_spec, "pod1");
+    let peer_ip = w.peer.ip(false);
+    wait_ping(
+        &pod,
+        &peer_ip,
+        "pod -> peer, approved by the printed policy",
+        logs,
+    );
+    wait_ping(&w.peer.ns, &ip, "peer -> pod", logs);
+    realnet::wait_for(
+        Duration::from_secs(60),
+        "node-d's status to name the missing approval and its fixes",
+        || {
+            let advice = status_of(&d_node, &d_spec)["approval"]["advice"].to_string();
+            advice.contains("has not approved 10.250.9.0/24")
+                && advice.contains("headcni headscale-policy")
+                && advice.contains("headscale nodes approve-routes")
+                && advice.contains("api_key_file")
+        },
+        || format!("{}\n{}", status_of(&d_node, &d_spec), logs()),
+    );
+    let shown = common::bounded(Duration::from_secs(10))
+        .args([
+            "ip",
+            "netns",
+            "exec",
+            &d_node,
+            common::headcni_bin(),
+            "status",
+        ])
+        .env("HEADCNI_SPEC", &d_spec)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("10.250.9.0/24 NOT approved"), "{shown}");
 }

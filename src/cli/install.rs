@@ -177,10 +177,60 @@ pub fn run_install(cli: &Cli, args: &InstallArgs) -> anyhow::Result<Exit> {
     Ok(Exit(0))
 }
 
+/// With `[headscale]`: deletes this node's record at Headscale (the one
+/// the daemon found by its node key and wrote down in state_dir).
+fn leave_headscale(spec: &headcni::spec::Spec) -> anyhow::Result<()> {
+    use headcni::headscale::{node_record, Client};
+    let Some(config) = &spec.headscale else {
+        return Ok(());
+    };
+    let record = node_record::load(&spec.state_dir).or_else(|| {
+        // Never recorded (no daemon pass got that far): ask tailscaled.
+        let me = headcni::headscale::tailscaled::status(
+            &spec.daemon.tailscale,
+            &spec.state_dir.join("tailscaled.sock"),
+            std::time::Duration::from_secs(config.timeout_seconds),
+        )
+        .ok()?;
+        let key = me.node_key()?.to_string();
+        let node = Client::new(config).ok()?.node_by_key(&key).ok()??;
+        Some(node_record::NodeRecord {
+            url: config.url.clone(),
+            id: node.id,
+            name: node.given_name,
+            node_key: key,
+        })
+    });
+    let Some(record) = record else {
+        outln!("  nothing at Headscale to delete (this node never had a record there)");
+        return Ok(());
+    };
+    let client = Client::new(config)?;
+    client.delete_node(record.id).map_err(|e| {
+        anyhow::anyhow!(
+            "{}; delete it by hand: `headscale nodes delete --identifier {}`",
+            headcni::Chain(&e),
+            record.id
+        )
+    })?;
+    node_record::remove(&spec.state_dir);
+    outln!(
+        "- headscale node {} (id {}) at {}",
+        record.name,
+        record.id,
+        record.url
+    );
+    Ok(())
+}
+
 pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
     let mut code = 0;
     if args.purge {
         let spec = cli.load_spec()?;
+        if let Err(e) = leave_headscale(&spec) {
+            eprintln!("headcni: {e}");
+            code = 1;
+        }
         let purged = headcni::engine::purge(&spec)?;
         for step in &purged.plan.steps {
             outln!("{step}");

@@ -76,6 +76,16 @@ enum Command {
     },
     /// Print the man page (roff): `headcni man > /usr/share/man/man8/headcni.8`.
     Man,
+    /// Print the Headscale policy stanza (autoApprovers) that approves every
+    /// node's pod CIDR with no operator step, for the cluster's pod CIDRs
+    /// (the spec's cluster_cidr/cluster_cidr6, else this node's). The other
+    /// way is an API key in the spec's [headscale] (docs/daemon.md).
+    HeadscalePolicy {
+        /// Who the routes are approved for: tag:NAME, group:NAME or USER@.
+        /// Default: the spec's first [headscale] tag, else its user.
+        #[arg(long)]
+        owner: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -128,6 +138,7 @@ pub fn run() -> ExitCode {
             Ok(Exit(0))
         }
         Command::Man => man(),
+        Command::HeadscalePolicy { owner } => headscale_policy(&cli, owner.as_deref()),
     };
     match result {
         Ok(Exit(code)) => ExitCode::from(code),
@@ -231,6 +242,30 @@ fn status(cli: &Cli, format: Format) -> anyhow::Result<Exit> {
     Ok(Exit(0))
 }
 
+fn headscale_policy(cli: &Cli, owner: Option<&str>) -> anyhow::Result<Exit> {
+    let spec = cli.load_spec()?;
+    let configured = spec.headscale.as_ref().and_then(|h| {
+        h.tags
+            .first()
+            .cloned()
+            .or_else(|| h.user.as_ref().map(|u| format!("{u}@")))
+    });
+    let Some(owner) = owner.map(str::to_string).or(configured) else {
+        anyhow::bail!(
+            "whose routes to approve: give --owner (tag:NAME, group:NAME or USER@, the Headscale user the nodes' pre-auth key belongs to)"
+        );
+    };
+    let owner =
+        headcni::headscale::policy::owner(&owner).map_err(|e| anyhow::anyhow!("--owner: {e}"))?;
+    let prefixes: Vec<ipnetwork::IpNetwork> = spec
+        .pod_network
+        .ranges()
+        .map(|r| r.cluster_cidr.unwrap_or(r.cidr))
+        .collect();
+    out!("{}", headcni::headscale::policy::stanza(&prefixes, &owner));
+    Ok(Exit(0))
+}
+
 fn validate(cli: &Cli) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
     let state = state_dir_report(&spec)?;
@@ -241,6 +276,10 @@ fn validate(cli: &Cli) -> anyhow::Result<Exit> {
                 anyhow::anyhow!("{}: daemon.auth_key_file: {e}", cli.spec.display())
             })?;
         }
+    }
+    if let Some(h) = &spec.headscale {
+        headcni::headscale::check_key_file(&h.api_key_file)
+            .map_err(|e| anyhow::anyhow!("{}: headscale.api_key_file: {e}", cli.spec.display()))?;
     }
     outln!("{}: valid", cli.spec.display());
     outln!("  mode: {}", format!("{:?}", spec.mode).to_lowercase());

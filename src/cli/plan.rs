@@ -168,6 +168,14 @@ pub fn run_plan(cli: &Cli, args: &PlanArgs) -> anyhow::Result<Exit> {
             tracing::warn!("host tailnet: {finding}");
         }
     }
+    if inputs.spec.mode == headcni::spec::Mode::Daemon
+        && args.observed.is_none()
+        && inputs.spec.daemon.login_server.is_some()
+    {
+        for finding in headcni::daemon::approver::findings(&inputs.spec) {
+            tracing::warn!("tailnet: {finding}");
+        }
+    }
     let color = want_color();
     if args.drift {
         let last = inputs.last.as_ref().map(|l| (&l.desired, l.applied_at));

@@ -20,6 +20,11 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CidrLabel {
+    pub cidr: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub passes: Family<ResultLabel, Counter>,
@@ -29,6 +34,12 @@ pub struct Metrics {
     firewall_listings: Counter,
     pub pods: Gauge,
     pub interface_up: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// 1 per own pod CIDR Headscale approved (as last seen), else 0.
+    pub route_approved: Family<CidrLabel, Gauge>,
+    pub headscale_errors: Counter,
+    pub headscale_drift_repairs: Counter,
+    /// Unix time of Headscale's (or, without an API key, tailscaled's) last answer.
+    pub approval_last_contact: Gauge,
     registry: Arc<Mutex<Registry>>,
 }
 
@@ -71,7 +82,35 @@ impl Metrics {
             "1 when the tailnet interface is present and up",
             interface_up.clone(),
         );
+        let route_approved = Family::<CidrLabel, Gauge>::default();
+        let headscale_errors = Counter::<u64, AtomicU64>::default();
+        let headscale_drift_repairs = Counter::<u64, AtomicU64>::default();
+        let approval_last_contact = Gauge::default();
+        registry.register(
+            "route_approved",
+            "1 when the control server approved this node's pod CIDR",
+            route_approved.clone(),
+        );
+        registry.register(
+            "headscale_errors",
+            "Headscale API calls that failed",
+            headscale_errors.clone(),
+        );
+        registry.register(
+            "headscale_drift_repairs",
+            "Own pod CIDRs approved again after someone unapproved them at Headscale",
+            headscale_drift_repairs.clone(),
+        );
+        registry.register(
+            "approval_last_contact_seconds",
+            "Unix time of the last answer about this node's route approval",
+            approval_last_contact.clone(),
+        );
         Metrics {
+            route_approved,
+            headscale_errors,
+            headscale_drift_repairs,
+            approval_last_contact,
             passes,
             pass_duration,
             drift_repairs,

@@ -5,6 +5,7 @@
 //! overlap, a failed pass is retried with exponential backoff and jitter, and
 //! a bad spec edit changes nothing: the last good spec stays in force.
 
+pub mod approver;
 pub mod events;
 mod handoff;
 mod listen;
@@ -91,6 +92,16 @@ async fn main(
             wired_rx,
         ))
     });
+    // The approver follows spec edits the loop accepts.
+    let (spec_tx, spec_rx) = watch::channel(spec.clone());
+    if spec.mode == Mode::Daemon {
+        tokio::spawn(approver::run(
+            spec_rx,
+            status.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
+    }
     let resync = Duration::from_secs(spec.daemon.resync_seconds);
     tokio::spawn({
         let tx = tx.clone();
@@ -141,7 +152,15 @@ async fn main(
         while let Ok(t) = rx.try_recv() {
             triggers.insert(t);
         }
-        if triggers.contains(&Trigger::Spec) && !reload_spec(&spec_path, &mut spec, &status) {
+        if triggers.contains(&Trigger::Spec) && reload_spec(&spec_path, &mut spec, &status) {
+            spec_tx.send_if_modified(|old| {
+                let changed = *old != spec;
+                if changed {
+                    *old = spec.clone();
+                }
+                changed
+            });
+        } else if triggers.contains(&Trigger::Spec) {
             // A bad edit changes nothing: no pass for it alone.
             triggers.remove(&Trigger::Spec);
             if triggers.is_empty() {

@@ -43,6 +43,35 @@ pub struct Status {
     /// (headcni's to report, the operator's to fix); empty when all is well.
     #[serde(default)]
     pub host_tailnet: Vec<String>,
+    /// Daemon mode: whether and how Headscale approved this node's pod
+    /// CIDRs (daemon/approver.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApprovalStatus {
+    /// "api" (the daemon approves with `[headscale]`'s key) or "control
+    /// server" (no key: Headscale's autoApprovers, or an operator by hand).
+    pub by: String,
+    /// The node as the control server names it, and its Headscale id.
+    pub node: Option<String>,
+    pub node_id: Option<u64>,
+    pub routes: Vec<RouteApproval>,
+    /// RFC 3339: the last answer (Headscale's, or tailscaled's without a key).
+    pub last_contact: Option<String>,
+    /// Why the last check could not finish (Headscale down, a bad key...).
+    pub error: Option<String>,
+    /// What fixes a missing approval, when something is missing.
+    pub advice: Vec<String>,
+    /// Own CIDRs approved again after someone unapproved them.
+    pub drift_repairs: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteApproval {
+    pub cidr: String,
+    pub approved: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -123,6 +152,53 @@ pub fn query(state_dir: &Path) -> std::io::Result<Status> {
     serde_json::from_slice(&buf).map_err(std::io::Error::other)
 }
 
+fn print_approval(a: &ApprovalStatus) {
+    let node = match (&a.node, a.node_id) {
+        (Some(name), Some(id)) => format!(" for node {name} (id {id})"),
+        (Some(name), None) => format!(" for node {name}"),
+        _ => String::new(),
+    };
+    let routes: Vec<String> = a
+        .routes
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r.cidr,
+                if r.approved {
+                    "approved"
+                } else {
+                    "NOT approved"
+                }
+            )
+        })
+        .collect();
+    outln!(
+        "route approval (by {}){node}: {}{}",
+        a.by,
+        if routes.is_empty() {
+            "not known yet".to_string()
+        } else {
+            routes.join(", ")
+        },
+        a.last_contact
+            .as_ref()
+            .map_or(String::new(), |t| format!("; last answer {t}"))
+    );
+    if a.drift_repairs > 0 {
+        outln!(
+            "  approved again after drift at Headscale: {}",
+            a.drift_repairs
+        );
+    }
+    if let Some(e) = &a.error {
+        outln!("  error: {e}");
+    }
+    for advice in &a.advice {
+        outln!("  {advice}");
+    }
+}
+
 /// Prints a status for people.
 pub fn print_status(s: &Status) {
     outln!("mode: {} (spec {})", s.mode, s.spec);
@@ -173,6 +249,9 @@ pub fn print_status(s: &Status) {
             s.tailscaled.pid.map_or("-".into(), |p| p.to_string()),
             s.tailscaled.restarts
         );
+    }
+    if let Some(a) = &s.approval {
+        print_approval(a);
     }
     outln!("pods: {}", s.pods);
     if s.releasing > 0 {

@@ -84,7 +84,7 @@ fn socket_path(spec: &Spec) -> PathBuf {
     spec.state_dir.join("tailscaled.sock")
 }
 
-fn up_args(spec: &Spec, login_server: &str, key: &Path) -> Vec<String> {
+fn up_args(spec: &Spec, login_server: &str, key: Option<&Path>) -> Vec<String> {
     let d = &spec.daemon;
     let hostname = d.hostname.clone().unwrap_or_else(|| {
         nix::unistd::gethostname()
@@ -96,7 +96,6 @@ fn up_args(spec: &Spec, login_server: &str, key: &Path) -> Vec<String> {
         format!("--socket={}", socket_path(spec).display()),
         "up".into(),
         format!("--login-server={login_server}"),
-        format!("--auth-key=file:{}", key.display()),
         format!("--hostname={hostname}"),
         format!(
             "--advertise-routes={}",
@@ -114,6 +113,9 @@ fn up_args(spec: &Spec, login_server: &str, key: &Path) -> Vec<String> {
         // namespace's resolv.conf, a file the reconcile loop owns.
         "--accept-dns=false".into(),
     ];
+    if let Some(key) = key {
+        args.push(format!("--auth-key=file:{}", key.display()));
+    }
     // Other nodes' pod CIDRs are their subnet routes: tailscaled on Linux
     // drops traffic for subnet routes it was not told to accept.
     if spec.pod_network.has_cluster() {
@@ -233,9 +235,14 @@ pub async fn run(
                 s.tailscaled.pid = child.id();
             }
             let _ = tx.send(Trigger::Tailscaled);
-            if let (Some(server), Some(key)) = (d.login_server.clone(), d.auth_key_file.clone()) {
+            let key = match (&d.auth_key_file, &spec.headscale) {
+                (Some(file), _) => Some(AuthKey::File(file.clone())),
+                (None, Some(h)) if h.user.is_some() => Some(AuthKey::Mint(h.clone())),
+                _ => None,
+            };
+            if let (Some(server), Some(key)) = (d.login_server.clone(), key) {
                 let (spec2, path2) = (spec.clone(), netns_path.clone());
-                tokio::spawn(async move { log_in(&spec2, &path2, &server, &key).await });
+                tokio::spawn(async move { log_in(&spec2, &path2, &server, key).await });
             }
             tokio::select! {
                 exit = child.wait() => {
@@ -336,8 +343,68 @@ async fn start(
     Ok(child)
 }
 
+/// How the supervised tailscaled logs in.
+enum AuthKey {
+    /// The operator's key file (one key for many nodes).
+    File(PathBuf),
+    /// A single-use key the daemon mints with `[headscale]`'s API key, for
+    /// this node alone, only when tailscaled needs to log in.
+    Mint(crate::spec::HeadscaleConfig),
+}
+
+/// A minted key is used at once: an hour is plenty and a lost one dies soon.
+const MINTED_KEY_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// tailscaled's state once it has read it (not `NoState`), within 10 s.
+async fn settled_backend_state(spec: &Spec) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (tailscale, socket) = (spec.daemon.tailscale.clone(), socket_path(spec));
+        let state = tokio::task::spawn_blocking(move || {
+            crate::headscale::tailscaled::status(&tailscale, &socket, Duration::from_secs(5))
+                .map(|s| s.backend_state)
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
+        if (!state.is_empty() && state != "NoState") || Instant::now() > deadline {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Mints a single-use pre-auth key into a root-only file in tailscaled's
+/// state dir (handed over as `file:`, removed once `up` is done).
+async fn mint_key(spec: &Spec, config: crate::spec::HeadscaleConfig) -> Result<PathBuf, String> {
+    let user = config.user.clone().unwrap_or_default();
+    let key = tokio::task::spawn_blocking(move || {
+        let client = crate::headscale::Client::new(&config)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        client.create_pre_auth_key(&user, &config.tags, now, MINTED_KEY_LIFETIME)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| crate::Chain(&e).to_string())?;
+    let path = spec.state_dir.join("tailscaled").join("minted-authkey");
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(key.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// `tailscale up` once tailscaled's socket is there.
-async fn log_in(spec: &Spec, netns_path: &Path, server: &str, key: &Path) {
+async fn log_in(spec: &Spec, netns_path: &Path, server: &str, key: AuthKey) {
     let socket = socket_path(spec);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !socket.exists() {
@@ -353,7 +420,32 @@ async fn log_in(spec: &Spec, netns_path: &Path, server: &str, key: &Path) {
     let Ok(netns) = std::fs::File::open(netns_path) else {
         return;
     };
-    let args = up_args(spec, server, key);
+    let (key, minted) = match key {
+        AuthKey::File(file) => (Some(file), false),
+        AuthKey::Mint(config) => {
+            let state = settled_backend_state(spec).await;
+            if state == "NeedsLogin" || state.is_empty() || state == "NoState" {
+                match mint_key(spec, config).await {
+                    Ok(file) => {
+                        tracing::info!(
+                            "minted a single-use pre-auth key at Headscale for this node"
+                        );
+                        (Some(file), true)
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "cannot mint a pre-auth key at Headscale: {e}; not logging in"
+                        );
+                        return;
+                    }
+                }
+            } else {
+                // Logged in already (its state dir): no key needed, none spent.
+                (None, false)
+            }
+        }
+    };
+    let args = up_args(spec, server, key.as_deref());
     // The key itself never reaches a log: only its path is in the arguments.
     tracing::info!("{} {}", spec.daemon.tailscale.display(), args.join(" "));
     match in_namespace(&spec.daemon.tailscale, &args, &netns, None).spawn() {
@@ -366,6 +458,11 @@ async fn log_in(spec: &Spec, netns_path: &Path, server: &str, key: &Path) {
             }
         }
         Err(e) => tracing::error!("cannot run {}: {e}", spec.daemon.tailscale.display()),
+    }
+    if minted {
+        if let Some(file) = &key {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 

@@ -75,6 +75,26 @@ pub struct Spec {
     pub tailnet: Tailnet,
     pub routes: Vec<ExtraRoute>,
     pub daemon: DaemonConfig,
+    /// `[headscale]`: Headscale's API, when the operator gives a key.
+    pub headscale: Option<HeadscaleConfig>,
+}
+
+/// `[headscale]`: where Headscale's API is and the key that opens it. The
+/// key itself is read only when a call is made, never kept in the spec (a
+/// spec is printed in plans and snapshots).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HeadscaleConfig {
+    /// https://HOST[:PORT], default daemon.login_server.
+    pub url: String,
+    pub api_key_file: PathBuf,
+    /// PEM certificates to trust for `url`; default the web's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The Headscale user a minted pre-auth key belongs to.
+    pub user: Option<String>,
+    /// Tags a minted pre-auth key gives the node.
+    pub tags: Vec<String>,
+    /// Each call's limit.
+    pub timeout_seconds: u64,
 }
 
 /// `[daemon]`: how `headcni daemon` runs (both modes) and, in daemon mode,

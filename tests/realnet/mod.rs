@@ -159,6 +159,11 @@ impl Control {
             "/CN=headcni-lab-headscale",
             "-addext",
             &format!("subjectAltName=IP:{CONTROL_IP}"),
+            // A server certificate, not a CA: rustls (headcni's API calls)
+            // refuses a CA certificate as the server's own; Go trusts it as
+            // its own root either way.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
             "-keyout",
             key.to_str().unwrap(),
             "-out",
@@ -270,13 +275,58 @@ logtail:
         )]
     }
 
+    /// Starts a stopped Headscale again on the same database.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// The certificate Headscale serves (for a client's CA file).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    /// A new API key, in a root-only file in `dir` (mode 0400).
+    pub fn api_key_file(&self, dir: &Path) -> PathBuf {
+        let key = self.cli(&["apikeys", "create", "--expiration", "1h"]);
+        let key = key.as_str().expect("an API key").to_string();
+        std::fs::create_dir_all(dir).unwrap();
+        let file = dir.join("headscale-api-key");
+        std::fs::write(&file, key).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        file
+    }
+
+    /// The Headscale id of the node named `hostname`.
+    pub fn node_id(&self, hostname: &str) -> Option<u64> {
+        self.nodes()
+            .iter()
+            .find(|n| n["given_name"] == hostname || n["name"] == hostname)
+            .and_then(|n| n["id"].as_u64().or_else(|| n["id"].as_str()?.parse().ok()))
+    }
+
+    /// Sets the node's approved routes by hand (`""`: none), as an operator would.
+    pub fn set_approved(&self, hostname: &str, routes: &str) {
+        let id = self
+            .node_id(hostname)
+            .unwrap_or_else(|| panic!("{hostname} in {:#?}", self.nodes()));
+        self.cli(&[
+            "nodes",
+            "approve-routes",
+            "--identifier",
+            &id.to_string(),
+            "--routes",
+            routes,
+        ]);
+    }
+
     /// Stops Headscale (SIGTERM) and starts it again on the same database.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
     }
 
-    fn stop(&mut self) {
+    /// Stops Headscale (SIGTERM) until [`Control::start_again`].
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

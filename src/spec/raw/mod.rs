@@ -2,6 +2,7 @@
 //! [`Spec`]: the document and its top-level keys here, a module per table.
 
 mod daemon;
+mod headscale;
 mod locator;
 mod pod_network;
 mod route;
@@ -17,11 +18,13 @@ use toml::Spanned;
 
 use super::names::validate_ifname;
 use super::{
-    DaemonConfig, ExtraRoute, Masquerade, Mode, PodNetwork, PodRange, Spec, SpecError, Tailnet,
-    DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TAILNET_CIDR, DEFAULT_TAILNET_CIDR6, POD_GATEWAY6,
+    DaemonConfig, ExtraRoute, HeadscaleConfig, Masquerade, Mode, PodNetwork, PodRange, Spec,
+    SpecError, Tailnet, DEFAULT_MTU, DEFAULT_STATE_DIR, DEFAULT_TAILNET_CIDR,
+    DEFAULT_TAILNET_CIDR6, POD_GATEWAY6,
 };
 
 use daemon::*;
+use headscale::*;
 use locator::*;
 use pod_network::*;
 use route::*;
@@ -38,6 +41,7 @@ struct RawSpec {
     #[serde(default, rename = "route")]
     routes: Vec<Spanned<RawRoute>>,
     daemon: Option<RawDaemon>,
+    headscale: Option<Spanned<RawHeadscale>>,
 }
 
 /// TOML into [`RawSpec`], with errors that name the field (the path
@@ -168,6 +172,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
     }
 
     let daemon = validate_daemon(&at, raw.daemon.as_ref(), &pod_network, &tailnet)?;
+    let headscale = validate_headscale(&at, raw.headscale.as_ref(), &daemon)?;
     Ok(Spec {
         source: file.to_path_buf(),
         mode,
@@ -176,6 +181,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Spec, SpecError> {
         tailnet,
         routes,
         daemon,
+        headscale,
     })
 }
 
