@@ -21,7 +21,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold only for a person at a terminal (no escape codes in a pipe or a log).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+    step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+    step() { printf '\n== %s\n' "$*"; }
+fi
 in_node() { ip netns exec "$node" "$@"; }
 
 step "building throwaway namespaces ($node, $peer, $gw, ${pods[*]})"

@@ -556,3 +556,62 @@ fn a_namespace_resolv_conf_that_is_not_a_file_is_not_bound() {
         drop(d);
     }
 }
+
+/// A pod skipped for a conflict is visible in the daemon (logged once,
+/// counted, in the status, /readyz 503), and wired on the kernel event that
+/// unblocks it (the foreign route's removal), not at the next resync.
+#[test]
+fn a_blocked_pod_is_reported_and_wired_once_unblocked() {
+    let mut n = Node::new();
+    n.write_spec("\n[daemon]\nmetrics_listen = \"127.0.0.1:9108\"\nresync_seconds = 600\n");
+    let (pod1, ip1) = n.add_pod("pod1");
+    n.foreign_route_to(&ip1);
+    let d = Daemon::start(&n);
+    d.wait_for_log(Duration::from_secs(3), "blocked: ! conflict: route");
+    wait_until(Duration::from_secs(3), "the conflict counted", || {
+        metric(&http_get(&n, "/metrics"), "headcni_conflicts") == Some(1)
+    });
+    assert!(http_get(&n, "/readyz").starts_with("HTTP/1.1 503"));
+    let text = String::from_utf8_lossy(&n.headcni(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains("BLOCKED") && text.contains("1 conflict,") && text.contains("! conflict"),
+        "{text}"
+    );
+    let logged = d.log().matches("blocked: ! conflict").count();
+
+    n.lab.ip(
+        &n.node,
+        &["route", "del", &format!("{ip1}/32"), "proto", "static"],
+    );
+    let removed = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(1),
+        "pod1's route after the removal",
+        || n.node_routes().contains(&format!("{ip1} dev hc")),
+    );
+    eprintln!(
+        "pod1 wired {:?} after the foreign route went",
+        removed.elapsed()
+    );
+    wait_until(Duration::from_secs(3), "pod1 reaches the tailnet", || {
+        n.lab.ping(&pod1, "100.64.0.5")
+    });
+    d.wait_for_log(Duration::from_secs(2), "cleared: ! conflict");
+    assert_eq!(
+        d.log().matches("blocked: ! conflict").count(),
+        logged,
+        "logged once\n{}",
+        d.log()
+    );
+    wait_until(Duration::from_secs(2), "the gauge back at 0", || {
+        metric(&http_get(&n, "/metrics"), "headcni_conflicts") == Some(0)
+    });
+    assert!(http_get(&n, "/readyz").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(&n, "/metrics");
+    assert!(
+        metrics.contains("headcni_build_info{version=\"")
+            && metrics.contains("headcni_spec_errors 0")
+            && metrics.contains("headcni_waiting 0"),
+        "{metrics}"
+    );
+}

@@ -214,11 +214,7 @@ fn purge_removes_every_owned_object_and_nothing_else() {
     assert!(!n.owned_links().is_empty() && !n.owned_routes().is_empty());
 
     let record = n.lab.dir.path().join("install.json");
-    let out = n.headcni(&[
-        "uninstall",
-        "--purge",
-        &format!("--record={}", record.display()),
-    ]);
+    let out = purge(&n, &record);
     assert!(
         out.status.success(),
         "{}{}",
@@ -236,12 +232,43 @@ fn purge_removes_every_owned_object_and_nothing_else() {
     assert!(n.lab.ip(&n.node, &["link", "show", "fx0"]).contains("fx0"));
     assert!(!Lab::ns_path(&ts).exists(), "the tailnet namespace is gone");
     // Again: nothing left to do.
-    let out = n.headcni(&[
+    let out = purge(&n, &record);
+    assert!(out.status.success());
+}
+
+fn purge(n: &Node, record: &Path) -> Output {
+    n.headcni(&[
         "uninstall",
         "--purge",
         &format!("--record={}", record.display()),
-    ]);
-    assert!(out.status.success());
+    ])
+}
+
+/// `uninstall --purge` beside a running daemon (which would put everything
+/// back) is refused, naming the daemon, and removes nothing.
+#[test]
+fn purge_is_refused_while_a_daemon_runs() {
+    let mut n = Node::new();
+    n.add_pod("pod1");
+    let d = common::Daemon::start(&n);
+    d.wait_for_log(std::time::Duration::from_secs(3), "applied");
+    let record = n.lab.dir.path().join("install.json");
+    let out = purge(&n, &record);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("daemon (pid ") && err.contains("stop it first"),
+        "{err}"
+    );
+    assert!(!n.owned_links().is_empty() && !n.owned_routes().is_empty());
+    drop(d);
+    let out = purge(&n, &record);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(n.owned_links().is_empty(), "{:?}", n.owned_links());
 }
 
 /// A stand-in API server: GET /api/v1/nodes/NAME with the right token.

@@ -137,3 +137,105 @@ fn completions_and_man_page() {
         "{page}"
     );
 }
+
+/// A mistyped command line is a usage error (64, sysexits' EX_USAGE), never
+/// 2, which `plan --detailed-exitcode` means as "changes pending"; --help
+/// and --version answer with 0.
+#[test]
+fn a_mistyped_flag_exits_64_not_2() {
+    let run = |args: &[&str]| {
+        common::bounded(std::time::Duration::from_secs(10))
+            .arg(common::headcni_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for wrong in [
+        &["plan", "--detailed-exitcode", "--typo"][..],
+        &["no-such-command"],
+        &["plan", "--format", "yaml"],
+    ] {
+        let out = run(wrong);
+        assert_eq!(out.status.code(), Some(64), "{wrong:?}");
+        assert!(!out.stderr.is_empty(), "{wrong:?} says why");
+    }
+    for fine in [&["--help"][..], &["--version"], &["plan", "--help"]] {
+        assert_eq!(run(fine).status.code(), Some(0), "{fine:?}");
+    }
+}
+
+/// `validate --offline` checks a spec with no root (a CI job's user): the
+/// spec alone, not state_dir or key files.
+#[test]
+fn validate_offline_needs_no_root() {
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = dir.path().join("headcni.toml");
+    std::fs::write(
+        &spec,
+        "version = 1\nmode = \"daemon\"\nstate_dir = \"/var/lib/headcni-nobody-can-write\"\n[pod_network]\ncidr = \"10.244.1.0/24\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&spec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        common::bounded(std::time::Duration::from_secs(10))
+            .args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .arg(common::headcni_bin())
+            .arg("--spec")
+            .arg(&spec)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["validate", "--offline"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad spec still fails offline, naming the field.
+    std::fs::write(
+        &spec,
+        "version = 1\nmode = \"daemon\"\n[pod_network]\ncidr = \"10.244.1.0/33\"\n",
+    )
+    .unwrap();
+    let out = as_nobody(&["validate", "--offline"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("pod_network.cidr"), "{err}");
+}
+
+/// Daemon mode: `validate` refuses a spec whose tailscaled is not there
+/// (the daemon would run and fail to start it forever).
+#[test]
+fn validate_names_a_missing_tailscaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("headcni.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version = 1\nmode = \"daemon\"\nstate_dir = \"{}\"\n[pod_network]\ncidr = \"10.244.1.0/24\"\n[daemon]\ntailscaled = \"/nonexistent/tailscaled\"\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = common::bounded(std::time::Duration::from_secs(10))
+        .arg(common::headcni_bin())
+        .arg("--spec")
+        .arg(&spec)
+        .arg("validate")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("daemon.tailscaled") && err.contains("/nonexistent/tailscaled"),
+        "{err}"
+    );
+}

@@ -64,8 +64,10 @@ pub struct UninstallArgs {
     #[arg(long, default_value = "/var/lib/headcni/install.json")]
     record: PathBuf,
     /// Also tear down what headcni made on the node: its links, routes,
-    /// rules, nftables table, files and the tailnet namespace (stop the
-    /// daemon first). Nothing of anyone else's.
+    /// rules, nftables table, files and the tailnet namespace, and with
+    /// [headscale] its node at Headscale. Nothing of anyone else's. Refused
+    /// while a daemon runs on the node (it would put everything back): stop
+    /// it first.
     #[arg(long)]
     purge: bool,
 }
@@ -178,48 +180,99 @@ pub fn run_install(cli: &Cli, args: &InstallArgs) -> anyhow::Result<Exit> {
 }
 
 /// With `[headscale]`: deletes this node's record at Headscale (the one
-/// the daemon found by its node key and wrote down in state_dir).
+/// the daemon found by its node key and wrote down in state_dir), after
+/// checking that the id still holds this node's key: never another node's.
 fn leave_headscale(spec: &headcni::spec::Spec) -> anyhow::Result<()> {
     use headcni::headscale::{node_record, Client};
     let Some(config) = &spec.headscale else {
         return Ok(());
     };
-    let record = node_record::load(&spec.state_dir).or_else(|| {
-        // Never recorded (no daemon pass got that far): ask tailscaled.
-        let me = headcni::headscale::tailscaled::status(
-            &spec.daemon.tailscale,
-            &spec.state_dir.join("tailscaled.sock"),
-            std::time::Duration::from_secs(config.timeout_seconds),
-        )
-        .ok()?;
-        let key = me.node_key()?.to_string();
-        let node = Client::new(config).ok()?.node_by_key(&key).ok()??;
-        Some(node_record::NodeRecord {
-            url: config.url.clone(),
-            id: node.id,
-            name: node.given_name,
-            node_key: key,
-        })
-    });
-    let Some(record) = record else {
-        outln!("  nothing at Headscale to delete (this node never had a record there)");
-        return Ok(());
+    let manual = |what: &str| {
+        format!("{what}; find it with `headscale nodes list` and delete it with `headscale nodes delete --identifier ID`")
     };
     let client = Client::new(config)?;
-    client.delete_node(record.id).map_err(|e| {
+    let record = node_record::load(&spec.state_dir).filter(|r| {
+        let same = r.url == config.url;
+        if !same {
+            outln!(
+                "  the node record names another Headscale ({}), not {}: ignored",
+                r.url,
+                config.url
+            );
+        }
+        same
+    });
+    let record = match record {
+        Some(r) => r,
+        None => {
+            // Never recorded (no daemon check got that far): ask tailscaled.
+            let asked = headcni::headscale::tailscaled::status(
+                &spec.daemon.tailscale,
+                &spec.state_dir.join("tailscaled.sock"),
+                std::time::Duration::from_secs(config.timeout_seconds),
+            );
+            let key = match asked {
+                Ok(me) => me.node_key().map(str::to_string),
+                Err(e) => {
+                    let state = spec.state_dir.join("tailscaled").join("tailscaled.state");
+                    if !state.exists() {
+                        outln!("  nothing at Headscale to delete (this node never joined)");
+                        return Ok(());
+                    }
+                    anyhow::bail!(manual(&format!(
+                        "cannot tell which Headscale node is this one (no record in {}, and tailscaled: {e})",
+                        spec.state_dir.display()
+                    )));
+                }
+            };
+            let Some(key) = key else {
+                outln!("  nothing at Headscale to delete (tailscaled is not logged in)");
+                return Ok(());
+            };
+            let node = client
+                .node_by_key(&key)
+                .map_err(|e| anyhow::anyhow!(manual(&headcni::Chain(&e).to_string())))?;
+            let Some(node) = node else {
+                outln!("  nothing at Headscale to delete (it does not list {key})");
+                return Ok(());
+            };
+            node_record::NodeRecord {
+                url: config.url.clone(),
+                id: node.id,
+                name: node.given_name,
+                node_key: key,
+            }
+        }
+    };
+    let by_hand = |e: &dyn std::error::Error| {
         anyhow::anyhow!(
             "{}; delete it by hand: `headscale nodes delete --identifier {}`",
-            headcni::Chain(&e),
+            headcni::Chain(e),
             record.id
         )
-    })?;
+    };
+    match client.node(record.id).map_err(|e| by_hand(&e))? {
+        None => outln!(
+            "  headscale node {} (id {}) is gone already",
+            record.name,
+            record.id
+        ),
+        Some(node) if node.node_key != record.node_key => outln!(
+            "  headscale node id {} is another node now ({}): not deleted",
+            record.id,
+            node.given_name
+        ),
+        Some(_) => {
+            client.delete_node(record.id).map_err(|e| by_hand(&e))?;
+            outln!(
+                "- headscale node {} (id {}) at {}",
+                record.name,
+                record.id,
+                record.url
+            );
+        }
+    }
     node_record::remove(&spec.state_dir);
-    outln!(
-        "- headscale node {} (id {}) at {}",
-        record.name,
-        record.id,
-        record.url
-    );
     Ok(())
 }
 
@@ -227,6 +280,14 @@ pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
     let mut code = 0;
     if args.purge {
         let spec = cli.load_spec()?;
+        if let Some(pid) = headcni::daemon::running(&spec.state_dir) {
+            // It would put everything back within a pass.
+            anyhow::bail!(
+                "headcni daemon{} runs on {}: stop it first (delete the DaemonSet, or `systemctl stop headcni`); nothing was removed",
+                if pid > 0 { format!(" (pid {pid})") } else { String::new() },
+                spec.state_dir.display()
+            );
+        }
         if let Err(e) = leave_headscale(&spec) {
             eprintln!("headcni: {e}");
             code = 1;

@@ -1,6 +1,7 @@
 //! The `headcni` command line. Each subcommand lives in its own file; errors
 //! become messages and exit codes here and nowhere else.
 
+mod doctor;
 mod install;
 mod observe;
 mod plan;
@@ -26,7 +27,8 @@ pub struct Cli {
     /// The node spec (TOML).
     #[arg(long, global = true, env = "HEADCNI_SPEC", default_value = DEFAULT_SPEC_PATH)]
     spec: PathBuf,
-    /// More log output on stderr (-v debug, -vv trace); RUST_LOG overrides.
+    /// More of headcni's own log output on stderr (-v debug, -vv trace);
+    /// RUST_LOG overrides (and reaches the libraries').
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Log lines as text (colour only on a terminal, never with NO_COLOR) or
@@ -46,12 +48,18 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check the spec and print it as headcni understands it.
-    Validate,
+    Validate {
+        /// The spec alone: no look at state_dir or key files, so no root
+        /// needed (a CI job checking a spec before it ships).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Print the node's (and pods') network state as headcni sees it.
     Observe(observe::ObserveArgs),
     /// Show what apply would change, without changing anything.
     Plan(plan::PlanArgs),
-    /// Plan, apply, and verify that the node converged.
+    /// Plan, apply, and verify that the node converged (exit 1 when it did
+    /// not: a step failed, a conflict blocks a pod, or something waits).
     Apply(plan::ApplyArgs),
     /// Write and read pod intents by hand (the seam the CNI plugin uses).
     #[command(subcommand)]
@@ -63,6 +71,10 @@ enum Command {
     Install(install::InstallArgs),
     /// Remove what install wrote (and, with --purge, what headcni made).
     Uninstall(install::UninstallArgs),
+    /// Check what this node needs (kernel, CNI configuration and binary,
+    /// state_dir, tailscaled, approval, MTU), each ok/warn/fail with its
+    /// fix; exit 1 when something fails. Changes nothing.
+    Doctor(doctor::DoctorArgs),
     /// What the running daemon reports (from its socket in state_dir).
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -108,16 +120,29 @@ pub enum Format {
     Json,
 }
 
-/// Failures carry their exit code: 1 for errors, 2 for "changes present".
+/// Failures carry their exit code: 1 for errors, 2 for "changes present",
+/// 64 for a command line that does not parse.
 pub struct Exit(pub u8);
 
+/// A command used wrongly (sysexits' EX_USAGE): never 2, which `plan
+/// --detailed-exitcode` means as "changes pending".
+const EXIT_USAGE: u8 = 64;
+
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are answers, not errors.
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     // A service logs what it does; a command only what went wrong.
     let service = matches!(cli.command, Command::Daemon(_));
     init_logging(cli.verbose, service, cli.log_format);
     let result = match &cli.command {
-        Command::Validate => validate(&cli),
+        Command::Validate { offline } => validate(&cli, *offline),
         Command::Observe(args) => observe::run(&cli, args),
         Command::Plan(args) => plan::run_plan(&cli, args),
         Command::Apply(args) => plan::run_apply(&cli, args),
@@ -130,6 +155,7 @@ pub fn run() -> ExitCode {
         Command::Install(args) => install::run_install(&cli, args),
         Command::Uninstall(args) => install::run_uninstall(&cli, args),
         Command::Status { format } => status(&cli, *format),
+        Command::Doctor(args) => doctor::run(&cli, args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();
@@ -152,12 +178,15 @@ pub fn run() -> ExitCode {
 fn init_logging(verbose: u8, service: bool, format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let default = match (verbose, service) {
-        (0, false) => "warn",
-        (0, true) => "info",
-        (1, _) => "headcni=debug,info",
-        _ => "trace",
+    // -v and -vv raise headcni's own targets only: trace from every
+    // dependency (netlink, inotify) drowns what matters; RUST_LOG reaches them.
+    let base = if service { "info" } else { "warn" };
+    let default = match verbose {
+        0 => base.to_string(),
+        1 => format!("headcni=debug,{base}"),
+        _ => format!("headcni=trace,{base}"),
     };
+    let default = default.as_str();
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => {
             EnvFilter::try_new(&directives).unwrap_or_else(|e| {
@@ -218,6 +247,12 @@ fn state_dir_report(spec: &Spec) -> anyhow::Result<String> {
     })
 }
 
+/// A regular file someone may execute.
+fn executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 fn man() -> anyhow::Result<Exit> {
     let command = <Cli as clap::CommandFactory>::command();
     let mut page = Vec::new();
@@ -266,8 +301,15 @@ fn headscale_policy(cli: &Cli, owner: Option<&str>) -> anyhow::Result<Exit> {
     Ok(Exit(0))
 }
 
-fn validate(cli: &Cli) -> anyhow::Result<Exit> {
+fn validate(cli: &Cli, offline: bool) -> anyhow::Result<Exit> {
     let spec = cli.load_spec()?;
+    if offline {
+        outln!(
+            "{}: valid (offline: state_dir and key files not checked)",
+            cli.spec.display()
+        );
+        return Ok(Exit(0));
+    }
     let state = state_dir_report(&spec)?;
     if let Some(key) = spec.daemon.auth_key_file.as_deref() {
         if spec.mode == headcni::spec::Mode::Daemon {
@@ -275,6 +317,21 @@ fn validate(cli: &Cli) -> anyhow::Result<Exit> {
             headcni::daemon::supervisor::check_key_file(key).map_err(|e| {
                 anyhow::anyhow!("{}: daemon.auth_key_file: {e}", cli.spec.display())
             })?;
+        }
+    }
+    if spec.mode == headcni::spec::Mode::Daemon {
+        // The daemon would start, then fail to start tailscaled forever.
+        for (field, path) in [
+            ("daemon.tailscaled", &spec.daemon.tailscaled),
+            ("daemon.tailscale", &spec.daemon.tailscale),
+        ] {
+            if !executable(path) {
+                anyhow::bail!(
+                    "{}: {field}: {} is not an executable file (install Tailscale, or name where it is)",
+                    cli.spec.display(),
+                    path.display()
+                );
+            }
         }
     }
     if let Some(h) = &spec.headscale {

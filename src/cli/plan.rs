@@ -46,7 +46,8 @@ impl From<ReportFormat> for report::Format {
 pub struct PlanArgs {
     #[arg(long, value_enum, default_value_t)]
     format: ReportFormat,
-    /// Exit 0 when there is nothing to do, 2 when there are changes or conflicts, 1 on error.
+    /// Exit 0 when the node matches the spec, 2 when there are changes,
+    /// conflicts or items waiting, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
     /// Look at the node namespace only (the host side of every pod): fast at scale.
@@ -238,8 +239,8 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
             out!("{}", report::text::plan(&applied.plan, color));
             if !applied.plan.is_empty() {
                 outln!(
-                    "Applied {} steps in {:.1} ms.",
-                    applied.report.applied,
+                    "Applied {} in {:.1} ms.",
+                    headcni::report::plural(applied.report.applied, "step"),
                     applied.apply_took.as_secs_f64() * 1000.0
                 );
             }
@@ -254,22 +255,25 @@ pub fn run_apply(cli: &Cli, args: &ApplyArgs) -> anyhow::Result<Exit> {
     }
     if applied.report.skipped > 0 {
         eprintln!(
-            "headcni: {} steps skipped after a failure in the same pod",
-            applied.report.skipped
+            "headcni: {} skipped after a failure in the same pod",
+            headcni::report::plural(applied.report.skipped, "step")
         );
     }
     if !applied.remaining.conflicts.is_empty() {
         eprintln!(
-            "headcni: {} conflicts with objects headcni does not own; the pods they block are not wired",
-            applied.remaining.conflicts.len()
+            "headcni: {} with objects headcni does not own; the pods they block are not wired",
+            headcni::report::plural(applied.remaining.conflicts.len(), "conflict")
         );
     }
-    if !applied.remaining.is_empty() {
+    // Waiting (an interface away, a pod's namespace gone) is not converged
+    // either, as `plan --detailed-exitcode` says.
+    let settled = applied.converged() && applied.remaining.is_settled();
+    if !settled {
         eprintln!("headcni: the node did not converge; still to do:");
         eprint!("{}", report::text::plan(&applied.remaining, false));
     }
     engine::settle(&spec, &spec.pod_store(), &applied, applied.converged());
-    Ok(Exit(if applied.converged() { 0 } else { 1 }))
+    Ok(Exit(if settled { 0 } else { 1 }))
 }
 
 /// Applies a saved plan exactly, after checking it is not stale.

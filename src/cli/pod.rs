@@ -15,18 +15,22 @@ use super::{Cli, Exit, Format};
 pub enum PodCommand {
     /// Record a pod attachment and allocate its address (idempotent).
     Add {
+        /// The container id (as the runtime's CNI_CONTAINERID).
         #[arg(long)]
         id: String,
         /// The pod's network namespace (/run/netns/NAME or /proc/PID/ns/net).
         #[arg(long)]
         netns: PathBuf,
+        /// The interface name inside the pod (CNI_IFNAME).
         #[arg(long, default_value = "eth0")]
         ifname: String,
     },
     /// Forget a pod attachment and free its address.
     Del {
+        /// The container id, as given to `pod add`.
         #[arg(long)]
         id: String,
+        /// The interface name inside the pod.
         #[arg(long, default_value = "eth0")]
         ifname: String,
     },

@@ -20,6 +20,13 @@ use super::supervisor::Backoff;
 use crate::headscale::{self, node_record, Client};
 use crate::spec::Spec;
 
+/// Own CIDRs seen approved, and for which Headscale node.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    node_id: Option<u64>,
+    cidrs: Vec<IpNetwork>,
+}
+
 /// What one check found.
 #[derive(Debug, Default)]
 struct Check {
@@ -42,15 +49,26 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    // Own CIDRs seen approved since the daemon started: one missing later is drift.
-    let mut seen_approved: Vec<IpNetwork> = Vec::new();
+    // Own CIDRs seen approved for this node since the daemon started: one
+    // missing later is drift.
+    let mut seen = Seen::default();
     loop {
         let current = spec.borrow_and_update().clone();
         let resync = Duration::from_secs(current.daemon.resync_seconds);
-        let seen = seen_approved.clone();
-        let check = tokio::task::spawn_blocking(move || check(&current, &seen, true))
+        // A CIDR no longer in the spec is no longer ours to miss.
+        let own = current.pod_network.cidrs();
+        seen.cidrs.retain(|c| own.contains(c));
+        let asked = seen.clone();
+        let check = tokio::task::spawn_blocking(move || check(&current, &asked, true))
             .await
             .unwrap_or_default();
+        if check.status.node_id.is_some() && check.status.node_id != seen.node_id {
+            // Another node record (joined again): nothing of it was seen yet.
+            seen = Seen {
+                node_id: check.status.node_id,
+                cidrs: Vec::new(),
+            };
+        }
         for cidr in &check.drift {
             metrics.headscale_drift_repairs.inc();
             tracing::warn!(
@@ -64,6 +82,10 @@ pub async fn run(
         if check.answered {
             metrics.approval_last_contact.set(unix_now() as i64);
         }
+        if !check.status.routes.is_empty() {
+            // Only the CIDRs of the spec in force have a gauge.
+            metrics.route_approved.clear();
+        }
         for r in &check.status.routes {
             metrics
                 .route_approved
@@ -73,8 +95,8 @@ pub async fn run(
                 .set(i64::from(r.approved));
             if r.approved {
                 if let Ok(net) = r.cidr.parse::<IpNetwork>() {
-                    if !seen_approved.contains(&net) {
-                        seen_approved.push(net);
+                    if !seen.cidrs.contains(&net) {
+                        seen.cidrs.push(net);
                     }
                 }
             }
@@ -122,7 +144,7 @@ fn unix_now() -> u64 {
 /// For `headcni plan` in daemon mode: what is missing at the control
 /// server, read only (the daemon repairs it), as sentences.
 pub fn findings(spec: &Spec) -> Vec<String> {
-    let check = check(spec, &[], false);
+    let check = check(spec, &Seen::default(), false);
     let missing: Vec<&RouteApproval> = check.status.routes.iter().filter(|r| !r.approved).collect();
     let mut out = Vec::new();
     if let Some(e) = &check.status.error {
@@ -132,7 +154,7 @@ pub fn findings(spec: &Spec) -> Vec<String> {
         let cidrs: Vec<&str> = missing.iter().map(|r| r.cidr.as_str()).collect();
         if spec.headscale.is_some() {
             out.push(format!(
-                "drift at Headscale: {} not approved for {}; the running daemon approves it again at its next check (within {} s)",
+                "not approved at Headscale: {} for {}; the running daemon approves it at its next check (within {} s)",
                 cidrs.join(" and "),
                 check.status.node.as_deref().unwrap_or("this node"),
                 spec.daemon.resync_seconds
@@ -144,7 +166,7 @@ pub fn findings(spec: &Spec) -> Vec<String> {
     out
 }
 
-fn check(spec: &Spec, seen_approved: &[IpNetwork], repair: bool) -> Check {
+fn check(spec: &Spec, seen: &Seen, repair: bool) -> Check {
     let own = spec.pod_network.cidrs();
     let by = if spec.headscale.is_some() {
         "api"
@@ -213,7 +235,7 @@ fn check(spec: &Spec, seen_approved: &[IpNetwork], repair: bool) -> Check {
         return out;
     };
     let result = Client::new(config).and_then(|client| {
-        let node = client.node_by_key(&node_key)?;
+        let node = own_node(&client, spec, config, &node_key)?;
         Ok((client, node))
     });
     let (client, node) = match result {
@@ -252,12 +274,14 @@ fn check(spec: &Spec, seen_approved: &[IpNetwork], repair: bool) -> Check {
                     "approved {} at Headscale",
                     approval.missing.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
                 );
-                out.drift = approval
-                    .missing
-                    .iter()
-                    .filter(|c| seen_approved.contains(c))
-                    .copied()
-                    .collect();
+                if seen.node_id == Some(node.id) {
+                    out.drift = approval
+                        .missing
+                        .iter()
+                        .filter(|c| seen.cidrs.contains(c))
+                        .copied()
+                        .collect();
+                }
                 approval = headscale::assess(&own, &after);
             }
             Err(e) => out.status.error = Some(crate::Chain(&e).to_string()),
@@ -272,6 +296,26 @@ fn check(spec: &Spec, seen_approved: &[IpNetwork], repair: bool) -> Check {
         .collect();
     out.settled = approval.missing.is_empty();
     out
+}
+
+/// This node's record at Headscale: by the id written down before (one
+/// node's record per check, not the whole list), else found by node key.
+fn own_node(
+    client: &Client,
+    spec: &Spec,
+    config: &crate::spec::HeadscaleConfig,
+    node_key: &str,
+) -> Result<Option<headscale::Node>, headscale::HeadscaleError> {
+    let known = node_record::load(&spec.state_dir)
+        .filter(|r| r.url == config.url && r.node_key == node_key);
+    if let Some(record) = known {
+        if let Some(node) = client.node(record.id)? {
+            if node.node_key == node_key {
+                return Ok(Some(node));
+            }
+        }
+    }
+    client.node_by_key(node_key)
 }
 
 /// The node's Headscale id, for `uninstall --purge` once tailscaled is gone.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::blocked::BlockedFlag;
 use crate::kernel::netlink::socket::{Netfilter, Protocol, Route, Socket};
 use crate::model::{LINK_PREFIX, RTPROT_HEADCNI};
 
@@ -38,13 +39,20 @@ pub enum Trigger {
 /// Reads events forever on a thread of its own, sending a trigger for each
 /// datagram that touches something relevant. `interfaces`: links that matter
 /// besides headcni's own (the tailnet interface).
-pub fn listen(socket: Socket<Route>, interfaces: Vec<String>, tx: UnboundedSender<Trigger>) {
+/// While `blocked` (a conflict skips a pod), any removal is relevant: it
+/// may be the foreign object in the way.
+pub fn listen(
+    socket: Socket<Route>,
+    interfaces: Vec<String>,
+    blocked: BlockedFlag,
+    tx: UnboundedSender<Trigger>,
+) {
     read_events(
         "headcni-events",
         socket,
         tx,
         Trigger::Overrun,
-        move |datagram| relevant(datagram, &interfaces),
+        move |datagram| relevant(datagram, &interfaces, blocked.get()),
     );
 }
 
@@ -83,8 +91,13 @@ fn read_events<P: Protocol + 'static>(
 
 /// Does a datagram of events touch headcni's objects or the interfaces it
 /// needs? One that does not decode is a reason to look, not to ignore.
-fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
+fn relevant(datagram: &[u8], interfaces: &[String], blocked: bool) -> bool {
     let touches = |kind: u16, payload: &[u8]| match kind {
+        libc::RTM_DELLINK | libc::RTM_DELADDR | libc::RTM_DELROUTE | libc::RTM_DELRULE
+            if blocked =>
+        {
+            true
+        }
         libc::RTM_NEWLINK | libc::RTM_DELLINK => crate::observe::parse_link_name(payload)
             .is_none_or(|name| name.starts_with(LINK_PREFIX) || interfaces.contains(&name)),
         // Addresses: rare, and the index alone does not say whose; but the

@@ -25,12 +25,19 @@ pub struct CidrLabel {
     pub cidr: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub passes: Family<ResultLabel, Counter>,
     pub pass_duration: Histogram,
     pub drift_repairs: Counter,
     pub tailscaled_restarts: Counter,
+    /// Starts of the supervised tailscaled that failed (no process ran).
+    pub tailscaled_start_failures: Counter,
     firewall_listings: Counter,
     pub pods: Gauge,
     pub interface_up: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -40,6 +47,12 @@ pub struct Metrics {
     pub headscale_drift_repairs: Counter,
     /// Unix time of Headscale's (or, without an API key, tailscaled's) last answer.
     pub approval_last_contact: Gauge,
+    /// Objects in the way that headcni does not own, as of the last pass.
+    pub conflicts: Gauge,
+    /// Items waiting (an interface away, a pod's namespace gone).
+    pub waiting: Gauge,
+    /// 1 while the spec file is refused (the daemon runs on the last good one).
+    pub spec_errors: Gauge,
     registry: Arc<Mutex<Registry>>,
 }
 
@@ -106,7 +119,42 @@ impl Metrics {
             "Unix time of the last answer about this node's route approval",
             approval_last_contact.clone(),
         );
+        let conflicts = Gauge::default();
+        let waiting = Gauge::default();
+        let spec_errors = Gauge::default();
+        registry.register(
+            "conflicts",
+            "Objects headcni does not own that block a pod, as of the last pass",
+            conflicts.clone(),
+        );
+        registry.register(
+            "waiting",
+            "Items waiting (an interface away, a pod's namespace gone), as of the last pass",
+            waiting.clone(),
+        );
+        registry.register(
+            "spec_errors",
+            "1 while the spec file is refused and the last good one is in force",
+            spec_errors.clone(),
+        );
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("build_info", "headcni's version (always 1)", build_info);
+        let tailscaled_start_failures = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "tailscaled_start_failures",
+            "Starts of the supervised tailscaled that failed (no process ran)",
+            tailscaled_start_failures.clone(),
+        );
         Metrics {
+            tailscaled_start_failures,
+            conflicts,
+            waiting,
+            spec_errors,
             route_approved,
             headscale_errors,
             headscale_drift_repairs,
@@ -179,18 +227,27 @@ pub async fn serve(
                 }
                 "/healthz" => (200, "ok\n".to_string(), "text/plain"),
                 "/readyz" => {
-                    let ready = status
-                        .lock()
-                        .map(|s| s.last_pass.as_ref().is_some_and(|p| p.ok))
-                        .unwrap_or(false);
-                    if ready {
-                        (200, "ready\n".to_string(), "text/plain")
-                    } else {
-                        (
+                    // Ready: the last pass converged and no pod is skipped
+                    // for a conflict (waiting, say for the tailnet, is not a
+                    // reason to hold a rollout).
+                    let last = status.lock().ok().and_then(|s| s.last_pass.clone());
+                    match last {
+                        Some(p) if p.ok && p.conflicts == 0 => {
+                            (200, "ready\n".to_string(), "text/plain")
+                        }
+                        Some(p) if p.ok => (
+                            503,
+                            format!(
+                                "not ready: {} blocking pods (headcni status)\n",
+                                crate::report::plural(p.conflicts, "conflict")
+                            ),
+                            "text/plain",
+                        ),
+                        _ => (
                             503,
                             "not ready: no converged pass yet\n".to_string(),
                             "text/plain",
-                        )
+                        ),
                     }
                 }
                 "/metrics" => (

@@ -6,6 +6,7 @@
 //! a bad spec edit changes nothing: the last good spec stays in force.
 
 pub mod approver;
+mod blocked;
 pub mod events;
 mod handoff;
 mod listen;
@@ -13,6 +14,12 @@ pub mod metrics;
 mod pass;
 mod rerender;
 mod single;
+
+/// The pid of the daemon running on `state_dir`, if one is (0: one runs,
+/// its pid unknown).
+pub fn running(state_dir: &std::path::Path) -> Option<i32> {
+    single::holder(state_dir)
+}
 pub mod status;
 pub mod supervisor;
 
@@ -81,7 +88,8 @@ async fn main(
 
     let queue = handoff::Queue::default();
     let sockets = serve_sockets(&spec, &status, &metrics, &queue, &tx);
-    let _watcher = listen_for_changes(&spec_path, &spec, &tx);
+    let mut blocked = blocked::Blocked::default();
+    let _watcher = listen_for_changes(&spec_path, &spec, &tx, &blocked.flag);
     let supervisor = (spec.mode == Mode::Daemon).then(|| {
         tokio::spawn(supervisor::run(
             spec.clone(),
@@ -152,7 +160,9 @@ async fn main(
         while let Ok(t) = rx.try_recv() {
             triggers.insert(t);
         }
-        if triggers.contains(&Trigger::Spec) && reload_spec(&spec_path, &mut spec, &status) {
+        if triggers.contains(&Trigger::Spec)
+            && reload_spec(&spec_path, &mut spec, &status, &metrics)
+        {
             spec_tx.send_if_modified(|old| {
                 let changed = *old != spec;
                 if changed {
@@ -179,7 +189,7 @@ async fn main(
             }
         }
         retry_at = None;
-        let ok = pass::pass(&spec, &triggers, &status, &metrics, &listings).await;
+        let ok = pass::pass(&spec, &triggers, &status, &metrics, &listings, &mut blocked).await;
         wired_tx.send_replace(true);
         if ok {
             backoff.reset();
@@ -244,6 +254,7 @@ fn listen_for_changes(
     spec_path: &Path,
     spec: &Spec,
     tx: &mpsc::UnboundedSender<Trigger>,
+    blocked: &blocked::BlockedFlag,
 ) -> Option<notify::RecommendedWatcher> {
     let watcher = events::watch_files(spec_path, &spec.state_dir, tx.clone())
         .map_err(|e| tracing::error!("cannot watch the spec and store: {e}"))
@@ -254,7 +265,7 @@ fn listen_for_changes(
     }
     let interfaces = vec![spec.tailnet.interface.clone()];
     match crate::kernel::netlink::events::event_socket(None) {
-        Ok(sock) => events::listen(sock, interfaces.clone(), tx.clone()),
+        Ok(sock) => events::listen(sock, interfaces.clone(), blocked.clone(), tx.clone()),
         Err(e) => tracing::error!("kernel events: {}", crate::Chain(&e)),
     }
     match crate::kernel::netlink::events::nftables_socket() {
@@ -270,7 +281,7 @@ fn listen_for_changes(
             tracing::error!("tailnet namespace {}: {e}", netns.display());
         }
         match crate::kernel::netlink::events::event_socket(Some(&netns)) {
-            Ok(sock) => events::listen(sock, interfaces, tx.clone()),
+            Ok(sock) => events::listen(sock, interfaces, blocked.clone(), tx.clone()),
             Err(e) => tracing::error!(
                 "kernel events in the tailnet namespace: {}",
                 crate::Chain(&e)
@@ -282,9 +293,10 @@ fn listen_for_changes(
 
 /// Reads the edited spec: true when it is good (and now in force), false
 /// when it was refused (the last good one stays, the error in the status).
-fn reload_spec(spec_path: &Path, spec: &mut Spec, status: &Shared) -> bool {
+fn reload_spec(spec_path: &Path, spec: &mut Spec, status: &Shared, metrics: &Metrics) -> bool {
     match Spec::load(spec_path) {
         Ok(new) => {
+            metrics.spec_errors.set(0);
             if let Ok(mut s) = status.lock() {
                 s.spec_error = None;
             }
@@ -297,6 +309,7 @@ fn reload_spec(spec_path: &Path, spec: &mut Spec, status: &Shared) -> bool {
         Err(e) => {
             let e = crate::Chain(&e).to_string();
             tracing::error!("spec edit refused, keeping the last good spec: {e}");
+            metrics.spec_errors.set(1);
             if let Ok(mut s) = status.lock() {
                 s.spec_error = Some(e.clone());
                 s.last_error = Some(e);

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::blocked::Blocked;
 use super::events::Trigger;
 use super::handoff;
 use super::metrics::{self, Metrics};
@@ -52,12 +53,16 @@ pub(super) async fn pass(
     status: &Shared,
     metrics: &Metrics,
     listings: &Arc<Listings>,
+    blocked: &mut Blocked,
 ) -> bool {
     // Kernel events need only the node (and the tailnet namespace); anything
     // else looks into every pod too.
-    let kernel_only = triggers
-        .iter()
-        .all(|t| matches!(t, Trigger::Kernel | Trigger::Tailscaled | Trigger::Retired));
+    // While a conflict blocks a pod, its namespace is looked at too: the
+    // event that unblocks it must wire both of its ends.
+    let kernel_only = !blocked.flag.get()
+        && triggers
+            .iter()
+            .all(|t| matches!(t, Trigger::Kernel | Trigger::Tailscaled | Trigger::Retired));
     let scope = if kernel_only {
         PodScope::HostOnly
     } else {
@@ -141,10 +146,13 @@ pub(super) async fn pass(
             let steps = applied.report.applied;
             if steps > 0 {
                 tracing::info!(
-                    "pass ({label}): applied {steps} steps in {:.1} ms",
+                    "pass ({label}): applied {} in {:.1} ms",
+                    crate::report::plural(steps, "step"),
                     took.as_secs_f64() * 1000.0
                 );
+                log_steps(&applied.plan, repair);
             }
+            s.blocked = blocked.note(&applied.remaining, kernel_only, metrics);
             for f in &applied.report.failed {
                 tracing::warn!("step failed: {f}");
             }
@@ -213,6 +221,22 @@ pub(super) async fn pass(
             s.last_error = Some(format!("pass panicked: {e}"));
             false
         }
+    }
+}
+
+/// Names each step a pass applied: at info when it repaired drift (someone
+/// changed the node), at debug when it served the spec or pods.
+fn log_steps(plan: &crate::diff::Plan, repair: bool) {
+    const SHOWN: usize = 20;
+    for step in plan.steps.iter().take(SHOWN) {
+        if repair {
+            tracing::info!("repaired: {step}");
+        } else {
+            tracing::debug!("applied: {step}");
+        }
+    }
+    if repair && plan.steps.len() > SHOWN {
+        tracing::info!("repaired: ... and {} more", plan.steps.len() - SHOWN);
     }
 }
 

@@ -36,6 +36,23 @@ fn alive(pid: i32) -> bool {
     sent || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Whether a daemon holds `state_dir` now, and its pid if the lock names
+/// one (0 when not): for commands that must not run beside it.
+pub fn holder(state_dir: &Path) -> Option<i32> {
+    let path = state_dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    match file.try_lock_shared() {
+        // Free: nobody holds it (ours is let go as the file closes).
+        Ok(()) => None,
+        Err(TryLockError::WouldBlock) => Some(holder_pid(&mut file).unwrap_or(0)),
+        Err(TryLockError::Error(_)) => None,
+    }
+}
+
 /// Claims `state_dir` for this daemon, or says which daemon holds it.
 pub fn claim(state_dir: &Path) -> anyhow::Result<Claim> {
     let path = state_dir.join(LOCK_FILE);

@@ -47,6 +47,10 @@ pub struct Status {
     /// CIDRs (daemon/approver.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalStatus>,
+    /// What keeps the node from its spec, as `headcni plan` prints it
+    /// (`! conflict: ...`, `? ...`), as of the last pass.
+    #[serde(default)]
+    pub blocked: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -220,17 +224,25 @@ pub fn print_status(s: &Status) {
     );
     match &s.last_pass {
         Some(p) => outln!(
-            "last pass: {} {} in {:.1} ms (trigger {}; {} applied, {} remaining, {} conflicts, {} waiting)",
+            "last pass: {} {} in {:.1} ms (trigger {}; {} applied, {} remaining, {}, {} waiting)",
             p.at,
-            if p.ok { "converged" } else { "FAILED" },
+            match (p.ok, p.conflicts, p.waiting) {
+                (false, ..) => "FAILED",
+                (true, 0, 0) => "converged",
+                (true, 0, _) => "waiting",
+                _ => "BLOCKED",
+            },
             p.duration_ms,
             p.trigger,
             p.applied,
             p.remaining,
-            p.conflicts,
+            crate::report::plural(p.conflicts, "conflict"),
             p.waiting
         ),
         None => outln!("last pass: none yet"),
+    }
+    for line in &s.blocked {
+        outln!("  {line}");
     }
     outln!(
         "passes: {} ok, {} failed; drift repairs: {}",

@@ -214,6 +214,8 @@ pub async fn run(
         _ = wait_for_uplink(&mut wired) => {}
         _ = shutdown.changed() => return,
     }
+    // A minted key a killed daemon left behind: single-use, but still a key.
+    remove_minted_keys(&spec);
     loop {
         if *shutdown.borrow() {
             return;
@@ -222,6 +224,7 @@ pub async fn run(
             Ok(child) => Some(child),
             Err(e) => {
                 tracing::error!("tailscaled: {e}");
+                metrics.tailscaled_start_failures.inc();
                 if let Ok(mut s) = status.lock() {
                     s.last_error = Some(format!("tailscaled: {e}"));
                 }
@@ -240,10 +243,17 @@ pub async fn run(
                 (None, Some(h)) if h.user.is_some() => Some(AuthKey::Mint(h.clone())),
                 _ => None,
             };
-            if let (Some(server), Some(key)) = (d.login_server.clone(), key) {
-                let (spec2, path2) = (spec.clone(), netns_path.clone());
-                tokio::spawn(async move { log_in(&spec2, &path2, &server, key).await });
-            }
+            // The login lives as long as this tailscaled: aborted (its
+            // minted key file removed) when it exits or the daemon stops.
+            let login = match (d.login_server.clone(), key) {
+                (Some(server), Some(key)) => {
+                    let (spec2, path2) = (spec.clone(), netns_path.clone());
+                    Some(AbortOnDrop(tokio::spawn(async move {
+                        log_in(&spec2, &path2, &server, key).await
+                    })))
+                }
+                _ => None,
+            };
             tokio::select! {
                 exit = child.wait() => {
                     tracing::warn!("tailscaled exited: {}", exit.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
@@ -260,6 +270,7 @@ pub async fn run(
                     return;
                 }
             }
+            drop(login);
             if let Ok(mut s) = status.lock() {
                 s.tailscaled.running = false;
                 s.tailscaled.pid = None;
@@ -374,9 +385,46 @@ async fn settled_backend_state(spec: &Spec) -> String {
     }
 }
 
-/// Mints a single-use pre-auth key into a root-only file in tailscaled's
-/// state dir (handed over as `file:`, removed once `up` is done).
-async fn mint_key(spec: &Spec, config: crate::spec::HeadscaleConfig) -> Result<PathBuf, String> {
+/// A task aborted when dropped (a login belongs to one tailscaled's run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A minted key's file, removed when the login that used it is done or
+/// aborted.
+struct MintedKey(PathBuf);
+
+impl Drop for MintedKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const MINTED_KEY_PREFIX: &str = "minted-authkey";
+
+fn remove_minted_keys(spec: &Spec) {
+    let dir = spec.state_dir.join("tailscaled");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(MINTED_KEY_PREFIX)
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Mints a single-use pre-auth key into a root-only file of its own in
+/// tailscaled's state dir (handed over as `file:`).
+async fn mint_key(spec: &Spec, config: crate::spec::HeadscaleConfig) -> Result<MintedKey, String> {
     let user = config.user.clone().unwrap_or_default();
     let key = tokio::task::spawn_blocking(move || {
         let client = crate::headscale::Client::new(&config)?;
@@ -388,7 +436,12 @@ async fn mint_key(spec: &Spec, config: crate::spec::HeadscaleConfig) -> Result<P
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| crate::Chain(&e).to_string())?;
-    let path = spec.state_dir.join("tailscaled").join("minted-authkey");
+    static MINTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MINTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = spec
+        .state_dir
+        .join("tailscaled")
+        .join(format!("{MINTED_KEY_PREFIX}-{}-{n}", std::process::id()));
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(&path);
@@ -398,12 +451,18 @@ async fn mint_key(spec: &Spec, config: crate::spec::HeadscaleConfig) -> Result<P
         .mode(0o600)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    let minted = MintedKey(path);
     f.write_all(key.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
+        .map_err(|e| format!("{}: {e}", minted.0.display()))?;
+    Ok(minted)
 }
 
-/// `tailscale up` once tailscaled's socket is there.
+/// How long one `tailscale up` may take before it is tried again.
+const UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `tailscale up` once tailscaled's socket is there, tried again with
+/// backoff until it works (Headscale down at boot is "not yet", not
+/// "never"); aborted with this tailscaled's run.
 async fn log_in(spec: &Spec, netns_path: &Path, server: &str, key: AuthKey) {
     let socket = socket_path(spec);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -417,53 +476,66 @@ async fn log_in(spec: &Spec, netns_path: &Path, server: &str, key: AuthKey) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let Ok(netns) = std::fs::File::open(netns_path) else {
-        return;
-    };
-    let (key, minted) = match key {
-        AuthKey::File(file) => (Some(file), false),
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match try_log_in(spec, netns_path, server, &key).await {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::error!("{e}; trying again in {:.1} s", delay.as_secs_f64());
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn try_log_in(
+    spec: &Spec,
+    netns_path: &Path,
+    server: &str,
+    key: &AuthKey,
+) -> Result<(), String> {
+    let netns =
+        std::fs::File::open(netns_path).map_err(|e| format!("{}: {e}", netns_path.display()))?;
+    // Held until `up` is done: its Drop removes the file.
+    let mut minted = None;
+    let file = match key {
+        AuthKey::File(file) => Some(file.clone()),
         AuthKey::Mint(config) => {
             let state = settled_backend_state(spec).await;
             if state == "NeedsLogin" || state.is_empty() || state == "NoState" {
-                match mint_key(spec, config).await {
-                    Ok(file) => {
-                        tracing::info!(
-                            "minted a single-use pre-auth key at Headscale for this node"
-                        );
-                        (Some(file), true)
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            "cannot mint a pre-auth key at Headscale: {e}; not logging in"
-                        );
-                        return;
-                    }
-                }
+                let key = mint_key(spec, config.clone())
+                    .await
+                    .map_err(|e| format!("cannot mint a pre-auth key at Headscale: {e}"))?;
+                tracing::info!("minted a single-use pre-auth key at Headscale for this node");
+                let path = key.0.clone();
+                minted = Some(key);
+                Some(path)
             } else {
                 // Logged in already (its state dir): no key needed, none spent.
-                (None, false)
+                None
             }
         }
     };
-    let args = up_args(spec, server, key.as_deref());
+    let args = up_args(spec, server, file.as_deref());
     // The key itself never reaches a log: only its path is in the arguments.
     tracing::info!("{} {}", spec.daemon.tailscale.display(), args.join(" "));
-    match in_namespace(&spec.daemon.tailscale, &args, &netns, None).spawn() {
-        Ok(mut child) => {
-            log_output("tailscale up", &mut child);
-            match child.wait().await {
-                Ok(s) if s.success() => tracing::info!("tailscale up: logged in to {server}"),
-                Ok(s) => tracing::error!("tailscale up failed: {s}"),
-                Err(e) => tracing::error!("tailscale up: {e}"),
-            }
+    let mut child = in_namespace(&spec.daemon.tailscale, &args, &netns, None)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", spec.daemon.tailscale.display()))?;
+    log_output("tailscale up", &mut child);
+    let result = match tokio::time::timeout(UP_TIMEOUT, child.wait()).await {
+        Ok(Ok(s)) if s.success() => {
+            tracing::info!("tailscale up: logged in to {server}");
+            Ok(())
         }
-        Err(e) => tracing::error!("cannot run {}: {e}", spec.daemon.tailscale.display()),
-    }
-    if minted {
-        if let Some(file) = &key {
-            let _ = std::fs::remove_file(file);
-        }
-    }
+        Ok(Ok(s)) => Err(format!("tailscale up failed: {s}")),
+        Ok(Err(e)) => Err(format!("tailscale up: {e}")),
+        Err(_) => Err(format!("tailscale up did not finish in {UP_TIMEOUT:?}")),
+    };
+    drop(minted);
+    result
 }
 
 /// SIGTERM, then SIGKILL after five seconds.

@@ -173,6 +173,17 @@ impl Client {
         Ok(self.nodes()?.into_iter().find(|n| n.node_key == node_key))
     }
 
+    /// Node `id`, if Headscale has it (one node's record, not the list:
+    /// what a daemon asks on every check once it knows its id).
+    pub fn node(&self, id: u64) -> Result<Option<Node>, HeadscaleError> {
+        let what = format!("node {id}");
+        match self.call("GET", &format!("/api/v1/node/{id}"), None, &what) {
+            Ok(body) => decode::<NodeAnswer>(&body, &what).map(|a| Some(a.node)),
+            Err(HeadscaleError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sets node `id`'s approved routes to `routes` (Headscale replaces the
     /// set: give the union, see approval.rs).
     pub fn approve_routes(&self, id: u64, routes: &[String]) -> Result<Node, HeadscaleError> {
@@ -187,11 +198,13 @@ impl Client {
         decode::<NodeAnswer>(&answer, &what).map(|a| a.node)
     }
 
-    /// Deletes node `id` from Headscale.
+    /// Deletes node `id` from Headscale (one already gone is fine).
     pub fn delete_node(&self, id: u64) -> Result<(), HeadscaleError> {
         let what = format!("deleting node {id}");
-        self.call("DELETE", &format!("/api/v1/node/{id}"), None, &what)
-            .map(|_| ())
+        match self.call("DELETE", &format!("/api/v1/node/{id}"), None, &what) {
+            Ok(_) | Err(HeadscaleError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// A single-use, non-reusable pre-auth key of `user` carrying `tags`,

@@ -71,3 +71,12 @@ pub fn timestamp(secs: u64) -> String {
             |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         )
 }
+
+/// `1 conflict`, `2 conflicts`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}

@@ -29,11 +29,7 @@ pub fn plan(plan: &Plan, color: bool) -> String {
         let _ = writeln!(out, "{}", paint(color, "35", line));
     }
     for w in plan.waiting.iter().chain(&plan.problems) {
-        let line = match &w.attachment {
-            Some(to) => format!("? {to}: {}", w.reason),
-            None => format!("? {}", w.reason),
-        };
-        let _ = writeln!(out, "{}", paint(color, "36", &line));
+        let _ = writeln!(out, "{}", paint(color, "36", &waiting_line(w)));
     }
     if plan.steps.is_empty() {
         // Waiting or blocked is not converged: never say "matches" then.
@@ -54,13 +50,27 @@ pub fn plan(plan: &Plan, color: bool) -> String {
 pub fn conflicts(plan: &Plan) -> String {
     let mut out = String::new();
     for c in &plan.conflicts {
-        let _ = write!(out, "! conflict: {} blocked by {}", c.desired, c.found);
-        if let Some(to) = &c.attachment {
-            let _ = write!(out, " ({to} skipped)");
-        }
-        let _ = writeln!(out, ": {}", c.reason);
+        let _ = writeln!(out, "{}", conflict_line(c));
     }
     out
+}
+
+/// `! conflict: WANTED blocked by FOUND (POD skipped): why`.
+pub fn conflict_line(c: &crate::diff::Conflict) -> String {
+    let mut out = format!("! conflict: {} blocked by {}", c.desired, c.found);
+    if let Some(to) = &c.attachment {
+        let _ = write!(out, " ({to} skipped)");
+    }
+    let _ = write!(out, ": {}", c.reason);
+    out
+}
+
+/// `? POD: why` (or `? why` for the node's own).
+pub fn waiting_line(w: &crate::diff::Waiting) -> String {
+    match &w.attachment {
+        Some(to) => format!("? {to}: {}", w.reason),
+        None => format!("? {}", w.reason),
+    }
 }
 
 pub fn drift(report: &crate::drift::DriftReport, color: bool) -> String {

@@ -239,6 +239,24 @@ impl Node {
         headcni_in(&self.node, &self.spec, args)
     }
 
+    /// Someone else's route to `ip` (protocol static, via the node's
+    /// gateway): in the way of the pod that has that address.
+    pub fn foreign_route_to(&self, ip: &str) {
+        let dst = format!("{ip}/32");
+        self.lab.ip(
+            &self.node,
+            &[
+                "route",
+                "add",
+                &dst,
+                "via",
+                "203.0.113.1",
+                "proto",
+                "static",
+            ],
+        );
+    }
+
     /// Runs headcni and expects exit code `code`; returns stdout.
     pub fn headcni_ok(&self, args: &[&str], code: i32) -> String {
         let out = self.headcni(args);
