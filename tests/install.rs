@@ -127,13 +127,18 @@ fn install_is_idempotent_and_uninstall_removes_only_what_it_wrote() {
 fn a_reader_never_sees_a_partial_file() {
     let dir = tempfile::tempdir().unwrap();
     let t = Target::new(dir.path());
-    // Two binaries of different sizes, installed in turn.
-    let a = std::fs::read(headcni_bin()).unwrap();
+    // Two "binaries" of different sizes, installed in turn (install copies
+    // any file; a few MB keep twenty installs and the reader's loop quick,
+    // where the 180 MB debug build took minutes).
+    let a: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
     let mut b = a.clone();
     b.extend_from_slice(&[0u8; 4096]);
-    let b_path = dir.path().join("headcni-b");
+    let (a_path, b_path) = (dir.path().join("headcni-a"), dir.path().join("headcni-b"));
+    std::fs::write(&a_path, &a).unwrap();
     std::fs::write(&b_path, &b).unwrap();
-    ok(headcni(&t.install_args()));
+    let mut first = t.install_args();
+    first.push(format!("--binary={}", a_path.display()));
+    ok(headcni(&first));
     let target = t.bin().join("headcni");
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -150,11 +155,7 @@ fn a_reader_never_sees_a_partial_file() {
     };
     for i in 0..20 {
         let mut args = t.install_args();
-        let binary = if i % 2 == 0 {
-            b_path.clone()
-        } else {
-            PathBuf::from(headcni_bin())
-        };
+        let binary = if i % 2 == 0 { &b_path } else { &a_path };
         args.push(format!("--binary={}", binary.display()));
         ok(headcni(&args));
     }
