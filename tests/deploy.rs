@@ -44,7 +44,7 @@ fn the_manifests_pass_offline_schema_validation() {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "{files:?}");
+    assert!(files.len() >= 4, "{files:?}");
     let out = Command::new(&tool)
         .args(["--strict", "--kubernetes-version", "1.30"])
         .args(&files)
@@ -230,4 +230,43 @@ fn headcni_render(template: &str) -> String {
         Path::new("headcni.toml"),
     )
     .unwrap()
+}
+
+/// What `kubectl apply -k` ships runs as released: every image pinned (no
+/// `:latest`, no floating tag), headcni's at the crate's version in the
+/// DaemonSet and in the kustomization's one-line retag, Linux nodes only,
+/// and no placeholder key applied.
+#[test]
+fn the_manifests_pin_their_images_and_apply_no_placeholder() {
+    let read = |name: &str| std::fs::read_to_string(deploy_dir().join(name)).unwrap();
+    let ds = read("daemonset.yaml");
+    let version = env!("CARGO_PKG_VERSION");
+    let images: Vec<&str> = ds
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image: "))
+        .collect();
+    assert!(images.len() >= 3, "{images:?}");
+    for image in &images {
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(
+            !tag.is_empty() && !["latest", "stable", "unstable"].contains(&tag),
+            "{image} is not pinned"
+        );
+        if image.starts_with("ghcr.io/headcni/headcni:") {
+            assert_eq!(tag, version, "{image}");
+        }
+    }
+    let kustomization = read("kustomization.yaml");
+    assert!(
+        kustomization.contains(&format!("newTag: \"{version}\"")),
+        "{kustomization}"
+    );
+    assert!(ds.contains("kubernetes.io/os: linux"));
+    assert!(ds.contains("startupProbe:"));
+    for name in ["kustomization.yaml", "configmap.yaml", "daemonset.yaml"] {
+        assert!(
+            !read(name).contains("REPLACE"),
+            "{name} applies a placeholder"
+        );
+    }
 }
