@@ -3,6 +3,7 @@
 
 mod doctor;
 mod install;
+mod logjson;
 mod observe;
 mod plan;
 mod pod;
@@ -207,7 +208,10 @@ fn init_logging(verbose: u8, service: bool, format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(colour).try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .event_format(logjson::KlogJson)
+            .try_init(),
     };
 }
 
