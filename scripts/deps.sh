@@ -63,3 +63,10 @@ if [ ! -x "$hs_bin/headscale" ]; then
     hs_src=$(go mod download -json "github.com/juanfont/headscale@$headscale_version" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
     (cd "$hs_src" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -o "$hs_bin/headscale" ./cmd/headscale)
 fi
+# helm, for the chart's lint and render check (tests/deploy.rs); Debian has
+# no helm package. Pinned like the rest, skipped when built.
+helm_version=v4.3.2
+helm_bin=/opt/headcni-ci/helm-$helm_version
+if [ ! -x "$helm_bin/helm" ]; then
+    CGO_ENABLED=0 GOBIN=$helm_bin GOFLAGS=-buildvcs=false go install "helm.sh/helm/v4/cmd/helm@$helm_version"
+fi

@@ -270,3 +270,128 @@ fn the_manifests_pin_their_images_and_apply_no_placeholder() {
         );
     }
 }
+
+/// helm: on PATH, or where scripts/deps.sh builds it.
+fn helm() -> Option<PathBuf> {
+    let built = PathBuf::from("/opt/headcni-ci/helm-v4.3.2/helm");
+    if built.exists() {
+        return Some(built);
+    }
+    Command::new("helm")
+        .arg("version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| PathBuf::from("helm"))
+}
+
+/// YAML documents of a multi-document stream, as JSON values (empty ones
+/// dropped).
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    text.split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn key(o: &serde_json::Value) -> String {
+    format!(
+        "{}/{}",
+        o["kind"].as_str().unwrap_or(""),
+        o["metadata"]["name"].as_str().unwrap_or("")
+    )
+}
+
+/// The Helm chart lints, and at its defaults renders the objects
+/// deploy/kubernetes applies (the Namespace aside, which Helm leaves to
+/// `--create-namespace` or the operator): the same DaemonSet, mounts and
+/// all, and a spec template that parses to the same spec. Its pod
+/// template carries the ConfigMap's checksum, so a spec edit rolls it.
+#[test]
+fn the_helm_chart_renders_what_the_manifests_apply() {
+    let Some(helm) = helm() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "helm is missing (scripts/deps.sh builds it)"
+        );
+        eprintln!("skipped: helm not installed (bash scripts/deps.sh)");
+        return;
+    };
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/headcni");
+    let run = |args: &[&str]| {
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(&helm)
+            .args(args)
+            .arg(&chart)
+            .env(
+                "HELM_CACHE_HOME",
+                std::env::temp_dir().join("headcni-helm-cache"),
+            )
+            .env(
+                "HELM_CONFIG_HOME",
+                std::env::temp_dir().join("headcni-helm-config"),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["lint", "--strict"]);
+    let rendered = documents(&run(&[
+        "template",
+        "headcni",
+        "--namespace",
+        "headcni-system",
+    ]));
+    let mut shipped = Vec::new();
+    for name in ["rbac.yaml", "configmap.yaml", "daemonset.yaml"] {
+        shipped.extend(documents(
+            &std::fs::read_to_string(deploy_dir().join(name)).unwrap(),
+        ));
+    }
+    let mut keys: Vec<String> = rendered.iter().map(key).collect();
+    let mut want: Vec<String> = shipped.iter().map(key).collect();
+    keys.sort();
+    want.sort();
+    assert_eq!(keys, want);
+    let version = env!("CARGO_PKG_VERSION");
+    let chart_yaml = std::fs::read_to_string(chart.join("Chart.yaml")).unwrap();
+    assert!(
+        chart_yaml.contains(&format!("appVersion: \"{version}\"")),
+        "{chart_yaml}"
+    );
+    for ours in &rendered {
+        let theirs = shipped.iter().find(|o| key(o) == key(ours)).unwrap();
+        match ours["kind"].as_str() {
+            Some("ConfigMap") => {
+                let spec = |o: &serde_json::Value| {
+                    let text = headcni_render(o["data"]["headcni.toml"].as_str().unwrap());
+                    headcni::spec::Spec::parse(&text, Path::new("headcni.toml")).unwrap()
+                };
+                assert_eq!(spec(ours), spec(theirs), "the spec templates differ");
+            }
+            Some("DaemonSet") => {
+                let mut ours = ours.clone();
+                let annotations = ours["spec"]["template"]["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("annotations")
+                    .unwrap_or_default();
+                assert!(
+                    annotations["checksum/config"]
+                        .as_str()
+                        .is_some_and(|c| c.len() == 64),
+                    "{annotations}"
+                );
+                assert_eq!(&ours, theirs, "the DaemonSets differ");
+            }
+            _ => assert_eq!(ours, theirs, "{}", key(ours)),
+        }
+    }
+}
