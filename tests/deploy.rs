@@ -11,18 +11,27 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
 }
 
-/// kubernetes-validate: on PATH, or in the venv scripts/deps.sh makes.
-fn validator() -> Option<PathBuf> {
-    let venv = PathBuf::from("/opt/headcni-ci/venv/bin/kubernetes-validate");
-    if venv.exists() {
-        return Some(venv);
+/// A tool where scripts/deps.sh puts it, else on PATH (if `probe` runs).
+fn tool(installed: &str, name: &str, probe: &str) -> Option<PathBuf> {
+    let installed = PathBuf::from(installed);
+    if installed.exists() {
+        return Some(installed);
     }
-    Command::new("kubernetes-validate")
-        .arg("--version")
+    Command::new(name)
+        .arg(probe)
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|_| PathBuf::from("kubernetes-validate"))
+        .map(|_| PathBuf::from(name))
+}
+
+/// kubernetes-validate, in the venv scripts/deps.sh makes.
+fn validator() -> Option<PathBuf> {
+    tool(
+        "/opt/headcni-ci/venv/bin/kubernetes-validate",
+        "kubernetes-validate",
+        "--version",
+    )
 }
 
 #[test]
@@ -271,18 +280,9 @@ fn the_manifests_pin_their_images_and_apply_no_placeholder() {
     }
 }
 
-/// helm: on PATH, or where scripts/deps.sh builds it.
+/// helm, where scripts/deps.sh builds it.
 fn helm() -> Option<PathBuf> {
-    let built = PathBuf::from("/opt/headcni-ci/helm-v4.3.2/helm");
-    if built.exists() {
-        return Some(built);
-    }
-    Command::new("helm")
-        .arg("version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| PathBuf::from("helm"))
+    tool("/opt/headcni-ci/helm-v4.3.2/helm", "helm", "version")
 }
 
 /// YAML documents of a multi-document stream, as JSON values (empty ones
