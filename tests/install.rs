@@ -292,6 +292,19 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_response(404); self.end_headers(); self.wfile.write(b'{"kind":"Status","code":404}'); return
         body = json.dumps(dict(nodes[name], kind="Node", metadata={"name": name})).encode()
         self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers(); self.wfile.write(body)
+    def record(self, name, code):
+        if self.headers.get("Authorization") != "Bearer lab-token":
+            self.send_response(403); self.end_headers(); return
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(sys.argv[3] + "/" + name, "ab") as f:
+            f.write(self.headers.get("Content-Type", "").encode() + b" " + body + b"\n")
+        self.send_response(code); self.send_header("Content-Type", "application/json"); self.end_headers(); self.wfile.write(b"{}")
+    def do_PATCH(self):
+        if self.path == "/api/v1/nodes/ready/status": self.record("conditions", 200)
+        else: self.send_response(404); self.end_headers()
+    def do_POST(self):
+        if self.path == "/api/v1/namespaces/default/events": self.record("events", 201)
+        else: self.send_response(404); self.end_headers()
     def log_message(self, *a): pass
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[1], sys.argv[2])
@@ -352,6 +365,7 @@ impl ApiLab {
             .args(["netns", "exec", &self.ns, "python3", "-c", API_STANDIN])
             .arg(self.dir.join("server.crt"))
             .arg(self.dir.join("key.pem"))
+            .arg(&self.dir)
             .spawn()
             .unwrap();
         let server = common::Procs(vec![server]);
@@ -383,6 +397,33 @@ impl ApiLab {
             "--kube-api=https://127.0.0.1:6443".into(),
             format!("--kube-sa-dir={}", self.sa.display()),
         ]
+    }
+
+    /// `headcni daemon --from-kubernetes` on `spec`, rendered from
+    /// `template` for node "ready"; its log in the lab's dir.
+    fn daemon(&self, template: &Path, spec: &Path) -> (common::Procs, PathBuf) {
+        let log = self.dir.join("daemon.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, headcni_bin(), "daemon"])
+            .args(self.render_args(template, "ready"))
+            .env("HEADCNI_SPEC", spec)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        (common::Procs(vec![child]), log)
+    }
+
+    /// `headcni status --format json` of the daemon on `spec`.
+    fn status(&self, spec: &Path) -> Option<serde_json::Value> {
+        let out = Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", &self.ns, headcni_bin()])
+            .args(["status", "--format", "json"])
+            .env("HEADCNI_SPEC", spec)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     fn template(&self) -> PathBuf {
@@ -467,36 +508,9 @@ fn a_daemon_starts_on_the_spec_rendered_last_while_the_api_server_is_down() {
     let spec = api.dir.join("headcni.toml");
     let daemon = |spec_text: &str| {
         std::fs::write(&spec, spec_text).unwrap();
-        let log = api.dir.join("daemon.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &api.ns, headcni_bin(), "daemon"])
-            .args(api.render_args(&template, "ready"))
-            .env("HEADCNI_SPEC", &spec)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        (common::Procs(vec![child]), log)
+        api.daemon(&template, &spec)
     };
-    let status = || -> Option<serde_json::Value> {
-        let out = Command::new("timeout")
-            .args([
-                "10",
-                "ip",
-                "netns",
-                "exec",
-                &api.ns,
-                headcni_bin(),
-                "status",
-                "--format",
-                "json",
-            ])
-            .env("HEADCNI_SPEC", &spec)
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
+    let status = || api.status(&spec);
     let body = std::fs::read_to_string(&template).unwrap() + "cidr = \"10.244.9.0/24\"\n";
 
     // Hand-written: not a stand-in for a render.
@@ -532,3 +546,138 @@ fn a_daemon_starts_on_the_spec_rendered_last_while_the_api_server_is_down() {
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("starting on the spec rendered last"), "{log}");
 }
+
+/// `daemon --from-kubernetes` puts the node's state where kubectl shows it
+/// (stand-in API server: what matters is what headcni sends, and the real
+/// server is issue 29's): a `HeadcniReady` condition, merged by type,
+/// saying why the node is not ready (a route waiting for tailscale0), then
+/// True once it converges; a Warning Event on the Node for a tailnet
+/// problem as it appears (the host's tailscaled masquerading).
+#[test]
+fn the_daemon_reports_a_node_condition_and_events() {
+    use std::os::unix::fs::PermissionsExt;
+    common::require_root();
+    let mut lab = Lab::new();
+    let api = ApiLab::new(&mut lab);
+    let _server = api.serve();
+    let cli = api.dir.join("tailscale");
+    let tailscale = |no_snat: bool| {
+        std::fs::write(
+            &cli,
+            format!(
+                "#!/bin/sh\ncase \"$1\" in\n debug) echo '{{\"RouteAll\": true, \"AdvertiseRoutes\": [\"10.244.7.0/24\", \"fd00:10:244:7::/64\"], \"NoSNAT\": {no_snat}}}';;\n status) echo '{{\"BackendState\": \"Running\", \"Self\": {{\"HostName\": \"ready\", \"PrimaryRoutes\": [\"10.244.7.0/24\", \"fd00:10:244:7::/64\"]}}}}';;\nesac\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    tailscale(true);
+    let template = api.template();
+    let text = std::fs::read_to_string(&template).unwrap();
+    std::fs::write(
+        &template,
+        format!(
+            "{text}\n[daemon]\nresync_seconds = 2\ntailscale = \"{}\"\n",
+            cli.display()
+        ),
+    )
+    .unwrap();
+    let spec = api.dir.join("headcni.toml");
+    let (_daemon, _log) = api.daemon(&template, &spec);
+    let read = |name: &str| std::fs::read_to_string(api.dir.join(name)).unwrap_or_default();
+    let last_condition = || -> serde_json::Value {
+        read("conditions")
+            .lines()
+            .last()
+            .and_then(|l| l.split_once(' '))
+            .and_then(|(_, body)| serde_json::from_str(body).ok())
+            .map(|v: serde_json::Value| v["status"]["conditions"][0].clone())
+            .unwrap_or_default()
+    };
+    let diag = || {
+        format!(
+            "{}\n{}\n{}",
+            read("conditions"),
+            read("events"),
+            read("daemon.log")
+        )
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "HeadcniReady False: waiting",
+        || {
+            let c = last_condition();
+            c["type"] == "HeadcniReady" && c["status"] == "False" && c["reason"] == "Waiting"
+        },
+    );
+    let c = last_condition();
+    assert!(
+        c["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("tailscale0")),
+        "{}",
+        diag()
+    );
+    assert!(
+        read("conditions").starts_with("application/strategic-merge-patch+json "),
+        "{}",
+        diag()
+    );
+    lab.ip(&api.ns, &["tuntap", "add", "tailscale0", "mode", "tun"]);
+    lab.ip(&api.ns, &["link", "set", "tailscale0", "up"]);
+    wait_until(Duration::from_secs(15), "HeadcniReady True", || {
+        let c = last_condition();
+        c["status"] == "True" && c["reason"] == "Converged"
+    });
+    assert!(
+        read("events").is_empty(),
+        "no problem, no event: {}",
+        diag()
+    );
+    tailscale(false);
+    wait_until(
+        Duration::from_secs(15),
+        "a Warning Event on the Node",
+        || {
+            read("events").lines().any(|l| {
+                l.split_once(' ')
+                    .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(b).ok())
+                    .is_some_and(|e| {
+                        e["type"] == "Warning"
+                            && e["reason"] == "TailnetProblem"
+                            && e["involvedObject"]["kind"] == "Node"
+                            && e["involvedObject"]["name"] == "ready"
+                            && e["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("--snat-subnet-routes=false"))
+                    })
+            })
+        },
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "HeadcniReady False: tailnet",
+        || last_condition()["reason"] == "TailnetProblem",
+    );
+    // Two more resyncs that see the same problem record no second Event.
+    let events = read("events").lines().count();
+    let passes = || {
+        api.status(&spec)
+            .and_then(|s| s["passes_ok"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = passes();
+    wait_until(Duration::from_secs(15), "two more resyncs", || {
+        passes() >= before + 2
+    });
+    std::thread::sleep(LOOK_AGAIN);
+    assert_eq!(
+        read("events").lines().count(),
+        events,
+        "one Event a problem: {}",
+        diag()
+    );
+}
+
+/// The reporter looks at the status every 2 s (daemon/node_report.rs).
+const LOOK_AGAIN: Duration = Duration::from_millis(2500);

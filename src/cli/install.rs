@@ -125,6 +125,22 @@ impl RenderArgs {
         }
     }
 
+    /// With --from-kubernetes: who reports the node's state to the API
+    /// server (a Node condition and Events).
+    pub fn node_reporter(&self) -> anyhow::Result<Option<headcni::daemon::NodeReporter>> {
+        if !self.from_kubernetes {
+            return Ok(None);
+        }
+        let Some(node) = self.node_name.clone() else {
+            anyhow::bail!("--from-kubernetes needs the node's name: --node-name or NODE_NAME");
+        };
+        Ok(Some(headcni::daemon::NodeReporter {
+            url: self.kube_api.clone(),
+            sa_dir: self.kube_sa_dir.clone(),
+            node,
+        }))
+    }
+
     fn render_and_write(&self, spec_path: &Path) -> anyhow::Result<()> {
         if let Some(SpecContent::Rendered(text)) = self.spec_content(spec_path)? {
             let written = install::atomic::write(spec_path, text.as_bytes(), 0o644)

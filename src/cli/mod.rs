@@ -151,7 +151,9 @@ pub fn run() -> ExitCode {
         Command::Daemon(args) => args
             .render
             .render_before_start(&cli.spec)
-            .and_then(|rerender| headcni::daemon::run(&cli.spec, rerender))
+            .and_then(|rerender| {
+                headcni::daemon::run(&cli.spec, rerender, args.render.node_reporter()?)
+            })
             .map(|()| Exit(0)),
         Command::Install(args) => install::run_install(&cli, args),
         Command::Uninstall(args) => install::run_uninstall(&cli, args),

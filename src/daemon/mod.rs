@@ -11,6 +11,7 @@ pub mod events;
 mod handoff;
 mod listen;
 pub mod metrics;
+pub mod node_report;
 mod pass;
 mod rerender;
 mod single;
@@ -23,6 +24,7 @@ pub fn running(state_dir: &std::path::Path) -> Option<i32> {
 pub mod status;
 pub mod supervisor;
 
+pub use node_report::NodeReporter;
 pub use rerender::Rerender;
 pub use status::print_status;
 
@@ -47,18 +49,25 @@ const FILE_SETTLE: Duration = Duration::from_millis(50);
 /// is a timer tick or more on every lone ADD and DEL).
 const CNI_SETTLE: Duration = Duration::ZERO;
 
-pub fn run(spec_path: &Path, rerender: Option<Rerender>) -> anyhow::Result<()> {
+/// Runs the daemon; with `--from-kubernetes`, `rerender` (a spec that could
+/// not be rendered at start) and `reporter` (the Node condition and Events).
+pub fn run(
+    spec_path: &Path,
+    rerender: Option<Rerender>,
+    reporter: Option<NodeReporter>,
+) -> anyhow::Result<()> {
     let spec = Spec::load(spec_path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(main(spec_path.to_path_buf(), spec, rerender))
+    runtime.block_on(main(spec_path.to_path_buf(), spec, rerender, reporter))
 }
 
 async fn main(
     spec_path: PathBuf,
     mut spec: Spec,
     rerender: Option<Rerender>,
+    reporter: Option<NodeReporter>,
 ) -> anyhow::Result<()> {
     crate::store::create_state_dir(&spec.state_dir)
         .map_err(|e| anyhow::anyhow!("state_dir {}: {e}", spec.state_dir.display()))?;
@@ -100,6 +109,9 @@ async fn main(
             wired_rx,
         ))
     });
+    if let Some(reporter) = reporter {
+        tokio::spawn(node_report::run(reporter, status.clone(), stop_rx.clone()));
+    }
     // The approver follows spec edits the loop accepts.
     let (spec_tx, spec_rx) = watch::channel(spec.clone());
     if spec.mode == Mode::Daemon {

@@ -28,6 +28,8 @@ pub enum KubeError {
     NoCertificate(PathBuf),
     #[error("the API server refused to show node {node} (403): the service account needs `get` on nodes (deploy/kubernetes/rbac.yaml)")]
     Forbidden { node: String },
+    #[error("the API server refused to {rule} (403): the service account needs that in its ClusterRole (deploy/kubernetes/rbac.yaml)")]
+    ForbiddenTo { rule: &'static str },
     #[error("the API server has no node {node} (404): NODE_NAME should be the node's name (spec.nodeName)")]
     NoSuchNode { node: String },
     #[error("the API server answered {status} for node {node}: {body}")]
@@ -109,28 +111,56 @@ impl ApiServer {
             .into())
     }
 
-    /// The node's pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`); an
-    /// error when it has none yet.
-    pub fn node_pod_cidrs(&self, node: &str, ca_path: &Path) -> Result<Vec<String>, KubeError> {
-        let url = format!("{}/api/v1/nodes/{}", self.url, path_segment(node)?);
+    /// One request with the token: the answer's status and body (at most
+    /// 4 MiB).
+    fn request(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<(&str, &str)>,
+        ca_path: &Path,
+    ) -> Result<(u16, String), KubeError> {
         let transport = |reason: String| KubeError::Transport {
-            url: url.clone(),
+            url: url.to_string(),
             reason,
         };
-        let mut answer = self
-            .agent(ca_path)?
-            .get(&url)
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .header("Accept", "application/json")
-            .call()
-            .map_err(|e| transport(e.to_string()))?;
+        let agent = self.agent(ca_path)?;
+        let auth = format!("Bearer {}", self.token);
+        let answer = match (method, body) {
+            ("PATCH", Some((kind, text))) => agent
+                .patch(url)
+                .header("Authorization", &auth)
+                .header("Content-Type", kind)
+                .header("Accept", "application/json")
+                .send(text),
+            ("POST", Some((kind, text))) => agent
+                .post(url)
+                .header("Authorization", &auth)
+                .header("Content-Type", kind)
+                .header("Accept", "application/json")
+                .send(text),
+            _ => agent
+                .get(url)
+                .header("Authorization", &auth)
+                .header("Accept", "application/json")
+                .call(),
+        };
+        let mut answer = answer.map_err(|e| transport(e.to_string()))?;
         let status = answer.status().as_u16();
-        let body = answer
+        let text = answer
             .body_mut()
             .with_config()
             .limit(4 << 20)
             .read_to_string()
             .map_err(|e| transport(e.to_string()))?;
+        Ok((status, text))
+    }
+
+    /// The node's pod CIDRs (`spec.podCIDRs`, else `spec.podCIDR`); an
+    /// error when it has none yet.
+    pub fn node_pod_cidrs(&self, node: &str, ca_path: &Path) -> Result<Vec<String>, KubeError> {
+        let url = format!("{}/api/v1/nodes/{}", self.url, path_segment(node)?);
+        let (status, body) = self.request("GET", &url, None, ca_path)?;
         let node_name = node.to_string();
         match status {
             200 => {}
@@ -146,6 +176,95 @@ impl ApiServer {
         }
         pod_cidrs_of(node, &body)
     }
+
+    /// Sets one condition of the node's status (merged by `type`, as the
+    /// kubelet's own are: the others stay).
+    pub fn patch_node_condition(
+        &self,
+        node: &str,
+        condition: &NodeCondition,
+        ca_path: &Path,
+    ) -> Result<(), KubeError> {
+        let url = format!("{}/api/v1/nodes/{}/status", self.url, path_segment(node)?);
+        let body = serde_json::json!({ "status": { "conditions": [condition] } }).to_string();
+        let kind = "application/strategic-merge-patch+json";
+        let (status, text) = self.request("PATCH", &url, Some((kind, &body)), ca_path)?;
+        self.judge(node, status, &text, "patch nodes/status")
+    }
+
+    /// Records an Event on the node (in `default`, where Node events live).
+    pub fn create_node_event(
+        &self,
+        node: &str,
+        event: &NodeEvent,
+        now: &str,
+        ca_path: &Path,
+    ) -> Result<(), KubeError> {
+        let url = format!("{}/api/v1/namespaces/default/events", self.url);
+        let body = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": { "generateName": format!("{node}.headcni.") },
+            "involvedObject": { "apiVersion": "v1", "kind": "Node", "name": node, "uid": node },
+            "reason": event.reason,
+            "message": event.message,
+            "type": event.kind,
+            "source": { "component": "headcni", "host": node },
+            "reportingComponent": "headcni",
+            "reportingInstance": node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        })
+        .to_string();
+        let (status, text) =
+            self.request("POST", &url, Some(("application/json", &body)), ca_path)?;
+        self.judge(node, status, &text, "create events")
+    }
+
+    fn judge(
+        &self,
+        node: &str,
+        status: u16,
+        body: &str,
+        rule: &'static str,
+    ) -> Result<(), KubeError> {
+        match status {
+            200..=299 => Ok(()),
+            403 => Err(KubeError::ForbiddenTo { rule }),
+            404 => Err(KubeError::NoSuchNode {
+                node: node.to_string(),
+            }),
+            _ => Err(KubeError::Status {
+                node: node.to_string(),
+                status,
+                body: shown_body(status, body),
+            }),
+        }
+    }
+}
+
+/// A Node condition as the API takes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// "True" or "False".
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_heartbeat_time: String,
+    pub last_transition_time: String,
+}
+
+/// An Event about the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEvent {
+    /// "Warning" or "Normal".
+    pub kind: &'static str,
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// The node name as one URL path segment: escaped, so that a name holding
