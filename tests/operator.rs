@@ -140,6 +140,13 @@ fn completions_and_man_page() {
         page.contains(".TH headcni 8") && page.contains("daemon"),
         "{page}"
     );
+    for section in ["EXIT STATUS", "FILES", "ENVIRONMENT"] {
+        assert!(
+            page.contains(&format!(".SH {section}"))
+                || page.contains(&format!(".SH \"{section}\"")),
+            "{section}"
+        );
+    }
 }
 
 /// A mistyped command line is a usage error (64, sysexits' EX_USAGE), never

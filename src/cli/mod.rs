@@ -266,9 +266,57 @@ fn man() -> anyhow::Result<Exit> {
         .section("8")
         .render(&mut page)
         .context("rendering the man page")?;
-    out!("{}", String::from_utf8_lossy(&page));
+    out!("{}{MAN_EXTRA}", String::from_utf8_lossy(&page));
     Ok(Exit(0))
 }
+
+/// The sections clap's page has no place for.
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+0
+success; for plan \-\-detailed\-exitcode, the node matches its spec
+.TP
+1
+an error; for apply, the node did not converge (a step failed, a conflict blocks a pod, something waits)
+.TP
+2
+plan \-\-detailed\-exitcode: steps, conflicts or waiting items; plan \-\-drift: changes pending since the last apply
+.TP
+3
+plan \-\-drift: the kernel drifted from the last apply
+.TP
+64
+the command line does not parse (EX_USAGE)
+.SH FILES
+.TP
+/etc/headcni/headcni.toml
+the node spec (\-\-spec, HEADCNI_SPEC)
+.TP
+/var/lib/headcni
+state_dir: the pod store, the daemon's sockets, tailscaled's state
+.TP
+/etc/cni/net.d/10\-headcni.conflist, /opt/cni/bin/headcni
+what headcni install writes
+.SH ENVIRONMENT
+.TP
+HEADCNI_SPEC
+the node spec's path
+.TP
+HEADCNI_LOG_FORMAT
+text or json
+.TP
+RUST_LOG
+log filter (overrides \-v)
+.TP
+NO_COLOR
+no colour in logs and plans
+.TP
+NODE_NAME
+this node's name, for \-\-from\-kubernetes
+.TP
+CNI_COMMAND
+set by the container runtime: run as the CNI plugin
+"#;
 
 fn status(cli: &Cli, format: Format) -> anyhow::Result<Exit> {
     let state_dir = match cli.load_spec() {
