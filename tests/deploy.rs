@@ -34,6 +34,21 @@ fn validator() -> Option<PathBuf> {
     )
 }
 
+/// kubernetes-validate --strict against Kubernetes 1.30's schemas.
+fn validate(tool: &Path, files: &[PathBuf]) {
+    let out = Command::new(tool)
+        .args(["--strict", "--kubernetes-version", "1.30"])
+        .args(files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_manifests_pass_offline_schema_validation() {
     let Some(tool) = validator() else {
@@ -54,17 +69,7 @@ fn the_manifests_pass_offline_schema_validation() {
         .collect();
     files.sort();
     assert!(files.len() >= 4, "{files:?}");
-    let out = Command::new(&tool)
-        .args(["--strict", "--kubernetes-version", "1.30"])
-        .args(&files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    validate(&tool, &files);
     // The kustomization names every manifest.
     let kustomization = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).unwrap();
     for f in &files {
@@ -394,4 +399,56 @@ fn the_helm_chart_renders_what_the_manifests_apply() {
             _ => assert_eq!(ours, theirs, "{}", key(ours)),
         }
     }
+}
+
+/// The cleanup DaemonSet (uninstalling from a cluster without SSH) is a
+/// valid object and mounts everything `uninstall --purge` removes, the
+/// tailnet namespace's bind with Bidirectional propagation (undone on the
+/// host too).
+#[test]
+fn the_cleanup_daemonset_reaches_all_that_purge_removes() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cleanup");
+    let text = std::fs::read_to_string(dir.join("daemonset.yaml")).unwrap();
+    if let Some(tool) = validator() {
+        validate(&tool, &[dir.join("daemonset.yaml")]);
+    }
+    let ds: DaemonSet = serde_saphyr::from_str(&text).unwrap();
+    let c = &ds.spec.template.spec.containers[0];
+    assert!(
+        c.command.iter().any(|a| a == "--purge") && c.command.iter().any(|a| a == "--stay"),
+        "{:?}",
+        c.command
+    );
+    let cm: ConfigMap = serde_saphyr::from_str(
+        &std::fs::read_to_string(deploy_dir().join("configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let spec = headcni::spec::Spec::parse(
+        &headcni_render(&cm.data["headcni.toml"]),
+        Path::new("headcni.toml"),
+    )
+    .unwrap();
+    let d = &spec.daemon;
+    for path in [
+        c.flag("spec").expect("--spec"),
+        c.flag("record").expect("--record"),
+        spec.state_dir.clone(),
+        d.resolv_conf_path(),
+        PathBuf::from("/opt/cni/bin/headcni"),
+        PathBuf::from("/etc/cni/net.d/10-headcni.conflist"),
+        PathBuf::from("/etc/iproute2/rt_protos.d/headcni.conf"),
+        // [headscale] api_key_file, as the ConfigMap's comment gives it.
+        PathBuf::from("/etc/headcni/headscale/api-key"),
+    ] {
+        assert!(
+            c.mount_of(&path).is_some(),
+            "cleanup does not mount {}",
+            path.display()
+        );
+    }
+    let netns = c.mount_of(&d.netns_path()).expect("/run/netns");
+    assert_eq!(netns.mount_propagation.as_deref(), Some("Bidirectional"));
+    assert!(c.security_context.as_ref().is_some_and(|s| s.privileged));
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(kustomization.contains(&format!("newTag: \"{}\"", env!("CARGO_PKG_VERSION"))));
 }

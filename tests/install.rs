@@ -272,6 +272,43 @@ fn purge_is_refused_while_a_daemon_runs() {
     assert!(n.owned_links().is_empty(), "{:?}", n.owned_links());
 }
 
+/// `uninstall --stay` (the cleanup DaemonSet's pod): done, then running
+/// until SIGTERM, which it waits for (as a container's PID 1 would
+/// otherwise ignore it), and exits 0.
+#[test]
+fn uninstall_stay_waits_for_sigterm_once_done() {
+    let mut n = Node::new();
+    n.add_pod("pod1");
+    n.headcni_ok(&["apply"], 0);
+    let record = n.lab.dir.path().join("install.json");
+    let out_path = n.lab.dir.path().join("cleanup.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    // long-running: SIGTERMed below (Procs kills it on a failure).
+    let child = Command::new("ip")
+        .args(["netns", "exec", &n.node, headcni_bin()])
+        .args(["uninstall", "--purge", "--stay"])
+        .arg(format!("--record={}", record.display()))
+        .env("HEADCNI_SPEC", &n.spec)
+        .stdout(out)
+        .spawn()
+        .unwrap();
+    let mut procs = common::Procs(vec![child]);
+    let said = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "uninstalled, staying", || {
+        said().contains("staying until stopped")
+    });
+    assert!(n.owned_links().is_empty(), "{:?}", n.owned_links());
+    assert!(matches!(procs.0[0].try_wait(), Ok(None)), "it stays");
+    // SAFETY: signalling our own child (ip netns exec execs headcni).
+    unsafe { libc::kill(procs.0[0].id() as i32, libc::SIGTERM) };
+    let mut code = None;
+    wait_until(Duration::from_secs(5), "it stops on SIGTERM", || {
+        code = procs.0[0].try_wait().ok().flatten().map(|s| s.code());
+        code.is_some()
+    });
+    assert_eq!(code, Some(Some(0)), "{}", said());
+}
+
 /// A stand-in API server: GET /api/v1/nodes/NAME with the right token.
 const API_STANDIN: &str = r#"
 import http.server, json, ssl, sys

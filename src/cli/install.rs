@@ -70,6 +70,11 @@ pub struct UninstallArgs {
     /// it first.
     #[arg(long)]
     purge: bool,
+    /// Once done, stay running until SIGTERM (the pod of a cleanup
+    /// DaemonSet: deploy/cleanup/); a failure exits at once, so the pod is
+    /// retried.
+    #[arg(long)]
+    stay: bool,
 }
 
 impl RenderArgs {
@@ -333,5 +338,24 @@ pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
         };
         outln!("{what:>9} {}", path.display());
     }
+    if args.stay && code == 0 {
+        // A cleanup DaemonSet's pod: done on this node, Running until the
+        // operator deletes it (deploy/cleanup/), so `kubectl rollout
+        // status` shows every node done.
+        outln!("headcni: uninstalled; staying until stopped");
+        wait_for_stop()?;
+    }
     Ok(Exit(code))
+}
+
+/// Blocks until SIGTERM or SIGINT (as a container's PID 1 their default is
+/// to be ignored, so they are waited for).
+fn wait_for_stop() -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().context("blocking SIGTERM")?;
+    set.wait().context("waiting for SIGTERM")?;
+    Ok(())
 }
