@@ -172,6 +172,8 @@ fn conflist(args: &DoctorArgs) -> Finding {
     let mut names: Vec<String> = std::fs::read_dir(&args.cni_conf_dir)
         .map(|d| {
             d.flatten()
+                // As libcni: files only.
+                .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| {
                     [".conf", ".conflist", ".json"]

@@ -301,8 +301,10 @@ pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
     let mut code = 0;
     if args.purge {
         let spec = cli.load_spec()?;
-        if let Some(pid) = headcni::daemon::running(&spec.state_dir) {
-            // It would put everything back within a pass.
+        // Held while purging: a daemon would put everything back within a
+        // pass, and none may start meanwhile.
+        let held = headcni::daemon::hold(&spec.state_dir)?;
+        if let Err(pid) = held {
             anyhow::bail!(
                 "headcni daemon{} runs on {}: stop it first (delete the DaemonSet, or `systemctl stop headcni`); nothing was removed",
                 if pid > 0 { format!(" (pid {pid})") } else { String::new() },
@@ -348,8 +350,10 @@ pub fn run_uninstall(cli: &Cli, args: &UninstallArgs) -> anyhow::Result<Exit> {
     Ok(Exit(code))
 }
 
-/// Blocks until SIGTERM or SIGINT (as a container's PID 1 their default is
-/// to be ignored, so they are waited for).
+/// Blocks until SIGTERM or SIGINT, then returns (exit 0). Waited for, not
+/// left to their default: as a container's PID 1 (no hostPID) they would
+/// be ignored. Blocked on this thread only: should another thread (a DNS
+/// look-up's) take one, its default ends the process, which is the point.
 fn wait_for_stop() -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();

@@ -25,6 +25,9 @@ pub enum Trigger {
     Overrun,
     /// The periodic full resync.
     Resync,
+    /// While a conflict blocks a pod: something was removed that may have
+    /// been in its way; the pass looks into pods too (to wire both ends).
+    Removal,
     /// The supervised tailscaled started or exited.
     Tailscaled,
     /// A failed pass is retried.
@@ -52,7 +55,15 @@ pub fn listen(
         socket,
         tx,
         Trigger::Overrun,
-        move |datagram| relevant(datagram, &interfaces, blocked.get()),
+        move |datagram| {
+            if relevant(datagram, &interfaces) {
+                Some(Trigger::Kernel)
+            } else if blocked.get() && removes_something(datagram) {
+                Some(Trigger::Removal)
+            } else {
+                None
+            }
+        },
     );
 }
 
@@ -64,13 +75,13 @@ fn read_events<P: Protocol + 'static>(
     mut socket: Socket<P>,
     tx: UnboundedSender<Trigger>,
     overrun: Trigger,
-    relevant: impl Fn(&[u8]) -> bool + Send + 'static,
+    relevant: impl Fn(&[u8]) -> Option<Trigger> + Send + 'static,
 ) {
     let spawned = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || loop {
             let trigger = match socket.receive() {
-                Ok(datagram) => relevant(datagram).then_some(Trigger::Kernel),
+                Ok(datagram) => relevant(datagram),
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     tracing::warn!("{name}: the event socket overran");
                     Some(overrun.clone())
@@ -91,13 +102,8 @@ fn read_events<P: Protocol + 'static>(
 
 /// Does a datagram of events touch headcni's objects or the interfaces it
 /// needs? One that does not decode is a reason to look, not to ignore.
-fn relevant(datagram: &[u8], interfaces: &[String], blocked: bool) -> bool {
+fn relevant(datagram: &[u8], interfaces: &[String]) -> bool {
     let touches = |kind: u16, payload: &[u8]| match kind {
-        libc::RTM_DELLINK | libc::RTM_DELADDR | libc::RTM_DELROUTE | libc::RTM_DELRULE
-            if blocked =>
-        {
-            true
-        }
         libc::RTM_NEWLINK | libc::RTM_DELLINK => crate::observe::parse_link_name(payload)
             .is_none_or(|name| name.starts_with(LINK_PREFIX) || interfaces.contains(&name)),
         // Addresses: rare, and the index alone does not say whose; but the
@@ -119,10 +125,23 @@ fn relevant(datagram: &[u8], interfaces: &[String], blocked: bool) -> bool {
         .unwrap_or(true)
 }
 
+/// Does a datagram remove a link, address, route or rule (anyone's)?
+fn removes_something(datagram: &[u8]) -> bool {
+    crate::kernel::netlink::walk(datagram, |kind, _, _| {
+        Ok(matches!(
+            kind,
+            libc::RTM_DELLINK | libc::RTM_DELADDR | libc::RTM_DELROUTE | libc::RTM_DELRULE
+        ))
+    })
+    .unwrap_or(false)
+}
+
 /// Any ruleset change is a reason to look (nft's own answers to headcni's
 /// transactions included: the next pass then finds nothing to do).
 pub fn listen_nftables(socket: Socket<Netfilter>, tx: UnboundedSender<Trigger>) {
-    read_events("headcni-nft-events", socket, tx, Trigger::Kernel, |_| true);
+    read_events("headcni-nft-events", socket, tx, Trigger::Kernel, |_| {
+        Some(Trigger::Kernel)
+    });
 }
 
 /// Watches the spec file's directory (editors replace files) and the pod

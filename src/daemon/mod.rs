@@ -16,10 +16,16 @@ mod pass;
 mod rerender;
 mod single;
 
+pub use single::{hold, Claim};
+
 /// The pid of the daemon running on `state_dir`, if one is (0: one runs,
-/// its pid unknown).
+/// its pid unknown); an error when that cannot be told counts as one.
 pub fn running(state_dir: &std::path::Path) -> Option<i32> {
-    single::holder(state_dir)
+    match single::hold(state_dir) {
+        Ok(Ok(_released_at_once)) => None,
+        Ok(Err(pid)) => Some(pid),
+        Err(_) => Some(0),
+    }
 }
 pub mod status;
 pub mod supervisor;

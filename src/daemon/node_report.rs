@@ -33,7 +33,10 @@ pub fn condition_of(s: &Status) -> (bool, &'static str, String) {
     let Some(pass) = &s.last_pass else {
         return (false, "Starting", "no reconcile pass yet".into());
     };
+    // From the blocked lines, not the last pass's counts: a node-only pass
+    // does not look into pods, and the lines keep what it did not see.
     let first_line = |prefix: char| s.blocked.iter().find(|l| l.starts_with(prefix)).cloned();
+    let count = |prefix: char| s.blocked.iter().filter(|l| l.starts_with(prefix)).count();
     if !pass.ok {
         let why = s
             .last_error
@@ -41,14 +44,14 @@ pub fn condition_of(s: &Status) -> (bool, &'static str, String) {
             .unwrap_or_else(|| "did not converge".into());
         return (false, "PassFailed", why);
     }
-    if pass.conflicts > 0 {
+    if count('!') > 0 {
         let line = first_line('!').unwrap_or_default();
         return (
             false,
             "Conflict",
             format!(
                 "{} blocking pods (headcni plan): {line}",
-                crate::report::plural(pass.conflicts, "conflict")
+                crate::report::plural(count('!'), "conflict")
             ),
         );
     }
@@ -73,18 +76,11 @@ pub fn condition_of(s: &Status) -> (bool, &'static str, String) {
             );
         }
     }
-    if pass.waiting > 0 {
-        let line = first_line('?').unwrap_or_default();
+    if let Some(line) = first_line('?') {
         return (false, "Waiting", line);
     }
-    (
-        true,
-        "Converged",
-        format!(
-            "{} wired; the node matches its spec",
-            crate::report::plural(s.pods, "pod")
-        ),
-    )
+    // No pod count: every pod's coming and going would rewrite the Node.
+    (true, "Converged", "the node matches its spec".into())
 }
 
 /// The problems an Event is recorded for, each once while it stands.
@@ -112,75 +108,98 @@ pub(super) async fn run(
     let mut last_sent = Instant::now();
     let mut reported: BTreeSet<(&'static str, String)> = BTreeSet::new();
     let mut last_error: Option<String> = None;
+    // A refused or failed report is tried again later, not every look.
+    let mut backoff = super::supervisor::Backoff::new(LOOK_EVERY, HEARTBEAT);
+    let mut wait = LOOK_EVERY;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(LOOK_EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
-        let Some(snapshot) = status.lock().ok().map(|s| s.clone()) else {
-            return;
+        wait = LOOK_EVERY;
+        let snapshot = match status.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         };
         let now_condition = condition_of(&snapshot);
         let current = problems(&snapshot);
+        // Problems that cleared may be told again if they come back.
+        reported.retain(|p| current.contains(p));
         let new_problems: Vec<_> = current.difference(&reported).cloned().collect();
         let changed = sent.as_ref() != Some(&now_condition);
-        if !changed && new_problems.is_empty() && last_sent.elapsed() < HEARTBEAT {
+        let due = changed || last_sent.elapsed() >= HEARTBEAT;
+        if !due && new_problems.is_empty() {
             continue;
         }
         if sent.as_ref().map(|s| s.0) != Some(now_condition.0) {
             transition = now_rfc3339();
         }
-        let condition = NodeCondition {
+        let condition = due.then(|| NodeCondition {
             kind: CONDITION.into(),
             status: if now_condition.0 { "True" } else { "False" }.into(),
             reason: now_condition.1.into(),
             message: now_condition.2.clone(),
             last_heartbeat_time: now_rfc3339(),
             last_transition_time: transition.clone(),
-        };
-        let events: Vec<NodeEvent> = new_problems
-            .iter()
-            .map(|(reason, message)| NodeEvent {
-                kind: "Warning",
-                reason,
-                message: message.clone(),
-            })
-            .collect();
+        });
         let r = reporter.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let api = ApiServer::in_cluster(r.url.as_deref(), &r.sa_dir)?;
+        let events = new_problems.clone();
+        // The condition, then each Event: what got through is kept, so an
+        // Event is never recorded twice and a condition never re-sent.
+        let (patched, posted, error) = tokio::task::spawn_blocking(move || {
+            let mut posted = Vec::new();
+            let api = match ApiServer::in_cluster(r.url.as_deref(), &r.sa_dir) {
+                Ok(api) => api,
+                Err(e) => return (false, posted, Some(e)),
+            };
             let ca_path = r.sa_dir.join("ca.crt");
-            api.patch_node_condition(&r.node, &condition, &ca_path)?;
-            let now = now_rfc3339();
-            for event in &events {
-                api.create_node_event(&r.node, event, &now, &ca_path)?;
-            }
-            Ok::<(), crate::install::kube::KubeError>(())
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {
-                if changed {
-                    tracing::info!(
-                        node = %reporter.node,
-                        reason = now_condition.1,
-                        "node condition {CONDITION}={}",
-                        now_condition.0
-                    );
+            if let Some(c) = &condition {
+                if let Err(e) = api.patch_node_condition(&r.node, c, &ca_path) {
+                    return (false, posted, Some(e));
                 }
-                sent = Some(now_condition);
-                last_sent = Instant::now();
-                reported = current;
+            }
+            let now = now_rfc3339();
+            for (reason, message) in events {
+                let event = NodeEvent {
+                    kind: "Warning",
+                    reason,
+                    message: message.clone(),
+                };
+                if let Err(e) = api.create_node_event(&r.node, &event, &now, &ca_path) {
+                    return (condition.is_some(), posted, Some(e));
+                }
+                posted.push((reason, message));
+            }
+            (condition.is_some(), posted, None)
+        })
+        .await
+        .unwrap_or((false, Vec::new(), None));
+        if patched {
+            if changed {
+                tracing::info!(
+                    node = %reporter.node,
+                    reason = now_condition.1,
+                    "node condition {CONDITION}={}",
+                    now_condition.0
+                );
+            }
+            sent = Some(now_condition);
+            last_sent = Instant::now();
+        }
+        reported.extend(posted);
+        match error {
+            None => {
+                backoff.reset();
                 last_error = None;
             }
-            Ok(Err(e)) => {
+            Some(e) => {
                 let text = crate::Chain(&e).to_string();
                 if last_error.as_ref() != Some(&text) {
                     tracing::warn!("reporting to the API server (the node is unaffected): {text}");
                     last_error = Some(text);
                 }
+                wait = backoff.next_delay();
             }
-            Err(e) => tracing::error!("reporting to the API server panicked: {e}"),
         }
     }
 }

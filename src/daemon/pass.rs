@@ -56,13 +56,11 @@ pub(super) async fn pass(
     blocked: &mut Blocked,
 ) -> bool {
     // Kernel events need only the node (and the tailnet namespace); anything
-    // else looks into every pod too.
-    // While a conflict blocks a pod, its namespace is looked at too: the
-    // event that unblocks it must wire both of its ends.
-    let kernel_only = !blocked.flag.get()
-        && triggers
-            .iter()
-            .all(|t| matches!(t, Trigger::Kernel | Trigger::Tailscaled | Trigger::Retired));
+    // else looks into every pod too (a Removal while a pod is blocked: the
+    // pass that unblocks it must wire both of its ends).
+    let kernel_only = triggers
+        .iter()
+        .all(|t| matches!(t, Trigger::Kernel | Trigger::Tailscaled | Trigger::Retired));
     let scope = if kernel_only {
         PodScope::HostOnly
     } else {
@@ -72,6 +70,7 @@ pub(super) async fn pass(
         matches!(
             t,
             Trigger::Kernel
+                | Trigger::Removal
                 | Trigger::Resync
                 | Trigger::Overrun
                 | Trigger::Tailscaled

@@ -36,20 +36,28 @@ fn alive(pid: i32) -> bool {
     sent || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Whether a daemon holds `state_dir` now, and its pid if the lock names
-/// one (0 when not): for commands that must not run beside it.
-pub fn holder(state_dir: &Path) -> Option<i32> {
+/// Takes `state_dir` from daemons for a command that must not run beside
+/// one (`uninstall --purge`): the lock held until the returned claim is
+/// dropped, so none can start meanwhile. Err(pid) when a daemon holds it
+/// (0: its pid unknown); None when there is no state_dir (no daemon ever).
+pub fn hold(state_dir: &Path) -> anyhow::Result<Result<Option<Claim>, i32>> {
+    if !state_dir.exists() {
+        return Ok(Ok(None));
+    }
     let path = state_dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
+        .create(true)
         .read(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    match file.try_lock_shared() {
-        // Free: nobody holds it (ours is let go as the file closes).
-        Ok(()) => None,
-        Err(TryLockError::WouldBlock) => Some(holder_pid(&mut file).unwrap_or(0)),
-        Err(TryLockError::Error(_)) => None,
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Ok(Some(Claim { _lock: file }))),
+        Err(TryLockError::WouldBlock) => Ok(Err(holder_pid(&mut file).unwrap_or(0))),
+        Err(TryLockError::Error(e)) => Err(anyhow::anyhow!("{}: {e}", path.display())),
     }
 }
 
