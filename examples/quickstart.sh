@@ -54,6 +54,17 @@ ip -n "$gw" route add 10.244.0.0/24 via 203.0.113.2
 
 # The example spec, dual-stack (its cidr6 line uncommented).
 sed -e "s|/var/lib/headcni|$work/state|" -e 's|^# cidr6 |cidr6 |' "$(dirname "$0")/headcni.toml" > "$work/headcni.toml"
+# The host's tailscale CLI, standing in like tailscale0 does: logged in,
+# advertising the pod CIDRs (approved), accepting routes, not masquerading.
+cat > "$work/tailscale" <<'SH'
+#!/bin/sh
+case "$1" in
+  debug) echo '{"RouteAll": true, "AdvertiseRoutes": ["10.244.0.0/24", "fd00:10:244::/64"], "NoSNAT": true}';;
+  status) echo '{"BackendState": "Running", "Self": {"HostName": "quickstart", "PrimaryRoutes": ["10.244.0.0/24", "fd00:10:244::/64"]}}';;
+esac
+SH
+chmod 755 "$work/tailscale"
+printf '\n[daemon]\ntailscale = "%s"\n' "$work/tailscale" >> "$work/headcni.toml"
 export HEADCNI_SPEC="$work/headcni.toml"
 
 step "headcni validate"
@@ -85,5 +96,11 @@ done
 
 step "second plan: nothing to do (exit 0)"
 in_node "$HEADCNI" plan --detailed-exitcode
+
+step "headcni install (into the temp dir) and headcni doctor: no warning"
+in_node "$HEADCNI" install --cni-bin-dir "$work/bin" --cni-conf-dir "$work/net.d" \
+    --protocols-dir "$work/protos" --record "$work/install.json" >/dev/null
+in_node "$HEADCNI" doctor --cni-conf-dir "$work/net.d" --cni-bin-dir "$work/bin" | tee "$work/doctor.txt"
+! grep -qE '^(WARN|FAIL)' "$work/doctor.txt" || { echo "doctor found problems" >&2; exit 1; }
 
 step "done; cleaning up"
