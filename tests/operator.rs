@@ -97,6 +97,14 @@ fn pods_are_named_by_their_whole_id() {
         assert!(text.contains(&format!("[in pod {id}/eth0]")), "{text}");
         assert!(json.contains(id.as_str()), "{json}");
     }
+    // `pod list`: whole ids, and each column starts where its header does.
+    let list = n.headcni_ok(&["pod", "list"], 0);
+    let header = list.lines().next().unwrap_or_default();
+    let at = header.find("NETNS").expect("NETNS column");
+    for (line, id) in list.lines().skip(1).zip(&ids) {
+        assert!(line.starts_with(id.as_str()), "{list}");
+        assert!(line[at..].starts_with("/run/netns/"), "{list}");
+    }
 }
 
 #[test]

@@ -98,23 +98,34 @@ pub fn run(cli: &Cli, cmd: &PodCommand) -> anyhow::Result<Exit> {
             match format {
                 Format::Json => outln!("{}", serde_json::to_string_pretty(&pods)?),
                 Format::Text => {
-                    outln!(
-                        "{:<24} {:<8} {:<15} {:<14} NETNS",
-                        "CONTAINER",
-                        "IFNAME",
-                        "IP",
-                        "HOST-LINK"
-                    );
+                    // Columns as wide as their widest cell (two addresses
+                    // on a dual-stack pod; ids as long as they are).
+                    let mut rows = vec![[
+                        "CONTAINER".to_string(),
+                        "IFNAME".into(),
+                        "IP".into(),
+                        "HOST-LINK".into(),
+                        "NETNS".into(),
+                    ]];
                     for p in pods {
-                        let short: String = p.key.container_id.chars().take(24).collect();
-                        outln!(
-                            "{:<24} {:<8} {:<15} {:<14} {}",
-                            short,
-                            p.key.ifname,
+                        rows.push([
+                            p.key.container_id.clone(),
+                            p.key.ifname.clone(),
                             p.addresses_text(),
-                            p.host_link,
-                            p.netns.display()
-                        );
+                            p.host_link.clone(),
+                            p.netns.display().to_string(),
+                        ]);
+                    }
+                    let widths: Vec<usize> = (0..5)
+                        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+                        .collect();
+                    for row in &rows {
+                        let cells: Vec<String> = row
+                            .iter()
+                            .zip(&widths)
+                            .map(|(cell, w)| format!("{cell:<w$}"))
+                            .collect();
+                        outln!("{}", cells.join("  ").trim_end());
                     }
                 }
             }
