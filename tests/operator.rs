@@ -254,7 +254,32 @@ fn validate_names_a_missing_tailscaled() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("daemon.tailscaled") && err.contains("/nonexistent/tailscaled"),
+        // Named where it is written: line 7 (the [daemon] table's first), the value's column.
+        err.contains("headcni.toml:7:14: daemon.tailscaled")
+            && err.contains("/nonexistent/tailscaled"),
+        "{err}"
+    );
+    // A key file others may read: named by line and column too.
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.path().join("authkey");
+    std::fs::write(&key, "k").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        format!("{text}auth_key_file = \"{}\"\n", key.display()),
+    )
+    .unwrap();
+    let out = common::bounded(std::time::Duration::from_secs(10))
+        .arg(common::headcni_bin())
+        .arg("--spec")
+        .arg(&spec)
+        .arg("validate")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("headcni.toml:8:17: daemon.auth_key_file"),
         "{err}"
     );
 }

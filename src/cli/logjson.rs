@@ -67,9 +67,14 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
+        use tracing_log::NormalizeEvent;
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let meta = event.metadata();
+        // Records of the `log` crate (netlink, sled, ureq) come as target
+        // "log" with log.* fields: their own target instead, without those.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        fields.rest.retain(|k, _| !k.starts_with("log."));
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());

@@ -253,6 +253,37 @@ fn state_dir_report(spec: &Spec) -> anyhow::Result<String> {
     })
 }
 
+/// `FILE:LINE:COL: table.key` for a field of the spec file (the value's
+/// position), as spec errors name theirs; `FILE: table.key` when the field
+/// is not written there (a default).
+fn at(spec: &std::path::Path, field: &str) -> String {
+    let (table, key) = field.split_once('.').unwrap_or(("", field));
+    let text = std::fs::read_to_string(spec).unwrap_or_default();
+    let mut current = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(header) = trimmed.strip_prefix('[') {
+            current = header
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            continue;
+        }
+        let Some(rest) = trimmed.strip_prefix(key) else {
+            continue;
+        };
+        let after = rest.trim_start();
+        if current == table && after.starts_with('=') {
+            let value = after[1..].trim_start();
+            let col = line.len() - value.len() + 1;
+            return format!("{}:{}:{col}: {field}", spec.display(), n + 1);
+        }
+    }
+    format!("{}: {field}", spec.display())
+}
+
 /// A regular file someone may execute.
 fn executable(path: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -368,9 +399,8 @@ fn validate(cli: &Cli, offline: bool) -> anyhow::Result<Exit> {
     if let Some(key) = spec.daemon.auth_key_file.as_deref() {
         if spec.mode == headcni::spec::Mode::Daemon {
             // The daemon refuses such a key at start; say so now.
-            headcni::daemon::supervisor::check_key_file(key).map_err(|e| {
-                anyhow::anyhow!("{}: daemon.auth_key_file: {e}", cli.spec.display())
-            })?;
+            headcni::daemon::supervisor::check_key_file(key)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", at(&cli.spec, "daemon.auth_key_file")))?;
         }
     }
     if spec.mode == headcni::spec::Mode::Daemon {
@@ -381,8 +411,8 @@ fn validate(cli: &Cli, offline: bool) -> anyhow::Result<Exit> {
         ] {
             if !executable(path) {
                 anyhow::bail!(
-                    "{}: {field}: {} is not an executable file (install Tailscale, or name where it is)",
-                    cli.spec.display(),
+                    "{}: {} is not an executable file (install Tailscale, or name where it is)",
+                    at(&cli.spec, field),
                     path.display()
                 );
             }
@@ -390,7 +420,7 @@ fn validate(cli: &Cli, offline: bool) -> anyhow::Result<Exit> {
     }
     if let Some(h) = &spec.headscale {
         headcni::headscale::check_key_file(&h.api_key_file)
-            .map_err(|e| anyhow::anyhow!("{}: headscale.api_key_file: {e}", cli.spec.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at(&cli.spec, "headscale.api_key_file")))?;
     }
     outln!("{}: valid", cli.spec.display());
     outln!("  mode: {}", format!("{:?}", spec.mode).to_lowercase());
