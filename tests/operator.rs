@@ -230,6 +230,16 @@ fn validate_offline_needs_no_root() {
     assert!(err.contains("pod_network.cidr"), "{err}");
 }
 
+fn validate(spec: &std::path::Path) -> std::process::Output {
+    common::bounded(std::time::Duration::from_secs(10))
+        .arg(common::headcni_bin())
+        .arg("--spec")
+        .arg(spec)
+        .arg("validate")
+        .output()
+        .unwrap()
+}
+
 /// Daemon mode: `validate` refuses a spec whose tailscaled is not there
 /// (the daemon would run and fail to start it forever).
 #[test]
@@ -244,13 +254,7 @@ fn validate_names_a_missing_tailscaled() {
         ),
     )
     .unwrap();
-    let out = common::bounded(std::time::Duration::from_secs(10))
-        .arg(common::headcni_bin())
-        .arg("--spec")
-        .arg(&spec)
-        .arg("validate")
-        .output()
-        .unwrap();
+    let out = validate(&spec);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -270,13 +274,7 @@ fn validate_names_a_missing_tailscaled() {
         format!("{text}auth_key_file = \"{}\"\n", key.display()),
     )
     .unwrap();
-    let out = common::bounded(std::time::Duration::from_secs(10))
-        .arg(common::headcni_bin())
-        .arg("--spec")
-        .arg(&spec)
-        .arg("validate")
-        .output()
-        .unwrap();
+    let out = validate(&spec);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("headcni.toml:8:17: daemon.auth_key_file"),
