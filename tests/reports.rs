@@ -161,3 +161,20 @@ fn drift_is_told_apart_from_pending_changes() {
     n.headcni_ok(&["apply"], 0);
     n.headcni_ok(&["plan", "--drift"], 0);
 }
+
+/// `plan --format diff` for a pod not wired yet: its pod end of the veth
+/// (made by the node's veth step) is a `+` line, never shown as unchanged.
+#[test]
+fn the_diff_shows_a_missing_pod_link_as_added() {
+    let mut n = Node::new();
+    let (_pod, _ip) = n.add_pod("pod1");
+    let diff = n.headcni_ok(&["plan", "--format", "diff"], 0);
+    let pod_links: Vec<&str> = diff
+        .lines()
+        .filter(|l| l.contains(": link eth0") && l.contains("pod "))
+        .collect();
+    assert!(!pod_links.is_empty(), "{diff}");
+    for line in pod_links {
+        assert!(line.starts_with('+'), "{line}\n{diff}");
+    }
+}

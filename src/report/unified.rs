@@ -177,7 +177,18 @@ pub fn diff(plan: &Plan, desired: &Desired) -> String {
     for step in &plan.steps {
         let after = lines(&step.netns, &step.object);
         match step.action {
-            Action::Add => observed.retain(|l| !after.contains(l)),
+            Action::Add => {
+                observed.retain(|l| !after.contains(l));
+                // A veth made in the node brings its pod end with it.
+                if let (crate::diff::Object::Link(link), Some(to)) =
+                    (&step.object, &step.attachment)
+                {
+                    if let Some(peer) = &link.peer {
+                        let pod_end = format!("{to}: link {} ", peer.ifname);
+                        observed.retain(|l| !l.starts_with(&pod_end));
+                    }
+                }
+            }
             Action::Change => {
                 observed.retain(|l| !after.contains(l));
                 if let Some(before) = &step.before {
