@@ -36,16 +36,10 @@ fn alive(pid: i32) -> bool {
     sent || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Takes `state_dir` from daemons for a command that must not run beside
-/// one (`uninstall --purge`): the lock held until the returned claim is
-/// dropped, so none can start meanwhile. Err(pid) when a daemon holds it
-/// (0: its pid unknown); None when there is no state_dir (no daemon ever).
-pub fn hold(state_dir: &Path) -> anyhow::Result<Result<Option<Claim>, i32>> {
-    if !state_dir.exists() {
-        return Ok(Ok(None));
-    }
+/// The lock file, made if missing (root-only, never through a symlink).
+fn open_lock(state_dir: &Path) -> anyhow::Result<(std::path::PathBuf, File)> {
     let path = state_dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .read(true)
         .write(true)
@@ -54,6 +48,18 @@ pub fn hold(state_dir: &Path) -> anyhow::Result<Result<Option<Claim>, i32>> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((path, file))
+}
+
+/// Takes `state_dir` from daemons for a command that must not run beside
+/// one (`uninstall --purge`): the lock held until the returned claim is
+/// dropped, so none can start meanwhile. Err(pid) when a daemon holds it
+/// (0: its pid unknown); None when there is no state_dir (no daemon ever).
+pub fn hold(state_dir: &Path) -> anyhow::Result<Result<Option<Claim>, i32>> {
+    if !state_dir.exists() {
+        return Ok(Ok(None));
+    }
+    let (path, mut file) = open_lock(state_dir)?;
     match file.try_lock() {
         Ok(()) => Ok(Ok(Some(Claim { _lock: file }))),
         Err(TryLockError::WouldBlock) => Ok(Err(holder_pid(&mut file).unwrap_or(0))),
@@ -63,16 +69,7 @@ pub fn hold(state_dir: &Path) -> anyhow::Result<Result<Option<Claim>, i32>> {
 
 /// Claims `state_dir` for this daemon, or says which daemon holds it.
 pub fn claim(state_dir: &Path) -> anyhow::Result<Claim> {
-    let path = state_dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let (path, mut file) = open_lock(state_dir)?;
     let started = Instant::now();
     loop {
         match file.try_lock() {
